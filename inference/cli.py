@@ -1,0 +1,216 @@
+"""`infer-corpus`: the command line over the pipeline. Thin: parsing, printing, exit codes.
+
+Exit codes: 0 success; 1 a worker or step failed; 2 bad usage, config, input or workdir
+(retrying the same command cannot help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ConfigError, load_config
+from .readers import InputError
+from .workdir import Workdir, WorkdirError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+DESCRIPTION = """\
+Shard a document corpus into Parquet, embed and classify every passage, resumably.
+
+  infer-corpus run --demo --workdir demo-run          # the bundled demo corpus
+  infer-corpus run --input 'articles/*.jsonl.gz' --workdir run1 --config configs/default.yaml
+  infer-corpus status --workdir run1
+
+A workdir is one run: re-running the same command does only the work that is missing.
+"""
+
+
+def demo_corpus_path() -> Path:
+    """The demo corpus that ships inside the package (60+ articles on five topics)."""
+    return Path(str(resources.files("inference") / "data" / "demo_articles.jsonl"))
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config (see configs/default.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config option, e.g. --set model.batch_size=64 (repeatable)",
+    )
+
+
+def _input_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input", dest="inputs", action="extend", nargs="+", default=[], metavar="PATH",
+        help="input files, directories or globs: .jsonl, .jsonl.gz, .csv, .csv.gz, .parquet",
+    )
+    parser.add_argument("--demo", action="store_true",
+                        help="add the bundled demo corpus to the inputs")
+    parser.add_argument("--force", action="store_true",
+                        help="discard a workdir that holds a partition of other inputs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="infer-corpus", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="partition, then embed every shard (local executor)",
+                         description="Partition the inputs, then run every unfinished shard in "
+                         "parallel worker processes (one per GPU, or CPU workers).")
+    _input_args(run)
+    run.add_argument("--workdir", required=True, help="run directory (created if missing)")
+    _config_args(run)
+    run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1)")
+    run.add_argument("--json", action="store_true", help="end with one JSON summary line")
+
+    part = sub.add_parser("partition", help="validate, split and shard the inputs",
+                          description="Stream the inputs, quarantine bad rows to rejects/, "
+                          "split articles into passages, drop duplicates, write shards.")
+    _input_args(part)
+    part.add_argument("--workdir", required=True, help="run directory (created if missing)")
+    _config_args(part)
+    part.add_argument("--json", action="store_true", help="end with one JSON summary line")
+
+    shard = sub.add_parser("shard", help="embed and classify one or more shards",
+                           description="Compute embeddings and predictions for shards of a "
+                           "partitioned workdir: the command one HTCondor job runs. A finished "
+                           "shard is skipped; a killed one is redone from the start.")
+    shard.add_argument("--workdir", required=True, help="a partitioned run directory")
+    shard.add_argument("--shard", dest="shards", type=int, action="append", required=True,
+                       metavar="N", help="shard number (repeatable)")
+    shard.add_argument("--threads", type=int, default=0, help="CPU threads (default: all)")
+    shard.add_argument("--events", action="store_true",
+                       help="print progress as JSON lines (used by the local executor)")
+    shard.add_argument("--json", action="store_true", help="end with one JSON summary line")
+
+    status = sub.add_parser("status", help="shard states and counts of a workdir")
+    status.add_argument("--workdir", required=True)
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    inputs = list(args.inputs)
+    if args.demo:
+        inputs.append(str(demo_corpus_path()))
+    if not inputs:
+        raise InputError("no input: give --input PATH... or --demo")
+    return inputs
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary))
+        return
+    lines = [
+        f"articles   {summary['articles']:>10,}",
+        f"passages   {summary['passages']:>10,}"
+        f"   (duplicates dropped: {summary.get('duplicate_passages', 0):,})",
+        f"rejected   {summary['rejected']:>10,}"
+        + (f"   {summary['reject_reasons']}" if summary.get("reject_reasons") else ""),
+        f"shards     {summary['shards']:>10,}",
+    ]
+    if "shards_run" in summary:
+        lines.append(f"shards run {summary['shards_run']:>10,}   in {summary['seconds']:.1f} s")
+    if summary.get("rejected"):
+        lines.append(f"rejected rows and reasons: {summary['workdir']}/rejects/rejects.jsonl")
+    print("\n".join(lines))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .executor import run_pipeline
+
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"executor.workers={args.workers}")
+    config = load_config(args.config, overrides)
+    summary = run_pipeline(_inputs(args), Workdir(args.workdir), config, force=args.force)
+    _print_summary(summary, args.json)
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    from .partition import partition
+
+    config = load_config(args.config, args.overrides)
+    result = partition(_inputs(args), Workdir(args.workdir), config, force=args.force)
+    summary = {**result.to_dict(), "partitioned": not result.skipped, "workdir": args.workdir}
+    _print_summary(summary, args.json)
+    return 0
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from .worker import run_shards
+
+    def emit(event: dict[str, Any]) -> None:
+        if args.events:
+            print(json.dumps(event), flush=True)
+
+    outcomes = run_shards(Workdir(args.workdir), args.shards, threads=args.threads,
+                          on_event=emit)
+    if args.json:
+        print(json.dumps({"shards": [o.__dict__ for o in outcomes]}))
+    elif not args.events:
+        for o in outcomes:
+            state = "already done" if o.skipped else f"{o.rows:,} passages in {o.seconds:.1f} s"
+            print(f"shard {o.shard}: {state}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import workdir_status
+
+    report = workdir_status(Workdir(args.workdir))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    p = report["partition"]
+    print(f"workdir {args.workdir}: partition {p.get('state', 'missing')}, "
+          f"{p.get('articles', 0):,} articles, {p.get('passages', 0):,} passages, "
+          f"{p.get('rejected', 0):,} rejected")
+    counts = report["counts"]
+    print(f"shards: {report['shard_total']} total, "
+          + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    print(f"passages embedded: {report['passages_done']:,} of {report['passages_total']:,}")
+    for shard in report["shards"]:
+        if shard["state"] != "done":
+            print(f"  shard {shard['shard']:>5}: {shard['state']} ({shard['rows']:,} passages)")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "partition": cmd_partition, "shard": cmd_shard,
+            "status": cmd_status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .executor import RunError
+    from .models import ModelError
+
+    logging.basicConfig(level=logging.WARNING, format="infer-corpus: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, InputError, WorkdirError, ModelError) as exc:
+        print(f"infer-corpus: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RunError as exc:
+        print(f"infer-corpus: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("infer-corpus: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

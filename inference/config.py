@@ -1,0 +1,245 @@
+"""Typed run configuration: one YAML file, validated strictly, every option overridable.
+
+A typo in a config key must fail loudly rather than silently fall back to a default, so
+loading rejects unknown keys and values of the wrong type with the dotted path of the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class FieldsConfig:
+    """Which input fields hold what. Each entry lists candidates; the first present one wins."""
+
+    id: list[str] = field(default_factory=lambda: ["id", "_id", "doc_id", "article_id"])
+    title: list[str] = field(default_factory=lambda: ["title"])
+    text: list[str] = field(default_factory=lambda: ["abstract", "text", "body", "content"])
+    authors: list[str] = field(default_factory=lambda: ["authors", "author"])
+    year: list[str] = field(default_factory=lambda: ["year", "publication_year"])
+    url: list[str] = field(default_factory=lambda: ["url", "link", "doi"])
+    topic: list[str] = field(default_factory=lambda: ["topic", "category"])
+
+
+@dataclass
+class PassagesConfig:
+    """How articles are split: sentence-aware passages of about min..max words."""
+
+    min_words: int = 100
+    max_words: int = 250
+    max_field_chars: int = 1_000_000
+
+
+@dataclass
+class ShardsConfig:
+    """Shard sizing: one shard is one GPU job, so size it to a few minutes of GPU work."""
+
+    passages_per_shard: int = 50_000
+    tokenize: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """The embedding model. `name` is a local path, a known packaged model, or a hub id."""
+
+    name: str = "all-MiniLM-L6-v2"
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 128
+    max_seq_length: int = 256
+    embedding_dtype: str = "float16"
+
+
+@dataclass
+class PredictionsConfig:
+    """Per-passage predictions: zero-shot topics (offline) or a text-classification model."""
+
+    kind: str = "zero-shot"
+    model: str | None = None
+    topics: dict[str, str] = field(
+        default_factory=lambda: {
+            "covid-19": "COVID-19, SARS-CoV-2, coronavirus infection, vaccines, epidemiology and public health",
+            "dolomites-geology": "Dolomites geology, Triassic carbonate platforms, dolomite rock, Alpine stratigraphy and tectonics",
+            "climate-change": "climate change, global warming, greenhouse gas emissions, sea-level rise, extreme weather",
+            "critical-minerals": "critical minerals, lithium, cobalt, rare earth elements, mining, supply chains and recycling",
+            "geoarchives": "geoarchives, paleoclimate records from ice cores, lake sediments, speleothems, tree rings and peat",
+        }
+    )
+
+
+@dataclass
+class ExecutorConfig:
+    """Local execution: worker processes (0 = one per GPU, or one on CPU) and CPU threads each."""
+
+    workers: int = 0
+    threads_per_worker: int = 0
+
+
+@dataclass
+class Config:
+    fields: FieldsConfig = field(default_factory=FieldsConfig)
+    passages: PassagesConfig = field(default_factory=PassagesConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    predictions: PredictionsConfig = field(default_factory=PredictionsConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of some sections: decides whether earlier work is still valid."""
+        data = {name: dataclasses.asdict(getattr(self, name)) for name in sections}
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def validate(self) -> None:
+        """Cross-field checks that a type alone cannot express."""
+        p = self.passages
+        if not 1 <= p.min_words <= p.max_words:
+            raise ConfigError("passages: need 1 <= min_words <= max_words")
+        if p.max_field_chars < 1:
+            raise ConfigError("passages.max_field_chars must be positive")
+        if self.shards.passages_per_shard < 1:
+            raise ConfigError("shards.passages_per_shard must be positive")
+        if self.model.batch_size < 1 or self.model.max_seq_length < 8:
+            raise ConfigError("model: batch_size must be >= 1 and max_seq_length >= 8")
+        if self.model.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ConfigError("model.dtype must be auto, float32, float16 or bfloat16")
+        if self.model.embedding_dtype not in ("float16", "float32"):
+            raise ConfigError("model.embedding_dtype must be float16 or float32")
+        if self.predictions.kind not in ("zero-shot", "classifier", "none"):
+            raise ConfigError("predictions.kind must be zero-shot, classifier or none")
+        if self.predictions.kind == "classifier" and not self.predictions.model:
+            raise ConfigError("predictions.model is required when predictions.kind is classifier")
+        if self.predictions.kind == "zero-shot" and not self.predictions.topics:
+            raise ConfigError("predictions.topics must name at least one topic for zero-shot")
+        if self.executor.workers < 0 or self.executor.threads_per_worker < 0:
+            raise ConfigError("executor.workers and executor.threads_per_worker must be >= 0")
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    """Check `value` against a type hint, building nested dataclasses; error names the path."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return _build(hint, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):  # a single field name is a list of one
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_t, val_t = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return {_coerce(k, key_t, path): _coerce(v, val_t, f"{path}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{path}: unsupported type {hint}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]} (known keys here: {', '.join(sorted(known))})"
+        )
+    kwargs = {
+        name: _coerce(value, hints[name], f"{path}.{name}" if path else name)
+        for name, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn `model.batch_size=64` into `{"model": {"batch_size": 64}}` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {text!r} names no key")
+    result: dict[str, Any] = value
+    for key in reversed(keys):
+        result = {key: result}
+    return result
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load defaults, then the YAML file (if any), then `key.path=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+        data = loaded or {}
+    for item in overrides or []:
+        data = _merge(data, parse_override(item))
+    config = _build(Config, data, "")
+    config.validate()
+    return config
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a config saved in a manifest."""
+    config = _build(Config, data, "")
+    config.validate()
+    return config

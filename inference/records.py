@@ -1,0 +1,137 @@
+"""Turn one raw input record into a clean article, or say exactly why it is rejected."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .config import FieldsConfig
+
+_YEAR = re.compile(r"^\s*(\d{4})")
+
+
+class Rejected(ValueError):
+    """A record that cannot become an article; `reason` is a stable code for counting."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Article:
+    article_id: str
+    title: str
+    text: str
+    authors: list[str]
+    year: int | None
+    url: str | None
+    topic: str | None
+    digest: bytes  # SHA-256 of title and text: tells a repeated article from an id clash
+
+
+def _pick(record: dict[str, Any], candidates: list[str]) -> tuple[str | None, Any]:
+    for name in candidates:
+        value = record.get(name)
+        if value is not None and value != "" and value != []:
+            return name, value
+    return None, None
+
+
+def _as_text(name: str | None, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return " ".join(value)  # paragraphs stored as a list
+    raise Rejected("bad_field_type", f"field {name!r} must be text, got {type(value).__name__}")
+
+
+def _authors(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        parts = value.split(";") if ";" in value else [value]
+        return [p.strip() for p in parts if p.strip()]
+    if isinstance(value, list):
+        names = []
+        for item in value:
+            if isinstance(item, dict):
+                item = item.get("name") or " ".join(
+                    str(item[k]) for k in ("given", "family") if item.get(k)
+                )
+            if item is not None and str(item).strip():
+                names.append(str(item).strip())
+        return names
+    return [str(value)]
+
+
+def _year(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        year = int(value)
+    else:
+        match = _YEAR.match(str(value))
+        if not match:
+            return None
+        year = int(match.group(1))
+    return year if 0 < year < 10000 else None
+
+
+def _url(name: str | None, value: Any) -> str | None:
+    if value is None:
+        return None
+    url = str(value).strip()
+    if url.startswith("10.") or (name == "doi" and not url.startswith(("http://", "https://"))):
+        url = f"https://doi.org/{url}"
+    return url or None
+
+
+def content_digest(title: str, text: str) -> bytes:
+    return hashlib.sha256(f"{title}\x1f{text}".encode()).digest()
+
+
+def to_article(record: dict[str, Any], fields: FieldsConfig, max_field_chars: int) -> Article:
+    """Map fields, normalise values and validate; raise `Rejected` with a reason otherwise."""
+    title_name, title_value = _pick(record, fields.title)
+    text_name, text_value = _pick(record, fields.text)
+    title = " ".join(_as_text(title_name, title_value).split())
+    text = _as_text(text_name, text_value)
+    for name, value in ((title_name, title), (text_name, text)):
+        if len(value) > max_field_chars:
+            raise Rejected(
+                "field_too_long",
+                f"field {name!r} has {len(value):,} characters (limit {max_field_chars:,})",
+            )
+    if not title and not text.strip():
+        raise Rejected("no_text", "neither a title nor any text in fields "
+                       f"{fields.title + fields.text}")
+    digest = content_digest(title, " ".join(text.split()))
+    id_name, id_value = _pick(record, fields.id)
+    if id_value is None:
+        article_id = f"sha256:{digest.hex()[:24]}"
+    elif isinstance(id_value, (str, int)) and not isinstance(id_value, bool):
+        article_id = str(id_value).strip()
+        if len(article_id) > 1000:
+            raise Rejected("field_too_long", f"id field {id_name!r} is over 1,000 characters")
+    else:
+        raise Rejected("bad_field_type", f"id field {id_name!r} must be a string or an integer")
+    topic_name, topic_value = _pick(record, fields.topic)
+    url_name, url_value = _pick(record, fields.url)
+    return Article(
+        article_id=article_id or f"sha256:{digest.hex()[:24]}",
+        title=title,
+        text=text,
+        authors=_authors(_pick(record, fields.authors)[1]),
+        year=_year(_pick(record, fields.year)[1]),
+        url=_url(url_name, url_value),
+        topic=_as_text(topic_name, topic_value).strip() or None,
+        digest=digest,
+    )

@@ -1,0 +1,190 @@
+"""The shard worker: shard file in, result file out. This is what one HTCondor job runs.
+
+A result file appears atomically and records which partition and model settings made it, so a
+worker killed at any moment and started again redoes exactly the unfinished shard, and a
+finished shard is never recomputed unless the settings that shaped it changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .config import Config, config_from_dict
+from .schema import check_schema_version, result_schema
+from .text import embedding_text
+from .tokenize import ShardTokenizer
+from .workdir import Workdir, WorkdirError, atomic_path
+
+Event = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class ShardOutcome:
+    shard: int
+    rows: int
+    skipped: bool
+    seconds: float
+
+
+def result_key(manifest: dict[str, Any], config: Config) -> str:
+    """What decides a result's content: the partition, the model and the predictions."""
+    m = config.model
+    blob = repr((manifest["partition_key"], m.name, m.max_seq_length, m.embedding_dtype,
+                 config.section_hash("predictions")))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def result_is_current(workdir: Workdir, shard: dict[str, Any], key: str) -> bool:
+    path = workdir.result_path(shard["shard"])
+    if not path.is_file():
+        return False
+    try:
+        meta = pq.read_metadata(path)
+    except (OSError, pa.ArrowException):
+        return False
+    tags = meta.schema.to_arrow_schema().metadata or {}
+    return tags.get(b"result_key") == key.encode() and meta.num_rows == shard["rows"]
+
+
+def _remove_stale_temporaries(workdir: Workdir, shard: int) -> None:
+    """Drop half-written results left by a worker that was killed."""
+    for tmp in workdir.results_dir.glob(f".shard-{shard:05d}.parquet.tmp-*"):
+        pid = int(tmp.name.rsplit("-", 1)[-1]) if tmp.name.rsplit("-", 1)[-1].isdigit() else 0
+        if pid != os.getpid() and not _alive(pid):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ShardWorker:
+    """Holds the model between shards so that one process can run many shards."""
+
+    def __init__(self, workdir: Workdir, config: Config | None = None,
+                 threads: int = 0, on_event: Event | None = None) -> None:
+        self.workdir = workdir
+        self.manifest = workdir.read_manifest()
+        if self.manifest.get("partition", {}).get("state") != "done":
+            raise WorkdirError(f"{workdir.root}: the partition step has not finished")
+        self.config = config or config_from_dict(self.manifest["config"])
+        self.key = result_key(self.manifest, self.config)
+        self.threads = threads
+        self.on_event = on_event or (lambda event: None)
+        self._encoder = None
+        self._predictor = None
+
+    def _models(self):  # type: ignore[no-untyped-def]
+        if self._encoder is None:
+            import torch
+
+            from .embed import Encoder
+            from .predict import make_predictor
+
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            self._encoder = Encoder(self.config.model)
+            self._predictor = make_predictor(self.config.predictions, self._encoder)
+        return self._encoder, self._predictor
+
+    def shard_entry(self, shard: int) -> dict[str, Any]:
+        shards = self.manifest["shards"]
+        if not 0 <= shard < len(shards):
+            raise WorkdirError(
+                f"shard {shard} does not exist: this workdir has shards 0..{len(shards) - 1}"
+            )
+        return shards[shard]
+
+    def run(self, shard: int) -> ShardOutcome:
+        started = time.perf_counter()
+        entry = self.shard_entry(shard)
+        if result_is_current(self.workdir, entry, self.key):
+            self.on_event({"event": "done", "shard": shard, "rows": entry["rows"],
+                           "skipped": True})
+            return ShardOutcome(shard, entry["rows"], True, time.perf_counter() - started)
+        _remove_stale_temporaries(self.workdir, shard)
+        path = self.workdir.shard_path(shard)
+        table = pq.read_table(path)
+        check_schema_version(table.schema, "shard", str(path))
+        if table.num_rows != entry["rows"]:
+            raise WorkdirError(f"{path} has {table.num_rows} rows, manifest says {entry['rows']}")
+        encoder, predictor = self._models()
+        titles = table.column("title").to_pylist()
+        texts = table.column("text").to_pylist()
+        inputs = [embedding_text(t, x) for t, x in zip(titles, texts)]
+        ids = self._token_ids(table)
+        if ids is None:
+            ids = encoder.tokenize(inputs)
+
+        def progress(count: int) -> None:
+            self.on_event({"event": "progress", "shard": shard, "passages": count})
+
+        embeddings = encoder.encode_ids(ids, progress=progress)
+        labels, scores = predictor.predict(inputs, embeddings)
+        self._write(shard, table.column("passage_id"), embeddings, labels, scores)
+        self.on_event({"event": "done", "shard": shard, "rows": table.num_rows,
+                       "skipped": False})
+        return ShardOutcome(shard, table.num_rows, False, time.perf_counter() - started)
+
+    def _token_ids(self, table: pa.Table) -> list[list[int]] | None:
+        """Token ids stored in the shard, when they came from this model's tokenizer."""
+        if self.manifest.get("tokenizer") is None or table.column("input_ids").null_count:
+            return None
+        if self.manifest["tokenizer"] != ShardTokenizer.identity(self.config):
+            return None
+        return table.column("input_ids").to_pylist()
+
+    def _write(self, shard: int, passage_ids: pa.ChunkedArray, embeddings: np.ndarray,
+               labels: list[str | None], scores: np.ndarray) -> None:
+        m = self.config.model
+        dim = embeddings.shape[1]
+        value_dtype = np.float16 if m.embedding_dtype == "float16" else np.float32
+        flat = pa.array(embeddings.astype(value_dtype).reshape(-1))
+        schema = result_schema(dim, m.embedding_dtype)
+        schema = schema.with_metadata({
+            **schema.metadata,
+            b"result_key": self.key.encode(),
+            b"model": m.name.encode(),
+            b"predictions": self.config.predictions.kind.encode(),
+            b"code_version": __version__.encode(),
+        })
+        table = pa.table(
+            [
+                passage_ids,
+                pa.FixedSizeListArray.from_arrays(flat, dim),
+                pa.array(labels, pa.string()),
+                pa.array(scores, pa.float32()),
+            ],
+            schema=schema,
+        )
+        with atomic_path(self.workdir.result_path(shard)) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+
+
+def run_shards(workdir: Workdir, shards: list[int], *, threads: int = 0,
+               on_event: Event | None = None) -> list[ShardOutcome]:
+    """Run the given shards one after the other in this process."""
+    worker = ShardWorker(workdir, threads=threads, on_event=on_event)
+    for shard in shards:
+        worker.shard_entry(shard)  # fail on a bad shard number before any work
+    return [worker.run(shard) for shard in shards]

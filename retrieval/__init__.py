@@ -1,0 +1,1 @@
+"""Search over the passages that `infer-corpus` embedded: index backends and ranking."""
