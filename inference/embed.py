@@ -34,6 +34,9 @@ class Encoder:
 
     def __init__(self, model: ModelConfig, device: str | None = None) -> None:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         self.config = model
         self.device = pick_device(device or model.device)
@@ -47,7 +50,9 @@ class Encoder:
         self.model.to(self.dtype)
         self.model.eval()
         self.tokenizer = load_tokenizer(model)
-        self.dimension = int(self.model.get_sentence_embedding_dimension())
+        dimension = getattr(self.model, "get_embedding_dimension", None) or getattr(
+            self.model, "get_sentence_embedding_dimension")
+        self.dimension = int(dimension())
         self.batch_size = model.batch_size
         self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
 

@@ -17,12 +17,12 @@ SHARD_SCHEMA = pa.schema(
         pa.field("ordinal", pa.int32(), nullable=False),
         pa.field("title", pa.string()),
         pa.field("text", pa.string(), nullable=False),
-        pa.field("authors", pa.list_(pa.string())),
+        pa.field("authors", pa.list_(pa.field("element", pa.string()))),
         pa.field("year", pa.int32()),
         pa.field("url", pa.string()),
         pa.field("topic", pa.string()),
         pa.field("source", pa.string(), nullable=False),
-        pa.field("input_ids", pa.list_(pa.int32())),
+        pa.field("input_ids", pa.list_(pa.field("element", pa.int32()))),
     ],
     metadata={"schema": "infer-corpus.shard", "schema_version": str(SCHEMA_VERSION)},
 )
@@ -34,7 +34,7 @@ def result_schema(dim: int, embedding_dtype: str) -> pa.Schema:
     return pa.schema(
         [
             pa.field("passage_id", pa.string(), nullable=False),
-            pa.field("embedding", pa.list_(value_type, dim), nullable=False),
+            pa.field("embedding", pa.list_(pa.field("element", value_type), dim), nullable=False),
             pa.field("label", pa.string()),
             pa.field("label_score", pa.float32()),
         ],

@@ -171,7 +171,7 @@ class ShardWorker:
         table = pa.table(
             [
                 passage_ids,
-                pa.FixedSizeListArray.from_arrays(flat, dim),
+                pa.FixedSizeListArray.from_arrays(flat, type=schema.field("embedding").type),
                 pa.array(labels, pa.string()),
                 pa.array(scores, pa.float32()),
             ],

@@ -1,0 +1,65 @@
+"""Shared fixtures. Data under ../shared is read in place and tests skip cleanly without it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CRANFIELD = SHARED / "corpora" / "cranfield"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `infer-corpus` as a user would, in a separate process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "inference", *args],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"infer-corpus {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(record if isinstance(record, str) else json.dumps(record))
+            handle.write("\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_path() -> Path:
+    from inference.cli import demo_corpus_path
+
+    return demo_corpus_path()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The demo corpus run once end to end through the CLI, shared by the tests that read it."""
+    workdir = tmp_path_factory.mktemp("demo") / "work"
+    proc = run_cli("run", "--demo", "--workdir", str(workdir), "--json",
+                   "--set", "shards.passages_per_shard=30")
+    return workdir, last_json(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def cranfield() -> Path:
+    if not (CRANFIELD / "corpus.jsonl").is_file():
+        pytest.skip("../shared/corpora/cranfield is not present")
+    return CRANFIELD

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from inference.config import ConfigError, load_config, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_validate():
+    config = load_config()
+    assert config.passages.max_words == 250
+    assert config.model.name == "all-MiniLM-L6-v2"
+    assert "covid-19" in config.predictions.topics
+
+
+def test_shipped_configs_load():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        load_config(path)
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  batch_sise: 12\n")
+    with pytest.raises(ConfigError, match=r"unknown config key model\.batch_sise"):
+        load_config(path)
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("modle:\n  name: x\n")
+    with pytest.raises(ConfigError, match="unknown config key modle"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.batch_size=many", "expected an integer"),
+        ("model.batch_size=0", "batch_size"),
+        ("passages.min_words=300", "min_words"),
+        ("shards.tokenize=maybe", "true or false"),
+        ("predictions.kind=classifier", "predictions.model is required"),
+        ("model.dtype=int4", "model.dtype"),
+        ("nonsense", "section.key=value"),
+    ],
+)
+def test_bad_values_name_the_problem(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_overrides_apply_over_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  batch_size: 16\nfields:\n  text: body\n")
+    config = load_config(path, ["model.batch_size=8", "passages.max_words=120"])
+    assert config.model.batch_size == 8
+    assert config.passages.max_words == 120
+    assert config.fields.text == ["body"]  # a single field name becomes a list
+
+
+def test_parse_override_nests():
+    assert parse_override("a.b.c=3") == {"a": {"b": {"c": 3}}}
+
+
+def test_missing_config_file_is_clear(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,116 @@
+"""Bad input never crashes a run and is never silently dropped: each bad row is a reject."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from conftest import write_jsonl
+from inference.config import load_config
+from inference.partition import partition
+from inference.workdir import Workdir
+
+
+def read_rejects(workdir: Workdir) -> list[dict]:
+    path = workdir.rejects_dir / "rejects.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def shard_rows(workdir: Workdir) -> list[dict]:
+    rows = []
+    for path in sorted(workdir.shards_dir.glob("shard-*.parquet")):
+        rows.extend(pq.read_table(path).to_pylist())
+    return rows
+
+
+def test_each_bad_jsonl_case_is_rejected_with_its_line_and_reason(tmp_path):
+    good = {"id": "a1", "title": "Ice cores", "abstract": "Air bubbles keep old air."}
+    src = tmp_path / "mixed.jsonl"
+    lines = [
+        json.dumps(good),                                                # 1 valid
+        '{"id": "broken", "title": "no closing brace"',                  # 2 malformed json
+        json.dumps([1, 2, 3]),                                           # 3 not an object
+        json.dumps({"id": "empty", "title": "  ", "abstract": ""}),      # 4 no text
+        json.dumps({"id": "t-only", "title": "Title without abstract"}),  # 5 valid
+        json.dumps({"id": "long", "title": "x", "abstract": "y " * 600}),  # 6 too long
+        json.dumps({"id": "typed", "abstract": {"nested": True}}),       # 7 bad type
+    ]
+    with open(src, "wb") as handle:
+        for line in lines:
+            handle.write(line.encode() + b"\n")
+        handle.write(b'{"id": "bytes", "title": "caf\xe9 au lait"}\n')  # 8 undecodable
+        handle.write(b"\n")                                              # blank: not a row
+        handle.write(json.dumps({"id": "a1", "title": "Ice cores",
+                                 "abstract": "Different text, same id."}).encode() + b"\n")  # 10
+    workdir = Workdir(tmp_path / "work")
+    config = load_config(None, ["passages.max_field_chars=1000"])
+    summary = partition([str(src)], workdir, config, progress=False)
+
+    rejects = read_rejects(workdir)
+    found = {(r["line"], r["reason"]) for r in rejects}
+    assert found == {
+        (2, "malformed_json"), (3, "malformed_json"), (4, "no_text"), (6, "field_too_long"),
+        (7, "bad_field_type"), (8, "undecodable_bytes"), (10, "duplicate_id"),
+    }
+    assert all(r["source"] == str(src) and r["detail"] for r in rejects)
+    assert summary.rejected == 7
+    assert summary.articles == 2
+    assert summary.reject_reasons == {"bad_field_type": 1, "duplicate_id": 1, "field_too_long": 1,
+                                      "malformed_json": 2, "no_text": 1, "undecodable_bytes": 1}
+    ids = {row["passage_id"] for row in shard_rows(workdir)}
+    assert ids == {"a1#0", "t-only#0"}
+    manifest = workdir.read_manifest()
+    assert manifest["partition"]["rejected"] == 7
+
+
+def test_csv_parquet_and_gzip_inputs_with_their_own_bad_rows(tmp_path):
+    csv_path = tmp_path / "a.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "title", "abstract", "authors", "year"])
+        writer.writerow(["c1", "Lithium brines", "Evaporation ponds concentrate lithium.",
+                         "Ana Ruiz; Li Wei", "2021"])
+        writer.writerow(["c2", "Too few fields"])
+        writer.writerow(["c3", "", "", "", ""])
+    pq.write_table(pa.table({"doc_id": ["p1", "p2"], "title": ["Speleothems", None],
+                             "text": ["Cave stones grow in layers.", None]}),
+                   tmp_path / "b.parquet")
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write(json.dumps({"id": "g1", "title": "Varves", "abstract": "Lake layers."}))
+        handle.write("\nnot json\n")
+    workdir = Workdir(tmp_path / "work")
+    summary = partition([str(tmp_path / "*")], workdir, load_config(), progress=False)
+
+    reasons = {(r["source"].rsplit("/", 1)[-1], r["line"], r["reason"])
+               for r in read_rejects(workdir)}
+    assert reasons == {("a.csv", 3, "malformed_row"), ("a.csv", 4, "no_text"),
+                       ("b.parquet", 2, "no_text"), ("c.jsonl.gz", 2, "malformed_json")}
+    assert summary.articles == 3 and summary.rejected == 4
+    rows = {row["article_id"]: row for row in shard_rows(workdir)}
+    assert rows["c1"]["authors"] == ["Ana Ruiz", "Li Wei"] and rows["c1"]["year"] == 2021
+    assert set(rows) == {"c1", "p1", "g1"}
+
+
+def test_truncated_gzip_keeps_the_good_rows_and_rejects_the_rest(tmp_path):
+    blob = gzip.compress(b"".join(
+        json.dumps({"id": f"r{i}", "title": f"Title {i}", "abstract": "word " * 50}).encode()
+        + b"\n" for i in range(2000)))
+    (tmp_path / "cut.jsonl.gz").write_bytes(blob[: len(blob) // 2])
+    workdir = Workdir(tmp_path / "work")
+    summary = partition([str(tmp_path / "cut.jsonl.gz")], workdir, load_config(),
+                        progress=False)
+    rejects = read_rejects(workdir)
+    assert [r["reason"] for r in rejects] == ["unreadable_file"]
+    assert summary.articles > 0 and summary.rejected == 1
+
+
+def test_a_bad_rows_raw_text_is_kept_for_inspection(tmp_path):
+    src = write_jsonl(tmp_path / "x.jsonl", ['{"id": 1, "title": oops}'])
+    workdir = Workdir(tmp_path / "work")
+    partition([str(src)], workdir, load_config(), progress=False)
+    (reject,) = read_rejects(workdir)
+    assert reject["raw"].startswith('{"id": 1')
