@@ -294,7 +294,7 @@ def generate_corpus(path: Path, n: int, seed: int, vocab_size: int, jobs: int) -
 
 def ensure_corpus(workdir: Path, n: int, seed: int, vocab_size: int,
                   regenerate: bool, jobs: int) -> tuple[Path, dict, bool]:
-    """The cached corpus for (n, seed), generated first when missing. Returns (path, stats, cached)."""
+    """The cached corpus for (n, seed), generated first when missing: (path, stats, cached)."""
     stem = f"corpus-n{n}-seed{seed}-v{GENERATOR_VERSION}-vocab{vocab_size}"
     path = workdir / f"{stem}.jsonl"
     meta_path = workdir / f"{stem}.meta.json"
@@ -429,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"baseline: read + orjson.loads {baseline_n:,} lines in {baseline_s:.2f} s",
               file=sys.stderr, flush=True)
 
-    print(f"partition: {' '.join(partition_command())} partition ... (timeout {args.timeout:.0f} s)",
+    print(f"partition: {' '.join(partition_command())} partition ... "
+          f"(timeout {args.timeout:.0f} s)",
           file=sys.stderr, flush=True)
     run = run_partition(corpus, workdir / "run", args.overrides, args.timeout)
     summary = run["summary"] or {}

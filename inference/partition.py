@@ -1,7 +1,7 @@
 """The partitioner: validate, quarantine bad rows, split into passages, dedup, write shards.
 
-It streams its input, so memory holds one shard's passages plus the hash sets used for
-de-duplication, however large the corpus. Its output is deterministic: the same inputs and
+It streams its input: memory holds one shard's passages plus the de-duplication tables, which
+grow by about 250 bytes per article (about 550 MB for a million articles). Its output is deterministic: the same inputs and
 settings give byte-for-byte the same shards and ids, which is what makes restarts safe.
 """
 
@@ -25,7 +25,7 @@ from . import __version__
 from .config import Config
 from .passages import split_passages
 from .readers import RawRow, expand_inputs, input_format, read_rows
-from .records import Rejected, to_article
+from .records import Rejected, content_digest, to_article
 from .schema import SCHEMA_VERSION, SHARD_SCHEMA
 from .tokenize import ShardTokenizer
 from .workdir import Workdir, WorkdirError, atomic_path
@@ -94,12 +94,17 @@ class _ShardWriter:
         self.workdir = workdir
         self.size = size
         self.tokenizer = tokenizer
-        self.columns: dict[str, list[Any]] = {name: [] for name in SHARD_SCHEMA.names}
         self.shards: list[dict[str, Any]] = []
+        self._reset()
 
-    def add(self, row: dict[str, Any]) -> None:
-        for name, value in row.items():
-            self.columns[name].append(value)
+    def _reset(self) -> None:
+        self.columns: dict[str, list[Any]] = {name: [] for name in SHARD_SCHEMA.names}
+        self.appenders = [self.columns[name].append for name in SHARD_SCHEMA.names[:-1]]
+
+    def add(self, row: tuple) -> None:
+        """One passage, its values in SHARD_SCHEMA order (without input_ids)."""
+        for column, value in zip(self.appenders, row):
+            column(value)
         if len(self.columns["passage_id"]) >= self.size:
             self.flush()
 
@@ -120,7 +125,7 @@ class _ShardWriter:
             pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
         self.shards.append({"shard": shard, "file": str(final.relative_to(self.workdir.root)),
                             "rows": rows, "state": "pending"})
-        self.columns = {name: [] for name in SHARD_SCHEMA.names}
+        self._reset()
 
 
 def _clear_outputs(workdir: Workdir) -> None:
@@ -170,8 +175,8 @@ def partition(
     rejects_path = workdir.rejects_dir / "rejects.jsonl"
 
     with atomic_path(rejects_path) as rejects_tmp, open(rejects_tmp, "wb") as rejects, tqdm(
-        desc="partition", unit=" rows", disable=progress is False if progress is not None
-        else None, mininterval=0.5,
+        desc="partition", unit=" rows", disable=None if progress is None else not progress,
+        mininterval=0.5,
     ) as bar:
 
         def reject(row: RawRow, reason: str, detail: str) -> None:
@@ -206,28 +211,23 @@ def partition(
                     continue
                 seen_articles[article.article_id] = article.digest[:8]
                 summary.articles += 1
-                texts = split_passages(article.text, p.min_words, p.max_words)
-                if not texts:
-                    texts = [""]  # title-only record: the title is the passage
+                if article.words <= p.max_words:
+                    texts = [article.text]  # most abstracts: one passage, or title only
+                else:
+                    texts = split_passages(article.text, p.min_words, p.max_words)
                 for ordinal, text in enumerate(texts):
-                    digest = hashlib.sha256(f"{article.title}\x1f{text}".encode()).digest()[:16]
+                    if len(texts) == 1:  # the passage is the article: same digest
+                        digest = article.digest[:16]
+                    else:
+                        digest = content_digest(article.title, text)[:16]
                     if digest in seen_passages:
                         summary.duplicate_passages += 1
                         continue
                     seen_passages.add(digest)
                     summary.passages += 1
-                    writer.add({
-                        "passage_id": f"{article.article_id}#{ordinal}",
-                        "article_id": article.article_id,
-                        "ordinal": ordinal,
-                        "title": article.title,
-                        "text": text,
-                        "authors": article.authors,
-                        "year": article.year,
-                        "url": article.url,
-                        "topic": article.topic,
-                        "source": row.source,
-                    })
+                    writer.add((f"{article.article_id}#{ordinal}", article.article_id, ordinal,
+                                article.title, text, article.authors, article.year,
+                                article.url, article.topic, row.source))
         writer.flush()
         rejects.flush()
 

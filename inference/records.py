@@ -25,7 +25,8 @@ class Rejected(ValueError):
 class Article:
     article_id: str
     title: str
-    text: str
+    text: str  # whitespace-normalised
+    words: int
     authors: list[str]
     year: int | None
     url: str | None
@@ -102,7 +103,9 @@ def to_article(record: dict[str, Any], fields: FieldsConfig, max_field_chars: in
     """Map fields, normalise values and validate; raise `Rejected` with a reason otherwise."""
     title_name, title_value = _pick(record, fields.title)
     text_name, text_value = _pick(record, fields.text)
-    title = " ".join(_as_text(title_name, title_value).split())
+    title = _as_text(title_name, title_value)
+    if not title.isprintable() or "  " in title or title[:1].isspace() or title[-1:].isspace():
+        title = " ".join(title.split())
     text = _as_text(text_name, text_value)
     for name, value in ((title_name, title), (text_name, text)):
         if len(value) > max_field_chars:
@@ -110,10 +113,12 @@ def to_article(record: dict[str, Any], fields: FieldsConfig, max_field_chars: in
                 "field_too_long",
                 f"field {name!r} has {len(value):,} characters (limit {max_field_chars:,})",
             )
-    if not title and not text.strip():
+    if not title and (not text or text.isspace()):
         raise Rejected("no_text", "neither a title nor any text in fields "
                        f"{fields.title + fields.text}")
-    digest = content_digest(title, " ".join(text.split()))
+    words = text.split()
+    text = " ".join(words)
+    digest = content_digest(title, text)
     id_name, id_value = _pick(record, fields.id)
     if id_value is None:
         article_id = f"sha256:{digest.hex()[:24]}"
@@ -129,6 +134,7 @@ def to_article(record: dict[str, Any], fields: FieldsConfig, max_field_chars: in
         article_id=article_id or f"sha256:{digest.hex()[:24]}",
         title=title,
         text=text,
+        words=len(words),
         authors=_authors(_pick(record, fields.authors)[1]),
         year=_year(_pick(record, fields.year)[1]),
         url=_url(url_name, url_value),
