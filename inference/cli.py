@@ -154,8 +154,9 @@ def cmd_shard(args: argparse.Namespace) -> int:
     from .worker import run_shards
 
     def emit(event: dict[str, Any]) -> None:
-        if args.events:
-            print(json.dumps(event), flush=True)
+        if args.events:  # one write per line: events come from two threads
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
 
     outcomes = run_shards(Workdir(args.workdir), args.shards, threads=args.threads,
                           on_event=emit)

@@ -59,7 +59,8 @@ class ModelConfig:
     name: str = "all-MiniLM-L6-v2"
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 128
+    batch_size: int = 512
+    batch_tokens: int = 0
     max_seq_length: int = 256
     embedding_dtype: str = "float16"
 
@@ -118,6 +119,8 @@ class Config:
             raise ConfigError("shards.passages_per_shard must be positive")
         if self.model.batch_size < 1 or self.model.max_seq_length < 8:
             raise ConfigError("model: batch_size must be >= 1 and max_seq_length >= 8")
+        if self.model.batch_tokens < 0:
+            raise ConfigError("model.batch_tokens must be >= 0 (0 = fit to the device)")
         if self.model.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ConfigError("model.dtype must be auto, float32, float16 or bfloat16")
         if self.model.embedding_dtype not in ("float16", "float32"):

@@ -1,14 +1,18 @@
-"""Sentence embeddings from token ids, batched by length, on CUDA when present, else CPU.
+"""Sentence embeddings from token ids: length-bucketed batches, fed to CUDA or the CPU.
 
-Any sentence-transformers model works: it supplies the tokenizer and the pooling. Tokenizing
-is kept apart from the forward pass so that token ids made earlier (in the partition step)
-can be fed straight to the model.
+Any sentence-transformers model works: it supplies the tokenizer and the pooling. Tokenizing is
+kept apart from the forward pass so that token ids made earlier (in the partition step) go
+straight to the model. On a GPU the batches are padded and pinned by a helper thread while the
+GPU computes, copied without blocking, and the embeddings stay on the GPU until the shard is
+done, so the GPU never waits for Python between batches.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,9 +20,13 @@ import torch
 from .config import ModelConfig
 from .devices import pick_device
 from .models import ModelError, resolve_model
-from .tokenize import load_tokenizer, tokenize
+from .tokenize import TokenIds, load_tokenizer
 
 log = logging.getLogger(__name__)
+
+CPU_BATCH_TOKENS = 2048  # small batches keep a CPU's caches warm: faster than big ones
+GPU_MAX_BATCH_TOKENS = 1 << 17
+PREFETCH_BATCHES = 4
 
 
 def _pick_dtype(setting: str, device: torch.device) -> torch.dtype:
@@ -30,14 +38,13 @@ def _pick_dtype(setting: str, device: torch.device) -> torch.dtype:
 
 
 class Encoder:
-    """Runs a sentence-transformers model over batches of token ids."""
+    """Runs a sentence-transformers model over token ids, in input order."""
 
     def __init__(self, model: ModelConfig, device: str | None = None) -> None:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-
         self.config = model
         self.device = pick_device(device or model.device)
         path = resolve_model(model.name)
@@ -53,49 +60,104 @@ class Encoder:
         dimension = getattr(self.model, "get_embedding_dimension", None) or getattr(
             self.model, "get_sentence_embedding_dimension")
         self.dimension = int(dimension())
+        pad = self.tokenizer.padding or {}
+        self.pad_id = int(pad.get("pad_id", self.tokenizer.token_to_id("[PAD]") or 0))
         self.batch_size = model.batch_size
-        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+        self.batch_tokens = model.batch_tokens or self._auto_batch_tokens()
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return tokenize(self.tokenizer, texts)
+    def _auto_batch_tokens(self) -> int:
+        """Padded tokens per batch: what fits in a third of free GPU memory, or a CPU default."""
+        if self.device.type != "cuda":
+            return CPU_BATCH_TOKENS
+        free, _ = torch.cuda.mem_get_info(self.device)
+        hf_config = getattr(self.model[0], "auto_model", None)
+        hidden = getattr(getattr(hf_config, "config", None), "hidden_size", 1024)
+        inner = getattr(getattr(hf_config, "config", None), "intermediate_size", 4 * hidden)
+        per_token = 2 * (12 * hidden + 2 * inner)  # live activations of one layer, 16-bit
+        tokens = int(free / 3 / per_token)
+        return max(self.config.max_seq_length, min(GPU_MAX_BATCH_TOKENS, tokens))
+
+    def tokenize(self, texts: Sequence[str]) -> TokenIds:
+        encodings = self.tokenizer.encode_batch(list(texts))
+        return TokenIds.from_lists([e.ids for e in encodings])
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encode_ids(self.tokenize(texts))
+        return self.encode(self.tokenize(texts))
 
-    def encode_ids(
-        self, ids: Sequence[Sequence[int]], progress: Callable[[int], None] | None = None
-    ) -> np.ndarray:
-        """Embed token id lists; rows come back in input order as float32."""
-        out = np.zeros((len(ids), self.dimension), dtype=np.float32)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+    def _plan(self, lengths: np.ndarray, order: np.ndarray) -> Iterator[np.ndarray]:
         start = 0
         while start < len(order):
-            chunk = order[start : start + self.batch_size]
-            try:
-                out[chunk] = self._forward([ids[i] for i in chunk])
-            except torch.cuda.OutOfMemoryError:
-                if self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)
-                torch.cuda.empty_cache()
-                log.warning("out of GPU memory: batch size lowered to %d", self.batch_size)
-                continue
-            start += len(chunk)
-            if progress is not None:
-                progress(len(chunk))
-        return out
+            longest = max(1, int(lengths[order[start]]))
+            count = max(1, min(self.batch_size, self.batch_tokens // longest))
+            yield order[start : start + count]
+            start += count
 
-    def _forward(self, batch: list[Sequence[int]]) -> np.ndarray:
-        length = max(1, max(len(x) for x in batch))
-        input_ids = np.full((len(batch), length), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), length), dtype=np.int64)
-        for row, seq in enumerate(batch):
-            input_ids[row, : len(seq)] = seq
-            mask[row, : len(seq)] = 1
-        features = {
-            "input_ids": torch.from_numpy(input_ids).to(self.device, non_blocking=True),
-            "attention_mask": torch.from_numpy(mask).to(self.device, non_blocking=True),
-        }
+    def _batches(self, tokens: TokenIds, order: np.ndarray) -> Iterator[tuple]:
+        """Padded (and, for a GPU, pinned) batches, made by a helper thread ahead of use."""
+        pin = self.device.type == "cuda"
+        lengths = tokens.lengths()
+        ready: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for rows in self._plan(lengths, order):
+                    if stop.is_set():
+                        return
+                    ids, mask = tokens.padded(rows, self.pad_id)
+                    tensors = [torch.from_numpy(a) for a in (rows, ids, mask)]
+                    if pin:
+                        tensors = [t.pin_memory() for t in tensors]
+                    ready.put(tuple(tensors))
+            except BaseException as exc:  # hand any failure to the consuming thread
+                ready.put(exc)
+                return
+            ready.put(None)
+
+        thread = threading.Thread(target=produce, daemon=True)
+        thread.start()
+        try:
+            while (item := ready.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    ready.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)
+
+    def encode(self, tokens: TokenIds,
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Embed every sequence; rows come back in input order as float32."""
+        out = torch.zeros((len(tokens), self.dimension), dtype=torch.float32, device=self.device)
+        if len(tokens) == 0:
+            return out.cpu().numpy()
+        order = np.argsort(-tokens.lengths(), kind="stable")
         with torch.inference_mode():
+            for rows, ids, mask in self._batches(tokens, order):
+                self._forward_into(out, rows, ids, mask)
+                if progress is not None:
+                    progress(len(rows))
+        return out.cpu().numpy()
+
+    def _forward_into(self, out: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor,
+                      mask: torch.Tensor) -> None:
+        """One batch; on a GPU out-of-memory error, lower the batch size and split the batch."""
+        try:
+            features = {"input_ids": ids.to(self.device, non_blocking=True),
+                        "attention_mask": mask.to(self.device, non_blocking=True)}
             embedding = self.model(features)["sentence_embedding"]
-        return embedding.float().cpu().numpy()
+            out[rows.to(self.device, non_blocking=True)] = embedding.float()
+        except torch.cuda.OutOfMemoryError:
+            if len(rows) == 1:
+                raise
+            torch.cuda.empty_cache()
+            self.batch_tokens = max(self.config.max_seq_length, self.batch_tokens // 2)
+            self.batch_size = max(1, min(self.batch_size, len(rows)) // 2)
+            log.warning("out of GPU memory: batches lowered to %d tokens", self.batch_tokens)
+            half = len(rows) // 2
+            self._forward_into(out, rows[:half], ids[:half], mask[:half])
+            self._forward_into(out, rows[half:], ids[half:], mask[half:])

@@ -115,7 +115,7 @@ class _ShardWriter:
         if self.tokenizer is not None:
             self.columns["input_ids"] = self.tokenizer.encode(
                 self.columns["title"], self.columns["text"]
-            )
+            ).to_arrow()
         else:
             self.columns["input_ids"] = [None] * rows
         table = pa.Table.from_pydict(self.columns, schema=SHARD_SCHEMA)

@@ -19,18 +19,24 @@ from .models import ModelError, resolve_model
 
 
 class Predictor(Protocol):
+    needs_text: bool  # False: works from the embeddings alone, so shard text need not be read
+
     def predict(
         self, texts: Sequence[str], embeddings: np.ndarray
     ) -> tuple[list[str | None], np.ndarray]: ...
 
 
 class NoPredictions:
+    needs_text = False
+
     def predict(self, texts, embeddings):  # type: ignore[no-untyped-def]
         return [None] * len(texts), np.full(len(texts), np.nan, dtype=np.float32)
 
 
 class ZeroShotTopics:
     """Nearest topic description by cosine similarity of embeddings."""
+
+    needs_text = False
 
     def __init__(self, encoder: Encoder, topics: dict[str, str]) -> None:
         self.labels = list(topics)
@@ -46,6 +52,8 @@ class ZeroShotTopics:
 
 class TextClassifier:
     """A Hugging Face sequence-classification model, batched, on the encoder's device."""
+
+    needs_text = True
 
     def __init__(self, model_name: str, device: torch.device, batch_size: int = 64,
                  max_length: int = 256) -> None:

@@ -9,15 +9,62 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from tokenizers import Tokenizer
 
 from .config import Config, ModelConfig
 from .models import ModelError, resolve_model
 from .text import embedding_text
+
+
+@dataclass
+class TokenIds:
+    """Token id sequences as one flat array plus offsets: the layout of an Arrow list column."""
+
+    values: np.ndarray  # all ids, concatenated
+    offsets: np.ndarray  # int64, len(self) + 1
+
+    @classmethod
+    def from_lists(cls, lists: Sequence[Sequence[int]]) -> TokenIds:
+        lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32,
+                             count=int(offsets[-1]))
+        return cls(values, offsets)
+
+    @classmethod
+    def from_arrow(cls, column: pa.ChunkedArray | pa.ListArray) -> TokenIds:
+        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        offsets = array.offsets.to_numpy().astype(np.int64)
+        return cls(array.values.to_numpy(), offsets)
+
+    def to_arrow(self) -> pa.ListArray:
+        return pa.ListArray.from_arrays(pa.array(self.offsets.astype(np.int32)),
+                                        pa.array(self.values.astype(np.int32)))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def padded(self, rows: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows as a right-padded [batch, longest] id matrix and its attention mask."""
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        positions = np.arange(max(1, int(lengths.max())))
+        mask = positions[None, :] < lengths[:, None]
+        index = np.where(mask, starts[:, None] + positions[None, :], 0)
+        ids = np.where(mask, self.values[index] if len(self.values) else pad_id, pad_id)
+        return ids.astype(np.int64), mask.astype(np.int64)
 
 
 def load_tokenizer(model: ModelConfig) -> Tokenizer:
@@ -41,8 +88,9 @@ def load_tokenizer(model: ModelConfig) -> Tokenizer:
     return tokenizer
 
 
-def tokenize(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    return [encoding.ids for encoding in tokenizer.encode_batch(list(texts))]
+def tokenize(tokenizer: Tokenizer, texts: Sequence[str]) -> TokenIds:
+    """Tokenize in parallel on all cores (the Rust tokenizer's own thread pool)."""
+    return TokenIds.from_lists([encoding.ids for encoding in tokenizer.encode_batch(list(texts))])
 
 
 @functools.lru_cache(maxsize=8)
@@ -67,5 +115,5 @@ class ShardTokenizer:
     def identity(config: Config) -> dict[str, Any]:
         return dict(_identity(config.model.name, config.model.max_seq_length))
 
-    def encode(self, titles: Sequence[str | None], texts: Sequence[str]) -> list[list[int]]:
+    def encode(self, titles: Sequence[str | None], texts: Sequence[str]) -> TokenIds:
         return tokenize(self.tokenizer, [embedding_text(t, x) for t, x in zip(titles, texts)])

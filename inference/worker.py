@@ -12,6 +12,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from . import __version__
 from .config import Config, config_from_dict
 from .schema import check_schema_version, result_schema
 from .text import embedding_text
-from .tokenize import ShardTokenizer
+from .tokenize import ShardTokenizer, TokenIds
 from .workdir import Workdir, WorkdirError, atomic_path
 
 Event = Callable[[dict[str, Any]], None]
@@ -93,6 +94,8 @@ class ShardWorker:
         self.on_event = on_event or (lambda event: None)
         self._encoder = None
         self._predictor = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-writer")
+        self._pending: Future | None = None
 
     def _models(self):  # type: ignore[no-untyped-def]
         if self._encoder is None:
@@ -116,6 +119,7 @@ class ShardWorker:
         return shards[shard]
 
     def run(self, shard: int) -> ShardOutcome:
+        """Compute one shard; its result file is written in the background (see `wait`)."""
         started = time.perf_counter()
         entry = self.shard_entry(shard)
         if result_is_current(self.workdir, entry, self.key):
@@ -123,36 +127,57 @@ class ShardWorker:
                            "skipped": True})
             return ShardOutcome(shard, entry["rows"], True, time.perf_counter() - started)
         _remove_stale_temporaries(self.workdir, shard)
-        path = self.workdir.shard_path(shard)
-        table = pq.read_table(path)
-        check_schema_version(table.schema, "shard", str(path))
-        if table.num_rows != entry["rows"]:
-            raise WorkdirError(f"{path} has {table.num_rows} rows, manifest says {entry['rows']}")
         encoder, predictor = self._models()
-        titles = table.column("title").to_pylist()
-        texts = table.column("text").to_pylist()
-        inputs = [embedding_text(t, x) for t, x in zip(titles, texts)]
-        ids = self._token_ids(table)
-        if ids is None:
-            ids = encoder.tokenize(inputs)
+        table = self._read(shard, entry)
+        tokens = self._token_ids(table)
+        texts = None
+        if tokens is None or predictor.needs_text:
+            texts = [embedding_text(t, x) for t, x in
+                     zip(table.column("title").to_pylist(), table.column("text").to_pylist())]
+        if tokens is None:
+            tokens = encoder.tokenize(texts)
 
         def progress(count: int) -> None:
             self.on_event({"event": "progress", "shard": shard, "passages": count})
 
-        embeddings = encoder.encode_ids(ids, progress=progress)
-        labels, scores = predictor.predict(inputs, embeddings)
-        self._write(shard, table.column("passage_id"), embeddings, labels, scores)
-        self.on_event({"event": "done", "shard": shard, "rows": table.num_rows,
-                       "skipped": False})
+        embeddings = encoder.encode(tokens, progress=progress)
+        labels, scores = predictor.predict(texts or [None] * table.num_rows, embeddings)
+        self.wait()  # one result file in flight at a time
+        self._pending = self._writer.submit(
+            self._write, shard, table.column("passage_id"), embeddings, labels, scores)
         return ShardOutcome(shard, table.num_rows, False, time.perf_counter() - started)
 
-    def _token_ids(self, table: pa.Table) -> list[list[int]] | None:
+    def wait(self) -> None:
+        """Block until the last result file is on disk (re-raising a failed write)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _read(self, shard: int, entry: dict[str, Any]) -> pa.Table:
+        """Only the columns this run needs: text is skipped when token ids can be used."""
+        path = self.workdir.shard_path(shard)
+        try:
+            schema = pq.read_schema(path)
+            check_schema_version(schema, "shard", str(path))
+            columns = ["passage_id", "input_ids"]
+            if not self._can_use_stored_ids() or self._predictor.needs_text:
+                columns += ["title", "text"]
+            table = pq.read_table(path, columns=columns)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            raise WorkdirError(f"cannot read shard {path}: {exc}") from None
+        if table.num_rows != entry["rows"]:
+            raise WorkdirError(f"{path} has {table.num_rows} rows, manifest says {entry['rows']}")
+        return table
+
+    def _can_use_stored_ids(self) -> bool:
+        stored = self.manifest.get("tokenizer")
+        return stored is not None and stored == ShardTokenizer.identity(self.config)
+
+    def _token_ids(self, table: pa.Table) -> TokenIds | None:
         """Token ids stored in the shard, when they came from this model's tokenizer."""
-        if self.manifest.get("tokenizer") is None or table.column("input_ids").null_count:
+        if not self._can_use_stored_ids() or table.column("input_ids").null_count:
             return None
-        if self.manifest["tokenizer"] != ShardTokenizer.identity(self.config):
-            return None
-        return table.column("input_ids").to_pylist()
+        return TokenIds.from_arrow(table.column("input_ids"))
 
     def _write(self, shard: int, passage_ids: pa.ChunkedArray, embeddings: np.ndarray,
                labels: list[str | None], scores: np.ndarray) -> None:
@@ -178,7 +203,11 @@ class ShardWorker:
             schema=schema,
         )
         with atomic_path(self.workdir.result_path(shard)) as tmp:
-            pq.write_table(table, tmp, compression="zstd")
+            # float16 embeddings barely compress: skip zstd for them, keep it for the rest
+            pq.write_table(table, tmp, compression={"passage_id": "zstd", "embedding": "none",
+                                                    "label": "zstd", "label_score": "zstd"})
+        self.on_event({"event": "done", "shard": shard, "rows": table.num_rows,
+                       "skipped": False})
 
 
 def run_shards(workdir: Workdir, shards: list[int], *, threads: int = 0,
@@ -187,4 +216,6 @@ def run_shards(workdir: Workdir, shards: list[int], *, threads: int = 0,
     worker = ShardWorker(workdir, threads=threads, on_event=on_event)
     for shard in shards:
         worker.shard_entry(shard)  # fail on a bad shard number before any work
-    return [worker.run(shard) for shard in shards]
+    outcomes = [worker.run(shard) for shard in shards]
+    worker.wait()
+    return outcomes
