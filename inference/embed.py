@@ -64,6 +64,7 @@ class Encoder:
         self.pad_id = int(pad.get("pad_id", self.tokenizer.token_to_id("[PAD]") or 0))
         self.batch_size = model.batch_size
         self.batch_tokens = model.batch_tokens or self._auto_batch_tokens()
+        self.pad_multiple = 8 if self.device.type == "cuda" else 1
 
     def _auto_batch_tokens(self) -> int:
         """Padded tokens per batch: what fits in a third of free GPU memory, or a CPU default."""
@@ -104,7 +105,7 @@ class Encoder:
                 for rows in self._plan(lengths, order):
                     if stop.is_set():
                         return
-                    ids, mask = tokens.padded(rows, self.pad_id)
+                    ids, mask = tokens.padded(rows, self.pad_id, self.pad_multiple)
                     tensors = [torch.from_numpy(a) for a in (rows, ids, mask)]
                     if pin:
                         tensors = [t.pin_memory() for t in tensors]

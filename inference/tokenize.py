@@ -56,11 +56,14 @@ class TokenIds:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def padded(self, rows: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows as a right-padded [batch, longest] id matrix and its attention mask."""
+    def padded(self, rows: np.ndarray, pad_id: int,
+               multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Rows as a right-padded [batch, longest] id matrix and its attention mask; the width
+        is rounded up to `multiple` (GPU attention kernels want aligned lengths)."""
         starts = self.offsets[rows]
         lengths = self.offsets[rows + 1] - starts
-        positions = np.arange(max(1, int(lengths.max())))
+        width = max(1, int(lengths.max()))
+        positions = np.arange(-(-width // multiple) * multiple)
         mask = positions[None, :] < lengths[:, None]
         index = np.where(mask, starts[:, None] + positions[None, :], 0)
         ids = np.where(mask, self.values[index] if len(self.values) else pad_id, pad_id)

@@ -1,0 +1,119 @@
+"""The fast paths keep their numbers: stored token ids, reduced precision, OOM recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import run_cli
+from inference.config import ModelConfig
+from inference.tokenize import TokenIds
+from inference.workdir import Workdir
+
+TEXTS = [
+    "Ice cores from Greenland preserve bubbles of ancient air.",
+    "Triassic carbonate platforms of the Dolomites grew on subsiding volcanic basins. " * 12,
+    "Lithium.",
+    "Wastewater surveillance tracked SARS-CoV-2 variants ahead of clinical testing. " * 4,
+]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from inference.embed import Encoder
+
+    return Encoder(ModelConfig(batch_size=3, batch_tokens=400), device="cpu")
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_token_ids_pad_and_round_trip_through_arrow():
+    tokens = TokenIds.from_lists([[5, 6, 7], [], [8]])
+    assert tokens.lengths().tolist() == [3, 0, 1]
+    ids, mask = tokens.padded(np.array([0, 2, 1]), pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
+    again = TokenIds.from_arrow(tokens.to_arrow().slice(1))
+    assert again.lengths().tolist() == [0, 1]
+    assert again.padded(np.array([1]), 0)[0].tolist() == [[8]]
+
+
+def test_small_batches_give_the_same_embeddings_in_input_order(encoder):
+    from inference.embed import Encoder
+
+    one_batch = Encoder(ModelConfig(batch_size=64, batch_tokens=100_000), device="cpu")
+    expected = one_batch.encode_texts(TEXTS)
+    got = encoder.encode_texts(TEXTS)  # 3 passages / 400 tokens per batch: several batches
+    assert cosine(got, expected).min() > 0.9999
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_matches_fp32(encoder, dtype):
+    from inference.embed import Encoder
+
+    reference = encoder.encode_texts(TEXTS)
+    low = Encoder(ModelConfig(dtype=dtype, batch_size=3), device="cpu")
+    assert low.dtype == getattr(torch, dtype)
+    assert cosine(low.encode_texts(TEXTS), reference).min() >= 0.999
+
+
+def test_out_of_memory_halves_the_batch_and_continues(encoder, monkeypatch):
+    """CI has no GPU: the model raises CUDA's own OOM error for batches over two sequences."""
+    reference = encoder.encode_texts(TEXTS)
+    real_model = encoder.model
+    calls = []
+
+    def limited(features):
+        calls.append(len(features["input_ids"]))
+        if len(features["input_ids"]) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_model(features)
+
+    monkeypatch.setattr(encoder, "model", limited)
+    encoder.batch_size, encoder.batch_tokens = 4, 10_000
+    got = encoder.encode_texts(TEXTS)
+    assert calls[0] == 4 and max(calls[1:]) <= 2
+    assert encoder.batch_size <= 2
+    assert cosine(got, reference).min() > 0.9999
+
+
+def test_partition_time_token_ids_are_used_and_give_the_same_result(demo_path, tmp_path):
+    common = ["--set", "shards.passages_per_shard=40", "--set", "model.max_seq_length=64",
+              "--set", "predictions.kind=none"]
+    plain, tokenized = tmp_path / "plain", tmp_path / "tokenized"
+    run_cli("run", "--input", str(demo_path), "--workdir", str(plain), *common)
+    run_cli("run", "--input", str(demo_path), "--workdir", str(tokenized), *common,
+            "--set", "shards.tokenize=true")
+    manifest = Workdir(tokenized).read_manifest()
+    assert manifest["tokenizer"]["max_seq_length"] == 64
+    shard = pq.read_table(Workdir(tokenized).shard_path(0))
+    assert shard.column("input_ids").null_count == 0
+    assert max(len(x) for x in shard.column("input_ids").to_pylist()) <= 64
+    for n in range(len(manifest["shards"])):
+        a = pq.read_table(Workdir(plain).result_path(n))
+        b = pq.read_table(Workdir(tokenized).result_path(n))
+        assert a.column("passage_id").equals(b.column("passage_id"))
+        va = np.stack(a.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+        vb = np.stack(b.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+        assert cosine(va, vb).min() > 0.999
+
+
+def test_ids_from_another_tokenizer_setting_are_not_used(demo_path, tmp_path):
+    """Shards tokenized for 64 tokens, model run at 32: the worker re-tokenizes."""
+    workdir = Workdir(tmp_path / "w")
+    run_cli("partition", "--input", str(demo_path), "--workdir", str(workdir.root),
+            "--set", "shards.tokenize=true", "--set", "model.max_seq_length=64")
+    from inference.config import config_from_dict
+    from inference.worker import ShardWorker
+
+    manifest = workdir.read_manifest()
+    config = config_from_dict({**manifest["config"],
+                               "model": {**manifest["config"]["model"], "max_seq_length": 32}})
+    worker = ShardWorker(workdir, config=config)
+    assert not worker._can_use_stored_ids()
+    table = pq.read_table(workdir.shard_path(0))
+    assert worker._token_ids(table) is None
