@@ -2,7 +2,8 @@
 
 Any sentence-transformers model works: it supplies the tokenizer and the pooling. Tokenizing is
 kept apart from the forward pass so that token ids made earlier (in the partition step) go
-straight to the model. On a GPU the batches are padded and pinned by a helper thread while the
+straight to the model; otherwise a helper thread tokenizes chunk by chunk on all CPU cores while
+the device embeds the previous chunk. Batches are padded and pinned by that thread while the
 GPU computes, copied without blocking, and the embeddings stay on the GPU until the shard is
 done, so the GPU never waits for Python between batches.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,6 +29,49 @@ log = logging.getLogger(__name__)
 CPU_BATCH_TOKENS = 2048  # small batches keep a CPU's caches warm: faster than big ones
 GPU_MAX_BATCH_TOKENS = 1 << 17
 PREFETCH_BATCHES = 4
+TOKENIZE_CHUNK = 16384  # passages tokenized at a time while the device works on the last ones
+
+
+def in_background(items: Iterable, depth: int) -> Iterator:
+    """Iterate `items` in a helper thread, up to `depth` ahead of the consumer.
+
+    Tokenizing (Rust, all cores) and padding release the GIL for most of their work, so they
+    run while the main thread keeps the GPU fed.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                ready.put(item)
+        except BaseException as exc:  # hand any failure to the consuming thread
+            ready.put(_Failure(exc))
+            return
+        ready.put(done)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+@dataclass
+class _Failure:
+    error: BaseException
 
 
 def _pick_dtype(setting: str, device: torch.device) -> torch.dtype:
@@ -82,8 +127,20 @@ class Encoder:
         encodings = self.tokenizer.encode_batch(list(texts))
         return TokenIds.from_lists([e.ids for e in encodings])
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encode(self.tokenize(texts))
+    def encode(self, tokens: TokenIds,
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Embed token id sequences (sorted by length over the whole set), in input order."""
+        return self._run(len(tokens), [(0, tokens)], progress)
+
+    def encode_texts(self, texts: Sequence[str],
+                     progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Embed texts, tokenizing chunk by chunk on the CPU while the device embeds."""
+
+        def chunks() -> Iterator[tuple[int, TokenIds]]:
+            for start in range(0, len(texts), TOKENIZE_CHUNK):
+                yield start, self.tokenize(texts[start : start + TOKENIZE_CHUNK])
+
+        return self._run(len(texts), in_background(chunks(), depth=2), progress)
 
     def _plan(self, lengths: np.ndarray, order: np.ndarray) -> Iterator[np.ndarray]:
         start = 0
@@ -93,55 +150,30 @@ class Encoder:
             yield order[start : start + count]
             start += count
 
-    def _batches(self, tokens: TokenIds, order: np.ndarray) -> Iterator[tuple]:
-        """Padded (and, for a GPU, pinned) batches, made by a helper thread ahead of use."""
+    def _batches(self, chunks: Iterable[tuple[int, TokenIds]]) -> Iterator[tuple]:
+        """Padded (and, for a GPU, pinned) batches; each chunk is sorted by length so that a
+        batch holds sequences of similar length."""
         pin = self.device.type == "cuda"
-        lengths = tokens.lengths()
-        ready: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
-        stop = threading.Event()
+        for offset, tokens in chunks:
+            lengths = tokens.lengths()
+            order = np.argsort(-lengths, kind="stable")
+            for rows in self._plan(lengths, order):
+                ids, mask = tokens.padded(rows, self.pad_id, self.pad_multiple)
+                tensors = [torch.from_numpy(a) for a in (rows + offset, ids, mask)]
+                if pin:
+                    tensors = [t.pin_memory() for t in tensors]
+                yield tuple(tensors)
 
-        def produce() -> None:
-            try:
-                for rows in self._plan(lengths, order):
-                    if stop.is_set():
-                        return
-                    ids, mask = tokens.padded(rows, self.pad_id, self.pad_multiple)
-                    tensors = [torch.from_numpy(a) for a in (rows, ids, mask)]
-                    if pin:
-                        tensors = [t.pin_memory() for t in tensors]
-                    ready.put(tuple(tensors))
-            except BaseException as exc:  # hand any failure to the consuming thread
-                ready.put(exc)
-                return
-            ready.put(None)
-
-        thread = threading.Thread(target=produce, daemon=True)
-        thread.start()
-        try:
-            while (item := ready.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            while thread.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    ready.get_nowait()
-                except queue.Empty:
-                    thread.join(timeout=0.05)
-
-    def encode(self, tokens: TokenIds,
-               progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Embed every sequence; rows come back in input order as float32."""
-        out = torch.zeros((len(tokens), self.dimension), dtype=torch.float32, device=self.device)
-        if len(tokens) == 0:
-            return out.cpu().numpy()
-        order = np.argsort(-tokens.lengths(), kind="stable")
-        with torch.inference_mode():
-            for rows, ids, mask in self._batches(tokens, order):
-                self._forward_into(out, rows, ids, mask)
-                if progress is not None:
-                    progress(len(rows))
+    def _run(self, count: int, chunks: Iterable[tuple[int, TokenIds]],
+             progress: Callable[[int], None] | None) -> np.ndarray:
+        out = torch.zeros((count, self.dimension), dtype=torch.float32, device=self.device)
+        if count:
+            with torch.inference_mode():
+                batches = in_background(self._batches(chunks), depth=PREFETCH_BATCHES)
+                for rows, ids, mask in batches:
+                    self._forward_into(out, rows, ids, mask)
+                    if progress is not None:
+                        progress(len(rows))
         return out.cpu().numpy()
 
     def _forward_into(self, out: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor,

@@ -134,13 +134,14 @@ class ShardWorker:
         if tokens is None or predictor.needs_text:
             texts = [embedding_text(t, x) for t, x in
                      zip(table.column("title").to_pylist(), table.column("text").to_pylist())]
-        if tokens is None:
-            tokens = encoder.tokenize(texts)
 
         def progress(count: int) -> None:
             self.on_event({"event": "progress", "shard": shard, "passages": count})
 
-        embeddings = encoder.encode(tokens, progress=progress)
+        if tokens is None:  # tokenized while the model runs
+            embeddings = encoder.encode_texts(texts, progress=progress)
+        else:
+            embeddings = encoder.encode(tokens, progress=progress)
         labels, scores = predictor.predict(texts or [None] * table.num_rows, embeddings)
         self.wait()  # one result file in flight at a time
         self._pending = self._writer.submit(
