@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from .tokenize import ShardTokenizer, TokenIds
 from .workdir import Workdir, WorkdirError, atomic_path
 
 Event = Callable[[dict[str, Any]], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -217,6 +219,14 @@ def run_shards(workdir: Workdir, shards: list[int], *, threads: int = 0,
     worker = ShardWorker(workdir, threads=threads, on_event=on_event)
     for shard in shards:
         worker.shard_entry(shard)  # fail on a bad shard number before any work
-    outcomes = [worker.run(shard) for shard in shards]
+    outcomes, errors = [], []
+    for shard in shards:
+        try:
+            outcomes.append(worker.run(shard))
+        except WorkdirError as exc:  # a damaged shard: finish the others, then report it
+            log.error("shard %d failed: %s", shard, exc)
+            errors.append(exc)
     worker.wait()
+    if errors:
+        raise errors[0]
     return outcomes

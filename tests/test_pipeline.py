@@ -93,3 +93,24 @@ def test_cranfield_end_to_end(cranfield, tmp_path):
     assert out["shards_done"] == out["shards"] == out["shards_run"]
     result = pq.read_table(Workdir(tmp_path / "w").result_path(0))
     assert result.num_rows == out["passages"]
+
+
+def test_a_failing_worker_is_reported_and_the_next_run_resumes(demo_path, tmp_path):
+    workdir = tmp_path / "w"
+    settings = ["--set", "shards.passages_per_shard=40", "--set", "model.max_seq_length=32",
+                "--set", "predictions.kind=none"]
+    run_cli("partition", "--input", str(demo_path), "--workdir", str(workdir), *settings)
+    shard = Workdir(workdir).shard_path(1)
+    good = shard.read_bytes()
+    shard.write_bytes(b"not parquet")
+    proc = run_cli("run", "--input", str(demo_path), "--workdir", str(workdir), *settings,
+                   check=False)
+    assert proc.returncode == 1
+    assert "worker-0.log" in proc.stderr and "Traceback" not in proc.stderr
+    assert "cannot read shard" in (workdir / "logs" / "worker-0.log").read_text()
+    status = last_json(run_cli("status", "--workdir", str(workdir), "--json").stdout)
+    assert status["counts"]["pending"] == 1  # the other shards were still computed
+    shard.write_bytes(good)
+    out = last_json(run_cli("run", "--input", str(demo_path), "--workdir", str(workdir),
+                            *settings, "--json").stdout)
+    assert out["shards_done"] == out["shards"] and out["shards_run"] == 1
