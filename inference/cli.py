@@ -118,7 +118,9 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         f"passages   {summary['passages']:>10,}"
         f"   (duplicates dropped: {summary.get('duplicate_passages', 0):,})",
         f"rejected   {summary['rejected']:>10,}"
-        + (f"   {summary['reject_reasons']}" if summary.get("reject_reasons") else ""),
+        + ("   (" + ", ".join(f"{reason}: {n:,}" for reason, n in
+                           summary.get("reject_reasons", {}).items()) + ")"
+           if summary.get("reject_reasons") else ""),
         f"shards     {summary['shards']:>10,}",
     ]
     if "shards_run" in summary:

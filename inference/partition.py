@@ -187,6 +187,7 @@ def partition(
             rejects.write(b"\n")
 
         for path in paths:
+            count = 0
             for count, row in enumerate(read_rows(path), start=1):
                 if count % 2048 == 0:
                     bar.update(2048)
@@ -228,6 +229,7 @@ def partition(
                     writer.add((f"{article.article_id}#{ordinal}", article.article_id, ordinal,
                                 article.title, text, article.authors, article.year,
                                 article.url, article.topic, row.source))
+            bar.update(count % 2048)
         writer.flush()
         rejects.flush()
 
