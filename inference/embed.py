@@ -22,7 +22,7 @@ import torch
 from .config import ModelConfig
 from .devices import pick_device
 from .models import ModelError, resolve_model
-from .tokenize import TokenIds, load_tokenizer
+from .tokenize import TokenIds, load_tokenizer, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ class Encoder:
         dimension = getattr(self.model, "get_embedding_dimension", None) or getattr(
             self.model, "get_sentence_embedding_dimension")
         self.dimension = int(dimension())
-        pad = self.tokenizer.padding or {}
-        self.pad_id = int(pad.get("pad_id", self.tokenizer.token_to_id("[PAD]") or 0))
+        pad_id = getattr(getattr(self.model, "tokenizer", None), "pad_token_id", None)
+        self.pad_id = int(pad_id if pad_id is not None else 0)  # masked out either way
         self.batch_size = model.batch_size
         self.batch_tokens = model.batch_tokens or self._auto_batch_tokens()
         self.pad_multiple = 8 if self.device.type == "cuda" else 1
@@ -124,8 +124,7 @@ class Encoder:
         return max(self.config.max_seq_length, min(GPU_MAX_BATCH_TOKENS, tokens))
 
     def tokenize(self, texts: Sequence[str]) -> TokenIds:
-        encodings = self.tokenizer.encode_batch(list(texts))
-        return TokenIds.from_lists([e.ids for e in encodings])
+        return tokenize(self.tokenizer, texts)
 
     def encode(self, tokens: TokenIds,
                progress: Callable[[int], None] | None = None) -> np.ndarray:
