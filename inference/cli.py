@@ -179,7 +179,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     p = report["partition"]
-    print(f"workdir {args.workdir}: partition {p.get('state', 'missing')}, "
+    if p.get("state") != "done":
+        print(f"workdir {args.workdir}: partition unfinished (still running, or interrupted: "
+              "run the same partition or run command again)")
+        return 0
+    print(f"workdir {args.workdir}: partition {p['state']}, "
           f"{p.get('articles', 0):,} articles, {p.get('passages', 0):,} passages, "
           f"{p.get('rejected', 0):,} rejected")
     counts = report["counts"]

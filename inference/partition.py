@@ -164,6 +164,9 @@ def partition(
                 "use a new --workdir, or --force to discard it and start over"
             )
     workdir.create()
+    # From here until the final manifest, the workdir holds no finished partition.
+    workdir.write_manifest({"format": "infer-corpus.manifest", "partition_key": key,
+                            "inputs": inputs, "partition": {"state": "running"}, "shards": []})
     _clear_outputs(workdir)
     tokenizer = ShardTokenizer.load(config) if config.shards.tokenize else None
     summary = PartitionSummary()

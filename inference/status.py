@@ -14,9 +14,10 @@ def workdir_status(workdir: Workdir) -> dict[str, Any]:
     """Each shard is done (a current result file), partial (a worker is writing or was
     killed while writing), or pending."""
     manifest = workdir.read_manifest()
-    key = result_key(manifest, config_from_dict(manifest["config"]))
+    finished = manifest.get("partition", {}).get("state") == "done"
+    key = result_key(manifest, config_from_dict(manifest["config"])) if finished else ""
     shards = []
-    for entry in manifest.get("shards", []):
+    for entry in manifest.get("shards", []) if finished else []:
         n = entry["shard"]
         if result_is_current(workdir, entry, key):
             state = "done"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -118,3 +119,28 @@ def test_unfinished_partition_is_redone(tmp_path):
     partition([str(src)], workdir, config, progress=False)
     assert digests(workdir) == expected
     assert not list(workdir.shards_dir.glob(".*tmp*"))
+
+
+def test_a_forced_partition_that_is_killed_is_not_taken_for_the_old_one(tmp_path, monkeypatch):
+    """--force on new inputs, killed mid-way: the old inputs must not look partitioned."""
+    src = corpus(tmp_path)
+    workdir = Workdir(tmp_path / "w")
+    config = load_config()
+    partition([str(src)], workdir, config, progress=False)
+    other = write_jsonl(tmp_path / "other.jsonl", [{"id": "x", "title": "T", "abstract": "A."}])
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for a kill while the first rows are read
+
+    monkeypatch.setattr(sys.modules["inference.partition"], "read_rows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        partition([str(other)], workdir, config, force=True, progress=False)
+    monkeypatch.undo()
+    assert workdir.read_manifest()["partition"]["state"] == "running"
+    from inference.status import workdir_status
+
+    report = workdir_status(workdir)
+    assert report["partition"]["state"] == "running" and report["shard_total"] == 0
+    summary = partition([str(src)], workdir, config, progress=False)
+    assert not summary.skipped and summary.articles == 30
+
