@@ -94,6 +94,32 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print progress as JSON lines (used by the local executor)")
     shard.add_argument("--json", action="store_true", help="end with one JSON summary line")
 
+    index = sub.add_parser("index", help="load a finished workdir into its search index",
+                           description="Build the embedded index (tantivy BM25 + float16 "
+                           "embeddings) of a workdir. Loading the same results again is a no-op.")
+    index.add_argument("--workdir", required=True)
+    index.add_argument("--json", action="store_true", help="print one JSON object")
+
+    search = sub.add_parser("search", help="search a workdir's index",
+                            description="BM25 screening, then dense re-ranking or fusion.")
+    search.add_argument("--workdir", required=True)
+    search.add_argument("query", help="free text; query syntax characters are ignored")
+    search.add_argument("--top-k", type=int, default=5, help="hits to show (default 5)")
+    search.add_argument("--screening-top-k", type=int, default=100,
+                        help="BM25 / dense candidates before re-ranking (default 100)")
+    search.add_argument("--mode", default=None, help="hybrid (default), rerank, rrf, bm25, dense")
+    search.add_argument("--topic", help="only passages of this topic")
+    search.add_argument("--json", action="store_true", help="print one JSON object")
+
+    evaluate = sub.add_parser("eval", help="retrieval quality on a BEIR-layout collection",
+                              description="Run the whole pipeline on COLLECTION/corpus.jsonl, "
+                              "index it, and print nDCG@10 and recall@100 of every search mode "
+                              "over COLLECTION/queries.jsonl and qrels.tsv.")
+    evaluate.add_argument("--collection", required=True, metavar="DIR")
+    evaluate.add_argument("--workdir", required=True)
+    _config_args(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON line")
+
     status = sub.add_parser("status", help="shard states and counts of a workdir")
     status.add_argument("--workdir", required=True)
     status.add_argument("--json", action="store_true", help="print one JSON object")
@@ -125,6 +151,9 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     ]
     if "shards_run" in summary:
         lines.append(f"shards run {summary['shards_run']:>10,}   in {summary['seconds']:.1f} s")
+    if "indexed" in summary:
+        lines.append(f"indexed    {summary['indexed']:>10,}   passages (infer-corpus search "
+                     f"--workdir {summary['workdir']} \"QUESTION\")")
     if summary.get("rejected"):
         lines.append(f"rejected rows and reasons: {summary['workdir']}/rejects/rejects.jsonl")
     print("\n".join(lines))
@@ -137,7 +166,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers is not None:
         overrides.append(f"executor.workers={args.workers}")
     config = load_config(args.config, overrides)
-    summary = run_pipeline(_inputs(args), Workdir(args.workdir), config, force=args.force)
+    from retrieval import build_index
+
+    workdir = Workdir(args.workdir)
+    summary = run_pipeline(_inputs(args), workdir, config, force=args.force)
+    summary["indexed"] = build_index(workdir).passages
     _print_summary(summary, args.json)
     return 0
 
@@ -196,11 +229,60 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from retrieval import build_index
+
+    result = build_index(Workdir(args.workdir))
+    if args.json:
+        print(json.dumps(result.__dict__))
+    else:
+        state = "built" if result.built else "already current"
+        print(f"index {state}: {result.passages:,} passages ({result.path})")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from retrieval import DEFAULT_MODE, Searcher
+
+    searcher = Searcher(Workdir(args.workdir))
+    hits = searcher.search(args.query, top_k=args.top_k, screening_top_k=args.screening_top_k,
+                           mode=args.mode or DEFAULT_MODE, topic=args.topic)
+    if args.json:
+        print(json.dumps({"query": args.query, "hits": [h.to_dict() for h in hits]}))
+        return 0
+    if not hits:
+        print("no passage matches")
+    for rank, hit in enumerate(hits, start=1):
+        p = hit.passage
+        print(f"{rank:>2}. {hit.score:7.3f}  {p['title'] or '(untitled)'} ({p['year'] or 'n.d.'})"
+              f"  [{p['passage_id']}]")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from retrieval import evaluate_collection
+
+    config = load_config(args.config, args.overrides)
+    try:
+        report = evaluate_collection(args.collection, Workdir(args.workdir), config)
+    except FileNotFoundError as exc:
+        raise InputError(str(exc)) from None
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{report['queries']} judged queries; default mode: {report['default']}")
+    for mode, scores in report["modes"].items():
+        print(f"  {mode:<7} nDCG@10 {scores['ndcg@10']:.4f}   recall@100 {scores['recall@100']:.4f}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "partition": cmd_partition, "shard": cmd_shard,
-            "status": cmd_status}
+            "index": cmd_index, "search": cmd_search, "eval": cmd_eval, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from retrieval import QueryError
+
     from .executor import RunError
     from .models import ModelError
 
@@ -208,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, InputError, WorkdirError, ModelError) as exc:
+    except (ConfigError, InputError, WorkdirError, ModelError, QueryError) as exc:
         print(f"infer-corpus: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RunError as exc:

@@ -1,0 +1,168 @@
+"""The embedded index: tantivy BM25 (English stemming) plus a float16 embedding matrix on disk.
+
+It lives in the workdir (`index/embedded-KEY/`), built from the shard and result files. A build
+goes to a new folder named after the results it was made from and becomes current by an atomic
+rename of a pointer file, so a search never sees a half-built index and loading the same results
+twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import tantivy
+
+from inference.config import config_from_dict
+from inference.workdir import Workdir, WorkdirError, write_json_atomic
+from inference.worker import result_is_current, result_key
+
+POINTER = "current.json"
+SHARD_COLUMNS = ["passage_id", "article_id", "title", "text", "authors", "year", "url", "topic"]
+
+
+def _schema() -> tantivy.Schema:
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("title", stored=True, tokenizer_name="en_stem")
+    builder.add_text_field("text", stored=True, tokenizer_name="en_stem")
+    builder.add_text_field("topic", stored=True, tokenizer_name="raw")
+    builder.add_integer_field("row", stored=True, indexed=True)
+    for name in ("passage_id", "article_id", "url", "authors"):
+        builder.add_text_field(name, stored=True, tokenizer_name="raw")
+    builder.add_integer_field("year", stored=True)
+    return builder.build()
+
+
+@dataclass
+class IndexSummary:
+    passages: int
+    built: bool
+    path: str
+    seconds: float
+
+
+def _index_key(workdir: Workdir, manifest: dict[str, Any]) -> str:
+    key = result_key(manifest, config_from_dict(manifest["config"]))
+    return hashlib.sha256(f"embedded-v1:{key}".encode()).hexdigest()[:16]
+
+
+def _rows(workdir: Workdir, manifest: dict[str, Any]) -> Iterator[tuple[dict, np.ndarray, list]]:
+    for entry in manifest["shards"]:
+        n = entry["shard"]
+        shard = pq.read_table(workdir.shard_path(n), columns=SHARD_COLUMNS)
+        result = pq.read_table(workdir.result_path(n), columns=["embedding", "label"])
+        vectors = result.column("embedding").combine_chunks()
+        matrix = vectors.values.to_numpy().reshape(len(vectors), -1)
+        yield shard.to_pydict(), matrix, result.column("label").to_pylist()
+
+
+def build_index(workdir: Workdir) -> IndexSummary:
+    """Index every passage of a finished workdir; a no-op when the index is already current."""
+    started = time.perf_counter()
+    manifest = workdir.read_manifest()
+    if manifest.get("partition", {}).get("state") != "done":
+        raise WorkdirError(f"{workdir.root}: the partition step has not finished")
+    key = result_key(manifest, config_from_dict(manifest["config"]))
+    missing = [e["shard"] for e in manifest["shards"] if not result_is_current(workdir, e, key)]
+    if missing:
+        raise WorkdirError(f"{workdir.root}: shards {missing[:10]} have no current result; "
+                           "run `infer-corpus run` (or `shard`) first")
+    root = workdir.root / "index"
+    name = f"embedded-{_index_key(workdir, manifest)}"
+    total = sum(e["rows"] for e in manifest["shards"])
+    if _pointer(root).get("name") == name and (root / name / "done").is_file():
+        return IndexSummary(total, False, str(root / name), time.perf_counter() - started)
+    target = root / name
+    if target.exists():
+        shutil.rmtree(target)  # an earlier build of the same results that did not finish
+    (target / "tantivy").mkdir(parents=True)
+    index = tantivy.Index(_schema(), path=str(target / "tantivy"))
+    writer = index.writer(heap_size=256_000_000)
+    vectors: np.ndarray | None = None
+    row = 0
+    for columns, matrix, labels in _rows(workdir, manifest):
+        if vectors is None:
+            vectors = np.lib.format.open_memmap(target / "vectors.npy", mode="w+",
+                                                dtype=np.float16, shape=(total, matrix.shape[1]))
+        vectors[row : row + len(matrix)] = matrix
+        for i in range(len(matrix)):
+            writer.add_document(tantivy.Document(
+                title=columns["title"][i] or "", text=columns["text"][i],
+                topic=columns["topic"][i] or labels[i] or "", row=row + i,
+                passage_id=columns["passage_id"][i], article_id=columns["article_id"][i],
+                url=columns["url"][i] or "", authors=json.dumps(columns["authors"][i] or []),
+                year=columns["year"][i] if columns["year"][i] is not None else -1,
+            ))
+        row += len(matrix)
+    writer.commit()
+    writer.wait_merging_threads()
+    if vectors is not None:
+        vectors.flush()
+        del vectors
+    (target / "done").write_text(json.dumps({"passages": total}))
+    old = _pointer(root).get("name")
+    write_json_atomic(root / POINTER, {"name": name, "passages": total})
+    if old and old != name:
+        shutil.rmtree(root / old, ignore_errors=True)
+    return IndexSummary(total, True, str(target), time.perf_counter() - started)
+
+
+def _pointer(root: Path) -> dict[str, Any]:
+    try:
+        return json.loads((root / POINTER).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class EmbeddedIndex:
+    """Read side: BM25 candidates from tantivy, embeddings from the memory-mapped matrix."""
+
+    def __init__(self, workdir: Workdir) -> None:
+        root = workdir.root / "index"
+        name = _pointer(root).get("name")
+        if not name or not (root / name / "done").is_file():
+            raise WorkdirError(f"{workdir.root} has no index: run `infer-corpus index` first")
+        self.path = root / name
+        self.index = tantivy.Index.open(str(self.path / "tantivy"))
+        self.searcher = self.index.searcher()
+        self.vectors = np.load(self.path / "vectors.npy", mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def bm25(self, words: str, limit: int, topic: str | None = None) -> list[tuple[int, float]]:
+        """(row, score) of the best `limit` passages for already-sanitised query words."""
+        query = self.index.parse_query(words, ["title", "text"])
+        if topic:
+            query = tantivy.Query.boolean_query([
+                (tantivy.Occur.Must, query),
+                (tantivy.Occur.Must, tantivy.Query.term_query(self.index.schema, "topic", topic)),
+            ])
+        hits = self.searcher.search(query, limit).hits
+        return [(self.searcher.doc(address)["row"][0], score) for score, address in hits]
+
+    def topic_rows(self, topic: str) -> np.ndarray:
+        """Rows of one topic (for dense search with a topic filter)."""
+        query = tantivy.Query.term_query(self.index.schema, "topic", topic)
+        hits = self.searcher.search(query, len(self)).hits
+        return np.array(sorted(self.searcher.doc(a)["row"][0] for _, a in hits), dtype=np.int64)
+
+    def passage(self, row: int) -> dict[str, Any]:
+        query = tantivy.Query.term_query(self.index.schema, "row", row)
+        (_, address), = self.searcher.search(query, 1).hits
+        doc = self.searcher.doc(address).to_dict()
+        year = doc["year"][0]
+        return {
+            "passage_id": doc["passage_id"][0], "article_id": doc["article_id"][0],
+            "title": doc["title"][0], "text": doc["text"][0],
+            "authors": json.loads(doc["authors"][0]), "year": None if year < 0 else year,
+            "url": doc["url"][0] or None, "topic": doc["topic"][0] or None,
+        }

@@ -1,0 +1,92 @@
+"""The embedded index and search modes, on the demo run; quality figures on Cranfield."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import last_json, run_cli
+from inference.workdir import Workdir
+from retrieval import MODES, QueryError, Searcher, build_index
+
+
+@pytest.fixture(scope="module")
+def searcher(demo_run):
+    workdir, _ = demo_run
+    return Searcher(Workdir(workdir))
+
+
+def test_run_ends_by_indexing_and_indexing_again_is_a_no_op(demo_run):
+    workdir, summary = demo_run
+    assert summary["indexed"] == summary["passages"]
+    again = build_index(Workdir(workdir))
+    assert not again.built and again.passages == summary["passages"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_finds_the_article_about_the_question(searcher, mode):
+    hits = searcher.search("How do ice cores preserve ancient air bubbles?", mode=mode, top_k=5)
+    assert 1 <= len(hits) <= 5
+    assert hits[0].passage["topic"] == "geoarchives"
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    first = hits[0].to_dict()
+    for key in ("title", "authors", "year", "url", "text", "passage_id", "score"):
+        assert key in first
+    assert first["url"].startswith("https://example.org/demo/")
+
+
+def test_topic_filter_keeps_to_the_topic(searcher):
+    hits = searcher.search("rock formation", topic="critical-minerals", top_k=5)
+    assert hits and {h.passage["topic"] for h in hits} == {"critical-minerals"}
+    assert searcher.search("rock formation", topic="no-such-topic") == []
+
+
+@pytest.mark.parametrize("query", ['title:"wing" AND (NOT', "+vaccine -mask ~2 ^3 [a TO b]",
+                                   "OR", "ünïcödé Dolomites?!", "x" * 1999])
+def test_query_syntax_characters_never_raise(searcher, query):
+    searcher.search(query, mode="bm25")
+
+
+@pytest.mark.parametrize("query, message", [("", "empty"), ("   ", "empty"),
+                                            ("?!*:", "no searchable words"),
+                                            ("a" * 2001, "limit 2,000")])
+def test_unusable_queries_get_a_clear_error(searcher, query, message):
+    with pytest.raises(QueryError, match=message):
+        searcher.search(query)
+
+
+def test_bad_settings_get_a_clear_error(searcher):
+    with pytest.raises(QueryError, match="unknown mode"):
+        searcher.search("lithium", mode="magic")
+    with pytest.raises(QueryError, match="between 1 and"):
+        searcher.search("lithium", top_k=0)
+    with pytest.raises(QueryError, match="at least top_k"):
+        searcher.search("lithium", top_k=10, screening_top_k=5)
+
+
+def test_search_command(demo_run):
+    workdir, _ = demo_run
+    out = last_json(run_cli("search", "--workdir", str(workdir), "lithium brines",
+                            "--top-k", "3", "--json").stdout)
+    assert len(out["hits"]) == 3 and out["hits"][0]["topic"] == "critical-minerals"
+    text = run_cli("search", "--workdir", str(workdir), "lithium brines").stdout
+    assert " 1. " in text
+    bad = run_cli("search", "--workdir", str(workdir), "", check=False)
+    assert bad.returncode == 2 and "empty" in bad.stderr
+
+
+def test_eval_on_cranfield(cranfield, tmp_path):
+    out = last_json(run_cli("eval", "--collection", str(cranfield), "--workdir",
+                            str(tmp_path / "w"), "--json", "--set", "predictions.kind=none",
+                            "--set", "model.max_seq_length=64").stdout)  # CPU time in CI
+    assert out["default"] in out["modes"] and set(out["modes"]) == set(MODES)
+    assert out["queries"] == 225
+    for scores in out["modes"].values():
+        assert 0.2 < scores["ndcg@10"] < 1 and 0.5 < scores["recall@100"] <= 1
+    best = max(out["modes"], key=lambda m: out["modes"][m]["ndcg@10"])
+    assert out["modes"][out["default"]]["ndcg@10"] >= out["modes"][best]["ndcg@10"] - 0.01
+
+
+def test_eval_rejects_a_folder_that_is_not_a_collection(tmp_path):
+    proc = run_cli("eval", "--collection", str(tmp_path), "--workdir", str(tmp_path / "w"),
+                   check=False)
+    assert proc.returncode == 2 and "not a BEIR-layout collection" in proc.stderr
