@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 CPU_BATCH_TOKENS = 2048  # small batches keep a CPU's caches warm: faster than big ones
 GPU_MAX_BATCH_TOKENS = 1 << 17
 PREFETCH_BATCHES = 4
+SMALL_INPUT = 256  # passages below which helper threads cost more than they save
 TOKENIZE_CHUNK = 16384  # passages tokenized at a time while the device works on the last ones
 
 
@@ -135,6 +136,9 @@ class Encoder:
                      progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Embed texts, tokenizing chunk by chunk on the CPU while the device embeds."""
 
+        if len(texts) <= SMALL_INPUT:  # e.g. one search query: no helper threads
+            return self.encode(self.tokenize(texts), progress)
+
         def chunks() -> Iterator[tuple[int, TokenIds]]:
             for start in range(0, len(texts), TOKENIZE_CHUNK):
                 yield start, self.tokenize(texts[start : start + TOKENIZE_CHUNK])
@@ -168,7 +172,9 @@ class Encoder:
         out = torch.zeros((count, self.dimension), dtype=torch.float32, device=self.device)
         if count:
             with torch.inference_mode():
-                batches = in_background(self._batches(chunks), depth=PREFETCH_BATCHES)
+                batches = self._batches(chunks)
+                if count > SMALL_INPUT:
+                    batches = in_background(batches, depth=PREFETCH_BATCHES)
                 for rows, ids, mask in batches:
                     self._forward_into(out, rows, ids, mask)
                     if progress is not None:

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Embedded index speed at scale: build passages/s and search latency (p50/p95).
+
+It partitions a synthetic corpus (the one `partition_throughput.py` generates; about 1.1
+passages per article), gives every passage a random unit embedding (speed does not depend on
+the vectors' meaning), builds the embedded index and times queries of 3-8 corpus words.
+
+Printed with their in-run baselines:
+  build     passages/s of `build_index`; baseline: reading the same shard and result files
+  search    p50/p95 ms of `rerank` (BM25 top-100 screening + dense re-rank, query embedding
+            included) and of the default `hybrid` (also an exact dense scan of all vectors);
+            baseline: BM25 alone
+Targets at 1M passages: build >= 10,000 passages/s, screening + re-rank p95 < 50 ms.
+
+    .venv/bin/python benchmarks/index_search.py --articles 1000000 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ms = np.array(samples) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "p95_ms": round(float(np.percentile(ms, 95)), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--articles", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--workdir", default=str(ROOT / "bench-work" / "index"))
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = parser.parse_args()
+
+    from partition_throughput import ensure_corpus
+
+    from inference.config import load_config
+    from inference.partition import partition
+    from inference.workdir import Workdir
+    from inference.worker import ShardWorker
+    from retrieval import Searcher, build_index
+
+    base = Path(args.workdir)
+    corpus_dir = ROOT / "bench-work" / "partition"
+    corpus_path, _, _ = ensure_corpus(corpus_dir, args.articles, 0, 4000, False, 2)
+    workdir = Workdir(base / "work")
+    if workdir.root.exists():
+        shutil.rmtree(workdir.root)
+    config = load_config(None, ["predictions.kind=none"])
+    summary = partition([str(corpus_path)], workdir, config, progress=False)
+
+    rng = np.random.default_rng(0)
+    worker = ShardWorker(workdir, config=config)
+    for entry in worker.manifest["shards"]:
+        ids = pq.read_table(workdir.shard_path(entry["shard"]), columns=["passage_id"])
+        vectors = rng.standard_normal((entry["rows"], 384), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        worker._write(entry["shard"], ids.column(0), vectors, [None] * entry["rows"],
+                      np.full(entry["rows"], np.nan, dtype=np.float32))
+
+    started = time.perf_counter()
+    for entry in worker.manifest["shards"]:
+        pq.read_table(workdir.shard_path(entry["shard"]))
+        pq.read_table(workdir.result_path(entry["shard"]))
+    read_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    built = build_index(workdir)
+    build_seconds = time.perf_counter() - started
+
+    searcher = Searcher(workdir)
+    sample = pq.read_table(workdir.shard_path(0), columns=["text"]).column(0).to_pylist()
+    queries = []
+    for _ in range(args.queries):
+        words = sample[rng.integers(len(sample))].split()
+        start = int(rng.integers(max(1, len(words) - 8)))
+        queries.append(" ".join(words[start : start + int(rng.integers(3, 9))]))
+    searcher.search(queries[0], mode="rerank")  # load the model, warm the caches
+    timings: dict[str, list[float]] = {"bm25": [], "rerank": [], "hybrid": []}
+    for i, query in enumerate(queries):
+        for mode in ("bm25", "rerank", "hybrid"):
+            if mode == "hybrid" and i >= max(20, args.queries // 10):
+                continue  # a full dense scan per query: fewer samples
+            started = time.perf_counter()
+            searcher.search(query, mode=mode, top_k=5, screening_top_k=100)
+            timings[mode].append(time.perf_counter() - started)
+
+    result = {
+        "passages": summary.passages,
+        "build_passages_per_s": round(built.passages / build_seconds, 1),
+        "build_seconds": round(build_seconds, 1),
+        "baseline_read_passages_per_s": round(summary.passages / read_seconds, 1),
+        "search": {mode: percentiles(samples) for mode, samples in timings.items()},
+        "queries": {mode: len(samples) for mode, samples in timings.items()},
+    }
+    print(f"{summary.passages:,} passages: index built at {result['build_passages_per_s']:,.0f}"
+          f" passages/s (reading the files alone: {result['baseline_read_passages_per_s']:,.0f}/s)",
+          file=sys.stderr)
+    for mode, figures in result["search"].items():
+        print(f"  {mode:<7} p50 {figures['p50_ms']:7.1f} ms   p95 {figures['p95_ms']:7.1f} ms"
+              f"   ({len(timings[mode])} queries)", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
