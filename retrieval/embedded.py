@@ -104,7 +104,9 @@ def build_index(workdir: Workdir) -> IndexSummary:
         row += len(matrix)
     writer.commit()
     writer.wait_merging_threads()
-    if vectors is not None:
+    if vectors is None:  # every input row was rejected: an empty, searchable index
+        np.save(target / "vectors.npy", np.zeros((0, 0), dtype=np.float16))
+    else:
         vectors.flush()
         del vectors
     (target / "done").write_text(json.dumps({"passages": total}))

@@ -90,3 +90,13 @@ def test_eval_rejects_a_folder_that_is_not_a_collection(tmp_path):
     proc = run_cli("eval", "--collection", str(tmp_path), "--workdir", str(tmp_path / "w"),
                    check=False)
     assert proc.returncode == 2 and "not a BEIR-layout collection" in proc.stderr
+
+
+def test_a_corpus_with_no_valid_rows_gives_an_empty_searchable_index(tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"id": 1}\nnot json\n')
+    out = last_json(run_cli("run", "--input", str(src), "--workdir", str(tmp_path / "w"),
+                            "--json").stdout)
+    assert out["rejected"] == 2 and out["passages"] == 0 and out["indexed"] == 0
+    text = run_cli("search", "--workdir", str(tmp_path / "w"), "anything").stdout
+    assert "no passage matches" in text
