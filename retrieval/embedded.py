@@ -1,4 +1,5 @@
-"""The embedded index: tantivy BM25 (English stemming) plus a float16 embedding matrix on disk.
+"""The embedded index: tantivy BM25 (English stemming), a float16 embedding matrix and the
+passages' fields in an Arrow file, all on disk and memory-mapped for reading.
 
 It lives in the workdir (`index/embedded-KEY/`), built from the shard and result files. A build
 goes to a new folder named after the results it was made from and becomes current by an atomic
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import tantivy
 
@@ -30,14 +34,12 @@ SHARD_COLUMNS = ["passage_id", "article_id", "title", "text", "authors", "year",
 
 
 def _schema() -> tantivy.Schema:
+    """Only what BM25 and the topic filter need: passage fields live in passages.arrow."""
     builder = tantivy.SchemaBuilder()
-    builder.add_text_field("title", stored=True, tokenizer_name="en_stem")
-    builder.add_text_field("text", stored=True, tokenizer_name="en_stem")
-    builder.add_text_field("topic", stored=True, tokenizer_name="raw")
-    builder.add_integer_field("row", stored=True, indexed=True)
-    for name in ("passage_id", "article_id", "url", "authors"):
-        builder.add_text_field(name, stored=True, tokenizer_name="raw")
-    builder.add_integer_field("year", stored=True)
+    builder.add_text_field("title", stored=False, tokenizer_name="en_stem")
+    builder.add_text_field("text", stored=False, tokenizer_name="en_stem")
+    builder.add_text_field("topic", stored=False, tokenizer_name="raw")
+    builder.add_integer_field("row", stored=True, indexed=False)
     return builder.build()
 
 
@@ -51,17 +53,19 @@ class IndexSummary:
 
 def _index_key(workdir: Workdir, manifest: dict[str, Any]) -> str:
     key = result_key(manifest, config_from_dict(manifest["config"]))
-    return hashlib.sha256(f"embedded-v1:{key}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"embedded-v2:{key}".encode()).hexdigest()[:16]
 
 
-def _rows(workdir: Workdir, manifest: dict[str, Any]) -> Iterator[tuple[dict, np.ndarray, list]]:
+def _shards(workdir: Workdir, manifest: dict[str, Any]) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """Each shard's passage fields (topic: the input's, else the predicted label) and vectors."""
     for entry in manifest["shards"]:
         n = entry["shard"]
         shard = pq.read_table(workdir.shard_path(n), columns=SHARD_COLUMNS)
         result = pq.read_table(workdir.result_path(n), columns=["embedding", "label"])
+        topic = pc.coalesce(shard.column("topic"), result.column("label"))
+        shard = shard.set_column(shard.schema.get_field_index("topic"), "topic", topic)
         vectors = result.column("embedding").combine_chunks()
-        matrix = vectors.values.to_numpy().reshape(len(vectors), -1)
-        yield shard.to_pydict(), matrix, result.column("label").to_pylist()
+        yield shard, vectors.values.to_numpy().reshape(len(vectors), -1)
 
 
 def build_index(workdir: Workdir) -> IndexSummary:
@@ -87,28 +91,32 @@ def build_index(workdir: Workdir) -> IndexSummary:
     index = tantivy.Index(_schema(), path=str(target / "tantivy"))
     writer = index.writer(heap_size=256_000_000)
     vectors: np.ndarray | None = None
+    passages: ipc.RecordBatchFileWriter | None = None
     row = 0
-    for columns, matrix, labels in _rows(workdir, manifest):
+    for table, matrix in _shards(workdir, manifest):
         if vectors is None:
             vectors = np.lib.format.open_memmap(target / "vectors.npy", mode="w+",
                                                 dtype=np.float16, shape=(total, matrix.shape[1]))
+            passages = ipc.new_file(str(target / "passages.arrow"), table.schema)
         vectors[row : row + len(matrix)] = matrix
-        for i in range(len(matrix)):
-            writer.add_document(tantivy.Document(
-                title=columns["title"][i] or "", text=columns["text"][i],
-                topic=columns["topic"][i] or labels[i] or "", row=row + i,
-                passage_id=columns["passage_id"][i], article_id=columns["article_id"][i],
-                url=columns["url"][i] or "", authors=json.dumps(columns["authors"][i] or []),
-                year=columns["year"][i] if columns["year"][i] is not None else -1,
-            ))
+        passages.write_table(table)
+        columns = table.select(["title", "text", "topic"]).to_pydict()
+        for i, (title, text, topic) in enumerate(
+            zip(columns["title"], columns["text"], columns["topic"])
+        ):
+            writer.add_document(tantivy.Document(title=title or "", text=text,
+                                                 topic=topic or "", row=row + i))
         row += len(matrix)
     writer.commit()
     writer.wait_merging_threads()
     if vectors is None:  # every input row was rejected: an empty, searchable index
         np.save(target / "vectors.npy", np.zeros((0, 0), dtype=np.float16))
+        empty = pa.schema([(name, pa.string()) for name in SHARD_COLUMNS])
+        passages = ipc.new_file(str(target / "passages.arrow"), empty)
     else:
         vectors.flush()
         del vectors
+    passages.close()
     (target / "done").write_text(json.dumps({"passages": total}))
     old = _pointer(root).get("name")
     write_json_atomic(root / POINTER, {"name": name, "passages": total})
@@ -136,6 +144,7 @@ class EmbeddedIndex:
         self.index = tantivy.Index.open(str(self.path / "tantivy"))
         self.searcher = self.index.searcher()
         self.vectors = np.load(self.path / "vectors.npy", mmap_mode="r")
+        self.passages = ipc.open_file(pa.memory_map(str(self.path / "passages.arrow"))).read_all()
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -153,18 +162,11 @@ class EmbeddedIndex:
 
     def topic_rows(self, topic: str) -> np.ndarray:
         """Rows of one topic (for dense search with a topic filter)."""
-        query = tantivy.Query.term_query(self.index.schema, "topic", topic)
-        hits = self.searcher.search(query, len(self)).hits
-        return np.array(sorted(self.searcher.doc(a)["row"][0] for _, a in hits), dtype=np.int64)
+        if not len(self.passages):
+            return np.zeros(0, dtype=np.int64)
+        mask = pc.fill_null(pc.equal(self.passages.column("topic"), topic), False)
+        return np.flatnonzero(mask.to_numpy(zero_copy_only=False))
 
     def passage(self, row: int) -> dict[str, Any]:
-        query = tantivy.Query.term_query(self.index.schema, "row", row)
-        (_, address), = self.searcher.search(query, 1).hits
-        doc = self.searcher.doc(address).to_dict()
-        year = doc["year"][0]
-        return {
-            "passage_id": doc["passage_id"][0], "article_id": doc["article_id"][0],
-            "title": doc["title"][0], "text": doc["text"][0],
-            "authors": json.loads(doc["authors"][0]), "year": None if year < 0 else year,
-            "url": doc["url"][0] or None, "topic": doc["topic"][0] or None,
-        }
+        """The stored fields of one passage (memory-mapped: no copy of the whole table)."""
+        return self.passages.slice(row, 1).to_pylist()[0]
