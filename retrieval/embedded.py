@@ -111,7 +111,7 @@ def build_index(workdir: Workdir) -> IndexSummary:
     writer.wait_merging_threads()
     if vectors is None:  # every input row was rejected: an empty, searchable index
         np.save(target / "vectors.npy", np.zeros((0, 0), dtype=np.float16))
-        empty = pa.schema([(name, pa.string()) for name in SHARD_COLUMNS])
+        empty = pa.schema([(column, pa.string()) for column in SHARD_COLUMNS])
         passages = ipc.new_file(str(target / "passages.arrow"), empty)
     else:
         vectors.flush()
