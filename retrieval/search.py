@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +69,6 @@ class Searcher:
         self.config = config_from_dict(workdir.read_manifest()["config"])
         self.device = device
         self._encoder = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-embedding")
 
     def embed(self, queries: list[str]) -> np.ndarray:
         if self._encoder is None:
@@ -87,37 +85,25 @@ class Searcher:
             raise QueryError(f"top_k and screening_top_k must be between 1 and {MAX_TOP_K}")
         if screening_top_k < top_k:
             raise QueryError("screening_top_k must be at least top_k")
-        if mode not in MODES:
-            raise QueryError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        # Embed the query (torch) while tantivy screens: both release the GIL.
-        pending = None if mode == "bm25" else self._pool.submit(self.embed, [query])
-        lexical = None
-        if mode != "dense":
-            lexical = self.index.bm25(words, top_k if mode == "bm25" else screening_top_k,
-                                      topic)
-        vector = None if pending is None else pending.result()[0]
+        vector = None if mode == "bm25" else self.embed([query])[0]
         hits = self.rank(words, vector, mode=mode, depth=top_k,
-                         screening_top_k=screening_top_k, topic=topic, lexical=lexical)
+                         screening_top_k=screening_top_k, topic=topic)
         for hit in hits:
             hit.passage = self.index.passage(hit.row)
         return hits
 
     def rank(self, words: str, vector: np.ndarray | None, *, mode: str, depth: int,
-             screening_top_k: int, topic: str | None = None,
-             lexical: list[tuple[int, float]] | None = None) -> list[Hit]:
-        """The best `depth` rows for prepared query words and (unit) query vector;
-        `lexical` is the BM25 screening result when the caller already has it."""
+             screening_top_k: int, topic: str | None = None) -> list[Hit]:
+        """The best `depth` rows for prepared query words and (unit) query vector."""
         if mode not in MODES:
             raise QueryError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         n = max(depth, screening_top_k)
         if mode == "bm25":
-            lexical = lexical if lexical is not None else self.index.bm25(words, depth, topic)
-            return [Hit(r, s, bm25=s) for r, s in lexical[:depth]]
+            return [Hit(r, s, bm25=s) for r, s in self.index.bm25(words, depth, topic)]
         assert vector is not None
         if mode == "dense":
             return [Hit(r, s, dense=s) for r, s in self._dense(vector, depth, topic)]
-        if lexical is None:
-            lexical = self.index.bm25(words, n, topic)
+        lexical = self.index.bm25(words, n, topic)
         if mode in ("hybrid", "rerank"):
             rows = np.array([r for r, _ in lexical], dtype=np.int64)
             sims = self._similarity(vector, rows)
