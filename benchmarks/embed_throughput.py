@@ -84,7 +84,6 @@ def main() -> None:
     import torch
 
     from inference.config import load_config
-    from inference.embed import Encoder
     from inference.partition import partition
     from inference.tokenize import ShardTokenizer
     from inference.workdir import Workdir

@@ -281,8 +281,6 @@ COMMANDS = {"run": cmd_run, "partition": cmd_partition, "shard": cmd_shard,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from retrieval import QueryError
-
     from .executor import RunError
     from .models import ModelError
 
@@ -290,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, InputError, WorkdirError, ModelError, QueryError) as exc:
+    except (ConfigError, InputError, WorkdirError, ModelError) as exc:  # incl. QueryError
         print(f"infer-corpus: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RunError as exc:

@@ -103,8 +103,8 @@ class Encoder:
         self.model.to(self.dtype)
         self.model.eval()
         self.tokenizer = load_tokenizer(model)
-        dimension = getattr(self.model, "get_embedding_dimension", None) or getattr(
-            self.model, "get_sentence_embedding_dimension")
+        dimension = (getattr(self.model, "get_embedding_dimension", None)
+                     or self.model.get_sentence_embedding_dimension)
         self.dimension = int(dimension())
         pad_id = getattr(getattr(self.model, "tokenizer", None), "pad_token_id", None)
         self.pad_id = int(pad_id if pad_id is not None else 0)  # masked out either way

@@ -51,9 +51,9 @@ class IndexSummary:
     seconds: float
 
 
-def _index_key(workdir: Workdir, manifest: dict[str, Any]) -> str:
-    key = result_key(manifest, config_from_dict(manifest["config"]))
-    return hashlib.sha256(f"embedded-v2:{key}".encode()).hexdigest()[:16]
+def _index_key(results_key: str) -> str:
+    """Names a build after the results it holds and the index format."""
+    return hashlib.sha256(f"embedded-v2:{results_key}".encode()).hexdigest()[:16]
 
 
 def _shards(workdir: Workdir, manifest: dict[str, Any]) -> Iterator[tuple[pa.Table, np.ndarray]]:
@@ -80,7 +80,7 @@ def build_index(workdir: Workdir) -> IndexSummary:
         raise WorkdirError(f"{workdir.root}: shards {missing[:10]} have no current result; "
                            "run `infer-corpus run` (or `shard`) first")
     root = workdir.root / "index"
-    name = f"embedded-{_index_key(workdir, manifest)}"
+    name = f"embedded-{_index_key(key)}"
     total = sum(e["rows"] for e in manifest["shards"])
     if _pointer(root).get("name") == name and (root / name / "done").is_file():
         return IndexSummary(total, False, str(root / name), time.perf_counter() - started)

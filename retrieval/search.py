@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from inference.config import config_from_dict
+from inference.readers import InputError
 from inference.workdir import Workdir
 
 from .embedded import EmbeddedIndex
@@ -32,7 +33,7 @@ RRF_K = 60
 _WORD = re.compile(r"\w+")
 
 
-class QueryError(ValueError):
+class QueryError(InputError):
     """A query or search setting that cannot be served; the message says why."""
 
 
