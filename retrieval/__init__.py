@@ -7,7 +7,7 @@ answers queries in one of `MODES` (BM25 screening, dense re-ranking, fusions);
 
 from .embedded import EmbeddedIndex, IndexSummary, build_index
 from .evaluate import evaluate_collection
-from .search import DEFAULT_MODE, MODES, Hit, QueryError, Searcher
+from .search import DEFAULT_MODE, MODES, Hit, PassageIndex, QueryError, Searcher
 
-__all__ = ["DEFAULT_MODE", "MODES", "EmbeddedIndex", "Hit", "IndexSummary", "QueryError",
-           "Searcher", "build_index", "evaluate_collection"]
+__all__ = ["DEFAULT_MODE", "MODES", "EmbeddedIndex", "Hit", "IndexSummary", "PassageIndex",
+           "QueryError", "Searcher", "build_index", "evaluate_collection"]

@@ -133,7 +133,8 @@ def _pointer(root: Path) -> dict[str, Any]:
 
 
 class EmbeddedIndex:
-    """Read side: BM25 candidates from tantivy, embeddings from the memory-mapped matrix."""
+    """Read side: BM25 candidates from tantivy, embeddings from the memory-mapped matrix.
+    Passages are keyed by their row in the matrix."""
 
     def __init__(self, workdir: Workdir) -> None:
         root = workdir.root / "index"
@@ -160,13 +161,39 @@ class EmbeddedIndex:
         hits = self.searcher.search(query, limit).hits
         return [(self.searcher.doc(address)["row"][0], score) for score, address in hits]
 
-    def topic_rows(self, topic: str) -> np.ndarray:
-        """Rows of one topic (for dense search with a topic filter)."""
+    def similarity(self, vector: np.ndarray, keys: list[int]) -> np.ndarray:
+        """Cosine of the (unit) query vector with the given passages' (unit) embeddings."""
+        if not keys:
+            return np.zeros(0, dtype=np.float32)
+        return np.asarray(self.vectors[np.asarray(keys, dtype=np.int64)],
+                          dtype=np.float32) @ vector
+
+    def dense(self, vector: np.ndarray, limit: int,
+              topic: str | None = None) -> list[tuple[int, float]]:
+        """Exact nearest passages by cosine, scanning the matrix in blocks."""
+        rows = self._topic_rows(topic) if topic else None
+        total = len(rows) if rows is not None else len(self)
+        best_rows: list[np.ndarray] = []
+        best_scores: list[np.ndarray] = []
+        for start in range(0, total, 65536):
+            block = rows[start : start + 65536] if rows is not None else np.arange(
+                start, min(total, start + 65536))
+            sims = np.asarray(self.vectors[block], dtype=np.float32) @ vector
+            keep = np.argpartition(-sims, min(limit, len(sims)) - 1)[:limit]
+            best_rows.append(block[keep])
+            best_scores.append(sims[keep])
+        if not best_rows:
+            return []
+        all_rows, all_scores = np.concatenate(best_rows), np.concatenate(best_scores)
+        order = np.argsort(-all_scores, kind="stable")[:limit]
+        return [(int(all_rows[i]), float(all_scores[i])) for i in order]
+
+    def _topic_rows(self, topic: str) -> np.ndarray:
         if not len(self.passages):
             return np.zeros(0, dtype=np.int64)
         mask = pc.fill_null(pc.equal(self.passages.column("topic"), topic), False)
         return np.flatnonzero(mask.to_numpy(zero_copy_only=False))
 
-    def passage(self, row: int) -> dict[str, Any]:
-        """The stored fields of one passage (memory-mapped: no copy of the whole table)."""
-        return self.passages.slice(row, 1).to_pylist()[0]
+    def passages_for(self, keys: list[int]) -> list[dict[str, Any]]:
+        """The stored fields of the given passages (memory-mapped: no copy of the whole table)."""
+        return [self.passages.slice(row, 1).to_pylist()[0] for row in keys]

@@ -60,7 +60,7 @@ def evaluate_collection(folder: str | Path, workdir: Workdir, config: Config,
     searcher = Searcher(workdir)
     judged = [q for q in queries if qrels.get(str(q["_id"]))]
     vectors = searcher.embed([q["text"] for q in judged])
-    article_of: dict[int, str] = {}
+    article_of: dict = {}
     results: dict[str, dict[str, float]] = {}
     for mode in modes:
         ndcg, recall = [], []
@@ -68,11 +68,12 @@ def evaluate_collection(folder: str | Path, workdir: Workdir, config: Config,
             hits = searcher.rank(query_words(query["text"]), vector, mode=mode, depth=depth,
                                  screening_top_k=depth)
             documents: list[str] = []
+            unseen = [hit.key for hit in hits if hit.key not in article_of]
+            for key, passage in zip(unseen, searcher.index.passages_for(unseen)):
+                article_of[key] = passage["article_id"]
             for hit in hits:
-                if hit.row not in article_of:
-                    article_of[hit.row] = searcher.index.passage(hit.row)["article_id"]
-                if article_of[hit.row] not in documents:
-                    documents.append(article_of[hit.row])
+                if article_of[hit.key] not in documents:
+                    documents.append(article_of[hit.key])
             relevance = qrels[str(query["_id"])]
             ndcg.append(ndcg_at(documents, relevance))
             recall.append(recall_at(documents, relevance))

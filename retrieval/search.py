@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -50,9 +51,24 @@ def query_words(query: str) -> str:
     return " ".join(words)
 
 
+class PassageIndex(Protocol):
+    """What a search backend provides. Keys identify passages within one backend (row numbers
+    in the embedded index, passage ids in Elasticsearch); vectors are unit length."""
+
+    def bm25(self, words: str, limit: int,
+             topic: str | None = None) -> list[tuple[Hashable, float]]: ...
+
+    def similarity(self, vector: np.ndarray, keys: list) -> np.ndarray: ...
+
+    def dense(self, vector: np.ndarray, limit: int,
+              topic: str | None = None) -> list[tuple[Hashable, float]]: ...
+
+    def passages_for(self, keys: list) -> list[dict[str, Any]]: ...
+
+
 @dataclass
 class Hit:
-    row: int
+    key: Hashable
     score: float
     bm25: float | None = None
     dense: float | None = None
@@ -65,8 +81,9 @@ class Hit:
 class Searcher:
     """Answers queries over one workdir's index, embedding queries with the workdir's model."""
 
-    def __init__(self, workdir: Workdir, device: str = "cpu") -> None:
-        self.index = EmbeddedIndex(workdir)
+    def __init__(self, workdir: Workdir, device: str = "cpu",
+                 index: PassageIndex | None = None) -> None:
+        self.index = index if index is not None else EmbeddedIndex(workdir)
         self.config = config_from_dict(workdir.read_manifest()["config"])
         self.device = device
         self._encoder = None
@@ -89,65 +106,40 @@ class Searcher:
         vector = None if mode == "bm25" else self.embed([query])[0]
         hits = self.rank(words, vector, mode=mode, depth=top_k,
                          screening_top_k=screening_top_k, topic=topic)
-        for hit in hits:
-            hit.passage = self.index.passage(hit.row)
+        for hit, passage in zip(hits, self.index.passages_for([hit.key for hit in hits])):
+            hit.passage = passage
         return hits
 
     def rank(self, words: str, vector: np.ndarray | None, *, mode: str, depth: int,
              screening_top_k: int, topic: str | None = None) -> list[Hit]:
-        """The best `depth` rows for prepared query words and (unit) query vector."""
+        """The best `depth` passages for prepared query words and (unit) query vector."""
         if mode not in MODES:
             raise QueryError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         n = max(depth, screening_top_k)
         if mode == "bm25":
-            return [Hit(r, s, bm25=s) for r, s in self.index.bm25(words, depth, topic)]
+            return [Hit(k, s, bm25=s) for k, s in self.index.bm25(words, depth, topic)]
         assert vector is not None
         if mode == "dense":
-            return [Hit(r, s, dense=s) for r, s in self._dense(vector, depth, topic)]
+            return [Hit(k, s, dense=s) for k, s in self.index.dense(vector, depth, topic)]
         lexical = self.index.bm25(words, n, topic)
         if mode in ("hybrid", "rerank"):
-            rows = np.array([r for r, _ in lexical], dtype=np.int64)
-            sims = self._similarity(vector, rows)
+            keys = [k for k, _ in lexical]
+            sims = self.index.similarity(vector, keys)
             lex = np.array([b for _, b in lexical], dtype=np.float32)
             scores = sims if mode == "rerank" else (
                 HYBRID_BM25_WEIGHT * _standardise(lex)
                 + (1 - HYBRID_BM25_WEIGHT) * _standardise(sims))
-            hits = [Hit(int(r), float(score), bm25=float(b), dense=float(sim))
-                    for r, b, sim, score in zip(rows, lex, sims, scores)]
+            hits = [Hit(k, float(score), bm25=float(b), dense=float(sim))
+                    for k, b, sim, score in zip(keys, lex, sims, scores)]
             return sorted(hits, key=lambda h: -h.score)[:depth]
-        semantic = self._dense(vector, n, topic)
-        fused: dict[int, float] = defaultdict(float)
+        semantic = self.index.dense(vector, n, topic)
+        fused: dict[Hashable, float] = defaultdict(float)
         for ranked in (lexical, semantic):
-            for rank, (row, _) in enumerate(ranked):
-                fused[row] += 1.0 / (RRF_K + rank + 1)
+            for rank, (key, _) in enumerate(ranked):
+                fused[key] += 1.0 / (RRF_K + rank + 1)
         bm25, dense = dict(lexical), dict(semantic)
         best = sorted(fused.items(), key=lambda item: -item[1])[:depth]
-        return [Hit(r, float(s), bm25=bm25.get(r), dense=dense.get(r)) for r, s in best]
-
-    def _similarity(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        if len(rows) == 0:
-            return np.zeros(0, dtype=np.float32)
-        return np.asarray(self.index.vectors[rows], dtype=np.float32) @ vector
-
-    def _dense(self, vector: np.ndarray, limit: int,
-               topic: str | None) -> list[tuple[int, float]]:
-        """Exact nearest passages by cosine, scanning the matrix in blocks."""
-        rows = self.index.topic_rows(topic) if topic else None
-        total = len(rows) if rows is not None else len(self.index)
-        best_rows: list[np.ndarray] = []
-        best_scores: list[np.ndarray] = []
-        for start in range(0, total, 65536):
-            block = rows[start : start + 65536] if rows is not None else np.arange(
-                start, min(total, start + 65536))
-            sims = self._similarity(vector, block)
-            keep = np.argpartition(-sims, min(limit, len(sims)) - 1)[:limit]
-            best_rows.append(block[keep])
-            best_scores.append(sims[keep])
-        if not best_rows:
-            return []
-        all_rows, all_scores = np.concatenate(best_rows), np.concatenate(best_scores)
-        order = np.argsort(-all_scores, kind="stable")[:limit]
-        return [(int(all_rows[i]), float(all_scores[i])) for i in order]
+        return [Hit(k, float(s), bm25=bm25.get(k), dense=dense.get(k)) for k, s in best]
 
 
 def _standardise(scores: np.ndarray) -> np.ndarray:
