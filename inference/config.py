@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -91,6 +92,67 @@ class ExecutorConfig:
 
 
 @dataclass
+class CondorResourcesConfig:
+    """What each GPU shard job asks of the pool: the HTCondor submit commands of the same names.
+    Memory and disk take HTCondor quantities (`16GB`, `512MB`); `requirements` is an extra
+    ClassAd expression."""
+
+    request_gpus: int = 1
+    gpus_minimum_capability: str | None = "7.0"
+    gpus_minimum_memory: str | None = "16GB"
+    request_cpus: int = 4
+    request_memory: str = "16GB"
+    request_disk: str = "20GB"
+    requirements: str | None = None
+
+
+@dataclass
+class CondorConfig:
+    """`infer-corpus submit`: one GPU job per shard in a DAG, and what each job runs and moves."""
+
+    resources: CondorResourcesConfig = field(default_factory=CondorResourcesConfig)
+    site_attributes: dict[str, str] = field(default_factory=dict)
+    container_image: str | None = None
+    venv_tarball: str | None = None
+    python: str = "python3"
+    shards_url: str | None = None
+    stage_dir: str | None = None
+    extra_inputs: list[str] = field(default_factory=list)
+    max_jobs: int = 50
+    retries: int = 3
+    checkpoint_minutes: int = 30
+    checkpoint_exit_code: int = 85
+    batch_name: str | None = None
+
+    def validate(self) -> None:
+        quantity = re.compile(r"^\d+(\.\d+)?\s*([KMGT]B?)?$", re.IGNORECASE)
+        r = self.resources
+        for name in ("request_memory", "request_disk", "gpus_minimum_memory"):
+            value = getattr(r, name)
+            if value is not None and not quantity.match(value):
+                raise ConfigError(f"condor.resources.{name}: {value!r} is not a quantity "
+                                  "such as 16GB, 512MB or 20000 (MB)")
+        if r.gpus_minimum_capability is not None and not re.match(
+                r"^\d+(\.\d+)?$", r.gpus_minimum_capability):
+            raise ConfigError("condor.resources.gpus_minimum_capability must look like 7.5")
+        if r.request_gpus < 0 or r.request_cpus < 1:
+            raise ConfigError("condor.resources: request_gpus must be >= 0, request_cpus >= 1")
+        if self.container_image and self.venv_tarball:
+            raise ConfigError("condor: give container_image or venv_tarball, not both")
+        if self.shards_url is not None and "://" not in self.shards_url:
+            raise ConfigError("condor.shards_url must be a URL such as osdf:///ospool/ap40/"
+                              "data/USER/run1 or pelican://HOST/path")
+        if self.stage_dir is not None and self.shards_url is None:
+            raise ConfigError("condor.stage_dir needs condor.shards_url (the URL it serves)")
+        if self.max_jobs < 0 or self.retries < 0 or self.checkpoint_minutes < 0:
+            raise ConfigError("condor: max_jobs, retries and checkpoint_minutes must be >= 0")
+        if not 3 <= self.checkpoint_exit_code <= 255 or self.checkpoint_exit_code == 130:
+            raise ConfigError("condor.checkpoint_exit_code must be 3..255 and not 130 "
+                              "(0, 1, 2 and 130 already mean success, failure, bad input "
+                              "and interrupted)")
+
+
+@dataclass
 class Config:
     fields: FieldsConfig = field(default_factory=FieldsConfig)
     passages: PassagesConfig = field(default_factory=PassagesConfig)
@@ -98,6 +160,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     predictions: PredictionsConfig = field(default_factory=PredictionsConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    condor: CondorConfig = field(default_factory=CondorConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,6 +196,7 @@ class Config:
             raise ConfigError("predictions.topics must name at least one topic for zero-shot")
         if self.executor.workers < 0 or self.executor.threads_per_worker < 0:
             raise ConfigError("executor.workers and executor.threads_per_worker must be >= 0")
+        self.condor.validate()
 
 
 def _coerce(value: Any, hint: Any, path: str) -> Any:
