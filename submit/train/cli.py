@@ -1,0 +1,198 @@
+"""`train-models`: sweeps of topic heads and multi-node training, locally or on HTCondor.
+
+Thin: parsing, printing, exit codes (0 success, 1 a trial or step failed, 2 bad usage/spec/
+workdir, 85 a trial stopped after a checkpoint to be restarted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import TrainError
+
+EPILOG = """examples:
+  train-models sweep configs/sweep-demo.yaml --workdir demo-run --json
+  train-models sweep configs/sweep-demo.yaml --workdir demo-run --executor condor --dry-run
+  train-models report --workdir demo-run
+  train-models multinode configs/multinode-demo.yaml --workdir demo-run --nodes 2 --local
+  infer-corpus run --demo --workdir demo-run --set predictions.kind=head \\
+      --set predictions.model=demo-run/train/sweep-demo/best-model.pt
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train-models", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train topic-classifier heads on the passage embeddings of an "
+                    "infer-corpus workdir: sweeps (grid/random, seeds, ablations) with epoch "
+                    "checkpoints, and one model across several nodes with torchrun.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sweep", help="run a hyperparameter sweep (locally or as an HTCondor DAG)")
+    p.add_argument("spec", type=Path, help="sweep spec (YAML), e.g. configs/sweep-demo.yaml")
+    p.add_argument("--workdir", type=Path, required=True, help="a finished infer-corpus run")
+    p.add_argument("--executor", choices=["local", "condor"], default="local")
+    p.add_argument("--dry-run", action="store_true",
+                   help="condor: write the DAG and submit files without submitting; "
+                        "local: prepare and list the trials without running them")
+    p.add_argument("--parallel", type=int, default=0, help="local trials at once (default: cores)")
+    p.add_argument("--force", action="store_true", help="start over a sweep whose spec changed")
+    p.add_argument("--json", action="store_true", help="end with one JSON summary line")
+
+    p = sub.add_parser("report", help="draw learning curves and final metrics as a PNG")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--sweep", help="sweep name (needed when the workdir holds several)")
+    p.add_argument("--out", type=Path, help="PNG path (default: the sweep's report.png)")
+
+    p = sub.add_parser("multinode", help="train one head across several nodes with torchrun")
+    p.add_argument("spec", type=Path, help="multi-node spec (YAML), e.g. configs/multinode-demo.yaml")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--nodes", help="node count N or MIN:MAX (default: the spec's)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="write the DAG, do not submit")
+    mode.add_argument("--local", action="store_true",
+                      help="run the nodes as torchrun agents on this machine (gloo on CPU)")
+    p.add_argument("--json", action="store_true", help="end with one JSON summary line")
+
+    # Steps that jobs, DAG scripts and torchrun run; users rarely call them directly.
+    p = sub.add_parser("trial", help="train or resume one trial (what one job runs)")
+    p.add_argument("--trial-dir", type=Path, required=True)
+    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--checkpoint-exit-every", type=int, default=0, metavar="EPOCHS",
+                   help="exit with code 85 after this many epochs (to be restarted)")
+    p.add_argument("--threads", type=int, default=1)
+    for name, text in (("evaluate", "early-abort decision (exit 0 go on, 3 target reached, "
+                                     "4 trials diverged)"),
+                       ("collect", "rank the trials and record the best")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--sweep-dir", type=Path, required=True)
+    p = sub.add_parser("ddp-train", help="the training script torchrun runs on every process")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p = sub.add_parser("multinode-rank0", help="rank-0 node: host the rendezvous, publish it")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p = sub.add_parser("multinode-pre", help="workers' PRE script: read rank 0's job ad")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--dag-id", required=True, help="the DAGMan job's cluster id ($DAGID)")
+    return parser
+
+
+def _emit(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        if not isinstance(value, dict | list):
+            print(f"{key}: {value}")
+    if summary.get("best"):
+        best = summary["best"]
+        print(f"best: {best['trial']} {best['metric']}={best['value']:.4f} -> {best['model']}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import Sweep, load_spec, run_local
+
+    spec = load_spec(args.spec)
+    if args.parallel < 0:
+        raise TrainError("--parallel must be >= 0")
+    sweep = Sweep.in_workdir(args.workdir, spec.name)
+    trials = sweep.prepare(spec, args.workdir, force=args.force)
+    if args.executor == "condor":
+        from .condor import submit_dag, write_sweep_dag
+
+        dag = write_sweep_dag(sweep)
+        summary = {"sweep": spec.name, "trials": len(trials), "completed": 0, "best": None,
+                   "dag": str(dag), "submitted": None}
+        if not args.dry_run:
+            summary["submitted"] = submit_dag(dag)
+        _emit(summary, args.json)
+        return 0
+    if args.dry_run:
+        for trial in trials:
+            print(f"{trial['trial']} {trial['group']} {json.dumps(trial['params'])}")
+        _emit({"sweep": spec.name, "trials": len(trials), "completed": 0, "best": None,
+               "dry_run": True}, args.json)
+        return 0
+    summary = run_local(sweep, args.parallel, log=lambda text: print(text, file=sys.stderr))
+    _emit(summary, args.json)
+    return 1 if summary["failed"] else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import draw_report
+    from .sweep import Sweep
+
+    root = args.workdir / "train"
+    names = sorted(p.parent.name for p in root.glob("*/trials.json")) if root.is_dir() else []
+    if args.sweep:
+        name = args.sweep
+    elif len(names) == 1:
+        name = names[0]
+    else:
+        raise TrainError(f"{args.workdir} holds no sweep" if not names else
+                         f"{args.workdir} holds several sweeps ({', '.join(names)}): pass --sweep")
+    sweep = Sweep.in_workdir(args.workdir, name)
+    print(draw_report(sweep, args.out or sweep.root / "report.png"))
+    return 0
+
+
+def cmd_multinode(args: argparse.Namespace) -> int:
+    from .multinode import load_multinode_spec, prepare_run, run_local, write_multinode_dag
+
+    spec = load_multinode_spec(args.spec, nodes=args.nodes)
+    run = prepare_run(spec, args.workdir)
+    if args.local:
+        summary = run_local(run)
+    else:
+        from .condor import submit_dag
+
+        dag = write_multinode_dag(run)
+        summary = {"run": spec.name, "nodes": spec.nodes, "dag": str(dag), "submitted": None}
+        if not args.dry_run:
+            summary["submitted"] = submit_dag(dag)
+    _emit(summary, args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.command == "sweep":
+            return cmd_sweep(args)
+        if args.command == "report":
+            return cmd_report(args)
+        if args.command == "multinode":
+            return cmd_multinode(args)
+        if args.command == "trial":
+            from .trial import run_trial
+
+            return run_trial(args.trial_dir, args.dataset, args.checkpoint_exit_every,
+                             args.threads)
+        if args.command in ("evaluate", "collect"):
+            from . import sweep as sweeps
+
+            result = getattr(sweeps, args.command)(sweeps.Sweep(args.sweep_dir))
+            print(json.dumps(result))
+            return result["code"] if args.command == "evaluate" else 0
+        from . import multinode
+
+        if args.command == "ddp-train":
+            return multinode.ddp_train(args.run_dir)
+        if args.command == "multinode-rank0":
+            return multinode.serve_rank0(args.run_dir)
+        return multinode.pre_script(args.run_dir, args.dag_id)
+    except TrainError as exc:
+        print(f"train-models: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("train-models: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

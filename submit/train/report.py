@@ -1,0 +1,44 @@
+"""A picture of a sweep: learning curves per trial and the final metric of every trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from inference.workdir import atomic_path  # noqa: E402
+
+from . import TrainError  # noqa: E402
+from .sweep import Sweep  # noqa: E402
+from .trial import read_metrics  # noqa: E402
+
+
+def draw_report(sweep: Sweep, out: Path) -> Path:
+    spec = sweep.spec()
+    curves = [(t["trial"], read_metrics(sweep.trial_dir(t["trial"]))) for t in sweep.trials()]
+    curves = [(trial, m) for trial, m in curves if m and m["history"]]
+    if not curves:
+        raise TrainError(f"{sweep.root}: no trial has finished an epoch yet")
+    fig, (loss_ax, metric_ax, bar_ax) = plt.subplots(1, 3, figsize=(16, 5))
+    for trial, metrics in curves:
+        epochs = [h["epoch"] for h in metrics["history"]]
+        loss_ax.plot(epochs, [h["train_loss"] for h in metrics["history"]], label=trial)
+        metric_ax.plot(epochs, [h[spec.metric] for h in metrics["history"]], label=trial)
+    loss_ax.set(title="training loss", xlabel="epoch", ylabel="cross-entropy")
+    metric_ax.set(title=f"validation {spec.metric.removeprefix('val_')}", xlabel="epoch",
+                  ylabel=spec.metric)
+    if len(curves) <= 20:
+        metric_ax.legend(fontsize="small", ncol=2)
+    finals = [(trial, m["final"][spec.metric]) for trial, m in curves]
+    bar_ax.barh([t for t, _ in finals], [v for _, v in finals], color="tab:blue")
+    bar_ax.invert_yaxis()
+    bar_ax.set(title=f"final {spec.metric}", xlabel=spec.metric)
+    fig.suptitle(f"sweep {spec.name}: {len(curves)} trials")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return out

@@ -1,0 +1,185 @@
+"""One trial: train a head with fixed hyperparameters, checkpointing at every epoch boundary.
+
+A trial directory holds `params.json` (input), `checkpoint.pt` (the latest finished epoch,
+replaced atomically), `metrics.json` (per-epoch history and status) and, once finished,
+`model.pt` (the head in `infer-corpus.head` format). A trial killed at any moment and started
+again resumes after its latest checkpoint, and ends with the same weights as an uninterrupted
+run: each epoch's randomness (shuffling, dropout) is seeded from the trial seed and the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from inference.workdir import atomic_path, write_json_atomic
+
+from . import TrainError
+from .data import Dataset, load_dataset
+from .heads import HEAD_KINDS, build_head, export_head
+
+CHECKPOINT_EXIT_CODE = 85  # "checkpoint written, restart me": HTCondor's checkpoint_exit_code
+PARAMS = "params.json"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+MODEL = "model.pt"
+
+DEFAULTS: dict[str, Any] = {
+    "head": "linear", "hidden": 64, "dropout": 0.0, "lr": 0.01, "weight_decay": 0.0,
+    "epochs": 10, "batch_size": 32, "optimizer": "adam", "seed": 0,
+}
+OPTIMIZERS = ("adam", "sgd")
+
+
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Defaults filled in; unknown names and out-of-range values are errors."""
+    unknown = sorted(set(params) - set(DEFAULTS))
+    if unknown:
+        raise TrainError(f"unknown hyperparameter {unknown[0]!r} "
+                         f"(known: {', '.join(sorted(DEFAULTS))})")
+    out = {**DEFAULTS, **params}
+    for name, default in DEFAULTS.items():
+        value = out[name]
+        if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TrainError(f"hyperparameter {name} must be an integer, got {value!r}")
+        if isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TrainError(f"hyperparameter {name} must be a number, got {value!r}")
+            out[name] = float(value)
+    if out["head"] not in HEAD_KINDS:
+        raise TrainError(f"hyperparameter head must be one of {', '.join(HEAD_KINDS)}")
+    if out["optimizer"] not in OPTIMIZERS:
+        raise TrainError(f"hyperparameter optimizer must be one of {', '.join(OPTIMIZERS)}")
+    if out["epochs"] < 1 or out["batch_size"] < 1 or out["hidden"] < 1 or out["lr"] <= 0:
+        raise TrainError("epochs, batch_size and hidden must be >= 1 and lr > 0")
+    if not 0.0 <= out["dropout"] < 1.0 or out["weight_decay"] < 0:
+        raise TrainError("dropout must be in [0, 1) and weight_decay >= 0")
+    return out
+
+
+def make_model(params: dict[str, Any], dataset: Dataset) -> nn.Module:
+    torch.manual_seed(params["seed"])
+    return build_head(params["head"], dataset.features.shape[1], len(dataset.classes),
+                      params["hidden"], params["dropout"])
+
+
+def make_optimizer(params: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+    if params["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=0.9,
+                               weight_decay=params["weight_decay"])
+    return torch.optim.Adam(model.parameters(), lr=params["lr"],
+                            weight_decay=params["weight_decay"])
+
+
+def epoch_generator(params: dict[str, Any], epoch: int) -> torch.Generator:
+    """Everything random in an epoch derives from (seed, epoch), so resuming changes nothing."""
+    seed = params["seed"] * 1_000_003 + epoch
+    torch.manual_seed(seed)  # dropout
+    return torch.Generator().manual_seed(seed)
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor, batch_size: int, generator: torch.Generator) -> float:
+    model.train()
+    order = torch.randperm(len(x), generator=generator)
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        batch = order[start : start + batch_size]
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+        loss.backward()
+        optimizer.step()
+        total += float(loss) * len(batch)
+    return total / len(x)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        loss = float(nn.functional.cross_entropy(logits, y))
+        accuracy = float((logits.argmax(dim=1) == y).float().mean())
+    return {"val_loss": loss, "val_accuracy": accuracy}
+
+
+def _tensors(dataset: Dataset, validation: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = dataset.part(validation)
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+
+
+def read_metrics(trial_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((trial_dir / METRICS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int = 0,
+              threads: int = 1) -> int:
+    """Train (or resume) one trial; returns 0 when finished, CHECKPOINT_EXIT_CODE to be restarted.
+
+    `checkpoint_exit_every` > 0 ends the process after that many epochs of this run, so a
+    batch system can store the checkpoint and restart the trial (possibly elsewhere).
+    """
+    started = time.perf_counter()
+    try:
+        params = check_params(json.loads((trial_dir / PARAMS).read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"cannot read {trial_dir / PARAMS}: {exc}") from None
+    dataset = load_dataset(dataset_path)
+    torch.set_num_threads(max(1, threads))
+    torch.use_deterministic_algorithms(True)
+    model = make_model(params, dataset)
+    optimizer = make_optimizer(params, model)
+    history: list[dict[str, float]] = []
+    first_epoch = 1
+    if (trial_dir / CHECKPOINT).is_file():
+        state = torch.load(trial_dir / CHECKPOINT, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = state["history"]
+        first_epoch = state["epoch"] + 1
+        status = state["status"]
+    else:
+        status = "running"
+    x_train, y_train = _tensors(dataset, validation=False)
+    x_val, y_val = _tensors(dataset, validation=True)
+    for epoch in range(first_epoch, params["epochs"] + 1 if status == "running" else 0):
+        loss = train_epoch(model, optimizer, x_train, y_train, params["batch_size"],
+                           epoch_generator(params, epoch))
+        history.append({"epoch": epoch, "train_loss": loss, **evaluate(model, x_val, y_val)})
+        finished = epoch == params["epochs"] or not math.isfinite(loss)
+        if not math.isfinite(loss):
+            status = "diverged"
+        elif finished:
+            status = "completed"
+        with atomic_path(trial_dir / CHECKPOINT) as tmp:
+            torch.save({"epoch": epoch, "status": status, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "history": history}, tmp)
+        if finished:
+            break
+        write_metrics(trial_dir, params, history, status, first_epoch, started)
+        if checkpoint_exit_every and (epoch - first_epoch + 1) % checkpoint_exit_every == 0:
+            return CHECKPOINT_EXIT_CODE
+    if status == "completed" and history:
+        final = {k: v for k, v in history[-1].items() if k != "epoch"}
+        export_head(model, dataset.classes, dataset.embedding_model, final, trial_dir / MODEL)
+    write_metrics(trial_dir, params, history, status, first_epoch, started)
+    return 0
+
+
+def write_metrics(trial_dir: Path, params: dict[str, Any], history: list[dict[str, float]],
+                  status: str, resumed_at: int, started: float) -> None:
+    write_json_atomic(trial_dir / METRICS, {
+        "status": status, "params": params,
+        "epochs_done": history[-1]["epoch"] if history else 0,
+        "resumed_at_epoch": resumed_at, "final": history[-1] if history else None,
+        "history": history, "seconds_this_run": round(time.perf_counter() - started, 3),
+    })
