@@ -254,10 +254,11 @@ class Config:
             raise ConfigError("model.dtype must be auto, float32, float16 or bfloat16")
         if self.model.embedding_dtype not in ("float16", "float32"):
             raise ConfigError("model.embedding_dtype must be float16 or float32")
-        if self.predictions.kind not in ("zero-shot", "classifier", "none"):
-            raise ConfigError("predictions.kind must be zero-shot, classifier or none")
-        if self.predictions.kind == "classifier" and not self.predictions.model:
-            raise ConfigError("predictions.model is required when predictions.kind is classifier")
+        if self.predictions.kind not in ("zero-shot", "classifier", "head", "none"):
+            raise ConfigError("predictions.kind must be zero-shot, classifier, head or none")
+        if self.predictions.kind in ("classifier", "head") and not self.predictions.model:
+            raise ConfigError(f"predictions.model is required when predictions.kind is "
+                              f"{self.predictions.kind}")
         if self.predictions.kind == "zero-shot" and not self.predictions.topics:
             raise ConfigError("predictions.topics must name at least one topic for zero-shot")
         if self.executor.workers < 0 or self.executor.threads_per_worker < 0:

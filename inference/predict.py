@@ -3,6 +3,8 @@
 `zero-shot` compares each passage embedding with embeddings of the topic descriptions in the
 config, so it needs no extra model and works offline; the score is the cosine similarity.
 `classifier` runs any Hugging Face text-classification model; the score is its probability.
+`head` runs a topic head trained on the embeddings by `train-models` (linear layers with ReLU
+between them, stored as plain tensors); the score is its probability.
 """
 
 from __future__ import annotations
@@ -88,6 +90,35 @@ class TextClassifier:
         return labels, np.asarray(scores, dtype=np.float32)
 
 
+class TopicHead:
+    """A head trained on this embedding model's passage embeddings (`infer-corpus.head` file)."""
+
+    needs_text = False
+
+    def __init__(self, path: str, embedding_model: str) -> None:
+        try:
+            head = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ModelError(f"cannot load topic head {path!r}: {exc}") from None
+        if not isinstance(head, dict) or head.get("format") != "infer-corpus.head":
+            raise ModelError(f"{path!r} is not a topic head written by train-models")
+        if head["embedding_model"] != embedding_model:
+            raise ModelError(f"topic head {path!r} was trained on {head['embedding_model']!r} "
+                             f"embeddings, but model.name is {embedding_model!r}")
+        self.labels = list(head["classes"])
+        self.layers = [(layer["weight"], layer["bias"]) for layer in head["layers"]]
+
+    def predict(self, texts, embeddings):  # type: ignore[no-untyped-def]
+        x = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
+        with torch.inference_mode():
+            for i, (weight, bias) in enumerate(self.layers):
+                x = torch.nn.functional.linear(x, weight, bias)
+                if i < len(self.layers) - 1:
+                    x = x.relu()
+            top = x.softmax(dim=-1).max(dim=-1)
+        return [self.labels[int(i)] for i in top.indices], top.values.numpy().astype(np.float32)
+
+
 def _normalize(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.maximum(norms, 1e-12)
@@ -99,4 +130,7 @@ def make_predictor(config: PredictionsConfig, encoder: Encoder) -> Predictor:
     if config.kind == "classifier":
         assert config.model  # checked by Config.validate
         return TextClassifier(config.model, encoder.device)
+    if config.kind == "head":
+        assert config.model  # checked by Config.validate
+        return TopicHead(config.model, encoder.config.name)
     return NoPredictions()
