@@ -141,14 +141,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_multinode(args: argparse.Namespace) -> int:
-    from .multinode import load_multinode_spec, prepare_run, run_local, write_multinode_dag
+    from .multinode import load_multinode_spec, prepare_run, run_local
 
     spec = load_multinode_spec(args.spec, nodes=args.nodes)
     run = prepare_run(spec, args.workdir)
     if args.local:
         summary = run_local(run)
     else:
-        from .condor import submit_dag
+        from .condor import submit_dag, write_multinode_dag
 
         dag = write_multinode_dag(run)
         summary = {"run": spec.name, "nodes": spec.nodes, "dag": str(dag), "submitted": None}

@@ -44,7 +44,7 @@ class EarlyStop:
 
 @dataclass
 class CondorSettings:
-    python: str = "python3"  # interpreter on the execute node, with this project installed
+    python: str = "python3"  # interpreter on the execute node's PATH, with this project installed
     container_image: str | None = None
     request_cpus: int = 1
     request_memory: str = "2GB"

@@ -1,0 +1,173 @@
+"""Training on HTCondor: the sweep DAG and the multi-node DAG, written with `submit.htcondor`.
+
+Sweep DAG: trials run in waves, each wave one job cluster whose item data (trial ids) comes
+from a file. A trial job exits with the checkpoint exit code every `checkpoint_every` epochs;
+HTCondor then keeps `checkpoint.pt` and restarts it, so evicted trials lose little. After each
+wave a POST script (`train-models evaluate`) decides whether to go on; its exit code stops the
+DAG through ABORT-DAG-ON (3: target reached, the DAG succeeds; 4: trials diverged, it fails).
+The FINAL node (`train-models collect`, on the access point) ranks the trials either way.
+
+Multi-node DAG: `PROVISIONER RANK0` (hosts the rendezvous, publishes it with chirp) and
+`JOB WORKERS` whose PRE script writes the endpoint into `workers.sub` before it is submitted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from inference.workdir import atomic_path
+from submit.htcondor import CondorError, Dag, Node, Script, condor_arguments, dag_text, \
+    lint_dag, submit_dag as submit_condor_dag, write_submit
+
+from . import TrainError
+from .multinode import DATASET, RUN_FILE, MultinodeSpec, read_run, torchrun_command
+from .sweep import EVAL_DIVERGED, EVAL_TARGET_REACHED, CondorSettings, Sweep
+from .trial import CHECKPOINT, CHECKPOINT_EXIT_CODE, METRICS, PARAMS
+
+SWEEP_DAG = "sweep.dag"
+MULTINODE_DAG = "multinode.dag"
+RENDEZVOUS_PENDING = "rank0-not-ready.invalid:0"  # replaced by the workers' PRE script
+
+
+def _resources(settings: CondorSettings) -> dict[str, str]:
+    commands = {"request_cpus": str(settings.request_cpus),
+                "request_memory": settings.request_memory,
+                "request_disk": settings.request_disk,
+                "should_transfer_files": "YES", "when_to_transfer_output": "ON_EXIT",
+                "transfer_executable": "false"}
+    if settings.request_gpus:
+        commands["request_gpus"] = str(settings.request_gpus)
+    if settings.container_image:
+        commands["container_image"] = settings.container_image
+    commands.update({k: str(v) for k, v in settings.extra.items()})
+    return commands
+
+
+def _write(path: Path, commands: dict[str, str], itemdata: list[dict[str, str]] | None = None):  # type: ignore[no-untyped-def]
+    try:
+        return write_submit(path, commands, itemdata=itemdata)
+    except Exception as exc:  # htcondor2 raises its own errors for bad submit commands
+        raise TrainError(f"submit file {path} does not parse: {exc}") from None
+
+
+def _write_dag(path: Path, dag: Dag, extra_lines: list[str]) -> Path:
+    """The DAG (plus lines `Dag` has no field for), then linted: every submit file parses."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(dag_text(dag) + "".join(f"{line}\n" for line in extra_lines),
+                       encoding="utf-8")
+    problems = lint_dag(path)
+    if problems:
+        raise TrainError(f"{path} is not a valid DAG: {'; '.join(problems)}")
+    return path
+
+
+def _local_command(*args: str) -> tuple[str, list[str]]:
+    """A step run on the access point, with this installation's Python."""
+    return sys.executable, ["-m", "submit.train.cli", *args]
+
+
+def write_sweep_dag(sweep: Sweep) -> Path:
+    spec = sweep.spec()
+    settings = spec.condor
+    root = sweep.root.resolve()
+    condor_dir = root / "condor"
+    log = str(condor_dir / "sweep.log")
+    trials = [t["trial"] for t in sweep.trials()]
+    size = settings.wave_size or len(trials)
+    waves = [trials[i : i + size] for i in range(0, len(trials), size)]
+    trial_args = ["-m", "submit.train.cli", "trial", "--trial-dir", ".", "--dataset", DATASET]
+    if settings.checkpoint_every:
+        trial_args += ["--checkpoint-exit-every", str(settings.checkpoint_every)]
+    python, evaluate_args = _local_command("evaluate", "--sweep-dir", str(root))
+    nodes = []
+    for number, wave in enumerate(waves):
+        name = f"wave-{number:03d}"
+        _write(condor_dir / f"{name}.sub", {
+            "universe": "container" if settings.container_image else "vanilla",
+            "executable": "/usr/bin/env",  # finds `python` on the execute node's PATH
+            "arguments": condor_arguments([settings.python, *trial_args]),
+            "initialdir": str(root / "trials" / "$(trial)"),
+            "transfer_input_files": f"{root / 'dataset.npz'},{PARAMS}",
+            "checkpoint_exit_code": str(CHECKPOINT_EXIT_CODE),
+            "transfer_checkpoint_files": f"{CHECKPOINT},{METRICS}",
+            "environment": '"OMP_NUM_THREADS=$(request_cpus)"',
+            "output": "trial.out", "error": "trial.err", "log": log,
+            "batch_name": f"sweep-{spec.name}",
+            **_resources(settings),
+        }, itemdata=[{"trial": t} for t in wave])
+        nodes.append(Node(f"WAVE{number}", f"{name}.sub",
+                          post=Script(python, evaluate_args),
+                          abort_dag_on=(EVAL_TARGET_REACHED, 0)))
+    collect_python, collect_args = _local_command("collect", "--sweep-dir", str(root))
+    _write(condor_dir / "collect.sub", {
+        "universe": "local", "executable": collect_python,
+        "arguments": condor_arguments(collect_args),
+        "output": str(condor_dir / "collect.out"), "error": str(condor_dir / "collect.err"),
+        "log": log, "getenv": "PATH,HOME",
+    })
+    nodes.append(Node("COLLECT", "collect.sub", kind="FINAL"))
+    edges = [([f"WAVE{i}"], [f"WAVE{i + 1}"]) for i in range(len(waves) - 1)]
+    dag = Dag(nodes=nodes, edges=edges, node_status_file="sweep.status")
+    diverged = [f"ABORT-DAG-ON WAVE{i} {EVAL_DIVERGED} RETURN 1" for i in range(len(waves))]
+    return _write_dag(condor_dir / SWEEP_DAG, dag, diverged)
+
+
+def _multinode_commands(run_dir: Path, spec: MultinodeSpec) -> dict[str, str]:
+    return {"universe": "container" if spec.condor.container_image else "vanilla",
+            "initialdir": str(run_dir),
+            "transfer_input_files": f"{DATASET},{PARAMS},{RUN_FILE}",
+            "log": str(run_dir / "condor" / "multinode.log"),
+            "batch_name": f"multinode-{spec.name}", **_resources(spec.condor)}
+
+
+def write_workers_submit(run_dir: Path, spec: MultinodeSpec, endpoint: str,
+                         rank0_machine: str) -> Path:
+    """Worker nodes: torchrun joining rank 0's rendezvous, never on rank 0's machine."""
+    run_dir = Path(run_dir).resolve()
+    command = torchrun_command(".", endpoint, spec.nodes, spec.nproc_per_node, spec.name,
+                               is_host=False, python=spec.condor.python)
+    path = run_dir / "condor" / "workers.sub"
+    _write(path, {
+        **_multinode_commands(run_dir, spec),
+        "executable": "/usr/bin/env", "arguments": condor_arguments(command),
+        "requirements": f'(TARGET.Machine =!= "{rank0_machine}")',
+        "output": "condor/worker-$(worker).out", "error": "condor/worker-$(worker).err",
+    }, itemdata=[{"worker": str(n)} for n in range(1, spec.max_nodes)])
+    return path
+
+
+def write_multinode_dag(run_dir: Path) -> Path:
+    run_dir = Path(run_dir).resolve()
+    spec = read_run(run_dir)
+    if spec.max_nodes < 2:
+        raise TrainError("a multi-node DAG needs at least 2 nodes (--nodes 2 or MIN:MAX)")
+    condor_dir = run_dir / "condor"
+    _write(condor_dir / "rank0.sub", {
+        **_multinode_commands(run_dir, spec),
+        "executable": "/usr/bin/env",
+        "arguments": condor_arguments([spec.condor.python, "-m", "submit.train.cli",
+                                       "multinode-rank0", "--run-dir", "."]),
+        "want_io_proxy": "true",
+        "output": "condor/rank0.out", "error": "condor/rank0.err",
+    })
+    write_workers_submit(run_dir, spec, RENDEZVOUS_PENDING, "")
+    python, pre_args = _local_command("multinode-pre", "--run-dir", str(run_dir),
+                                      "--dag-id", "$DAGID")
+    dag = Dag(nodes=[Node("RANK0", "rank0.sub", kind="PROVISIONER"),
+                     Node("WORKERS", "workers.sub", pre=Script(python, pre_args))],
+              node_status_file="multinode.status")
+    return _write_dag(condor_dir / MULTINODE_DAG, dag, [])
+
+
+def submit_dag(path: Path) -> int:
+    """Submit through the htcondor2 bindings; the error says what to do without a schedd."""
+    try:
+        return submit_condor_dag(path)
+    except CondorError as exc:
+        raise TrainError(str(exc)) from None
+
+
+__all__: list[Any] = ["write_sweep_dag", "write_multinode_dag", "write_workers_submit",
+                      "submit_dag"]

@@ -1,0 +1,283 @@
+"""One head trained across several nodes: torchrun with a c10d rendezvous hosted by rank 0.
+
+On HTCondor the rank-0 node is the DAG's PROVISIONER node: it starts torchrun as the host of
+the rendezvous store, publishes its address and port into its own job ad with chirp
+(`want_io_proxy`), then tells DAGMan it is ready (`ProvisionerState = 2`). The workers' PRE
+script reads that ad and writes the endpoint, and a requirement that keeps workers off the
+rank-0 machine, into the worker submit file. `--local` runs the same agents on this machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from inference.workdir import Workdir, write_json_atomic
+
+from . import TrainError
+from .data import load_dataset, read_workdir, save_dataset
+from .sweep import CondorSettings, _section
+from .trial import MODEL, PARAMS, check_params, epoch_generator, evaluate, make_model, \
+    make_optimizer
+
+RUN_FILE = "run.json"
+DATASET = "dataset.npz"
+PROVISIONING_COMPLETE = 2  # DAGMan's ProvisionerState value that starts the other nodes
+
+
+@dataclass
+class MultinodeSpec:
+    name: str
+    nodes: str = "2:2"  # MIN:MAX nodes (elastic) including the rank-0 node
+    nproc_per_node: int = 1  # processes per node: one per GPU, or a few on CPU
+    params: dict[str, Any] = field(default_factory=dict)
+    val_fraction: float = 0.25
+    condor: CondorSettings = field(default_factory=CondorSettings)
+
+    @property
+    def min_nodes(self) -> int:
+        return int(self.nodes.split(":")[0])
+
+    @property
+    def max_nodes(self) -> int:
+        return int(self.nodes.split(":")[-1])
+
+
+def _nodes(text: Any) -> str:
+    parts = str(text).split(":")
+    if len(parts) > 2 or not all(p.isdigit() for p in parts):
+        raise TrainError(f"nodes must be N or MIN:MAX, not {text!r}")
+    low, high = int(parts[0]), int(parts[-1])
+    if not 1 <= low <= high:
+        raise TrainError(f"nodes {text!r}: need 1 <= MIN <= MAX")
+    return f"{low}:{high}"
+
+
+def load_multinode_spec(path: Path, nodes: str | None = None) -> MultinodeSpec:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TrainError(f"cannot read spec {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise TrainError(f"spec {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not data.get("name"):
+        raise TrainError(f"spec {path} must be a mapping with a name")
+    known = set(MultinodeSpec.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise TrainError(f"unknown key {unknown[0]} in {path} (known: {', '.join(sorted(known))})")
+    data["condor"] = _section(CondorSettings, data.get("condor"), "condor")
+    data["nodes"] = _nodes(nodes if nodes is not None else data.get("nodes", "2:2"))
+    spec = MultinodeSpec(**data)
+    if spec.nproc_per_node < 1:
+        raise TrainError("nproc_per_node must be >= 1")
+    check_params(spec.params)
+    return spec
+
+
+def prepare_run(spec: MultinodeSpec, workdir: Path) -> Path:
+    """`WORKDIR/train/NAME/`: the spec, the hyperparameters and the dataset every node reads."""
+    run_dir = Path(workdir) / "train" / spec.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / RUN_FILE, asdict(spec))
+    write_json_atomic(run_dir / PARAMS, check_params(spec.params))
+    if not (run_dir / DATASET).is_file():
+        save_dataset(read_workdir(Workdir(workdir), spec.val_fraction), run_dir / DATASET)
+    return run_dir
+
+
+def read_run(run_dir: Path) -> MultinodeSpec:
+    try:
+        data = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise TrainError(f"{run_dir} is not a prepared multi-node run (no {RUN_FILE})") from None
+    data["condor"] = CondorSettings(**data["condor"])
+    return MultinodeSpec(**data)
+
+
+def torchrun_command(run_dir: Path | str, endpoint: str, nodes: str, nproc_per_node: int,
+                     run_id: str, is_host: bool, python: str = sys.executable) -> list[str]:
+    """One torchrun agent; every node, local or in a job, starts training through this."""
+    return [python, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+            f"--nproc-per-node={nproc_per_node}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}",
+            f"--rdzv-conf=is_host={str(is_host).lower()}", "--max-restarts=0",
+            "-m", "submit.train.cli", "ddp-train", "--run-dir", str(run_dir)]
+
+
+def ddp_train(run_dir: Path) -> int:
+    """Runs on every process torchrun starts: data-parallel training of one head."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .heads import export_head
+
+    params = check_params(json.loads((run_dir / PARAMS).read_text(encoding="utf-8")))
+    dataset = load_dataset(run_dir / DATASET)
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    torch.set_num_threads(1)
+    model = make_model(params, dataset).to(device)
+    ddp = DistributedDataParallel(model)
+    optimizer = make_optimizer(params, ddp)
+    x_train, y_train = (torch.from_numpy(a) for a in dataset.part(validation=False))
+    per_rank = len(x_train) // world  # equal batch counts on every rank keep all-reduce in step
+    history = []
+    for epoch in range(1, params["epochs"] + 1):
+        order = torch.randperm(len(x_train), generator=epoch_generator(params, epoch))
+        mine = order[rank::world][:per_rank]
+        ddp.train()
+        total = torch.zeros(2, dtype=torch.float64)
+        for start in range(0, per_rank, params["batch_size"]):
+            batch = mine[start : start + params["batch_size"]]
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(ddp(x_train[batch].to(device)),
+                                                     y_train[batch].to(device))
+            loss.backward()
+            optimizer.step()
+            total += torch.tensor([loss.item() * len(batch), len(batch)], dtype=torch.float64)
+        dist.all_reduce(total)
+        x_val, y_val = (torch.from_numpy(a).to(device) for a in dataset.part(validation=True))
+        history.append({"epoch": epoch, "train_loss": float(total[0] / total[1]),
+                        **evaluate(model, x_val, y_val)})
+    if rank == 0:
+        final = {k: v for k, v in history[-1].items() if k != "epoch"}
+        export_head(model, dataset.classes, dataset.embedding_model, final, run_dir / MODEL)
+        write_json_atomic(run_dir / "metrics.json", {"status": "completed", "world_size": world,
+                                                     "params": params, "final": history[-1],
+                                                     "history": history})
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def node_address() -> str:
+    """The address other machines reach this one at (the interface of the default route)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("10.254.254.254", 1))  # no packet is sent: this only picks an interface
+        return sock.getsockname()[0]
+    return socket.gethostbyname(socket.gethostname())
+
+
+def publish_rendezvous(host: str, port: int) -> None:
+    """Put the endpoint into this job's ad and tell DAGMan the provisioner is ready."""
+    from htcondor2.htchirp import HTChirp
+
+    try:
+        with HTChirp() as chirp:
+            chirp.set_job_attr("RendezvousHost", json.dumps(host))
+            chirp.set_job_attr("RendezvousPort", str(port))
+            chirp.set_job_attr("ProvisionerState", str(PROVISIONING_COMPLETE))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise TrainError(f"cannot publish the rendezvous with chirp ({exc}): "
+                         f"the rank-0 job needs want_io_proxy = true") from None
+
+
+def serve_rank0(run_dir: Path) -> int:
+    """The PROVISIONER job: host the rendezvous, publish it, train as one of the nodes."""
+    spec = read_run(run_dir)
+    host = node_address()
+    port = free_port("")
+    agent = subprocess.Popen(torchrun_command(run_dir, f"{host}:{port}", spec.nodes,
+                                              spec.nproc_per_node, spec.name, is_host=True))
+    try:
+        publish_rendezvous(host, port)
+    except TrainError:
+        agent.terminate()
+        agent.wait()
+        raise
+    return agent.wait()
+
+
+def query_rank0_ad(dag_id: str) -> dict[str, Any]:
+    """The rank-0 job's ad, from `condor_q` (the schedd the DAG runs on)."""
+    constraint = f'DAGManJobId == {int(dag_id)} && DAGNodeName == "RANK0"'
+    try:
+        proc = subprocess.run(["condor_q", "-json", "-constraint", constraint, "-attributes",
+                               "RendezvousHost,RendezvousPort,RemoteHost,JobStatus"],
+                              capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TrainError(f"cannot run condor_q: {exc}") from None
+    if proc.returncode != 0:
+        raise TrainError(f"condor_q failed: {proc.stderr.strip()[:300]}")
+    try:
+        ads = json.loads(proc.stdout or "[]")
+    except ValueError:
+        raise TrainError("condor_q -json printed something that is not JSON") from None
+    if not ads:
+        raise TrainError(f"no RANK0 job of DAG {dag_id} in the queue")
+    return ads[0]
+
+
+def pre_script(run_dir: Path, dag_id: str) -> int:
+    """Workers' PRE script: endpoint and rank-0 machine from its ad into workers.sub."""
+    from .condor import write_workers_submit
+
+    ad = query_rank0_ad(dag_id)
+    missing = [a for a in ("RendezvousHost", "RendezvousPort", "RemoteHost") if a not in ad]
+    if missing:
+        raise TrainError(f"the RANK0 job's ad lacks {', '.join(missing)}: it has not published "
+                         f"its rendezvous yet")
+    machine = str(ad["RemoteHost"]).split("@")[-1]
+    endpoint = f"{ad['RendezvousHost']}:{int(ad['RendezvousPort'])}"
+    path = write_workers_submit(run_dir, read_run(run_dir), endpoint, machine)
+    print(f"workers join {endpoint}, away from {machine}: {path}")
+    return 0
+
+
+def run_local(run_dir: Path, timeout: float = 600.0) -> dict[str, Any]:
+    """Every node as a torchrun agent on this machine, rendezvous on 127.0.0.1 (gloo on CPU)."""
+    spec = read_run(run_dir)
+    started = time.perf_counter()
+    (run_dir / MODEL).unlink(missing_ok=True)
+    endpoint = f"127.0.0.1:{free_port('127.0.0.1')}"
+    run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+    logs = run_dir / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    agents = []
+    for node in range(spec.max_nodes):
+        with open(logs / f"node-{node}.log", "wb") as log:
+            agents.append(subprocess.Popen(
+                torchrun_command(run_dir, endpoint, spec.nodes, spec.nproc_per_node, run_id,
+                                 is_host=node == 0), stdout=log, stderr=subprocess.STDOUT, env=env))
+    deadline = time.monotonic() + timeout
+    codes = []
+    try:
+        for agent in agents:
+            codes.append(agent.wait(timeout=max(1.0, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+        raise TrainError(f"multi-node run did not finish in {timeout:.0f} s; see {logs}") from None
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+    if any(codes) or not (run_dir / MODEL).is_file():
+        raise TrainError(f"multi-node run failed (agent exit codes {codes}); see {logs}")
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    return {"run": spec.name, "nodes": spec.max_nodes, "world_size": metrics["world_size"],
+            "model": str(run_dir / MODEL), "val_accuracy": metrics["final"]["val_accuracy"],
+            "seconds": round(time.perf_counter() - started, 1)}
