@@ -46,6 +46,13 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _index_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=["embedded", "elasticsearch"],
+                        help="index backend (default: the config's index.backend, embedded)")
+    parser.add_argument("--es-url", metavar="URL", help="Elasticsearch URL, e.g. "
+                        "http://localhost:9200 (default: index.url; API key from $ES_API_KEY)")
+
+
 def _input_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input", dest="inputs", action="extend", nargs="+", default=[], metavar="PATH",
@@ -72,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", required=True, help="run directory (created if missing)")
     _config_args(run)
     run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1)")
+    _index_args(run)
     run.add_argument("--json", action="store_true", help="end with one JSON summary line")
 
     part = sub.add_parser("partition", help="validate, split and shard the inputs",
@@ -96,13 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     index = sub.add_parser("index", help="load a finished workdir into its search index",
                            description="Build the embedded index (tantivy BM25 + float16 "
-                           "embeddings) of a workdir. Loading the same results again is a no-op.")
+                           "embeddings) of a workdir, or load it into Elasticsearch (a new index, "
+                           "then an alias swap). Loading the same results again is a no-op.")
     index.add_argument("--workdir", required=True)
+    _index_args(index)
     index.add_argument("--json", action="store_true", help="print one JSON object")
 
     search = sub.add_parser("search", help="search a workdir's index",
                             description="BM25 screening, then dense re-ranking or fusion.")
     search.add_argument("--workdir", required=True)
+    _index_args(search)
     search.add_argument("query", help="free text; query syntax characters are ignored")
     search.add_argument("--top-k", type=int, default=5, help="hits to show (default 5)")
     search.add_argument("--screening-top-k", type=int, default=100,
@@ -165,12 +176,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"executor.workers={args.workers}")
+    overrides += [f"index.{key}={value}" for key, value in
+                  [("backend", args.backend), ("url", args.es_url)] if value]
     config = load_config(args.config, overrides)
-    from retrieval import build_index
+    from retrieval import build
 
     workdir = Workdir(args.workdir)
     summary = run_pipeline(_inputs(args), workdir, config, force=args.force)
-    summary["indexed"] = build_index(workdir).passages
+    summary["indexed"] = build(workdir).passages
     _print_summary(summary, args.json)
     return 0
 
@@ -230,9 +243,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from retrieval import build_index
+    from retrieval import build
 
-    result = build_index(Workdir(args.workdir))
+    result = build(Workdir(args.workdir), args.backend, args.es_url)
     if args.json:
         print(json.dumps(result.__dict__))
     else:
@@ -242,9 +255,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from retrieval import DEFAULT_MODE, Searcher
+    from retrieval import DEFAULT_MODE, Searcher, open_index
 
-    searcher = Searcher(Workdir(args.workdir))
+    workdir = Workdir(args.workdir)
+    searcher = Searcher(workdir, index=open_index(workdir, args.backend, args.es_url))
     hits = searcher.search(args.query, top_k=args.top_k, screening_top_k=args.screening_top_k,
                            mode=args.mode or DEFAULT_MODE, topic=args.topic)
     if args.json:

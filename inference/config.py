@@ -153,6 +153,32 @@ class CondorConfig:
 
 
 @dataclass
+class IndexConfig:
+    """Where `infer-corpus index` loads the passages and `search` reads them: `embedded` (in the
+    workdir) or `elasticsearch` (a cluster at `url`, alias `name`, the API key read from the
+    environment variable `api_key_env`; never a key in the config). `retries`: bulk requests
+    retried with exponential backoff after a 429 answer or a lost connection."""
+
+    backend: str = "embedded"
+    url: str | None = None
+    name: str = "infer-corpus"
+    api_key_env: str = "ES_API_KEY"
+    retries: int = 5
+
+    def validate(self) -> None:
+        if self.backend not in ("embedded", "elasticsearch"):
+            raise ConfigError("index.backend must be embedded or elasticsearch")
+        if self.url is not None and not re.match(r"^https?://", self.url):
+            raise ConfigError("index.url must be an http:// or https:// URL such as "
+                              "http://localhost:9200")
+        if not re.match(r"^[a-z0-9][a-z0-9_.-]*$", self.name) or len(self.name) > 200:
+            raise ConfigError("index.name must be lower case letters, digits, '_', '.' or '-' "
+                              "(an Elasticsearch alias), at most 200 characters")
+        if self.retries < 0:
+            raise ConfigError("index.retries must be >= 0")
+
+
+@dataclass
 class QAModelConfig:
     """One answer model for `qa-api`. `kind`: `openai` (any OpenAI-compatible chat endpoint at
     `base_url`, serving `model`, with the key read from the environment variable `api_key_env`),
@@ -227,6 +253,7 @@ class Config:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     condor: CondorConfig = field(default_factory=CondorConfig)
     qa: QAConfig = field(default_factory=QAConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -265,6 +292,7 @@ class Config:
             raise ConfigError("executor.workers and executor.threads_per_worker must be >= 0")
         self.condor.validate()
         self.qa.validate()
+        self.index.validate()
 
 
 def _coerce(value: Any, hint: Any, path: str) -> Any:

@@ -1,0 +1,349 @@
+"""The Elasticsearch backend: the workdir's passages, BM25 and embeddings in a cluster.
+
+Loading (`load_elasticsearch`): an index template gives every index named `NAME-*` the mapping
+(English-analysed title and text; keyword ids, topic and year; the embedding as a `dense_vector`
+of the model's dimension, indexed for kNN by cosine). A build bulk-loads a new concrete index
+`NAME-KEY` (KEY names the results it holds), refreshes it, checks its document count, then moves
+the alias NAME to it with one `_aliases` call (remove + add, atomic) and deletes the index it
+replaced. Searches go through the alias, so they never see a half-built index; loading the same
+results again is a no-op; documents are keyed by passage id, so a retried bulk request rewrites
+rather than duplicates.
+
+Reading (`ElasticsearchIndex`): the `PassageIndex` of `retrieval.search`, keyed by passage id.
+The BM25 request also fetches the candidates' embeddings, so re-ranking them costs no second
+request; dense search is an approximate kNN search with the topic as a filter.
+
+The 9.x client speaks to Elasticsearch 9 and the 8.x client to Elasticsearch 8 (see
+docs/elasticsearch.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pyarrow.parquet as pq
+from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport import ConnectionTimeout, TlsError
+from elasticsearch import (
+    ApiError,
+    AuthenticationException,
+    AuthorizationException,
+    Elasticsearch,
+    UnsupportedProductError,
+)
+from elasticsearch import __versionstr__ as CLIENT_VERSION
+from elasticsearch.helpers import streaming_bulk
+
+from inference.config import ConfigError, config_from_dict
+from inference.executor import RunError
+from inference.workdir import Workdir, WorkdirError
+from inference.worker import result_is_current, result_key
+
+from .embedded import SHARD_COLUMNS, IndexSummary, _shards
+
+VECTOR_FIELD = "embedding"
+BM25_FIELDS = ["title", "text"]
+KNN_CANDIDATES_PER_HIT = 10  # approximate kNN looks at this many candidates per hit wanted
+RETRY_STATUSES = (429, 502, 503, 504)
+_ERRNO = re.compile(r"\[Errno -?\d+\][^)'\"]*")
+
+
+class ElasticsearchUnavailable(RunError):
+    """The cluster could not be reached or stayed overloaded: trying again later can help."""
+
+
+class ElasticsearchRefused(ConfigError):
+    """The cluster refused what was asked (credentials, version, mapping): a setting must change."""
+
+
+def redact(url: str) -> str:
+    """The URL without a password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def connect(url: str, api_key_env: str | None = None, **options: Any) -> Elasticsearch:
+    """A client for `url`; the API key, if any, comes from the environment variable named
+    `api_key_env` (a key never sits in a config file). `options` go to `Elasticsearch(...)`."""
+    logging.getLogger("elastic_transport").setLevel(logging.ERROR)  # retry notes with tracebacks
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    options.setdefault("request_timeout", 60)
+    options.setdefault("max_retries", 2)
+    options.setdefault("retry_on_timeout", True)
+    return Elasticsearch(url, api_key=api_key or None, **options)
+
+
+def _reason(exc: ApiError) -> str:
+    error = exc.body.get("error") if isinstance(exc.body, dict) else exc.body
+    if isinstance(error, dict):
+        causes = error.get("root_cause") or [error]
+        return str(causes[0].get("reason") or causes[0].get("type") or error)
+    return str(error or exc.message)
+
+
+@contextmanager
+def _answers(url: str, doing: str, api_key_env: str | None = None) -> Iterator[None]:
+    """Turn the client's exceptions into one-line errors that say what to do."""
+    where = f"Elasticsearch at {redact(url)}"
+    try:
+        yield
+    except (TransportConnectionError, ConnectionTimeout) as exc:
+        if isinstance(exc, TlsError):
+            raise ElasticsearchRefused(f"{where}: TLS failed while {doing}: {exc.message}") from None
+        found = _ERRNO.search(str(exc))
+        detail = found.group(0).strip() if found else type(exc).__name__
+        raise ElasticsearchUnavailable(f"cannot reach {where} while {doing} ({detail})") from None
+    except AuthenticationException:
+        hint = f"set the API key in ${api_key_env}" if api_key_env else "check the credentials"
+        raise ElasticsearchRefused(f"{where} refused the credentials (401): {hint}") from None
+    except AuthorizationException as exc:
+        raise ElasticsearchRefused(f"{where} does not allow {doing} (403): {_reason(exc)}") \
+            from None
+    except UnsupportedProductError:
+        raise ElasticsearchRefused(f"{redact(url)} is not an Elasticsearch server") from None
+    except ApiError as exc:
+        reason = _reason(exc)
+        if "compatible-with" in reason or "media_type_header" in str(exc.body):
+            raise ElasticsearchRefused(
+                f"{where} does not speak the API of this client ({CLIENT_VERSION}): install the "
+                "client of the server's major version, e.g. pip install 'elasticsearch>=8,<9' "
+                f"for Elasticsearch 8 ({reason})") from None
+        error = ElasticsearchUnavailable if exc.meta.status in RETRY_STATUSES else \
+            ElasticsearchRefused
+        raise error(f"{where} answered {exc.meta.status} while {doing}: {reason}") from None
+
+
+def index_template(name: str, dims: int | None,
+                   vector_mapping: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The composable index template for `NAME-*`. Strict: a field the mapping does not know
+    fails the bulk request instead of being guessed."""
+    vector = vector_mapping or {"type": "dense_vector", "index": True, "similarity": "cosine",
+                                **({"dims": dims} if dims else {})}
+    return {
+        "index_patterns": [f"{name}-*"],
+        "priority": 100,
+        "template": {"mappings": {"dynamic": "strict", "properties": {
+            "passage_id": {"type": "keyword"},
+            "article_id": {"type": "keyword"},
+            "title": {"type": "text", "analyzer": "english"},
+            "text": {"type": "text", "analyzer": "english"},
+            "authors": {"type": "keyword"},
+            "year": {"type": "keyword"},
+            "url": {"type": "keyword", "index": False},
+            "topic": {"type": "keyword"},
+            VECTOR_FIELD: vector,
+        }}},
+        "_meta": {"description": "infer-corpus passages: title, text, fields and embeddings"},
+    }
+
+
+def _current_results(workdir: Workdir) -> tuple[dict[str, Any], str]:
+    """The manifest and results key of a workdir whose every shard has a current result."""
+    manifest = workdir.read_manifest()
+    if manifest.get("partition", {}).get("state") != "done":
+        raise WorkdirError(f"{workdir.root}: the partition step has not finished")
+    key = result_key(manifest, config_from_dict(manifest["config"]))
+    missing = [e["shard"] for e in manifest["shards"] if not result_is_current(workdir, e, key)]
+    if missing:
+        raise WorkdirError(f"{workdir.root}: shards {missing[:10]} have no current result; "
+                           "run `infer-corpus run` (or `shard`) first")
+    return manifest, key
+
+
+def _alias_holders(client: Elasticsearch, name: str) -> list[str]:
+    if not client.indices.exists_alias(name=name):
+        return []
+    return sorted(client.indices.get_alias(name=name).body)
+
+
+def _documents(concrete: str, workdir: Workdir,
+               manifest: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+    """Bulk index actions, one list per shard; `_id` is the passage id."""
+    for table, matrix in _shards(workdir, manifest):
+        vectors = np.round(matrix.astype(np.float64), 6).tolist()  # float16 holds ~4 digits
+        rows = table.to_pylist()
+        yield [{"_index": concrete, "_id": row["passage_id"],
+                "_source": {**row, VECTOR_FIELD: vector}} for row, vector in zip(rows, vectors)]
+
+
+def load_elasticsearch(workdir: Workdir, client: Elasticsearch, name: str, *, url: str = "",
+                       api_key_env: str | None = None, retries: int = 5,
+                       chunk_size: int = 500, backoff: float = 1.0, max_backoff: float = 60.0,
+                       vector_mapping: dict[str, Any] | None = None) -> IndexSummary:
+    """Load every passage of a finished workdir into index `NAME-KEY` and point alias NAME at it;
+    a no-op when the alias already holds these results. `vector_mapping` replaces the embedding
+    field's mapping, for servers whose vector type differs."""
+    started = time.perf_counter()
+    url = url or "the configured URL"
+    manifest, key = _current_results(workdir)
+    total = sum(e["rows"] for e in manifest["shards"])
+    dims = (pq.read_schema(workdir.result_path(manifest["shards"][0]["shard"]))
+            .field("embedding").type.list_size if manifest["shards"] else None)
+    template = index_template(name, dims, vector_mapping)
+    digest = json.dumps([key, template], sort_keys=True).encode()
+    concrete = f"{name}-{hashlib.sha256(digest).hexdigest()[:16]}"
+    where = f"{redact(url)} {name} -> {concrete}"
+
+    def call(doing: str, request: Callable[[], Any]) -> Any:
+        with _answers(url, doing, api_key_env):
+            return request()
+
+    holders = call(f"reading alias {name}", lambda: _alias_holders(client, name))
+    if holders == [concrete]:
+        return IndexSummary(total, False, where, time.perf_counter() - started)
+    call("writing the index template", lambda: client.indices.put_index_template(
+        name=name, **template))
+    if call("checking for an unfinished build", lambda: client.indices.exists(index=concrete)):
+        call("removing an unfinished build", lambda: client.indices.delete(index=concrete))
+    call(f"creating index {concrete}", lambda: client.indices.create(
+        index=concrete, settings={"index": {"refresh_interval": "-1"}}))
+    for actions in _documents(concrete, workdir, manifest):
+        _bulk(client, actions, url=url, api_key_env=api_key_env, retries=retries,
+              chunk_size=chunk_size, backoff=backoff, max_backoff=max_backoff)
+    call("refreshing the new index", lambda: (
+        client.indices.put_settings(index=concrete, settings={"index": {"refresh_interval": None}}),
+        client.indices.refresh(index=concrete)))
+    count = call("counting the new index", lambda: client.count(index=concrete)["count"])
+    if count != total:
+        raise ElasticsearchUnavailable(f"{concrete} holds {count:,} passages, not {total:,}; "
+                                       "run `infer-corpus index` again")
+    actions = [{"remove": {"index": old, "alias": name}} for old in holders]
+    actions.append({"add": {"index": concrete, "alias": name}})
+    call(f"moving alias {name}", lambda: client.indices.update_aliases(actions=actions))
+    for old in holders:
+        if old != concrete:
+            call(f"deleting the replaced index {old}", lambda: client.indices.delete(
+                index=old, ignore_unavailable=True))
+    return IndexSummary(total, True, where, time.perf_counter() - started)
+
+
+def _bulk(client: Elasticsearch, actions: list[dict[str, Any]], *, url: str,
+          api_key_env: str | None, retries: int, chunk_size: int, backoff: float,
+          max_backoff: float) -> None:
+    """One shard's documents. 429 answers (whole request or single documents) are retried by the
+    helper with exponential backoff; a lost connection or overloaded node resends the shard
+    after a backoff (harmless: documents are keyed by passage id)."""
+    for attempt in range(retries + 1):
+        try:
+            with _answers(url, "bulk loading passages", api_key_env):
+                failed = [info for ok, info in streaming_bulk(
+                    client, actions, chunk_size=chunk_size, max_retries=retries,
+                    initial_backoff=backoff, max_backoff=max_backoff, raise_on_error=False)
+                    if not ok]
+            break
+        except ElasticsearchUnavailable:
+            if attempt == retries:
+                raise
+            time.sleep(min(max_backoff, backoff * 2**attempt))
+    if failed:
+        first = next(iter(failed[0].values()))
+        raise ElasticsearchRefused(
+            f"Elasticsearch at {redact(url)} rejected {len(failed):,} passages, e.g. "
+            f"{first.get('_id')}: {first.get('error', {}).get('reason', first.get('error'))}")
+
+
+class ElasticsearchIndex:
+    """Read side over alias `name`: BM25 with the candidates' embeddings in one request, kNN
+    dense search, stored fields by passage id."""
+
+    def __init__(self, client: Elasticsearch, name: str, *, url: str = "",
+                 api_key_env: str | None = None) -> None:
+        self.client, self.name = client, name
+        self.url, self.api_key_env = url or "the configured URL", api_key_env
+        with self._answers(f"opening index {name}"):
+            if not _alias_holders(client, name):
+                raise WorkdirError(f"Elasticsearch at {redact(self.url)} has no index {name}: "
+                                   "run `infer-corpus index --backend elasticsearch` first")
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def _answers(self, doing: str):
+        return _answers(self.url, doing, self.api_key_env)
+
+    def __len__(self) -> int:
+        with self._answers("counting passages"):
+            return int(self.client.count(index=self.name)["count"])
+
+    @staticmethod
+    def _filtered(query: dict[str, Any], topic: str | None) -> dict[str, Any]:
+        return {"bool": {"must": [query], "filter": [{"term": {"topic": topic}}]}} if topic \
+            else query
+
+    def bm25(self, words: str, limit: int, topic: str | None = None) -> list[tuple[str, float]]:
+        """(passage id, score) of the best `limit` passages for already-sanitised query words;
+        their embeddings come back in the same response and serve `similarity`."""
+        query = {"multi_match": {"query": words, "type": "most_fields", "fields": BM25_FIELDS}}
+        with self._answers("searching"):
+            hits = self.client.search(index=self.name, query=self._filtered(query, topic),
+                                      size=limit, source=False, fields=[VECTOR_FIELD],
+                                      track_total_hits=False)["hits"]["hits"]
+        self._vectors = _vectors_of(hits)
+        return [(hit["_id"], float(hit["_score"])) for hit in hits]
+
+    def similarity(self, vector: np.ndarray, keys: list[str]) -> np.ndarray:
+        """Cosine of the (unit) query vector with the passages' (unit) embeddings."""
+        if not keys:
+            return np.zeros(0, dtype=np.float32)
+        known = self._vectors
+        missing = [key for key in keys if key not in known]
+        if missing:
+            with self._answers("fetching embeddings"):
+                hits = self.client.search(index=self.name, query={"ids": {"values": missing}},
+                                          size=len(missing), source=False,
+                                          fields=[VECTOR_FIELD])["hits"]["hits"]
+            known = {**known, **_vectors_of(hits)}
+            lost = [key for key in missing if key not in known]
+            if lost:
+                raise ElasticsearchRefused(f"Elasticsearch at {redact(self.url)} returned no "
+                                           f"embedding for passage {lost[0]}")
+        return np.stack([known[key] for key in keys]) @ np.asarray(vector, dtype=np.float32)
+
+    def dense(self, vector: np.ndarray, limit: int,
+              topic: str | None = None) -> list[tuple[str, float]]:
+        """Approximate nearest passages by cosine (kNN on the indexed vectors)."""
+        knn: dict[str, Any] = {
+            "field": VECTOR_FIELD, "query_vector": np.asarray(vector, dtype=np.float64).tolist(),
+            "k": limit, "num_candidates": min(10_000, max(limit, KNN_CANDIDATES_PER_HIT * limit))}
+        if topic:
+            knn["filter"] = {"term": {"topic": topic}}
+        with self._answers("searching"):
+            hits = self.client.search(index=self.name, knn=knn, size=limit,
+                                      source=False)["hits"]["hits"]
+        return [(hit["_id"], 2.0 * float(hit["_score"]) - 1.0) for hit in hits]  # (1+cos)/2
+
+    def passages_for(self, keys: list[str]) -> list[dict[str, Any]]:
+        """The stored fields of the given passages, in order."""
+        if not keys:
+            return []
+        with self._answers("fetching passages"):
+            docs = self.client.mget(index=self.name, ids=keys,
+                                    source_excludes=[VECTOR_FIELD])["docs"]
+        gone = [doc["_id"] for doc in docs if not doc.get("found")]
+        if gone:
+            raise ElasticsearchUnavailable(f"passage {gone[0]} is no longer in index {self.name} "
+                                           "(it was rebuilt during the search): search again")
+        return [{column: doc["_source"].get(column) for column in SHARD_COLUMNS} for doc in docs]
+
+
+def _vectors_of(hits: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Embeddings returned with search hits; a value that is not numbers is left out (and
+    fetched again by `similarity`, which says so if it cannot get it)."""
+    out = {}
+    for hit in hits:
+        try:
+            out[hit["_id"]] = np.asarray(hit["fields"][VECTOR_FIELD], dtype=np.float32).ravel()
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
