@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--top-k", type=int, default=5, help="hits to show (default 5)")
     search.add_argument("--screening-top-k", type=int, default=100,
                         help="BM25 / dense candidates before re-ranking (default 100)")
-    search.add_argument("--mode", default=None, help="hybrid (default), rerank, rrf, bm25, dense")
+    search.add_argument("--mode", default=None, help="feedback (default), hybrid, rerank, rrf, bm25, dense")
     search.add_argument("--topic", help="only passages of this topic")
     search.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -131,7 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON line")
 
-    status = sub.add_parser("status", help="shard states and counts of a workdir")
+    submit = sub.add_parser(
+        "submit", help="write (and submit) the HTCondor DAG: one GPU job per shard",
+        description="Write DIR/condor/: a DAG (partition check -> one GPU job per unfinished "
+        "shard, each result validated by a POST script -> index, then a final report), its "
+        "submit files and job script, all from the config's `condor` section; lint it, then "
+        "submit it to the local schedd unless --dry-run. Needs a partitioned workdir.")
+    submit.add_argument("--workdir", required=True, help="a partitioned run directory")
+    _config_args(submit)
+    submit.add_argument("--dry-run", action="store_true",
+                        help="only write and check the files; submit nothing")
+    submit.add_argument("--json", action="store_true", help="end with one JSON summary line")
+
+    status = sub.add_parser("status", help="shard states and counts of a workdir (and its DAG)")
     status.add_argument("--workdir", required=True)
     status.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -217,10 +229,57 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from submit.htcondor import CondorError
+    from submit.pipeline import submit_pipeline
+
+    from .executor import RunError
+
+    config = load_config(args.config, args.overrides)
+    try:
+        summary = submit_pipeline(Workdir(args.workdir), config, dry_run=args.dry_run)
+    except CondorError as exc:
+        raise RunError(str(exc)) from None
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"wrote {summary['dag']}: partition -> {summary['shard_jobs']} shard jobs -> index, "
+          f"final report ({summary['shards_done']} shards already done); lint: ok")
+    if summary["staged"]:
+        print(f"staged {summary['staged']} shards for the jobs' data URL (see stage.tsv)")
+    again = f"infer-corpus submit --workdir {args.workdir}" + "".join(
+        f" {flag} {value}" for flag, value in [("--config", args.config)] if value) + "".join(
+        f" --set {o}" for o in args.overrides)
+    if args.dry_run:
+        print(f"dry run: nothing submitted. Review {Path(summary['dag']).parent}/, then "
+              f"submit with:\n  {again}")
+    else:
+        print(f"submitted: DAGMan job {summary['cluster']}. Follow it with:\n"
+              f"  infer-corpus status --workdir {args.workdir}   (or condor_q -dag -nobatch)")
+    return 0
+
+
+def _print_dag_status(dag: dict[str, Any]) -> None:
+    if "nodes" not in dag:
+        print(f"condor DAG: {dag['state']} ({dag['dag']})")
+        return
+    nodes = ", ".join(f"{n} {state}" for state, n in dag["nodes"].items())
+    print(f"condor DAG: {dag['state']}; nodes: {nodes}; retries {dag['retries']}, "
+          f"held jobs {dag['held']}")
+    if dag["failed"]:
+        print(f"  failed nodes: {', '.join(dag['failed'])} (logs in {Path(dag['dag']).parent}"
+              "/logs/)")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .status import workdir_status
 
-    report = workdir_status(Workdir(args.workdir))
+    workdir = Workdir(args.workdir)
+    report = workdir_status(workdir)
+    if (workdir.root / "condor").is_dir():
+        from submit.pipeline import dag_status
+
+        report["condor"] = dag_status(workdir)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -239,6 +298,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for shard in report["shards"]:
         if shard["state"] != "done":
             print(f"  shard {shard['shard']:>5}: {shard['state']} ({shard['rows']:,} passages)")
+    if "condor" in report:
+        _print_dag_status(report["condor"])
     return 0
 
 
@@ -291,7 +352,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "partition": cmd_partition, "shard": cmd_shard,
-            "index": cmd_index, "search": cmd_search, "eval": cmd_eval, "status": cmd_status}
+            "index": cmd_index, "search": cmd_search, "eval": cmd_eval, "status": cmd_status,
+            "submit": cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,10 +111,10 @@ class CondorConfig:
     """`infer-corpus submit`: one GPU job per shard in a DAG, and what each job runs and moves."""
 
     resources: CondorResourcesConfig = field(default_factory=CondorResourcesConfig)
-    site_attributes: dict[str, str] = field(default_factory=dict)
+    site_attributes: dict[str, bool | int | str] = field(default_factory=dict)
     container_image: str | None = None
     venv_tarball: str | None = None
-    python: str = "python3"
+    python: str | None = None
     shards_url: str | None = None
     stage_dir: str | None = None
     extra_inputs: list[str] = field(default_factory=list)
@@ -307,7 +307,12 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], path)
+        for option in inner[:-1]:  # e.g. bool | int | str: the first type that fits
+            try:
+                return _coerce(value, option, path)
+            except ConfigError:
+                pass
+        return _coerce(value, inner[-1], path)
     if origin is list:
         (item,) = typing.get_args(hint)
         if isinstance(value, str):  # a single field name is a list of one

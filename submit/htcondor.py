@@ -1,0 +1,482 @@
+"""Writing, checking and submitting HTCondor submit descriptions and DAGs.
+
+Generic: nothing here knows about shards. The pieces:
+
+- `write_submit(path, commands, itemdata=...)`: a submit description written through
+  `htcondor2.Submit` and parsed back. Many jobs in one cluster take their item data from a file
+  next to it (`queue a,b from NAME.items`): `str(Submit)` drops inline multi-line queue lists.
+- `Dag`, `Node`, `Script` and `write_dag(path, dag)`: the DAG file, written directly rather than
+  with `htcondor2.dags` (which writes `CATEGORY name N` where DAGMan expects `MAXJOBS name N`,
+  never writes a FINAL node's submit file, and has no PROVISIONER nodes).
+- `lint_dag(path)`: what DAGMan would reject, found before submission: a node without a submit
+  file that parses, PARENT/CHILD names that do not exist, cycles, a throttle on no category.
+- `submit_dag(path)`: submission through the `htcondor2` bindings, with a `CondorError` that says
+  what to do when no schedd can be reached.
+- `read_node_status(path)`: DAGMan's NODE_STATUS_FILE as plain dicts.
+- `job_match_ad(submit)`: the matchmaking part of the job ad condor_submit would build (resource
+  requests and the GPU constraint), so requirements can be checked against machine ads offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NODE_KINDS = ("JOB", "FINAL", "PROVISIONER")
+NODE_STATES = {0: "not_ready", 1: "ready", 2: "pre", 3: "submitted", 4: "post", 5: "done",
+               6: "error", 7: "futile"}
+
+
+class CondorError(RuntimeError):
+    """HTCondor could not take the work: no schedd, or submission refused."""
+
+
+def condor_arguments(args: list[str]) -> str:
+    """A submit-file `arguments` value in the quoted syntax, safe for spaces and quotes."""
+    def one(arg: str) -> str:
+        arg = arg.replace('"', '""')
+        if not arg or re.search(r"[\s']", arg):
+            return "'" + arg.replace("'", "''") + "'"
+        return arg
+    return '"' + " ".join(one(a) for a in args) + '"'
+
+
+def write_submit(path: Path, commands: dict[str, str],
+                 itemdata: list[dict[str, str]] | None = None) -> Any:
+    """Write a submit description (one job, or one job per item) and return it parsed back."""
+    import htcondor2
+
+    path = Path(path)
+    description = htcondor2.Submit(dict(commands))
+    text = str(description)
+    if itemdata is not None:
+        if not itemdata:
+            raise ValueError(f"{path.name}: item data must have at least one item")
+        keys = list(itemdata[0])
+        items = path.with_suffix(".items")
+        lines = []
+        for item in itemdata:
+            values = [str(item[k]) for k in keys]
+            if any("," in v or "\n" in v for v in values):
+                raise ValueError(f"{path.name}: item values may not contain commas or newlines")
+            lines.append(",".join(values))
+        _write_text(items, "\n".join(lines) + "\n")
+        text = text.removesuffix("queue\n") + f"queue {','.join(keys)} from {items.name}\n"
+    _write_text(path, text)
+    with contextlib.chdir(path.parent):  # a queue-from file is relative to the description
+        parsed = htcondor2.Submit(path.read_text(encoding="utf-8"))
+        if itemdata is not None and len(list(parsed.itemdata())) != len(itemdata):
+            raise ValueError(f"{path}: item data did not read back")  # pragma: no cover
+    return parsed
+
+
+@dataclass
+class Script:
+    """A PRE or POST script: DAGMan splits arguments on spaces, so none may contain one.
+    POST scripts may use DAGMan's macros such as `$RETURN` (the job's exit code) and `$RETRY`."""
+
+    executable: str
+    arguments: list[str] = field(default_factory=list)
+
+    def line(self, when: str, node: str) -> str:
+        for part in (self.executable, *self.arguments):
+            if not part or re.search(r"\s", part):
+                raise ValueError(f"SCRIPT {when} {node}: {part!r} is empty or contains a space")
+        return " ".join(["SCRIPT", when, node, self.executable, *self.arguments])
+
+
+@dataclass
+class Node:
+    """One DAG node: a submit file plus what DAGMan does around it."""
+
+    name: str
+    submit_file: str
+    kind: str = "JOB"
+    vars: dict[str, str] = field(default_factory=dict)
+    category: str | None = None
+    retry: int = 0
+    retry_unless_exit: int | None = None
+    pre: Script | None = None
+    post: Script | None = None
+    abort_dag_on: tuple[int, int | None] | None = None  # (node exit value, DAG return value)
+
+
+@dataclass
+class Dag:
+    """Nodes, edges (parents -> children) and DAG-wide settings."""
+
+    nodes: list[Node]
+    edges: list[tuple[list[str], list[str]]] = field(default_factory=list)
+    max_jobs: dict[str, int] = field(default_factory=dict)
+    node_status_file: str | None = None
+    status_interval: int = 30
+
+
+def _quote_var(value: str) -> str:
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def dag_text(dag: Dag) -> str:
+    """The DAG file's text. Raises ValueError on names DAGMan cannot take."""
+    names = [n.name for n in dag.nodes]
+    for node in dag.nodes:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", node.name) or node.name.upper() == "ALL_NODES":
+            raise ValueError(f"node name {node.name!r}: use letters, digits, '_', '-', '.'")
+        if node.kind not in NODE_KINDS:
+            raise ValueError(f"node {node.name}: kind must be one of {', '.join(NODE_KINDS)}")
+        if re.search(r"\s", node.submit_file):
+            raise ValueError(f"node {node.name}: submit file {node.submit_file!r} has a space")
+    if len(set(names)) != len(names):
+        raise ValueError("node names must be unique")
+    lines = []
+    if dag.node_status_file:
+        lines.append(f"NODE_STATUS_FILE {dag.node_status_file} {dag.status_interval}")
+    for node in dag.nodes:
+        lines.append(f"\n{node.kind} {node.name} {node.submit_file}")
+        if node.vars:
+            lines.append(f"VARS {node.name} " + " ".join(
+                f"{k}={_quote_var(v)}" for k, v in node.vars.items()))
+        if node.category:
+            lines.append(f"CATEGORY {node.name} {node.category}")
+        if node.retry:
+            unless = (f" UNLESS-EXIT {node.retry_unless_exit}"
+                      if node.retry_unless_exit is not None else "")
+            lines.append(f"RETRY {node.name} {node.retry}{unless}")
+        if node.pre:
+            lines.append(node.pre.line("PRE", node.name))
+        if node.post:
+            lines.append(node.post.line("POST", node.name))
+        if node.abort_dag_on:
+            value, ret = node.abort_dag_on
+            lines.append(f"ABORT-DAG-ON {node.name} {value}"
+                         + (f" RETURN {ret}" if ret is not None else ""))
+    if dag.edges:
+        lines.append("")
+    for parents, children in dag.edges:
+        lines.append(f"PARENT {' '.join(parents)} CHILD {' '.join(children)}")
+    if dag.max_jobs:
+        lines.append("")
+    for category, limit in dag.max_jobs.items():
+        lines.append(f"MAXJOBS {category} {limit}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def write_dag(path: Path, dag: Dag) -> Path:
+    """Write the DAG file (submit files are written separately with `write_submit`)."""
+    path = Path(path)
+    _write_text(path, dag_text(dag))
+    return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    from inference.workdir import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+_NODE_KEYWORDS = {"JOB", "FINAL", "PROVISIONER", "SERVICE"}
+_KNOWN_KEYWORDS = _NODE_KEYWORDS | {
+    "PARENT", "RETRY", "SCRIPT", "VARS", "CATEGORY", "MAXJOBS", "NODE_STATUS_FILE", "CONFIG",
+    "ABORT-DAG-ON", "PRIORITY", "DOT", "JOBSTATE_LOG", "SET_JOB_ATTR", "PRE_SKIP", "DONE",
+    "ENV", "SAVE_POINT_FILE", "REJECT",
+}
+
+
+def lint_dag(path: Path) -> list[str]:
+    """Problems DAGMan would stop on, or that make a DAG quietly wrong; [] when none.
+
+    Checks: known commands; unique node names; every node's submit file exists and parses
+    with `htcondor2.Submit` (its item data file included); every name in PARENT/CHILD, RETRY,
+    SCRIPT, VARS, CATEGORY, ABORT-DAG-ON exists; scripts exist; MAXJOBS names a category in
+    use and `CATEGORY` is not used as a throttle; FINAL nodes have no edges; no cycles.
+    """
+    import htcondor2
+
+    path = Path(path)
+    base = path.parent
+    problems: list[str] = []
+    nodes: dict[str, str] = {}
+    finals: list[str] = []
+    refs: list[tuple[int, str, str]] = []  # (line, command, node name)
+    edges: list[tuple[str, str]] = []
+    categories: set[str] = set()
+    throttled: list[tuple[int, str]] = []
+    scripts: list[tuple[int, str]] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return [f"{path}: cannot read ({exc.strerror})"]
+    for number, raw in enumerate(text.splitlines(), start=1):
+        words = raw.split()
+        if not words or words[0].startswith("#"):
+            continue
+        where = f"{path.name}:{number}"
+        keyword = words[0].upper()
+        if keyword not in _KNOWN_KEYWORDS:
+            problems.append(f"{where}: unknown DAG command {words[0]!r}")
+        elif keyword in _NODE_KEYWORDS:
+            if len(words) < 3:
+                problems.append(f"{where}: {keyword} needs a node name and a submit file")
+                continue
+            name, submit = words[1], words[2]
+            if name in nodes:
+                problems.append(f"{where}: node {name} is defined twice")
+            nodes[name] = submit
+            if keyword == "FINAL":
+                finals.append(name)
+            directory = words[words.index("DIR") + 1] if "DIR" in words[3:-1] else "."
+            if "NOOP" not in (w.upper() for w in words[3:]):
+                problems += _check_submit_file(base / directory / submit, where, htcondor2)
+        elif keyword == "PARENT":
+            upper = [w.upper() for w in words]
+            if "CHILD" not in upper:
+                problems.append(f"{where}: PARENT without CHILD")
+                continue
+            split = upper.index("CHILD")
+            parents, children = words[1:split], words[split + 1:]
+            if not parents or not children:
+                problems.append(f"{where}: PARENT ... CHILD ... needs names on both sides")
+            for name in parents + children:
+                refs.append((number, "PARENT/CHILD", name))
+            edges += [(p, c) for p in parents for c in children]
+        elif keyword in ("RETRY", "VARS", "ABORT-DAG-ON", "PRIORITY", "PRE_SKIP"):
+            if len(words) < 2:
+                problems.append(f"{where}: {keyword} needs a node name")
+                continue
+            refs.append((number, keyword, words[1]))
+            if keyword == "RETRY":
+                problems += _check_retry(words, where)
+        elif keyword == "CATEGORY":
+            if len(words) != 3:
+                problems.append(f"{where}: CATEGORY takes a node name and a category")
+                continue
+            if words[2].isdigit() and words[1] not in nodes:
+                problems.append(f"{where}: 'CATEGORY {words[1]} {words[2]}' looks like a throttle:"
+                                f" DAGMan's command is 'MAXJOBS {words[1]} {words[2]}'")
+                continue
+            refs.append((number, "CATEGORY", words[1]))
+            categories.add(words[2])
+        elif keyword == "MAXJOBS":
+            if len(words) != 3 or not words[2].isdigit():
+                problems.append(f"{where}: MAXJOBS takes a category and a number")
+                continue
+            throttled.append((number, words[1]))
+        elif keyword == "SCRIPT":
+            problems += _parse_script(words, where, refs, scripts, number)
+    for number, command, name in refs:
+        if name != "ALL_NODES" and name not in nodes:
+            problems.append(f"{path.name}:{number}: {command} names node {name!r}, "
+                            "which no JOB defines")
+    for number, category in throttled:
+        if category not in categories:
+            problems.append(f"{path.name}:{number}: MAXJOBS {category}: no node is in "
+                            "that category")
+    for number, executable in scripts:
+        script = Path(executable) if Path(executable).is_absolute() else base / executable
+        if not script.is_file():
+            problems.append(f"{path.name}:{number}: script {executable} does not exist")
+    if len(finals) > 1:
+        problems.append(f"{path.name}: more than one FINAL node ({', '.join(finals)})")
+    for parent, child in edges:
+        if parent in finals or child in finals:
+            problems.append(f"{path.name}: FINAL node {parent if parent in finals else child} "
+                            "cannot be a PARENT or CHILD")
+    cycle = _find_cycle(list(nodes), edges)
+    if cycle:
+        problems.append(f"{path.name}: cycle {' -> '.join(cycle)}")
+    return problems
+
+
+def _check_submit_file(submit: Path, where: str, htcondor2: Any) -> list[str]:
+    if not submit.is_file():
+        return [f"{where}: submit file {submit} does not exist"]
+    try:
+        with contextlib.chdir(submit.parent):
+            description = htcondor2.Submit(submit.read_text(encoding="utf-8"))
+            description.itemdata()
+    except (ValueError, RuntimeError, OSError) as exc:
+        return [f"{where}: submit file {submit.name} does not parse: {exc}"]
+    return []
+
+
+def _check_retry(words: list[str], where: str) -> list[str]:
+    rest = words[2:]
+    ok = bool(rest) and rest[0].isdigit()
+    if len(rest) > 1:
+        ok = ok and len(rest) == 3 and rest[1].upper() == "UNLESS-EXIT" and \
+            re.fullmatch(r"-?\d+", rest[2]) is not None
+    return [] if ok else [f"{where}: RETRY takes a node, a count and optionally UNLESS-EXIT N"]
+
+
+def _parse_script(words: list[str], where: str, refs: list, scripts: list,
+                  number: int) -> list[str]:
+    rest = words[1:]
+    if rest and rest[0].upper() == "DEFER":
+        rest = rest[3:]
+    if rest and rest[0].upper() == "DEBUG":
+        rest = rest[3:]
+    if len(rest) < 3 or rest[0].upper() not in ("PRE", "POST", "HOLD"):
+        return [f"{where}: SCRIPT needs PRE, POST or HOLD, a node and an executable"]
+    refs.append((number, "SCRIPT", rest[1]))
+    scripts.append((number, rest[2]))
+    return []
+
+
+def _find_cycle(names: list[str], edges: list[tuple[str, str]]) -> list[str] | None:
+    """A cycle among the edges as a list of names (first repeated at the end), or None."""
+    children = defaultdict(list)
+    for parent, child in edges:
+        children[parent].append(child)
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    for start in {*names, *children}:
+        if state.get(start):
+            continue
+        stack = [(start, iter(children[start]))]
+        path = [start]
+        state[start] = 1
+        while stack:
+            node, it = stack[-1]
+            child = next(it, None)
+            if child is None:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+            elif state.get(child) == 1:
+                return path[path.index(child):] + [child]
+            elif not state.get(child):
+                state[child] = 1
+                stack.append((child, iter(children[child])))
+                path.append(child)
+    return None
+
+
+def submit_dag(path: Path, *, batch_name: str | None = None) -> int:
+    """Submit a DAG to the local schedd; returns the DAGMan job's cluster id.
+
+    Runs from the DAG's directory, so relative paths in it mean what they say. Submitting
+    again after a failure picks up DAGMan's rescue DAG: finished nodes are not rerun.
+    """
+    import htcondor2
+
+    path = Path(path).resolve()
+    if path.with_name(path.name + ".lock").exists():
+        raise CondorError(f"{path} is already running (its .lock file exists): wait for it, "
+                          "or remove it with condor_rm first")
+    try:
+        schedd = htcondor2.Schedd()
+    except htcondor2.HTCondorException as exc:
+        raise CondorError(
+            f"no HTCondor schedd is reachable ({str(exc).strip().rstrip('.')}): run this on an "
+            "access point where condor_q works, or set CONDOR_CONFIG; the DAG is ready at "
+            f"{path} (condor_submit_dag submits it too)") from None
+    options: dict[str, Any] = {"UpdateSubmit": True}
+    if batch_name:
+        options["batch-name"] = batch_name
+    with contextlib.chdir(path.parent):
+        try:
+            description = htcondor2.Submit.from_dag(path.name, options)
+            result = schedd.submit(description)
+        except htcondor2.HTCondorException as exc:
+            raise CondorError(f"submitting {path} failed: {str(exc).strip()}") from None
+    return int(result.cluster())
+
+
+def read_node_status(path: Path) -> dict[str, Any] | None:
+    """DAGMan's node status file as {"dag": {...}, "nodes": [{...}], "end": {...}}, or None
+    when the file does not exist yet. States are names: not_ready, ready, pre, submitted,
+    post, done, error, futile."""
+    import classad2
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    report: dict[str, Any] = {"dag": {}, "nodes": [], "end": {}}
+    for ad in classad2.parseAds(text):
+        values = {key: _plain(ad.eval(key)) for key in ad.keys()}
+        kind = values.get("Type")
+        if kind == "DagStatus":
+            values["state"] = NODE_STATES.get(values.get("DagStatus"), "unknown")
+            report["dag"] = values
+        elif kind == "NodeStatus":
+            values["state"] = NODE_STATES.get(values.get("NodeStatus"), "unknown")
+            report["nodes"].append(values)
+        elif kind == "StatusEnd":
+            report["end"] = values
+    return report
+
+
+def _plain(value: Any) -> Any:
+    """A ClassAd value as a JSON-friendly Python value."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def quantity(text: str, default_unit: str) -> int:
+    """An HTCondor quantity ('16GB', '512M', '2000') in the unit `default_unit` ('K' or 'M')."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{text!r} is not a quantity such as 16GB")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    if not unit:
+        return int(number)
+    return int(number * _UNITS[unit] / _UNITS[default_unit])
+
+
+def job_match_ad(description: Any) -> Any:
+    """The matchmaking attributes condor_submit derives from a submit description.
+
+    RequestCpus/Memory/Disk/GPUs, RequireGPUs from `require_gpus` and the `gpus_minimum_*` /
+    `gpus_maximum_capability` commands, and Requirements: the description's own expression and
+    the clauses condor_submit appends for the requests. `machine_ad.matches(job_ad)` evaluates
+    the job's Requirements against a machine (classad2 evaluates the argument's Requirements).
+    """
+    import classad2
+
+    def get(key: str) -> str | None:
+        value = description.expand(key) if key in description else ""
+        return value.strip() or None
+
+    ad = classad2.ClassAd()
+    clauses = []
+    own = get("requirements")
+    if own:
+        clauses.append(f"({own})")
+    cpus = int(get("request_cpus") or 1)
+    ad["RequestCpus"] = cpus
+    clauses.append("(TARGET.Cpus >= RequestCpus)")
+    if get("request_memory"):
+        ad["RequestMemory"] = quantity(get("request_memory"), "M")
+        clauses.append("(TARGET.Memory >= RequestMemory)")
+    if get("request_disk"):
+        ad["RequestDisk"] = quantity(get("request_disk"), "K")
+        clauses.append("(TARGET.Disk >= RequestDisk)")
+    gpus = int(get("request_gpus") or 0)
+    if gpus:
+        ad["RequestGPUs"] = gpus
+        constraints = [f"({get('require_gpus')})"] if get("require_gpus") else []
+        for key, op in (("gpus_minimum_capability", ">="), ("gpus_maximum_capability", "<=")):
+            if get(key):
+                float(get(key))  # a version such as 7.5, nothing else
+                constraints.append(f"(Capability {op} {get(key)})")
+        if get("gpus_minimum_memory"):
+            constraints.append(f"(GlobalMemoryMb >= {quantity(get('gpus_minimum_memory'), 'M')})")
+        if constraints:
+            ad["RequireGPUs"] = classad2.ExprTree(" && ".join(constraints))
+            clauses.append("(countMatches(MY.RequireGPUs, TARGET.AvailableGPUs) >= RequestGPUs)")
+        else:
+            clauses.append("(TARGET.GPUs >= RequestGPUs)")
+    ad["Requirements"] = classad2.ExprTree(" && ".join(clauses))
+    return ad

@@ -1,0 +1,117 @@
+"""POST script of a shard node: a job's result enters results/ only when it checks out.
+
+    python -m submit.validate --workdir DIR --shard N --job-exit $RETURN
+
+A result that came back (condor/incoming/result-NNNNN.parquet) must be a result file of the
+current schema version, made with this run's settings (its result key), with the manifest's
+row count, the shard's passage ids in the shard's order, and finite embeddings. Then it is
+moved into results/ atomically and the script exits 0. Otherwise the file is kept as
+`*.rejected` for a look, the reason goes to condor/logs/validate.log, and the script exits 1,
+so DAGMan retries the node. A failed job's exit code is passed on unchanged: 2 (bad input)
+stops the retries through `RETRY ... UNLESS-EXIT 2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from inference.config import ConfigError, config_from_dict
+from inference.schema import check_schema_version
+from inference.workdir import Workdir, WorkdirError
+from inference.worker import result_key
+
+from .pipeline import condor_dir, incoming_path
+
+
+class ResultError(ValueError):
+    """A result file that must not be loaded."""
+
+
+def check_result(workdir: Workdir, shard: int) -> int:
+    """Raise ResultError unless the incoming result of `shard` is sound; returns its rows."""
+    manifest = workdir.read_manifest()
+    shards = manifest.get("shards", [])
+    if not 0 <= shard < len(shards):
+        raise WorkdirError(f"{workdir.root} has no shard {shard}")
+    entry = shards[shard]
+    path = incoming_path(workdir, shard)
+    if not path.is_file():
+        raise ResultError(f"the job sent back no result ({path.name} is missing)")
+    try:
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+        check_schema_version(schema, "result", path.name)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise ResultError(f"unreadable result: {exc}") from None
+    expected = result_key(manifest, config_from_dict(manifest["config"]))
+    found = (schema.metadata or {}).get(b"result_key", b"").decode()
+    if found != expected:
+        raise ResultError(f"result key {found or '(none)'} does not match this run's {expected}"
+                          " (made with other model or prediction settings)")
+    if meta.num_rows != entry["rows"]:
+        raise ResultError(f"{meta.num_rows} rows, the manifest says {entry['rows']}")
+    try:
+        table = pq.read_table(path, columns=["passage_id", "embedding"])
+        ids = pq.read_table(workdir.shard_path(shard), columns=["passage_id"])
+    except (OSError, pa.ArrowException) as exc:
+        raise ResultError(f"cannot read rows: {exc}") from None
+    if not table.column("passage_id").equals(ids.column("passage_id")):
+        raise ResultError("passage ids differ from the shard's (or are in another order)")
+    values = pc.list_flatten(table.column("embedding"))
+    if len(values) and not np.isfinite(values.to_numpy().astype(np.float32)).all():
+        raise ResultError("embeddings hold NaN or infinite values")
+    return meta.num_rows
+
+
+def _log(workdir: Workdir, line: str) -> None:
+    logs = condor_dir(workdir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "validate.log", "a", encoding="utf-8") as handle:
+        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+
+def accept(workdir: Workdir, shard: int, job_exit: int) -> int:
+    """The POST script's decision as an exit code (see the module docstring)."""
+    if job_exit != 0:
+        _log(workdir, f"shard {shard}: job exited with {job_exit}")
+        return job_exit if 0 < job_exit < 256 else 1
+    path = incoming_path(workdir, shard)
+    try:
+        rows = check_result(workdir, shard)
+    except ResultError as exc:
+        _log(workdir, f"shard {shard}: rejected: {exc}")
+        if path.is_file():
+            os.replace(path, path.with_name(path.name + ".rejected"))
+        return 1
+    target = workdir.result_path(shard)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    _log(workdir, f"shard {shard}: accepted {rows} passages")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m submit.validate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--shard", type=int, required=True)
+    parser.add_argument("--job-exit", type=int, required=True,
+                        help="the job's exit code (DAGMan's $RETURN)")
+    args = parser.parse_args(argv)
+    try:
+        return accept(Workdir(args.workdir), args.shard, args.job_exit)
+    except (WorkdirError, ConfigError) as exc:
+        print(f"submit.validate: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The generic HTCondor layer, checked with the real htcondor2/classad2 bindings (no pool)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import classad2
+import htcondor2
+import pytest
+
+from submit.htcondor import (CondorError, Dag, Node, Script, condor_arguments, job_match_ad,
+                             lint_dag, quantity, read_node_status, submit_dag, write_dag,
+                             write_submit)
+
+H100 = """[ Cpus = 16; Memory = 131072; Disk = 500000000; GPUs = 1;
+  AvailableGPUs = { GPUs_GPU_4a5b }; Requirements = true;
+  GPUs_GPU_4a5b = [ Id = "GPU-4a5b"; DeviceName = "NVIDIA H100 80GB HBM3";
+                    Capability = 9.0; GlobalMemoryMb = 81559 ] ]"""
+T4 = """[ Cpus = 16; Memory = 131072; Disk = 500000000; GPUs = 1;
+  AvailableGPUs = { GPUs_GPU_77aa }; Requirements = true;
+  GPUs_GPU_77aa = [ Id = "GPU-77aa"; DeviceName = "Tesla T4";
+                    Capability = 7.5; GlobalMemoryMb = 15095 ] ]"""
+
+
+def stub_dagman(tmp: Path) -> str:
+    path = tmp / "condor_dagman"
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def test_submit_file_with_item_data_round_trips(tmp_path, monkeypatch):
+    items = [{"lr": "0.1", "seed": "1"}, {"lr": "0.01", "seed": "2"}, {"lr": "0.001", "seed": "3"}]
+    write_submit(tmp_path / "trials.sub", {"executable": "/bin/echo",
+                                           "arguments": "$(lr) $(seed)",
+                                           "output": "trial-$(seed).out"}, itemdata=items)
+    text = (tmp_path / "trials.sub").read_text()
+    assert "queue lr,seed from trials.items" in text  # never an inline list that str() drops
+    monkeypatch.chdir(tmp_path)
+    parsed = htcondor2.Submit(text)
+    assert list(parsed.itemdata()) == items
+    for item in items:  # what each job of the cluster gets
+        job = htcondor2.Submit(text)
+        for key, value in item.items():
+            job[key] = value
+        assert job.expand("arguments") == f"{item['lr']} {item['seed']}"
+        assert job.expand("output") == f"trial-{item['seed']}.out"
+
+
+def test_item_values_with_commas_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="commas"):
+        write_submit(tmp_path / "x.sub", {"executable": "/bin/true"},
+                     itemdata=[{"a": "1,2"}])
+
+
+def test_arguments_survive_spaces_and_quotes():
+    text = condor_arguments(["-m", "tool", "it's a path", 'say "hi"', ""])
+    description = htcondor2.Submit({"executable": "/bin/echo", "arguments": text})
+    assert description["arguments"] == text
+    assert text == "\"-m tool 'it''s a path' 'say \"\"hi\"\"' ''\""
+
+
+def _dag(tmp: Path) -> Path:
+    write_submit(tmp / "work.sub", {"executable": "/bin/true"})
+    check = tmp / "check.sh"
+    check.write_text("#!/bin/sh\nexit 0\n")
+    check.chmod(0o755)
+    dag = Dag(
+        nodes=[Node("prepare", "work.sub"),
+               *[Node(f"w{i}", "work.sub", vars={"n": str(i), "label": 'a "b"'},
+                      category="gpu", retry=3, retry_unless_exit=2,
+                      post=Script(str(check), ["$RETURN", str(i)])) for i in range(3)],
+               Node("collect", "work.sub", abort_dag_on=(3, 1)),
+               Node("report", "work.sub", kind="FINAL")],
+        edges=[(["prepare"], ["w0", "w1", "w2"]), (["w0", "w1", "w2"], ["collect"])],
+        max_jobs={"gpu": 2}, node_status_file="run.status")
+    return write_dag(tmp / "run.dag", dag)
+
+
+def test_written_dag_is_clean_and_dagman_accepts_it(tmp_path, monkeypatch):
+    path = _dag(tmp_path)
+    text = path.read_text()
+    assert lint_dag(path) == []
+    assert "MAXJOBS gpu 2" in text and "CATEGORY w1 gpu" in text
+    assert "CATEGORY gpu" not in text  # the htcondor2.dags throttle mistake
+    assert "RETRY w0 3 UNLESS-EXIT 2" in text
+    assert 'VARS w2 n="2" label="a \\"b\\""' in text
+    assert "FINAL report work.sub" in text and "ABORT-DAG-ON collect 3 RETURN 1" in text
+    assert "NODE_STATUS_FILE run.status 30" in text
+    monkeypatch.chdir(tmp_path)
+    dagman = stub_dagman(tmp_path)
+    description = htcondor2.Submit.from_dag(path.name, {"dagman": dagman, "force": True,
+                                                        "batch-name": "t"})
+    assert description["executable"] == dagman
+    assert "-Dag run.dag" in description["arguments"]
+
+
+def test_from_dag_rejects_an_unknown_command(tmp_path, monkeypatch):
+    (tmp_path / "bad.dag").write_text("JOBB a work.sub\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(htcondor2.HTCondorException, match="JOBB"):
+        htcondor2.Submit.from_dag("bad.dag", {"dagman": stub_dagman(tmp_path)})
+
+
+def test_lint_finds_what_dagman_would_reject(tmp_path):
+    write_submit(tmp_path / "ok.sub", {"executable": "/bin/true"})
+    (tmp_path / "broken.sub").write_text("executable = /bin/true\nqueue x from missing.items\n")
+    (tmp_path / "bad.dag").write_text("\n".join([
+        "JOB a ok.sub", "JOB a ok.sub", "JOB b nothere.sub", "JOB c ok.sub", "JOB d broken.sub",
+        "FINAL f ok.sub", "JOBB z ok.sub", "PARENT a CHILD ghost", "PARENT a CHILD c",
+        "PARENT c CHILD a", "PARENT f CHILD c", "CATEGORY gpu 5", "MAXJOBS cpu 3",
+        "RETRY a x", "SCRIPT POST a /no/such/script", "VARS nobody x=\"1\"", ""]))
+    problems = "\n".join(lint_dag(tmp_path / "bad.dag"))
+    for expected in ["node a is defined twice", "nothere.sub does not exist",
+                     "broken.sub does not parse", "unknown DAG command 'JOBB'",
+                     "names node 'ghost'", "names node 'nobody'",
+                     "'MAXJOBS gpu 5'", "MAXJOBS cpu: no node is in that category",
+                     "RETRY takes", "script /no/such/script does not exist",
+                     "FINAL node f cannot be a PARENT or CHILD", "cycle"]:
+        assert expected in problems, expected
+
+
+def test_names_dagman_cannot_take_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="space"):
+        write_dag(tmp_path / "x.dag", Dag([Node("a", "a.sub", post=Script("/bin/my script"))]))
+    with pytest.raises(ValueError, match="node name"):
+        write_dag(tmp_path / "x.dag", Dag([Node("a b", "a.sub")]))
+    with pytest.raises(ValueError, match="unique"):
+        write_dag(tmp_path / "x.dag", Dag([Node("a", "a.sub"), Node("a", "a.sub")]))
+
+
+def _gpu_job(tmp: Path, memory: str, capability: str = "7.0") -> htcondor2.Submit:
+    return write_submit(tmp / "gpu.sub", {
+        "executable": "/bin/true", "request_gpus": "1", "gpus_minimum_memory": memory,
+        "gpus_minimum_capability": capability, "request_cpus": "4",
+        "request_memory": "16GB", "request_disk": "20GB",
+        "requirements": "(TARGET.Cpus >= 2)"})
+
+
+def test_gpu_requirements_match_machine_ads(tmp_path):
+    h100, t4 = classad2.parseOne(H100), classad2.parseOne(T4)
+    job = job_match_ad(_gpu_job(tmp_path, "32GB"))
+    assert "(GlobalMemoryMb >= 32768)" in str(job["RequireGPUs"])
+    assert h100.matches(job)
+    assert not t4.matches(job)  # 16 GB T4 when 32 GB is asked
+    assert t4.matches(job_match_ad(_gpu_job(tmp_path, "12GB")))
+    assert not t4.matches(job_match_ad(_gpu_job(tmp_path, "12GB", capability="8.0")))
+    small = classad2.parseOne(H100.replace("Memory = 131072", "Memory = 8192"))
+    assert not small.matches(job)  # host memory: request_memory 16GB
+    few = classad2.parseOne(H100.replace("Cpus = 16", "Cpus = 1"))
+    assert not few.matches(job)  # the description's own requirements (and request_cpus)
+
+
+def test_quantities_follow_htcondor_units():
+    assert quantity("16GB", "M") == 16384
+    assert quantity("20GB", "K") == 20 * 1024 * 1024
+    assert quantity("512M", "M") == 512
+    assert quantity("2000", "M") == 2000
+    with pytest.raises(ValueError):
+        quantity("lots", "M")
+
+
+NODE_STATUS = """[
+  Type = "DagStatus";
+  DagFiles = { "pipeline.dag" };
+  Timestamp = 1399674138;
+  DagStatus = 3; /* "STATUS_SUBMITTED ()" */
+  NodesTotal = 4; NodesDone = 2; NodesFailed = 1;
+  JobProcsHeld = 1; JobProcsIdle = 0;
+]
+[ Type = "NodeStatus"; Node = "a"; NodeStatus = 5; StatusDetails = ""; RetryCount = 0;
+  JobProcsQueued = 0; JobProcsHeld = 0; ]
+[ Type = "NodeStatus"; Node = "b"; NodeStatus = 5; StatusDetails = ""; RetryCount = 1;
+  JobProcsQueued = 0; JobProcsHeld = 0; ]
+[ Type = "NodeStatus"; Node = "c"; NodeStatus = 6; StatusDetails = "Job exited with 1";
+  RetryCount = 3; JobProcsQueued = 0; JobProcsHeld = 0; ]
+[ Type = "NodeStatus"; Node = "d"; NodeStatus = 3; StatusDetails = "held";
+  RetryCount = 0; JobProcsQueued = 1; JobProcsHeld = 1; ]
+[ Type = "StatusEnd"; EndTime = 1399674138; NextUpdate = 1399674168; ]
+"""
+
+
+def test_node_status_file_is_read(tmp_path):
+    assert read_node_status(tmp_path / "none.status") is None
+    (tmp_path / "run.status").write_text(NODE_STATUS)
+    status = read_node_status(tmp_path / "run.status")
+    assert status["dag"]["state"] == "submitted" and status["dag"]["DagFiles"] == ["pipeline.dag"]
+    assert [(n["Node"], n["state"]) for n in status["nodes"]] == [
+        ("a", "done"), ("b", "done"), ("c", "error"), ("d", "submitted")]
+    assert status["nodes"][2]["StatusDetails"] == "Job exited with 1"
+    assert status["end"]["NextUpdate"] == 1399674168
+
+
+def test_no_schedd_is_a_clear_error(tmp_path, monkeypatch):
+    path = _dag(tmp_path)
+    with pytest.raises(CondorError, match="no HTCondor schedd is reachable.*access point"):
+        submit_dag(path)
+    (tmp_path / "run.dag.lock").write_text("")
+    with pytest.raises(CondorError, match="already running"):
+        submit_dag(path)
+
