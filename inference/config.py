@@ -99,7 +99,7 @@ class CondorResourcesConfig:
 
     request_gpus: int = 1
     gpus_minimum_capability: str | None = "7.0"
-    gpus_minimum_memory: str | None = "16GB"
+    gpus_minimum_memory: str | None = "14GB"  # a "16 GB" T4 or V100 advertises under 16 GiB
     request_cpus: int = 4
     request_memory: str = "16GB"
     request_disk: str = "20GB"

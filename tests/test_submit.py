@@ -1,0 +1,246 @@
+"""`infer-corpus submit`: the inference DAG on a partitioned demo workdir, checked with the real
+htcondor2/classad2 bindings (no pool can run here), and the CLI's errors and status."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+import classad2
+import htcondor2
+import pytest
+
+from conftest import ROOT, last_json, run_cli
+from inference.cli import main
+from submit.htcondor import job_match_ad, lint_dag
+from submit.pipeline import shard_object_name
+
+CONFIG = str(ROOT / "configs" / "condor-gpu.yaml")
+SMALL = ["--set", "shards.passages_per_shard=30"]
+H100 = """[ Cpus = 16; Memory = 131072; Disk = 500000000; GPUs = 1; AvailableGPUs = { G1 };
+  G1 = [ Id = "GPU-1"; DeviceName = "NVIDIA H100 80GB HBM3"; Capability = 9.0;
+         GlobalMemoryMb = 81559 ]; Requirements = true ]"""
+T4 = """[ Cpus = 16; Memory = 131072; Disk = 500000000; GPUs = 1; AvailableGPUs = { G2 };
+  G2 = [ Id = "GPU-2"; DeviceName = "Tesla T4"; Capability = 7.5;
+         GlobalMemoryMb = 15095 ]; Requirements = true ]"""
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """The demo corpus partitioned into 3 shards with the sample GPU-pool config."""
+    path = tmp_path_factory.mktemp("condor") / "run"
+    run_cli("partition", "--demo", "--workdir", str(path), "--config", CONFIG, *SMALL)
+    return path
+
+
+def submit(workdir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`infer-corpus submit` in this process (start-up is most of a subprocess's time)."""
+    args = ["submit", "--workdir", str(workdir), "--config", CONFIG, *SMALL, *extra]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    if check and code != 0:
+        raise AssertionError(f"infer-corpus {' '.join(args)} failed ({code}):\n{err.getvalue()}")
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def dag_nodes(dag: Path) -> dict[str, dict[str, str]]:
+    """Each JOB's VARS, as DAGMan would set them for its submit file."""
+    nodes: dict[str, dict[str, str]] = {}
+    for line in dag.read_text().splitlines():
+        if line.startswith("JOB "):
+            nodes[line.split()[1]] = {}
+        elif line.startswith("VARS "):
+            name = line.split()[1]
+            nodes[name] = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line))
+    return nodes
+
+
+def node_job(condor: Path, submit_file: str, values: dict[str, str]) -> htcondor2.Submit:
+    description = htcondor2.Submit((condor / submit_file).read_text())
+    for key, value in values.items():
+        description[key] = value
+    return description
+
+
+def test_dry_run_writes_a_clean_dag(workdir):
+    manifest = (workdir / "manifest.json").read_bytes()
+    summary = last_json(submit(workdir, "--dry-run", "--json").stdout)
+    condor = workdir / "condor"
+    assert summary["dry_run"] and summary["cluster"] is None
+    assert summary["shard_jobs"] == 3 and summary["shards_done"] == 0
+    dag = condor / "pipeline.dag"
+    assert summary["dag"] == str(dag.resolve())
+    assert lint_dag(dag) == []
+    text = dag.read_text()
+    for line in ["NODE_STATUS_FILE pipeline.status 30", "JOB partition partition.sub",
+                 "JOB index index.sub", "FINAL report report.sub", "MAXJOBS gpu 50",
+                 "CATEGORY shard-00002 gpu", "RETRY shard-00001 3 UNLESS-EXIT 2",
+                 "PARENT partition CHILD shard-00000 shard-00001 shard-00002",
+                 "PARENT shard-00000 shard-00001 shard-00002 CHILD index"]:
+        assert line in text, line
+    post = re.search(r"SCRIPT POST shard-00001 (\S+) (.*)", text)
+    assert Path(post.group(1)).is_file()
+    assert post.group(2) == (f"-m submit.validate --workdir {workdir.resolve()} --shard 1 "
+                             "--job-exit $RETURN")
+    for name in ["partition.sub", "shard.sub", "index.sub", "report.sub"]:
+        htcondor2.Submit((condor / name).read_text())  # parses
+    script = condor / "run-shard.sh"
+    assert script.stat().st_mode & stat.S_IXUSR
+    assert "--checkpoint-after 1800 --checkpoint-exit-code 85" in script.read_text()
+    assert (workdir / "manifest.json").read_bytes() == manifest  # only condor/ is written
+    assert not list((workdir / "results").glob("*.parquet"))
+
+
+def test_each_shard_job_gets_its_own_files(workdir):
+    submit(workdir, "--dry-run")
+    condor = workdir / "condor"
+    nodes = dag_nodes(condor / "pipeline.dag")
+    assert sorted(nodes) == ["index", "partition", "shard-00000", "shard-00001", "shard-00002"]
+    for n in range(3):
+        job = node_job(condor, "shard.sub", nodes[f"shard-{n:05d}"])
+        inputs = [i.strip() for i in job.expand("transfer_input_files").split(",")]
+        assert inputs == [str((workdir / "shards" / f"shard-{n:05d}.parquet").resolve()),
+                          str((workdir / "manifest.json").resolve())]
+        assert all(Path(i).is_file() for i in inputs)
+        assert job.expand("arguments") == f"{n} shard-{n:05d}.parquet result-{n:05d}.parquet"
+        assert job.expand("transfer_output_remaps") == (
+            f'"result-{n:05d}.parquet = {condor.resolve()}/incoming/result-{n:05d}.parquet"')
+        assert job.expand("output") == f"logs/shard-{n}.out"
+    job = node_job(condor, "shard.sub", {})
+    assert job["universe"] == "container"
+    assert job["container_image"] == "docker://ghcr.io/example/infer-corpus:0.1.0"
+    assert job["checkpoint_exit_code"] == "85" and job["transfer_checkpoint_files"] == "parts"
+    assert job["MY.WantGPULab"] == "true" and job["MY.GPUJobLength"] == '"short"'
+    assert classad2.ExprTree(job["MY.GPUJobLength"]).eval() == "short"
+    partition = node_job(condor, "partition.sub", {})
+    assert partition["universe"] == "local"
+    assert "inference partition --workdir" in partition["arguments"]
+    assert str(condor.resolve() / "config.yaml") in partition["arguments"]
+
+
+def test_gpu_jobs_match_an_h100_but_not_a_small_t4(workdir):
+    submit(workdir, "--dry-run", "--set", "condor.resources.gpus_minimum_memory=32GB")
+    job = job_match_ad(node_job(workdir / "condor", "shard.sub", {}))
+    assert classad2.parseOne(H100).matches(job)
+    assert not classad2.parseOne(T4).matches(job)
+    submit(workdir, "--dry-run")  # the sample's 14 GB: a "16 GB" T4 (15,095 MB) qualifies
+    assert classad2.parseOne(T4).matches(job_match_ad(node_job(workdir / "condor",
+                                                               "shard.sub", {})))
+
+
+def test_dagman_accepts_the_dag(workdir, tmp_path, monkeypatch):
+    submit(workdir, "--dry-run")
+    dagman = tmp_path / "condor_dagman"
+    dagman.write_text("#!/bin/sh\nexit 0\n")
+    dagman.chmod(0o755)
+    monkeypatch.chdir(workdir / "condor")
+    description = htcondor2.Submit.from_dag("pipeline.dag", {"dagman": str(dagman),
+                                                             "force": True})
+    assert "-Dag pipeline.dag" in description["arguments"]
+
+
+def test_shards_through_osdf_get_unique_names_and_are_staged(workdir, tmp_path):
+    stage = tmp_path / "origin"
+    url = "osdf:///ospool/ap40/data/alice/run1"
+    args = ["--dry-run", "--json", "--set", f"condor.shards_url={url}",
+            "--set", f"condor.stage_dir={stage}"]
+    assert last_json(submit(workdir, *args).stdout)["staged"] == 3
+    assert last_json(submit(workdir, *args).stdout)["staged"] == 0  # already there
+    manifest = json.loads((workdir / "manifest.json").read_text())
+    condor = workdir / "condor"
+    job = node_job(condor, "shard.sub", dag_nodes(condor / "pipeline.dag")["shard-00001"])
+    name = shard_object_name(manifest, 1)
+    assert manifest["partition_key"] in name
+    assert job.expand("transfer_input_files").startswith(f"{url}/{name},")
+    assert job.expand("arguments").split()[1] == name
+    assert (stage / name).read_bytes() == (workdir / "shards" / "shard-00001.parquet").read_bytes()
+    assert f"\t{url}/{name}" in (condor / "stage.tsv").read_text()
+
+
+def test_venv_tarball_and_no_checkpoints(workdir, tmp_path):
+    tarball = tmp_path / "env.tar.gz"
+    tarball.write_bytes(b"")
+    submit(workdir, "--dry-run", "--set", "condor.container_image=null",
+           "--set", f"condor.venv_tarball={tarball}", "--set", "condor.checkpoint_minutes=0")
+    condor = workdir / "condor"
+    job = node_job(condor, "shard.sub", dag_nodes(condor / "pipeline.dag")["shard-00000"])
+    assert job["universe"] == "vanilla" and "container_image" not in job
+    assert job.expand("transfer_input_files").endswith(f", {tarball}")
+    assert "checkpoint_exit_code" not in job
+    script = (condor / "run-shard.sh").read_text()
+    assert "VENV_TARBALL=env.tar.gz" in script and "PYTHON=env/bin/python" in script
+    assert "--checkpoint-after" not in script
+
+
+def test_submit_without_a_schedd_says_what_to_do(workdir):
+    proc = run_cli("submit", "--workdir", str(workdir), "--config", CONFIG, *SMALL, check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no HTCondor schedd is reachable" in lines[0]
+    assert "access point" in lines[0] and "pipeline.dag" in lines[0]
+    assert (workdir / "condor" / "pipeline.dag").is_file()  # written, ready to submit later
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "shards.passages_per_shard=40"], "differ from those"),
+    (["--set", "condor.container_image=null"], "what software the jobs run"),
+    (["--set", "condor.resources.gpus_minimum_memory=lots"], "not a quantity"),
+    (["--set", "condor.max_job=3"], "unknown config key condor.max_job"),
+    (["--set", "condor.site_attributes.Bad-Name=1"], "not a ClassAd attribute name"),
+])
+def test_bad_settings_are_one_line_errors(workdir, args, message):
+    proc = submit(workdir, "--dry-run", *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_an_unpartitioned_workdir_is_refused(tmp_path):
+    proc = run_cli("submit", "--workdir", str(tmp_path / "empty"), "--config", CONFIG,
+                   "--dry-run", check=False)
+    assert proc.returncode == 2 and "partition" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+NODE_STATUS = """[ Type = "DagStatus"; DagFiles = { "pipeline.dag" }; Timestamp = 1700000000;
+  DagStatus = 3; /* "STATUS_SUBMITTED ()" */ NodesTotal = 6; NodesDone = 2; NodesFailed = 1;
+  JobProcsHeld = 0; JobProcsIdle = 1; ]
+[ Type = "NodeStatus"; Node = "partition"; NodeStatus = 5; StatusDetails = ""; RetryCount = 0;
+  JobProcsQueued = 0; JobProcsHeld = 0; ]
+[ Type = "NodeStatus"; Node = "shard-00000"; NodeStatus = 5; StatusDetails = "";
+  RetryCount = 1; JobProcsQueued = 0; JobProcsHeld = 0; ]
+[ Type = "NodeStatus"; Node = "shard-00001"; NodeStatus = 6;
+  StatusDetails = "Job exited with status 2"; RetryCount = 0; JobProcsQueued = 0;
+  JobProcsHeld = 0; ]
+[ Type = "NodeStatus"; Node = "shard-00002"; NodeStatus = 3; StatusDetails = "idle";
+  RetryCount = 0; JobProcsQueued = 1; JobProcsHeld = 0; ]
+[ Type = "NodeStatus"; Node = "index"; NodeStatus = 0; StatusDetails = ""; RetryCount = 0;
+  JobProcsQueued = 0; JobProcsHeld = 0; ]
+[ Type = "StatusEnd"; EndTime = 1700000000; NextUpdate = 1700000030; ]
+"""
+
+
+def test_status_reads_the_node_status_file(workdir):
+    submit(workdir, "--dry-run")
+    status_file = workdir / "condor" / "pipeline.status"
+    report = last_json(run_cli("status", "--workdir", str(workdir), "--json").stdout)
+    assert report["condor"]["state"] == "not submitted"
+    status_file.write_text(NODE_STATUS)
+    try:
+        report = last_json(run_cli("status", "--workdir", str(workdir), "--json").stdout)
+        text = run_cli("status", "--workdir", str(workdir)).stdout
+    finally:
+        status_file.unlink()
+    dag = report["condor"]
+    assert dag["state"] == "submitted" and dag["updated"] == 1700000000
+    assert dag["nodes"] == {"done": 2, "submitted": 1, "not_ready": 1, "error": 1}
+    assert dag["failed"] == ["shard-00001"] and dag["retries"] == 1
+    assert report["shard_total"] == 3  # the manifest's view is still there
+    assert "condor DAG: submitted" in text and "failed nodes: shard-00001" in text

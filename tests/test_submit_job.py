@@ -1,0 +1,180 @@
+"""The two halves of a shard node: the job (embed a shard in parts, checkpoint, resume) and its
+POST script (a result enters results/ only when it checks out)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_cli
+from inference.config import config_from_dict
+from inference.schema import result_schema
+from inference.workdir import Workdir
+from inference.worker import result_is_current, result_key
+from submit.job import run_job
+from submit.pipeline import incoming_path
+from submit.validate import accept
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Workdir:
+    path = tmp_path_factory.mktemp("job") / "run"
+    run_cli("partition", "--demo", "--workdir", str(path),
+            "--set", "shards.passages_per_shard=30", "--set", "predictions.kind=none")
+    return Workdir(path)
+
+
+def fake_result(workdir: Workdir, shard: int, *, rows: int | None = None, key: str | None = None,
+                nan: bool = False, shuffle: bool = False) -> Path:
+    """A result file as a shard job would send it back (random unit embeddings)."""
+    manifest = workdir.read_manifest()
+    ids = pq.read_table(workdir.shard_path(shard), columns=["passage_id"]).column("passage_id")
+    ids = ids.combine_chunks()[: rows if rows is not None else len(ids)]
+    if shuffle:
+        ids = pa.array(list(reversed(ids.to_pylist())))
+    vectors = np.random.default_rng(shard).normal(size=(len(ids), 8)).astype(np.float16)
+    if nan:
+        vectors[0, 0] = np.nan
+    schema = result_schema(8, "float16")
+    schema = schema.with_metadata({**schema.metadata, b"result_key": (
+        key or result_key(manifest, config_from_dict(manifest["config"]))).encode()})
+    table = pa.table([ids, pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 8),
+                      pa.array([None] * len(ids), pa.string()),
+                      pa.array(np.zeros(len(ids)), pa.float32())], schema=schema)
+    path = incoming_path(workdir, shard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ({"rows": 5}, "rows, the manifest says"),
+    ({"key": "0123456789abcdef"}, "result key 0123456789abcdef does not match"),
+    ({"nan": True}, "NaN"),
+    ({"shuffle": True}, "passage ids differ"),
+])
+def test_a_bad_result_is_rejected_for_a_retry(workdir, damage, reason):
+    path = fake_result(workdir, 1, **damage)
+    assert accept(workdir, 1, job_exit=0) == 1
+    assert not path.exists() and path.with_name(path.name + ".rejected").is_file()
+    assert not workdir.result_path(1).exists()
+    log = (workdir.root / "condor" / "logs" / "validate.log").read_text().splitlines()[-1]
+    assert "shard 1: rejected" in log and reason in log
+
+
+def test_a_missing_or_unreadable_result_is_rejected(workdir):
+    assert accept(workdir, 2, job_exit=0) == 1
+    incoming_path(workdir, 2).write_bytes(b"not parquet")
+    assert accept(workdir, 2, job_exit=0) == 1
+
+
+def test_failed_jobs_pass_their_exit_code_on(workdir):
+    assert accept(workdir, 0, job_exit=2) == 2  # RETRY ... UNLESS-EXIT 2: no retry
+    assert accept(workdir, 0, job_exit=1) == 1
+    assert accept(workdir, 0, job_exit=-1001) == 1  # DAGMan's codes for a job that never ran
+
+
+def test_a_sound_result_is_moved_into_results(workdir):
+    fake_result(workdir, 0)
+    assert accept(workdir, 0, job_exit=0) == 0
+    assert not incoming_path(workdir, 0).exists()
+    manifest = workdir.read_manifest()
+    key = result_key(manifest, config_from_dict(manifest["config"]))
+    assert result_is_current(workdir, manifest["shards"][0], key)
+    # a resubmission now leaves the done shard out of the DAG
+    proc = run_cli("submit", "--workdir", str(workdir.root), "--dry-run", "--json",
+                   "--set", "shards.passages_per_shard=30", "--set", "predictions.kind=none",
+                   "--set", "condor.container_image=docker://example/ic:1")
+    assert '"shard_jobs": 2, "shards_done": 1' in proc.stdout
+    workdir.result_path(0).unlink()
+
+
+def test_post_script_command_line(workdir):
+    """The exact command the DAG's SCRIPT POST line runs."""
+    proc = subprocess.run([sys.executable, "-m", "submit.validate", "--workdir",
+                           str(workdir.root), "--shard", "2", "--job-exit", "2"],
+                          capture_output=True, text=True, cwd=workdir.root)
+    assert proc.returncode == 2
+    proc = subprocess.run([sys.executable, "-m", "submit.validate", "--workdir",
+                           str(workdir.root / "nowhere"), "--shard", "0", "--job-exit", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_job_script_unpacks_the_venv_and_runs_the_job(workdir, tmp_path):
+    """run-shard.sh as HTCondor starts it, with a packed venv whose python records its call."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text('#!/bin/sh\necho "$@" > called.txt\n')
+    (venv / "bin" / "python").chmod(0o755)
+    tarball = tmp_path / "env.tar.gz"
+    subprocess.run(["tar", "-czf", str(tarball), "-C", str(venv), "."], check=True)
+    run_cli("submit", "--workdir", str(workdir.root), "--dry-run",
+            "--set", "shards.passages_per_shard=30", "--set", "predictions.kind=none",
+            "--set", f"condor.venv_tarball={tarball}")
+    sandbox = tmp_path / "sandbox"  # what file transfer puts there
+    sandbox.mkdir()
+    shutil.copy(tarball, sandbox)
+    proc = subprocess.run([str(workdir.root / "condor" / "run-shard.sh"), "2",
+                           "shard-00002.parquet", "result-00002.parquet"],
+                          cwd=sandbox, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (sandbox / "called.txt").read_text().split() == [
+        "-m", "submit.job", "--shard", "2", "--shard-file", "shard-00002.parquet",
+        "--result-file", "result-00002.parquet", "--checkpoint-after", "1800",
+        "--checkpoint-exit-code", "85"]
+
+
+@pytest.mark.slow
+def test_job_checkpoints_resumes_and_matches_one_pass(workdir, tmp_path, monkeypatch):
+    """The job in one pass against the job in parts, exiting with the checkpoint code after
+    every part and restarted (as HTCondor does) from the parts/ it saved."""
+    shard = 2  # 15 passages
+    results = {}
+    for name, part_rows, checkpoint_after in (("whole", 1000, 0), ("parts", 8, 1e-6)):
+        sandbox = tmp_path / name
+        sandbox.mkdir()
+        for src in (workdir.shard_path(shard), workdir.manifest_path):
+            shutil.copy(src, sandbox)
+        monkeypatch.chdir(sandbox)
+        codes = []
+        while not codes or codes[-1] == 85:
+            codes.append(run_job(shard, Path("shard-00002.parquet"), Path("result.parquet"),
+                                 manifest_file=Path("manifest.json"), part_rows=part_rows,
+                                 checkpoint_after=checkpoint_after))
+            if codes[-1] == 85:  # only finished parts' results are kept for the restart
+                assert sorted(p.name for p in (sandbox / "parts").iterdir()) == [
+                    "logs", "manifest.json", "rejects", "results"]
+        assert codes == ([0] if name == "whole" else [85, 0])
+        results[name] = pq.read_table(sandbox / "result.parquet")
+
+    one, split = results["whole"], results["parts"]
+    assert one.schema.metadata == split.schema.metadata  # same result key, model, version
+    assert one.column("passage_id").equals(split.column("passage_id"))
+    a = np.array(one.column("embedding").to_pylist(), dtype=np.float32)
+    b = np.array(split.column("embedding").to_pylist(), dtype=np.float32)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.999
+
+    shutil.copy(tmp_path / "parts" / "result.parquet", incoming_path(workdir, shard))
+    assert accept(workdir, shard, job_exit=0) == 0  # what the POST script then decides
+    workdir.result_path(shard).unlink()
+
+
+def test_damaged_shard_is_bad_input(workdir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(workdir.manifest_path, tmp_path)
+    (tmp_path / "shard.parquet").write_bytes(b"garbage")
+    proc = subprocess.run([sys.executable, "-m", "submit.job", "--shard", "1", "--shard-file",
+                           "shard.parquet", "--result-file", "r.parquet"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "bad input" in proc.stderr
+    assert "Traceback" not in proc.stderr
