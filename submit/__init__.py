@@ -1,1 +1,10 @@
-"""Running the pipeline's steps on an HTCondor pool: submit descriptions and DAGs."""
+"""Running the pipeline's steps on an HTCondor pool: submit descriptions and DAGs.
+
+- `submit.htcondor`: generic writers and checks (submit files, DAG files with categories,
+  retries, scripts and FINAL nodes, a DAG linter, schedd submission, node status, matching).
+- `submit.pipeline`: the inference DAG behind `infer-corpus submit`.
+- `submit.job`: what a shard job runs on an execute node (parts, checkpoints, resume).
+- `submit.validate`: the POST script that lets only sound results into results/.
+
+This package may import `inference`; `inference` imports it only inside CLI commands.
+"""
