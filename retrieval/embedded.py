@@ -144,15 +144,18 @@ class EmbeddedIndex:
         self.path = root / name
         self.index = tantivy.Index.open(str(self.path / "tantivy"))
         self.searcher = self.index.searcher()
-        self.vectors = np.load(self.path / "vectors.npy", mmap_mode="r")
+        self.matrix = np.load(self.path / "vectors.npy", mmap_mode="r")
         self.passages = ipc.open_file(pa.memory_map(str(self.path / "passages.arrow"))).read_all()
 
     def __len__(self) -> int:
-        return len(self.vectors)
+        return len(self.matrix)
 
-    def bm25(self, words: str, limit: int, topic: str | None = None) -> list[tuple[int, float]]:
-        """(row, score) of the best `limit` passages for already-sanitised query words."""
-        query = self.index.parse_query(words, ["title", "text"])
+    def bm25(self, words: str, limit: int, topic: str | None = None, expansion: str = "",
+             expansion_weight: float = 0.0) -> list[tuple[int, float]]:
+        """(row, score) of the best `limit` passages for already-sanitised query words, plus
+        `expansion` words whose scores count `expansion_weight` times."""
+        text = f"{words} ({expansion})^{expansion_weight}" if expansion else words
+        query = self.index.parse_query(text, ["title", "text"])
         if topic:
             query = tantivy.Query.boolean_query([
                 (tantivy.Occur.Must, query),
@@ -161,12 +164,9 @@ class EmbeddedIndex:
         hits = self.searcher.search(query, limit).hits
         return [(self.searcher.doc(address)["row"][0], score) for score, address in hits]
 
-    def similarity(self, vector: np.ndarray, keys: list[int]) -> np.ndarray:
-        """Cosine of the (unit) query vector with the given passages' (unit) embeddings."""
-        if not keys:
-            return np.zeros(0, dtype=np.float32)
-        return np.asarray(self.vectors[np.asarray(keys, dtype=np.int64)],
-                          dtype=np.float32) @ vector
+    def vectors(self, keys: list[int]) -> np.ndarray:
+        """The given passages' (unit) embeddings as float32."""
+        return np.asarray(self.matrix[np.asarray(keys, dtype=np.int64)], dtype=np.float32)
 
     def dense(self, vector: np.ndarray, limit: int,
               topic: str | None = None) -> list[tuple[int, float]]:
@@ -178,7 +178,7 @@ class EmbeddedIndex:
         for start in range(0, total, 65536):
             block = rows[start : start + 65536] if rows is not None else np.arange(
                 start, min(total, start + 65536))
-            sims = np.asarray(self.vectors[block], dtype=np.float32) @ vector
+            sims = np.asarray(self.matrix[block], dtype=np.float32) @ vector
             keep = np.argpartition(-sims, min(limit, len(sims)) - 1)[:limit]
             best_rows.append(block[keep])
             best_scores.append(sims[keep])

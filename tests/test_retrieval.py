@@ -7,6 +7,7 @@ import pytest
 from conftest import last_json, run_cli
 from inference.workdir import Workdir
 from retrieval import MODES, QueryError, Searcher, build_index
+from retrieval.search import feedback_terms, query_words
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,20 @@ def test_bad_settings_get_a_clear_error(searcher):
         searcher.search("lithium", top_k=0)
     with pytest.raises(QueryError, match="at least top_k"):
         searcher.search("lithium", top_k=10, screening_top_k=5)
+
+
+def test_query_words_drop_function_words_unless_nothing_else_is_left():
+    assert query_words("What are the effects of heat on the wing?") == "effects heat wing"
+    assert query_words("To be or not to be") == "to be or not to be"
+
+
+def test_feedback_terms_are_the_top_passages_frequent_content_words():
+    passages = [{"title": "Ice cores", "text": "Bubbles of ancient air are trapped in ice; "
+                 "the bubbles record the air of past climates."},
+                {"title": None, "text": "Ice sheets hold bubbles of air for a long time."}]
+    terms = feedback_terms(passages, "ice cores", limit=3).split()
+    assert terms[:2] == ["bubbles", "air"]  # the query's own words are not repeated
+    assert not {"ice", "cores", "the", "of", "for"} & set(terms)
 
 
 def test_search_command(demo_run):
