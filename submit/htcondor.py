@@ -399,7 +399,7 @@ def read_node_status(path: Path) -> dict[str, Any] | None:
         return None
     report: dict[str, Any] = {"dag": {}, "nodes": [], "end": {}}
     for ad in classad2.parseAds(text):
-        values = {key: _plain(ad.eval(key)) for key in ad.keys()}
+        values = {key: _plain(ad.eval(key)) for key in ad}
         kind = values.get("Type")
         if kind == "DagStatus":
             values["state"] = NODE_STATES.get(values.get("DagStatus"), "unknown")

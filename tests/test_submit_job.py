@@ -3,7 +3,6 @@ POST script (a result enters results/ only when it checks out)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
