@@ -25,7 +25,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from inference.config import QAConfig
 from inference.workdir import Workdir
@@ -71,6 +71,12 @@ class SearchRequest(_Strict):
     def _query(cls, value: str) -> str:
         return _text(value, "query")
 
+    @model_validator(mode="after")
+    def _depth(self) -> SearchRequest:
+        if self.screening_top_k < self.top_k:
+            raise ValueError("screening_top_k must be at least top_k")
+        return self
+
 
 class ReactRequest(_Strict):
     question: str = Field(max_length=MAX_QUESTION_CHARS, description="the question to answer")
@@ -85,6 +91,12 @@ class ReactRequest(_Strict):
     @classmethod
     def _question(cls, value: str) -> str:
         return _text(value, "question")
+
+    @model_validator(mode="after")
+    def _depth(self) -> ReactRequest:
+        if self.screening_top_k < self.retriever_top_k:
+            raise ValueError("screening_top_k must be at least retriever_top_k")
+        return self
 
 
 def data_topics(workdir: Workdir) -> list[str]:
@@ -146,9 +158,7 @@ class QAService:
 
         def search(query: str) -> list[dict[str, Any]]:
             return self.search(query, top_k=request.retriever_top_k,
-                               screening_top_k=max(request.screening_top_k,
-                                                   request.retriever_top_k),
-                               topic=request.topic)
+                               screening_top_k=request.screening_top_k, topic=request.topic)
 
         return Agent(search, self.llms[name], name, self.config.max_steps,
                      self.config.max_seconds)
@@ -168,6 +178,8 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
         message = str(error.get("msg", "invalid value"))
         if error.get("type") == "extra_forbidden":
             message = "unknown field"
+        elif error.get("type") == "json_invalid":
+            where, message = "body", f"not valid JSON ({error.get('ctx', {}).get('error', message)})"
         errors.append({"field": where or "body", "message": message.removeprefix("Value error, ")})
     return errors
 
@@ -241,7 +253,7 @@ def create_app(service: QAService) -> FastAPI:
             raise RequestError(f"mode: unknown mode {request.mode!r} "
                                f"(known modes: {', '.join(MODES)})")
         hits = service.search(request.query, top_k=request.top_k,
-                              screening_top_k=max(request.screening_top_k, request.top_k),
+                              screening_top_k=request.screening_top_k,
                               topic=request.topic, mode=request.mode)
         return {"query": request.query, "hits": hits}
 

@@ -47,26 +47,41 @@ function showPresets() {
   }
 }
 
-async function load() {
-  const health = await getJSON("/health");
-  for (const node of document.querySelectorAll(".needs-key")) node.hidden = !health.api_key_required;
+// Topics and models need the API key where the server asks for one (kept for this tab only).
+async function loadLists() {
   try {
     topics = await getJSON("/topics");
+    const models = await getJSON("/models");
+    $("topic").replaceChildren(element("option", "All topics"));
+    $("topic").firstChild.value = "";
     for (const t of topics) {
       const option = element("option", t.topic);
       option.value = t.topic;
       $("topic").appendChild(option);
     }
-    for (const m of await getJSON("/models")) {
+    $("model").replaceChildren();
+    for (const m of models) {
       const option = element("option", `${m.name} (${m.kind})`);
       option.value = m.name;
       option.selected = m.default;
       $("model").appendChild(option);
     }
     showPresets();
+    setStatus("");
   } catch (error) {
-    setStatus(`Cannot load topics: ${error.message}`, true);
+    const hint = $("api_key").hidden ? "" : " (enter the API key under Advanced settings)";
+    setStatus(`Cannot load topics: ${error.message}${hint}`, true);
   }
+}
+
+async function load() {
+  const health = await getJSON("/health");
+  for (const node of document.querySelectorAll(".needs-key")) node.hidden = !health.api_key_required;
+  if (health.api_key_required) {
+    $("api_key").value = sessionStorage.getItem("api_key") || "";
+    $("advanced").open = !$("api_key").value;
+  }
+  await loadLists();
 }
 
 function highlight(n) {
@@ -196,5 +211,9 @@ async function ask(event) {
 }
 
 $("topic").addEventListener("change", showPresets);
+$("api_key").addEventListener("change", () => {
+  sessionStorage.setItem("api_key", $("api_key").value);
+  loadLists();
+});
 $("ask").addEventListener("submit", ask);
 load().catch((error) => setStatus(`Cannot reach the server: ${error.message}`, true));
