@@ -50,7 +50,7 @@ def write_submit(path: Path, commands: dict[str, str],
     """Write a submit description (one job, or one job per item) and return it parsed back."""
     import htcondor2
 
-    path = Path(path)
+    path = Path(path).absolute()
     description = htcondor2.Submit(dict(commands))
     text = str(description)
     if itemdata is not None:
@@ -67,8 +67,9 @@ def write_submit(path: Path, commands: dict[str, str],
         _write_text(items, "\n".join(lines) + "\n")
         text = text.removesuffix("queue\n") + f"queue {','.join(keys)} from {items.name}\n"
     _write_text(path, text)
+    text = path.read_text(encoding="utf-8")
     with contextlib.chdir(path.parent):  # a queue-from file is relative to the description
-        parsed = htcondor2.Submit(path.read_text(encoding="utf-8"))
+        parsed = htcondor2.Submit(text)
         if itemdata is not None and len(list(parsed.itemdata())) != len(itemdata):
             raise ValueError(f"{path}: item data did not read back")  # pragma: no cover
     return parsed
@@ -296,8 +297,9 @@ def _check_submit_file(submit: Path, where: str, htcondor2: Any) -> list[str]:
     if not submit.is_file():
         return [f"{where}: submit file {submit} does not exist"]
     try:
-        with contextlib.chdir(submit.parent):
-            description = htcondor2.Submit(submit.read_text(encoding="utf-8"))
+        text = submit.read_text(encoding="utf-8")
+        with contextlib.chdir(submit.parent):  # a queue-from file is relative to it
+            description = htcondor2.Submit(text)
             description.itemdata()
     except (ValueError, RuntimeError, OSError) as exc:
         return [f"{where}: submit file {submit.name} does not parse: {exc}"]

@@ -97,6 +97,13 @@ def test_dry_run_writes_a_clean_dag(workdir):
     assert not list((workdir / "results").glob("*.parquet"))
 
 
+def test_a_relative_workdir_path_works(workdir, monkeypatch):
+    monkeypatch.chdir(workdir.parent)
+    summary = last_json(submit(Path(workdir.name), "--dry-run", "--json").stdout)
+    assert summary["shard_jobs"] == 3
+    assert lint_dag(Path(workdir.name) / "condor" / "pipeline.dag") == []
+
+
 def test_each_shard_job_gets_its_own_files(workdir):
     submit(workdir, "--dry-run")
     condor = workdir / "condor"
