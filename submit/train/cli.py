@@ -1,7 +1,7 @@
 """`train-models`: sweeps of topic heads and multi-node training, locally or on HTCondor.
 
-Thin: parsing, printing, exit codes (0 success, 1 a trial or step failed, 2 bad usage/spec/
-workdir, 85 a trial stopped after a checkpoint to be restarted).
+Thin: parsing, printing, exit codes (0 success, 1 a trial or step failed or HTCondor
+refused the work, 2 bad usage/spec/workdir, 85 a trial stopped after a checkpoint to be restarted).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from submit.htcondor import CondorError
 
 from . import TrainError
 
@@ -189,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainError as exc:
         print(f"train-models: error: {exc}", file=sys.stderr)
         return 2
+    except CondorError as exc:  # no schedd, or submission refused: the files stay written
+        print(f"train-models: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("train-models: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

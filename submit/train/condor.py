@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
-
 from inference.workdir import atomic_path
-from submit.htcondor import CondorError, Dag, Node, Script, condor_arguments, dag_text, \
+from submit.htcondor import Dag, Node, Script, condor_arguments, dag_text, \
     lint_dag, submit_dag as submit_condor_dag, write_submit
 
 from . import TrainError
@@ -162,12 +160,5 @@ def write_multinode_dag(run_dir: Path) -> Path:
 
 
 def submit_dag(path: Path) -> int:
-    """Submit through the htcondor2 bindings; the error says what to do without a schedd."""
-    try:
-        return submit_condor_dag(path)
-    except CondorError as exc:
-        raise TrainError(str(exc)) from None
-
-
-__all__: list[Any] = ["write_sweep_dag", "write_multinode_dag", "write_workers_submit",
-                      "submit_dag"]
+    """Submit through the htcondor2 bindings (a `CondorError` says what to do without a schedd)."""
+    return submit_condor_dag(path)

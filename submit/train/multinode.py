@@ -184,12 +184,13 @@ def publish_rendezvous(host: str, port: int) -> None:
     """Put the endpoint into this job's ad and tell DAGMan the provisioner is ready."""
     from htcondor2.htchirp import HTChirp
 
-    try:
+    try:  # HTChirp's own errors all derive from HTChirp.ChirpError
+
         with HTChirp() as chirp:
             chirp.set_job_attr("RendezvousHost", json.dumps(host))
             chirp.set_job_attr("RendezvousPort", str(port))
             chirp.set_job_attr("ProvisionerState", str(PROVISIONING_COMPLETE))
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, HTChirp.ChirpError) as exc:
         raise TrainError(f"cannot publish the rendezvous with chirp ({exc}): "
                          f"the rank-0 job needs want_io_proxy = true") from None
 

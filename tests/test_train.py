@@ -1,0 +1,236 @@
+"""Training mode: sweeps, resumable trials, early abort, reports, and the trained head in use."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import last_json, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_cli(*args: str, check: bool = True, env: dict | None = None
+              ) -> subprocess.CompletedProcess:
+    """Run `train-models` as a user would, in a separate process."""
+    proc = subprocess.run([sys.executable, "-m", "submit.train.cli", *args], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train-models {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_spec(path: Path, **overrides) -> Path:
+    spec = {"name": path.stem, "base": {"epochs": 3, "batch_size": 16},
+            "params": {"head": ["linear", "mlp"], "hidden": [16]}, "seeds": [0, 1],
+            "parallel": 2, **overrides}
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(demo_run, tmp_path_factory) -> Path:
+    from inference.workdir import Workdir
+    from submit.train.data import read_workdir, save_dataset
+
+    path = tmp_path_factory.mktemp("data") / "dataset.npz"
+    save_dataset(read_workdir(Workdir(demo_run[0]), 0.25), path)
+    return path
+
+
+def test_sweep_runs_locally_ranks_trials_and_draws_report(demo_run, tmp_path):
+    workdir = demo_run[0]
+    spec = write_spec(tmp_path / "four-trials.yaml")
+    summary = last_json(train_cli("sweep", str(spec), "--workdir", str(workdir), "--json").stdout)
+    assert summary["trials"] == 4 and summary["completed"] == 4
+    best = summary["best"]
+    assert best["metric"] == "val_accuracy" and best["trial"].startswith("t")
+    assert 0.8 <= best["value"] <= 1.0  # five well-separated topics
+    sweep_dir = workdir / "train" / "four-trials"
+    results = json.loads((sweep_dir / "results.json").read_text())
+    values = [r["value"] for r in results["ranking"]]
+    assert values == sorted(values, reverse=True) and values[0] == best["value"]
+    assert set(results["groups"]) == {"c0", "c1"}  # two configurations x two seeds
+    head = torch.load(best["model"], weights_only=True)
+    assert head["format"] == "infer-corpus.head" and len(head["classes"]) == 5
+    # a finished sweep run again does nothing and gives the same answer
+    again = last_json(train_cli("sweep", str(spec), "--workdir", str(workdir), "--json").stdout)
+    assert again["best"] == best
+
+    png = Path(train_cli("report", "--workdir", str(workdir), "--sweep", "four-trials")
+               .stdout.strip())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def _trial_dir(tmp_path: Path, name: str) -> Path:
+    trial = tmp_path / name
+    trial.mkdir()
+    (trial / "params.json").write_text(json.dumps(
+        {"head": "mlp", "hidden": 16, "dropout": 0.3, "epochs": 5, "batch_size": 8, "seed": 7}))
+    return trial
+
+
+KILL_AFTER_EPOCH_2 = """
+import os, signal, sys, contextlib, torch
+from pathlib import Path
+import submit.train.trial as trial
+
+real_atomic_path = trial.atomic_path
+
+@contextlib.contextmanager
+def atomic_path_then_kill(final):
+    with real_atomic_path(final) as tmp:
+        yield tmp
+    if final.name == "checkpoint.pt" and torch.load(final, weights_only=True)["epoch"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+trial.atomic_path = atomic_path_then_kill
+sys.exit(trial.run_trial(Path(sys.argv[1]), Path(sys.argv[2])))
+"""
+
+
+def test_trial_killed_after_epoch_2_resumes_at_3_with_identical_weights(dataset, tmp_path):
+    whole = _trial_dir(tmp_path, "whole")
+    train_cli("trial", "--trial-dir", str(whole), "--dataset", str(dataset))
+
+    killed = _trial_dir(tmp_path, "killed")
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_2, str(killed), str(dataset)],
+                          cwd=ROOT, capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert not (killed / "model.pt").exists()
+    # restarted the way HTCondor restarts a checkpointing job: exit 85 after two more epochs
+    proc = train_cli("trial", "--trial-dir", str(killed), "--dataset", str(dataset),
+                     "--checkpoint-exit-every", "2", check=False)
+    assert proc.returncode == 85, proc.stderr
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert metrics["resumed_at_epoch"] == 3 and metrics["epochs_done"] == 4
+    train_cli("trial", "--trial-dir", str(killed), "--dataset", str(dataset))
+
+    metrics = json.loads((killed / "metrics.json").read_text())
+    reference = json.loads((whole / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["resumed_at_epoch"] == 5
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4, 5]
+    assert metrics["history"] == reference["history"]
+    a = torch.load(whole / "model.pt", weights_only=True)["layers"]
+    b = torch.load(killed / "model.pt", weights_only=True)["layers"]
+    assert all(torch.equal(x["weight"], y["weight"]) and torch.equal(x["bias"], y["bias"])
+               for x, y in zip(a, b, strict=True))
+
+
+def _fake_sweep(root: Path, finals: list[dict | None], **early_stop) -> "Sweep":  # noqa: F821
+    from submit.train.sweep import Sweep, SweepSpec, EarlyStop
+    from dataclasses import asdict
+
+    from inference.workdir import write_json_atomic
+
+    spec = SweepSpec(name="fake", early_stop=EarlyStop(**early_stop))
+    write_json_atomic(root / "spec.json", asdict(spec))
+    write_json_atomic(root / "trials.json", [
+        {"trial": f"t{i:03d}", "group": f"c{i}", "ablation": None, "params": {}}
+        for i in range(len(finals))])
+    for i, metrics in enumerate(finals):
+        if metrics is not None:
+            write_json_atomic(root / "trials" / f"t{i:03d}" / "metrics.json", metrics)
+    return Sweep(root)
+
+
+def _metrics(status: str, losses: list[float], accuracy: float) -> dict:
+    history = [{"epoch": e + 1, "train_loss": loss, "val_loss": loss, "val_accuracy": accuracy}
+               for e, loss in enumerate(losses)]
+    return {"status": status, "history": history, "final": history[-1]}
+
+
+def test_early_abort_decisions_and_exit_codes(tmp_path):
+    from submit.train.cli import main
+    from submit.train.sweep import evaluate
+
+    good = _metrics("completed", [1.5, 0.4], 0.85)
+    blown = _metrics("completed", [1.0, 50.0], 0.2)  # loss grew 50x: diverged
+    nan = _metrics("diverged", [1.0, float("nan")], 0.2)
+    sweep = _fake_sweep(tmp_path / "a", [good, None, blown], target=0.9, max_diverged=2)
+    assert evaluate(sweep)["action"] == "continue"
+    assert main(["evaluate", "--sweep-dir", str(sweep.root)]) == 0
+
+    sweep = _fake_sweep(tmp_path / "b", [good, blown, nan], target=0.9, max_diverged=2)
+    decision = evaluate(sweep)
+    assert decision["code"] == 4 and decision["diverged"] == 2 and "diverged" in decision["reason"]
+    assert main(["evaluate", "--sweep-dir", str(sweep.root)]) == 4
+
+    sweep = _fake_sweep(tmp_path / "c", [good, _metrics("completed", [1.0, 0.1], 0.95)],
+                        target=0.9)
+    assert main(["evaluate", "--sweep-dir", str(sweep.root)]) == 3
+    assert json.loads((sweep.root / "evaluation.json").read_text())["best"] == 0.95
+
+
+def test_local_sweep_stops_early_when_the_target_is_reached(demo_run, tmp_path):
+    spec = write_spec(tmp_path / "stop-early.yaml", parallel=1,
+                      params={"head": ["linear", "mlp", "linear"], "lr": [0.01]}, seeds=[0],
+                      early_stop={"target": 0.0})
+    proc = train_cli("sweep", str(spec), "--workdir", str(demo_run[0]), "--json")
+    summary = last_json(proc.stdout)
+    assert summary["trials"] == 3 and summary["completed"] == 1
+    assert "reached the target" in summary["stopped_early"] and summary["best"]["trial"] == "t000"
+
+
+def test_bad_specs_are_one_line_errors(demo_run, tmp_path, capsys):
+    from submit.train.cli import main
+
+    cases = {"unknown key": {"name": "x", "params": {"lr": [0.1]}, "colour": 1},
+             "unknown hyperparameter": {"name": "x", "params": {"learning_rate": [0.1]}},
+             "random needs samples": {"name": "x", "method": "random", "params": {"lr": [0.1]}},
+             "bad metric": {"name": "x", "metric": "f1"}}
+    for label, spec in cases.items():
+        path = tmp_path / "bad.yaml"
+        path.write_text(json.dumps(spec))
+        assert main(["sweep", str(path), "--workdir", str(demo_run[0])]) == 2, label
+        err = capsys.readouterr().err
+        assert err.startswith("train-models: error: ") and err.count("\n") == 1, label
+    spec = str(ROOT / "configs" / "sweep-demo.yaml")
+    assert main(["sweep", spec, "--workdir", str(tmp_path / "no-run")]) == 2
+    assert "infer-corpus" in capsys.readouterr().err
+
+
+def test_shard_worker_predicts_with_a_trained_head(demo_run, dataset, tmp_path):
+    from inference.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="predictions.model is required"):
+        load_config(overrides=["predictions.kind=head"])
+    from submit.train.data import load_dataset
+    from submit.train.heads import export_head
+    from submit.train.trial import check_params, epoch_generator, make_model, make_optimizer, \
+        train_epoch
+
+    data = load_dataset(dataset)  # a head trained here, as a trial would train it
+    params = check_params({"head": "mlp", "hidden": 16, "epochs": 10})
+    model, (x, y) = make_model(params, data), data.part(validation=False)
+    optimizer = make_optimizer(params, model)
+    for epoch in range(1, params["epochs"] + 1):
+        train_epoch(model, optimizer, torch.from_numpy(x), torch.from_numpy(y), 8,
+                    epoch_generator(params, epoch))
+    head = tmp_path / "head.pt"
+    export_head(model, data.classes, data.embedding_model, {}, head)
+    workdir = tmp_path / "work"
+    shutil.copytree(demo_run[0], workdir)
+    run_cli("run", "--demo", "--workdir", str(workdir), "--set", "shards.passages_per_shard=30",
+            "--set", "predictions.kind=head", "--set", f"predictions.model={head}")
+    labels, topics, scores = [], [], []
+    for result in sorted((workdir / "results").glob("shard-*.parquet")):
+        table = pq.read_table(result)
+        assert table.schema.metadata[b"predictions"] == b"head"
+        labels += table.column("label").to_pylist()
+        scores += table.column("label_score").to_pylist()
+        topics += pq.read_table(workdir / "shards" / result.name).column("topic").to_pylist()
+    assert all(label is not None for label in labels)
+    assert np.mean([a == b for a, b in zip(labels, topics)]) >= 0.9
+    assert all(0.0 < s <= 1.0 for s in scores)

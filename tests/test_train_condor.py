@@ -1,0 +1,164 @@
+"""Training on HTCondor without a pool: generated files parsed by the real bindings, chirp
+against a real chirp server on 127.0.0.1, the workers' PRE script against a stubbed condor_q,
+and a real two-node torchrun rendezvous on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socketserver
+import threading
+from pathlib import Path
+
+import htcondor2
+import pytest
+import torch
+
+from conftest import last_json
+from test_train import ROOT, train_cli, write_spec
+
+from submit.htcondor import lint_dag
+
+
+def train_here(capsys, *args: str) -> tuple[int, str, str]:
+    """`train-models` in this process (the steps here import nothing heavy beyond torch)."""
+    from submit.train.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _parse(submit: Path) -> htcondor2.Submit:
+    with contextlib.chdir(submit.parent):
+        return htcondor2.Submit(submit.read_text())
+
+
+def test_sweep_dag_dry_run(demo_run, tmp_path, capsys):
+    spec = write_spec(tmp_path / "condor-sweep.yaml", seeds=[0, 1, 2],
+                      condor={"wave_size": 4, "checkpoint_every": 2, "request_gpus": 1,
+                              "container_image": "docker://example/infer-corpus:1"})
+    code, out, _ = train_here(capsys, "sweep", str(spec), "--workdir", str(demo_run[0]),
+                              "--executor", "condor", "--dry-run", "--json")
+    summary = last_json(out)
+    assert code == 0
+    assert summary["trials"] == 6 and summary["completed"] == 0 and summary["submitted"] is None
+    dag = Path(summary["dag"])
+    assert lint_dag(dag) == []
+    text = dag.read_text()
+    assert "FINAL COLLECT collect.sub" in text and "PARENT WAVE0 CHILD WAVE1" in text
+    assert "ABORT-DAG-ON WAVE0 3 RETURN 0" in text and "ABORT-DAG-ON WAVE1 4 RETURN 1" in text
+    assert "SCRIPT POST WAVE1" in text and "evaluate --sweep-dir" in text
+    trials = []
+    for sub in sorted(dag.parent.glob("wave-*.sub")):
+        description = _parse(sub)
+        assert description["checkpoint_exit_code"] == "85"
+        assert description["transfer_checkpoint_files"] == "checkpoint.pt,metrics.json"
+        assert description["request_gpus"] == "1"
+        assert description["container_image"] == "docker://example/infer-corpus:1"
+        assert "--checkpoint-exit-every 2" in description["arguments"]
+        with contextlib.chdir(sub.parent):
+            trials += [item["trial"] for item in description.itemdata()]
+    assert trials == [f"t{i:03d}" for i in range(6)]  # one cluster per wave: 4 + 2
+    assert _parse(dag.parent / "collect.sub")["universe"] == "local"
+
+
+def test_multinode_dag_dry_run_and_pre_script_with_stubbed_condor_q(demo_run, tmp_path, capsys,
+                                                                  monkeypatch):
+    spec = ROOT / "configs" / "multinode-demo.yaml"
+    code, out, _ = train_here(capsys, "multinode", str(spec), "--workdir", str(demo_run[0]),
+                              "--nodes", "2:4", "--dry-run", "--json")
+    summary = last_json(out)
+    dag = Path(summary["dag"])
+    assert lint_dag(dag) == []
+    lines = dag.read_text().splitlines()
+    assert "PROVISIONER RANK0 rank0.sub" in lines
+    assert any(line.startswith("SCRIPT PRE WORKERS ") and line.endswith("--dag-id $DAGID")
+               for line in lines)
+    rank0 = _parse(dag.parent / "rank0.sub")
+    assert rank0["want_io_proxy"] == "true" and "multinode-rank0" in rank0["arguments"]
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    seen = tmp_path / "condor_q.args"
+    ad = [{"RendezvousHost": "10.0.0.7", "RendezvousPort": 29517,
+           "RemoteHost": "slot1_1@gpu-node-7.example.org", "JobStatus": 2}]
+    stub = bin_dir / "condor_q"
+    stub.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {seen}\necho '{json.dumps(ad)}'\n")
+    stub.chmod(0o755)
+    run_dir = dag.parent.parent
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    code, out, _ = train_here(capsys, "multinode-pre", "--run-dir", str(run_dir),
+                              "--dag-id", "4242")
+    assert code == 0 and "10.0.0.7:29517" in out
+    assert 'DAGManJobId == 4242 && DAGNodeName == "RANK0"' in seen.read_text()
+    workers = _parse(dag.parent / "workers.sub")
+    assert "--rdzv-endpoint=10.0.0.7:29517" in workers["arguments"]
+    assert "is_host=false" in workers["arguments"] and "--nnodes=2:4" in workers["arguments"]
+    assert workers["requirements"] == '(TARGET.Machine =!= "gpu-node-7.example.org")'
+    with contextlib.chdir(dag.parent):
+        assert len(list(workers.itemdata())) == 3  # up to 4 nodes: rank 0 + 3 workers
+    assert lint_dag(dag) == []
+
+    stub.write_text("#!/bin/sh\necho '[{\"JobStatus\": 1}]'\n")  # rank 0 not published yet
+    code, _, err = train_here(capsys, "multinode-pre", "--run-dir", str(run_dir),
+                              "--dag-id", "4242")
+    assert code == 2 and "RendezvousHost" in err
+
+
+class ChirpHandler(socketserver.StreamRequestHandler):
+    """The chirp protocol as the starter's proxy speaks it: cookie, then attribute updates."""
+
+    def handle(self) -> None:
+        server = self.server
+        for raw in self.rfile:
+            words = raw.decode().rstrip("\n").split(" ")
+            if words[0] == "cookie":
+                reply = "0" if words[1] == server.cookie else "-1"
+            elif words[0] == "set_job_attr" and len(words) == 3:
+                server.attrs[words[1]] = words[2]
+                reply = "0"
+            else:
+                reply = "-8"
+            self.wfile.write(f"{reply}\n".encode())
+
+
+@pytest.fixture
+def chirp_server(tmp_path, monkeypatch):
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), ChirpHandler)
+    server.daemon_threads = True
+    server.cookie, server.attrs = "s3cret-cookie", {}
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = tmp_path / ".chirp.config"
+    config.write_text(f"127.0.0.1 {server.server_address[1]} {server.cookie}\n")
+    monkeypatch.setenv("_CONDOR_CHIRP_CONFIG", str(config))
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_rank0_publishes_rendezvous_with_chirp(chirp_server, tmp_path):
+    from submit.train import TrainError
+    from submit.train.multinode import publish_rendezvous
+
+    publish_rendezvous("10.0.0.7", 29517)
+    assert chirp_server.attrs == {"RendezvousHost": '"10.0.0.7"', "RendezvousPort": "29517",
+                                  "ProvisionerState": "2"}
+    config = Path(os.environ["_CONDOR_CHIRP_CONFIG"])
+    config.write_text(f"127.0.0.1 {chirp_server.server_address[1]} wrong-cookie\n")
+    with pytest.raises(TrainError, match="want_io_proxy"):
+        publish_rendezvous("10.0.0.7", 29517)
+
+
+def test_two_node_local_torchrun_trains_and_saves_a_model(demo_run, tmp_path):
+    spec = tmp_path / "ddp.yaml"
+    spec.write_text(json.dumps({"name": "ddp-test", "nodes": "1:1", "params": {
+        "head": "mlp", "hidden": 16, "epochs": 4, "batch_size": 8}}))
+    summary = last_json(train_cli("multinode", str(spec), "--workdir", str(demo_run[0]),
+                                  "--nodes", "2", "--local", "--json").stdout)
+    assert summary["world_size"] == 2 and summary["nodes"] == 2
+    head = torch.load(summary["model"], weights_only=True)
+    assert head["format"] == "infer-corpus.head" and len(head["layers"]) == 2
+    metrics = json.loads((Path(summary["model"]).parent / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and len(metrics["history"]) == 4
