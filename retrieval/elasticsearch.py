@@ -11,7 +11,7 @@ rather than duplicates.
 
 Reading (`ElasticsearchIndex`): the `PassageIndex` of `retrieval.search`, keyed by passage id.
 The BM25 request also fetches the candidates' embeddings, so re-ranking them costs no second
-request; dense search is an approximate kNN search with the topic as a filter.
+request (`vectors`); dense search is an approximate kNN search with the topic as a filter.
 
 The 9.x client speaks to Elasticsearch 9 and the 8.x client to Elasticsearch 8 (see
 docs/elasticsearch.md).
@@ -281,10 +281,14 @@ class ElasticsearchIndex:
         return {"bool": {"must": [query], "filter": [{"term": {"topic": topic}}]}} if topic \
             else query
 
-    def bm25(self, words: str, limit: int, topic: str | None = None) -> list[tuple[str, float]]:
-        """(passage id, score) of the best `limit` passages for already-sanitised query words;
-        their embeddings come back in the same response and serve `similarity`."""
-        query = {"multi_match": {"query": words, "type": "most_fields", "fields": BM25_FIELDS}}
+    def bm25(self, words: str, limit: int, topic: str | None = None, expansion: str = "",
+             expansion_weight: float = 0.0) -> list[tuple[str, float]]:
+        """(passage id, score) of the best `limit` passages for already-sanitised query words,
+        plus `expansion` words whose scores count `expansion_weight` times. The passages'
+        embeddings come back in the same response and serve `vectors`."""
+        query: dict[str, Any] = _match(words)
+        if expansion:
+            query = {"bool": {"should": [query, _match(expansion, expansion_weight)]}}
         with self._answers("searching"):
             hits = self.client.search(index=self.name, query=self._filtered(query, topic),
                                       size=limit, source=False, fields=[VECTOR_FIELD],
@@ -292,10 +296,11 @@ class ElasticsearchIndex:
         self._vectors = _vectors_of(hits)
         return [(hit["_id"], float(hit["_score"])) for hit in hits]
 
-    def similarity(self, vector: np.ndarray, keys: list[str]) -> np.ndarray:
-        """Cosine of the (unit) query vector with the passages' (unit) embeddings."""
+    def vectors(self, keys: list[str]) -> np.ndarray:
+        """The given passages' (unit) embeddings as float32: those of the last BM25 hits from
+        memory, any other fetched by id."""
         if not keys:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros((0, 0), dtype=np.float32)
         known = self._vectors
         missing = [key for key in keys if key not in known]
         if missing:
@@ -308,7 +313,13 @@ class ElasticsearchIndex:
             if lost:
                 raise ElasticsearchRefused(f"Elasticsearch at {redact(self.url)} returned no "
                                            f"embedding for passage {lost[0]}")
-        return np.stack([known[key] for key in keys]) @ np.asarray(vector, dtype=np.float32)
+        return np.stack([known[key] for key in keys])
+
+    def similarity(self, vector: np.ndarray, keys: list[str]) -> np.ndarray:
+        """Cosine of the (unit) query vector with the passages' (unit) embeddings."""
+        if not keys:
+            return np.zeros(0, dtype=np.float32)
+        return self.vectors(keys) @ np.asarray(vector, dtype=np.float32)
 
     def dense(self, vector: np.ndarray, limit: int,
               topic: str | None = None) -> list[tuple[str, float]]:
@@ -335,6 +346,14 @@ class ElasticsearchIndex:
             raise ElasticsearchUnavailable(f"passage {gone[0]} is no longer in index {self.name} "
                                            "(it was rebuilt during the search): search again")
         return [{column: doc["_source"].get(column) for column in SHARD_COLUMNS} for doc in docs]
+
+
+def _match(text: str, boost: float = 1.0) -> dict[str, Any]:
+    """Words matched in title and text, field scores added (as the embedded index scores)."""
+    match: dict[str, Any] = {"query": text, "type": "most_fields", "fields": BM25_FIELDS}
+    if boost != 1.0:
+        match["boost"] = boost
+    return {"multi_match": match}
 
 
 def _vectors_of(hits: list[dict[str, Any]]) -> dict[str, np.ndarray]:
