@@ -318,8 +318,8 @@ def test_langchain_retriever_and_chat_model_interop(demo_run, chat_server) -> No
     from qa_api.llms import OpenAIChat
     from retrieval import Searcher
 
-    searcher = Searcher(Workdir(demo_run[0]))
-    documents = CorpusRetriever(searcher=searcher, top_k=2).invoke("lithium brines")
+    searcher = Searcher(Workdir(demo_run[0]))  # BM25 here: no query model to load
+    documents = CorpusRetriever(searcher=searcher, top_k=2, mode="bm25").invoke("lithium brines")
     assert len(documents) == 2 and documents[0].metadata["title"].startswith("Lithium")
     assert documents[0].page_content and documents[0].id == documents[0].metadata["passage_id"]
 
@@ -327,7 +327,7 @@ def test_langchain_retriever_and_chat_model_interop(demo_run, chat_server) -> No
     chat_server.script("Action: search[lithium brines]",
                        "Final Answer: Lithium comes from brines under salt flats [1].")
     model = ChatModel(llm=OpenAIChat(chat_server.url, "replay-model"))
-    agent = Agent(lambda q: [h.to_dict() for h in searcher.search(q, top_k=3)],
+    agent = Agent(lambda q: [h.to_dict() for h in searcher.search(q, top_k=3, mode="bm25")],
                   LangChainLLM(model), "langchain", max_steps=3, max_seconds=60)
     result = agent.run("Where does lithium come from?")
     assert result["answered_by"] == "langchain"
