@@ -315,12 +315,6 @@ class ElasticsearchIndex:
                                            f"embedding for passage {lost[0]}")
         return np.stack([known[key] for key in keys])
 
-    def similarity(self, vector: np.ndarray, keys: list[str]) -> np.ndarray:
-        """Cosine of the (unit) query vector with the passages' (unit) embeddings."""
-        if not keys:
-            return np.zeros(0, dtype=np.float32)
-        return self.vectors(keys) @ np.asarray(vector, dtype=np.float32)
-
     def dense(self, vector: np.ndarray, limit: int,
               topic: str | None = None) -> list[tuple[str, float]]:
         """Approximate nearest passages by cosine (kNN on the indexed vectors)."""
@@ -358,7 +352,7 @@ def _match(text: str, boost: float = 1.0) -> dict[str, Any]:
 
 def _vectors_of(hits: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Embeddings returned with search hits; a value that is not numbers is left out (and
-    fetched again by `similarity`, which says so if it cannot get it)."""
+    fetched again by `vectors`, which says so if it cannot get it)."""
     out = {}
     for hit in hits:
         try:
