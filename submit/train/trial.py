@@ -96,7 +96,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
         loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(batch)
+        total += loss.item() * len(batch)
     return total / len(x)
 
 
