@@ -14,9 +14,20 @@ def test_defaults_validate():
     assert "covid-19" in config.predictions.topics
 
 
+TRAINING_SPECS = {"sweep-demo.yaml", "multinode-demo.yaml"}  # `train-models` specs
+
+
 def test_shipped_configs_load():
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
-        load_config(path)
+    from submit.train.multinode import load_multinode_spec
+    from submit.train.sweep import load_spec
+
+    shipped = {path.name: path for path in (ROOT / "configs").glob("*.yaml")}
+    assert TRAINING_SPECS <= set(shipped)
+    for name, path in shipped.items():
+        if name not in TRAINING_SPECS:
+            load_config(path)
+    load_spec(shipped["sweep-demo.yaml"])
+    load_multinode_spec(shipped["multinode-demo.yaml"])
 
 
 def test_unknown_key_is_an_error(tmp_path):
