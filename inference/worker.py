@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,8 +45,18 @@ def result_key(manifest: dict[str, Any], config: Config) -> str:
     """What decides a result's content: the partition, the model and the predictions."""
     m = config.model
     blob = repr((manifest["partition_key"], m.name, m.max_seq_length, m.embedding_dtype,
-                 config.section_hash("predictions")))
+                 config.section_hash("predictions"), _head_digest(config)))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _head_digest(config: Config) -> str:
+    """A trained head's content: retraining it to the same path must redo the predictions."""
+    if config.predictions.kind != "head" or not config.predictions.model:
+        return ""
+    try:
+        return hashlib.sha256(Path(config.predictions.model).read_bytes()).hexdigest()
+    except OSError:
+        return "missing"  # the worker reports the missing file when it loads the head
 
 
 def result_is_current(workdir: Workdir, shard: dict[str, Any], key: str) -> bool:

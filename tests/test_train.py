@@ -234,3 +234,12 @@ def test_shard_worker_predicts_with_a_trained_head(demo_run, dataset, tmp_path):
     assert all(label is not None for label in labels)
     assert np.mean([a == b for a, b in zip(labels, topics)]) >= 0.9
     assert all(0.0 < s <= 1.0 for s in scores)
+
+    # Retraining the head to the same path makes the results stale, so a rerun redoes them.
+    from inference.worker import result_key
+
+    manifest = json.loads((workdir / "manifest.json").read_text())
+    config = load_config(overrides=["predictions.kind=head", f"predictions.model={head}"])
+    before = result_key(manifest, config)
+    head.write_bytes(head.read_bytes() + b"\0")
+    assert result_key(manifest, config) != before
