@@ -43,13 +43,13 @@ EXAMPLE = [
                                      "in polar ice keep samples of the past atmosphere [1]."},
 ]
 
-_FINAL = re.compile(r"final\s*answer\s*:?", re.I)
-_ACTION = re.compile(r"^\W*action\s*\d*\s*:\s*(.*)$", re.I | re.M)
-_ACTION_INPUT = re.compile(r"^\W*action\s*input\s*\d*\s*:\s*(.*)$", re.I | re.M)
-_BARE_SEARCH = re.compile(r"\bsearch\s*\[([^\]\n]+)\]?", re.I)
+_FINAL = re.compile(r"final\s*answer\s*:?", re.IGNORECASE)
+_ACTION = re.compile(r"^\W*action\s*\d*\s*:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
+_ACTION_INPUT = re.compile(r"^\W*action\s*input\s*\d*\s*:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
+_BARE_SEARCH = re.compile(r"\bsearch\s*\[([^\]\n]+)\]?", re.IGNORECASE)
 _TOOL_CALL = re.compile(r"^(\w+)?\s*[\[(]\s*(.*?)\s*[\])]?\s*$")
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
-_THOUGHT_PREFIX = re.compile(r"^\W*thought\s*\d*\s*:\s*", re.I)
+_THOUGHT_PREFIX = re.compile(r"^\W*thought\s*\d*\s*:\s*", re.IGNORECASE)
 
 
 @dataclass

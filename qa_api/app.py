@@ -46,6 +46,10 @@ class RequestError(ValueError):
     """A request that is well-formed but names something this server does not have."""
 
 
+class Unauthorized(Exception):
+    """The API key header is missing or wrong."""
+
+
 def _text(value: str, name: str) -> str:
     if not value.strip():
         raise ValueError(f"the {name} is empty")
@@ -203,7 +207,7 @@ def create_app(service: QAService) -> FastAPI:
     def require_key(request: Request) -> None:
         given = request.headers.get(API_KEY_HEADER, "")
         if api_key and not secrets.compare_digest(given.encode(), api_key.encode()):
-            raise PermissionError
+            raise Unauthorized
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -215,7 +219,7 @@ def create_app(service: QAService) -> FastAPI:
     async def _bad_request(_: Request, exc: Exception) -> JSONResponse:
         return _unprocessable(str(exc))
 
-    @app.exception_handler(PermissionError)
+    @app.exception_handler(Unauthorized)
     async def _forbidden(_: Request, __: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"missing or wrong {API_KEY_HEADER} header"},
                             status_code=401)

@@ -15,10 +15,7 @@ from collections import Counter
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _WORD = re.compile(r"[a-z0-9]+")
 _STOPWORDS = frozenset(
-    "a an and are as at be been but by can do does did for from has have how in into is it its "
-    "of on or that the their there these this those to was were what when where which who why "
-    "will with would about after before between during than then they we you your our not no "
-    "so such more most other some any each also may might could should".split()
+    ["a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "do", "does", "did", "for", "from", "has", "have", "how", "in", "into", "is", "it", "its", "of", "on", "or", "that", "the", "their", "there", "these", "this", "those", "to", "was", "were", "what", "when", "where", "which", "who", "why", "will", "with", "would", "about", "after", "before", "between", "during", "than", "then", "they", "we", "you", "your", "our", "not", "no", "so", "such", "more", "most", "other", "some", "any", "each", "also", "may", "might", "could", "should"]
 )
 MAX_SENTENCES = 3
 
