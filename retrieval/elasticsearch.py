@@ -44,12 +44,11 @@ from elasticsearch import (
 from elasticsearch import __versionstr__ as CLIENT_VERSION
 from elasticsearch.helpers import streaming_bulk
 
-from inference.config import ConfigError, config_from_dict
+from inference.config import ConfigError
 from inference.executor import RunError
 from inference.workdir import Workdir, WorkdirError
-from inference.worker import result_is_current, result_key
 
-from .embedded import SHARD_COLUMNS, IndexSummary, _shards
+from .embedded import SHARD_COLUMNS, IndexSummary, finished_results, read_shards
 
 VECTOR_FIELD = "embedding"
 BM25_FIELDS = ["title", "text"]
@@ -150,19 +149,6 @@ def index_template(name: str, dims: int | None,
     }
 
 
-def _current_results(workdir: Workdir) -> tuple[dict[str, Any], str]:
-    """The manifest and results key of a workdir whose every shard has a current result."""
-    manifest = workdir.read_manifest()
-    if manifest.get("partition", {}).get("state") != "done":
-        raise WorkdirError(f"{workdir.root}: the partition step has not finished")
-    key = result_key(manifest, config_from_dict(manifest["config"]))
-    missing = [e["shard"] for e in manifest["shards"] if not result_is_current(workdir, e, key)]
-    if missing:
-        raise WorkdirError(f"{workdir.root}: shards {missing[:10]} have no current result; "
-                           "run `infer-corpus run` (or `shard`) first")
-    return manifest, key
-
-
 def _alias_holders(client: Elasticsearch, name: str) -> list[str]:
     if not client.indices.exists_alias(name=name):
         return []
@@ -172,7 +158,7 @@ def _alias_holders(client: Elasticsearch, name: str) -> list[str]:
 def _documents(concrete: str, workdir: Workdir,
                manifest: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
     """Bulk index actions, one list per shard; `_id` is the passage id."""
-    for table, matrix in _shards(workdir, manifest):
+    for table, matrix in read_shards(workdir, manifest):
         vectors = np.round(matrix.astype(np.float64), 6).tolist()  # float16 holds ~4 digits
         rows = table.to_pylist()
         yield [{"_index": concrete, "_id": row["passage_id"],
@@ -188,7 +174,7 @@ def load_elasticsearch(workdir: Workdir, client: Elasticsearch, name: str, *, ur
     field's mapping, for servers whose vector type differs."""
     started = time.perf_counter()
     url = url or "the configured URL"
-    manifest, key = _current_results(workdir)
+    manifest, key = finished_results(workdir)
     total = sum(e["rows"] for e in manifest["shards"])
     dims = (pq.read_schema(workdir.result_path(manifest["shards"][0]["shard"]))
             .field("embedding").type.list_size if manifest["shards"] else None)

@@ -56,7 +56,22 @@ def _index_key(results_key: str) -> str:
     return hashlib.sha256(f"embedded-v2:{results_key}".encode()).hexdigest()[:16]
 
 
-def _shards(workdir: Workdir, manifest: dict[str, Any]) -> Iterator[tuple[pa.Table, np.ndarray]]:
+def finished_results(workdir: Workdir) -> tuple[dict[str, Any], str]:
+    """The manifest and results key of a workdir whose every shard has a current result
+    (what any backend loads); a clear error otherwise."""
+    manifest = workdir.read_manifest()
+    if manifest.get("partition", {}).get("state") != "done":
+        raise WorkdirError(f"{workdir.root}: the partition step has not finished")
+    key = result_key(manifest, config_from_dict(manifest["config"]))
+    missing = [e["shard"] for e in manifest["shards"] if not result_is_current(workdir, e, key)]
+    if missing:
+        raise WorkdirError(f"{workdir.root}: shards {missing[:10]} have no current result; "
+                           "run `infer-corpus run` (or `shard`) first")
+    return manifest, key
+
+
+def read_shards(workdir: Workdir,
+                manifest: dict[str, Any]) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """Each shard's passage fields (topic: the input's, else the predicted label) and vectors."""
     for entry in manifest["shards"]:
         n = entry["shard"]
@@ -71,14 +86,7 @@ def _shards(workdir: Workdir, manifest: dict[str, Any]) -> Iterator[tuple[pa.Tab
 def build_index(workdir: Workdir) -> IndexSummary:
     """Index every passage of a finished workdir; a no-op when the index is already current."""
     started = time.perf_counter()
-    manifest = workdir.read_manifest()
-    if manifest.get("partition", {}).get("state") != "done":
-        raise WorkdirError(f"{workdir.root}: the partition step has not finished")
-    key = result_key(manifest, config_from_dict(manifest["config"]))
-    missing = [e["shard"] for e in manifest["shards"] if not result_is_current(workdir, e, key)]
-    if missing:
-        raise WorkdirError(f"{workdir.root}: shards {missing[:10]} have no current result; "
-                           "run `infer-corpus run` (or `shard`) first")
+    manifest, key = finished_results(workdir)
     root = workdir.root / "index"
     name = f"embedded-{_index_key(key)}"
     total = sum(e["rows"] for e in manifest["shards"])
@@ -93,7 +101,7 @@ def build_index(workdir: Workdir) -> IndexSummary:
     vectors: np.ndarray | None = None
     passages: ipc.RecordBatchFileWriter | None = None
     row = 0
-    for table, matrix in _shards(workdir, manifest):
+    for table, matrix in read_shards(workdir, manifest):
         if vectors is None:
             vectors = np.lib.format.open_memmap(target / "vectors.npy", mode="w+",
                                                 dtype=np.float16, shape=(total, matrix.shape[1]))
