@@ -22,13 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from inference.workdir import Workdir, write_json_atomic
 
 from . import TrainError
 from .data import load_dataset, read_workdir, save_dataset
-from .sweep import CondorSettings, _section
+from .sweep import CondorSettings, _section, read_spec
 from .trial import MODEL, PARAMS, check_params, epoch_generator, evaluate, make_model, \
     make_optimizer
 
@@ -66,18 +64,7 @@ def _nodes(text: Any) -> str:
 
 
 def load_multinode_spec(path: Path, nodes: str | None = None) -> MultinodeSpec:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TrainError(f"cannot read spec {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise TrainError(f"spec {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not data.get("name"):
-        raise TrainError(f"spec {path} must be a mapping with a name")
-    known = set(MultinodeSpec.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise TrainError(f"unknown key {unknown[0]} in {path} (known: {', '.join(sorted(known))})")
+    data = read_spec(path, MultinodeSpec, "multi-node spec")
     data["condor"] = _section(CondorSettings, data.get("condor"), "condor")
     data["nodes"] = _nodes(nodes if nodes is not None else data.get("nodes", "2:2"))
     spec = MultinodeSpec(**data)

@@ -72,6 +72,23 @@ class SweepSpec:
     condor: CondorSettings = field(default_factory=CondorSettings)
 
 
+def read_spec(path: Path, cls: type, what: str) -> dict[str, Any]:
+    """A spec file's top-level mapping, checked against the fields of `cls`."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TrainError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise TrainError(f"{what} {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not data.get("name"):
+        raise TrainError(f"{what} {path} must be a mapping with a name")
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise TrainError(f"unknown key {unknown[0]} in {path} (known: {', '.join(sorted(known))})")
+    return data
+
+
 def _section(cls: type, data: Any, where: str) -> Any:
     if data is None:
         return cls()
@@ -86,18 +103,7 @@ def _section(cls: type, data: Any, where: str) -> Any:
 
 def load_spec(path: Path) -> SweepSpec:
     """Read and check a sweep spec; every problem is reported with the key that caused it."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TrainError(f"cannot read sweep spec {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise TrainError(f"sweep spec {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not data.get("name"):
-        raise TrainError(f"sweep spec {path} must be a mapping with a name")
-    known = set(SweepSpec.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise TrainError(f"unknown key {unknown[0]} in {path} (known: {', '.join(sorted(known))})")
+    data = read_spec(path, SweepSpec, "sweep spec")
     data["early_stop"] = _section(EarlyStop, data.get("early_stop"), "early_stop")
     data["condor"] = _section(CondorSettings, data.get("condor"), "condor")
     try:
