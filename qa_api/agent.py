@@ -8,7 +8,8 @@ names, `Action Input:` lines, `Finish[...]`, missing brackets) and a model that 
 gets an extractive answer instead, with the reason in `fallback`.
 
 Citations can only point at retrieved passages: numbers in the answer that name no retrieved
-passage are removed, and an answer left with no citation is not accepted.
+passage are removed, and an answer left with no citation (or with nothing but citations) is
+not accepted. A search the model already made is not run again: it is told to answer.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ SearchTool = Callable[[str], list[dict[str, Any]]]
 EXTRACTIVE = "extractive"
 OBSERVATION_CHARS = 320
 STOP = ["Observation:"]
+MIN_ANSWER_WORDS = 3
 
 SYSTEM_PROMPT = ("You answer questions by searching research articles. Always reply with a "
                  "Thought and then either Action: search[query] or Final Answer: with "
@@ -49,6 +51,7 @@ _ACTION_INPUT = re.compile(r"^\W*action\s*input\s*\d*\s*:\s*(.*)$", re.IGNORECAS
 _BARE_SEARCH = re.compile(r"\bsearch\s*\[([^\]\n]+)\]?", re.IGNORECASE)
 _TOOL_CALL = re.compile(r"^(\w+)?\s*[\[(]\s*(.*?)\s*[\])]?\s*$")
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+_WORDS = re.compile(r"[^\W\d_]{2,}")
 _THOUGHT_PREFIX = re.compile(r"^\W*thought\s*\d*\s*:\s*", re.IGNORECASE)
 
 
@@ -149,6 +152,7 @@ class _Run:
         self.started = time.perf_counter()
         self.sources: list[dict[str, Any]] = []
         self.numbers: dict[str, int] = {}
+        self.searched: set[str] = set()
         self.trace: list[dict[str, Any]] = []
         self.search_seconds = 0.0
         self.llm_seconds = 0.0
@@ -186,19 +190,27 @@ class _Run:
             reply = parse_reply(text)
             if reply.thought:
                 yield self._step("thought", reply.thought)
-            if reply.search:
+            if reply.search and reply.search.lower() in self.searched:
+                observation = ("You already searched for that. Answer now: Final Answer: ... "
+                               "citing the passages above by number, like [1].")
+                yield self._step("observation", observation)
+                said = f"Thought: {reply.thought}\nAction: search[{reply.search}]"
+            elif reply.search:
+                self.searched.add(reply.search.lower())
                 yield self._step("action", f"search[{reply.search}]", query=reply.search)
                 observation, numbers = self._search(reply.search)
                 yield self._step("observation", observation, sources=numbers)
                 said = f"Thought: {reply.thought}\nAction: search[{reply.search}]"
             elif reply.answer and self.sources:
                 answer, cited = keep_citations(reply.answer, len(self.sources))
-                if cited:
+                if cited and len(_WORDS.findall(_CITATION.sub("", answer))) >= MIN_ANSWER_WORDS:
                     self.answer, self.cited = answer, cited
                     yield self._step("answer", answer, sources=cited)
                     return
                 observation = ("Your answer cites no passage. Answer again and cite the "
-                               "passages you used by number, like [1].")
+                               "passages you used by number, like [1]." if not cited else
+                               "Your answer says nothing. Answer the question in a sentence "
+                               "and cite the passages you used, like [1].")
                 yield self._step("observation", observation)
                 said = text.strip()
             else:

@@ -244,6 +244,19 @@ def test_failing_model_falls_back_to_a_cited_extractive_answer(
     assert any(step["kind"] == "fallback" for step in result["trace"])
 
 
+def test_repeated_searches_and_empty_answers_are_sent_back(api: httpx.Client,
+                                                          chat_server) -> None:
+    chat_server.script("Action: search[tree rings]", "Action: search[Tree Rings]",
+                       "Final Answer: [1].")
+    result = api.post("/react", json={"question": QUESTION, "model": "replay",
+                                      "verbose": True}).json()
+    observations = [s["text"] for s in result["trace"] if s["kind"] == "observation"]
+    assert observations[1].startswith("You already searched for that.")
+    assert observations[2].startswith("Your answer says nothing.")
+    assert [s["kind"] for s in result["trace"]].count("action") == 1  # searched once
+    assert result["answered_by"] == "extractive"
+
+
 def test_client_cannot_send_the_servers_key_elsewhere(api: httpx.Client, chat_server) -> None:
     chat_server.script()
     for extra in ({"model": chat_server.url}, {"base_url": chat_server.url},
