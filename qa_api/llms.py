@@ -119,11 +119,15 @@ class LocalChat:
             tokenizer, model = self._load()
             inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                    return_tensors="pt", return_dict=True)
-            with torch.inference_mode():
-                output = model.generate(
-                    **inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                    max_time=max(timeout, 1.0), stop_strings=stop or None, tokenizer=tokenizer,
-                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+            try:
+                with torch.inference_mode():
+                    output = model.generate(
+                        **inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                        max_time=max(timeout, 1.0), stop_strings=stop or None,
+                        tokenizer=tokenizer,
+                        pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+            except (RuntimeError, ValueError) as exc:  # e.g. out of memory, a too-long prompt
+                raise LLMError(f"the local model failed ({type(exc).__name__}: {exc})") from None
         prompt_length = inputs["input_ids"].shape[1]
         return tokenizer.decode(output[0][prompt_length:], skip_special_tokens=True)
 
