@@ -88,8 +88,9 @@ def resolve_local_model(name: str) -> tuple[Path, str | None]:
 
 
 class LocalChat:
-    """A chat model run on this machine with transformers (CPU or GPU), loaded on first use and
-    kept: loading takes seconds, generating a step far less. One generation at a time."""
+    """A chat model run on this machine with transformers (on the GPU when CUDA is visible),
+    loaded on first use and kept: loading takes seconds, a step far less. One generation at a
+    time."""
 
     def __init__(self, model: str, max_new_tokens: int = 128) -> None:
         self.name = model
@@ -107,7 +108,9 @@ class LocalChat:
                 model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
             except (OSError, ValueError) as exc:
                 raise LLMError(f"cannot load local model {self.name}: {exc}") from None
-            model.eval()
+            import torch
+
+            model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
             self._loaded = (tokenizer, model)
         return self._loaded
 
@@ -119,6 +122,7 @@ class LocalChat:
             tokenizer, model = self._load()
             inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                    return_tensors="pt", return_dict=True)
+            inputs = inputs.to(model.device)
             try:
                 with torch.inference_mode():
                     output = model.generate(
