@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--top-k", type=int, default=5, help="hits to show (default 5)")
     search.add_argument("--screening-top-k", type=int, default=100,
                         help="BM25 / dense candidates before re-ranking (default 100)")
-    search.add_argument("--mode", default=None, help="feedback (default), hybrid, rerank, rrf, bm25, dense")
+    search.add_argument("--mode", default=None,
+                        help="feedback (default), hybrid, rerank, rrf, bm25, dense")
     search.add_argument("--topic", help="only passages of this topic")
     search.add_argument("--json", action="store_true", help="print one JSON object")
 

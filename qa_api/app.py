@@ -22,6 +22,7 @@ import orjson
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fastapi import Depends, FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -195,7 +196,7 @@ def _result(result: dict[str, Any], verbose: bool) -> dict[str, Any]:
 
 
 def create_app(service: QAService) -> FastAPI:
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs with its own assets: works without internet
         title="infer-corpus QA",
         summary="Search research passages and answer questions with cited sources.",
         description=f"When the server's `{service.config.api_key_env}` environment variable is "

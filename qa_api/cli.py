@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 
 EPILOG = """\
@@ -43,9 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from inference.config import ConfigError, load_config
+    from inference.executor import RunError
     from inference.readers import InputError
     from inference.workdir import WorkdirError
 
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+            probe.bind((args.host, args.port))  # fail now, not after loading the models
+    except OSError as exc:
+        print(f"qa-api: error: cannot listen on {args.host}:{args.port} ({exc.strerror})",
+              file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config, args.overrides)
         from .app import QAService, create_app
@@ -55,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, WorkdirError, InputError, OSError) as exc:
         print(f"qa-api: error: {exc}", file=sys.stderr)
         return 2
+    except RunError as exc:  # e.g. the Elasticsearch cluster the workdir uses is unreachable
+        print(f"qa-api: failed: {exc}", file=sys.stderr)
+        return 1
 
     import uvicorn
 

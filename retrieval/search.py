@@ -27,7 +27,6 @@ from inference.config import config_from_dict
 from inference.readers import InputError
 from inference.workdir import Workdir
 
-from .embedded import EmbeddedIndex
 
 MODES = ("feedback", "hybrid", "rerank", "rrf", "bm25", "dense")
 DEFAULT_MODE = "feedback"
@@ -113,11 +112,16 @@ class Hit:
 
 
 class Searcher:
-    """Answers queries over one workdir's index, embedding queries with the workdir's model."""
+    """Answers queries over one workdir's index (by default the backend its config names),
+    embedding queries with the workdir's model."""
 
     def __init__(self, workdir: Workdir, device: str = "cpu",
                  index: PassageIndex | None = None) -> None:
-        self.index = index if index is not None else EmbeddedIndex(workdir)
+        if index is None:  # the backend the workdir was indexed with
+            from .backends import open_index
+
+            index = open_index(workdir)
+        self.index = index
         self.config = config_from_dict(workdir.read_manifest()["config"])
         self.device = device
         self._encoder = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_packaged_smollm2_is_found_without_importing_it() -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--workdir", "/no/such/workdir"], "has no index"),
+    (["--workdir", "/no/such/workdir"], "has no manifest.json"),
     (["--workdir", ".", "--set", "qa.max_steps=0"], "qa.max_steps"),
     (["--workdir", ".", "--port", "70000"], "is not a port number"),
 ])
@@ -97,3 +98,14 @@ def test_cli_errors_are_one_line(args: list[str], message: str) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_port_in_use_is_a_one_line_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "qa_api.cli", "--workdir", ".",
+                               "--port", str(port)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr

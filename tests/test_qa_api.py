@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -154,6 +155,10 @@ def test_health_topics_and_models(api: httpx.Client) -> None:
         ("extractive", "extractive", True), ("replay", "openai", False),
         ("smollm2", "local", False)]
     assert "/react" in api.get("/openapi.json").json()["paths"]
+    docs = api.get("/docs").text  # served with its own assets: no CDN, works offline
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs)
+    assert assets and all(a.startswith("/") for a in assets)
+    assert all(api.get(a).status_code == 200 for a in assets)
 
 
 def test_api_key_is_required_except_for_health_and_the_form(api: httpx.Client) -> None:
