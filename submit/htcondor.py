@@ -5,6 +5,9 @@ Generic: nothing here knows about shards. The pieces:
 - `write_submit(path, commands, itemdata=...)`: a submit description written through
   `htcondor2.Submit` and parsed back. Many jobs in one cluster take their item data from a file
   next to it (`queue a,b from NAME.items`): `str(Submit)` drops inline multi-line queue lists.
+- `python_job_script(...)` and `transfer_source(...)`: a job's executable that runs Python from
+  a container, an unpacked venv tarball or the execute node's PATH, and the tarball's entry in
+  `transfer_input_files`.
 - `Dag`, `Node`, `Script` and `write_dag(path, dag)`: the DAG file, written directly rather than
   with `htcondor2.dags` (which writes `CATEGORY name N` where DAGMan expects `MAXJOBS name N`,
   never writes a FINAL node's submit file, and has no PROVISIONER nodes).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shlex
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +65,10 @@ def write_submit(path: Path, commands: dict[str, str],
         lines = []
         for item in itemdata:
             values = [str(item[k]) for k in keys]
-            if any("," in v or "\n" in v for v in values):
-                raise ValueError(f"{path.name}: item values may not contain commas or newlines")
+            # the queue statement gives the last variable the rest of the line, commas included
+            if any("\n" in v for v in values) or any("," in v for v in values[:-1]):
+                raise ValueError(f"{path.name}: item values may not contain newlines, nor "
+                                 "commas except in the last column")
             lines.append(",".join(values))
         _write_text(items, "\n".join(lines) + "\n")
         text = text.removesuffix("queue\n") + f"queue {','.join(keys)} from {items.name}\n"
@@ -70,9 +76,36 @@ def write_submit(path: Path, commands: dict[str, str],
     text = path.read_text(encoding="utf-8")
     with contextlib.chdir(path.parent):  # a queue-from file is relative to the description
         parsed = htcondor2.Submit(text)
-        if itemdata is not None and len(list(parsed.itemdata())) != len(itemdata):
-            raise ValueError(f"{path}: item data did not read back")  # pragma: no cover
+        if itemdata is not None and list(parsed.itemdata()) != \
+                [{k: str(item[k]) for k in keys} for item in itemdata]:
+            raise ValueError(f"{path}: item data did not read back as written (a value with "
+                             "spaces before the last column?)")
     return parsed
+
+
+def transfer_source(path_or_url: str) -> str:
+    """A `transfer_input_files` entry: a URL (osdf://, https://) as given, a path made absolute."""
+    return path_or_url if "://" in path_or_url else str(Path(path_or_url).resolve())
+
+
+def python_job_script(comment: str, python: str | None, venv_tarball: str | None,
+                      arguments: str) -> str:
+    """A job's executable: unpack the venv tarball (transferred into the scratch directory) if
+    one is given, then `exec PYTHON ARGUMENTS`. PYTHON defaults to the venv's, else `python3`
+    from the PATH (inside the container image, if the job has one)."""
+    tarball = Path(venv_tarball.split("://")[-1]).name if venv_tarball else ""
+    python = python or ("env/bin/python" if tarball else "python3")
+    header = "".join(f"# {line}\n" for line in comment.splitlines())
+    return f"""#!/bin/sh
+{header}set -u
+PYTHON={shlex.quote(python)}
+VENV_TARBALL={shlex.quote(tarball)}
+if [ -n "$VENV_TARBALL" ]; then
+    mkdir -p env && tar -xzf "$VENV_TARBALL" -C env || exit 1
+    if [ -f env/bin/activate ]; then . env/bin/activate; fi
+fi
+exec "$PYTHON" {arguments}
+"""
 
 
 @dataclass

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
 import sys
 import time
@@ -33,7 +32,8 @@ from inference.workdir import Workdir, WorkdirError
 from inference.worker import result_is_current, result_key
 
 from .htcondor import (CondorError, Dag, Node, Script, condor_arguments, lint_dag,
-                       read_node_status, submit_dag, write_dag, write_submit)
+                       python_job_script, read_node_status, submit_dag, transfer_source,
+                       write_dag, write_submit)
 
 CONDOR_DIR = "condor"
 DAG_FILE = "pipeline.dag"
@@ -107,23 +107,14 @@ def _stage(source: Path, target: Path) -> bool:
 
 def _job_script(config: Config) -> str:
     c = config.condor
-    tarball = Path(c.venv_tarball.split("://")[-1]).name if c.venv_tarball else ""
-    python = c.python or ("env/bin/python" if tarball else "python3")
     checkpoint = (f" --checkpoint-after {c.checkpoint_minutes * 60}"
                   f" --checkpoint-exit-code {c.checkpoint_exit_code}"
                   if c.checkpoint_minutes else "")
-    return f"""#!/bin/sh
-# One shard job of `infer-corpus submit`: embed one shard in the job's scratch directory.
-# Arguments: SHARD SHARD_FILE RESULT_FILE. Exit codes are listed in docs/condor.md.
-set -u
-PYTHON={shlex.quote(python)}
-VENV_TARBALL={shlex.quote(tarball)}
-if [ -n "$VENV_TARBALL" ]; then
-    mkdir -p env && tar -xzf "$VENV_TARBALL" -C env || exit 1
-    if [ -f env/bin/activate ]; then . env/bin/activate; fi
-fi
-exec "$PYTHON" -m submit.job --shard "$1" --shard-file "$2" --result-file "$3"{checkpoint}
-"""
+    return python_job_script(
+        "One shard job of `infer-corpus submit`: embed one shard in the job's scratch directory.\n"
+        "Arguments: SHARD SHARD_FILE RESULT_FILE. Exit codes are listed in docs/condor.md.",
+        c.python, c.venv_tarball,
+        f'-m submit.job --shard "$1" --shard-file "$2" --result-file "$3"{checkpoint}')
 
 
 def _shard_submit(workdir: Workdir, config: Config) -> dict[str, str]:
@@ -131,9 +122,8 @@ def _shard_submit(workdir: Workdir, config: Config) -> dict[str, str]:
     root = workdir.root.resolve()
     inputs = ["$(shard_input)", str(root / "manifest.json")]
     if c.venv_tarball:
-        inputs.append(c.venv_tarball if "://" in c.venv_tarball
-                      else str(Path(c.venv_tarball).resolve()))
-    inputs += [i if "://" in i else str(Path(i).resolve()) for i in c.extra_inputs]
+        inputs.append(transfer_source(c.venv_tarball))
+    inputs += [transfer_source(i) for i in c.extra_inputs]
     commands = {
         "universe": "container" if c.container_image else "vanilla",
         "executable": JOB_SCRIPT,

@@ -48,10 +48,14 @@ def test_submit_file_with_item_data_round_trips(tmp_path, monkeypatch):
         assert job.expand("output") == f"trial-{item['seed']}.out"
 
 
-def test_item_values_with_commas_are_refused(tmp_path):
+def test_item_values_with_commas_are_refused_but_in_the_last_column(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="commas"):
         write_submit(tmp_path / "x.sub", {"executable": "/bin/true"},
-                     itemdata=[{"a": "1,2"}])
+                     itemdata=[{"a": "1,2", "b": "3"}])
+    items = [{"a": "1", "b": "x.pt,y.json,"}, {"a": "2", "b": ""}]  # the last takes the rest
+    write_submit(tmp_path / "y.sub", {"executable": "/bin/true"}, itemdata=items)
+    monkeypatch.chdir(tmp_path)
+    assert list(htcondor2.Submit((tmp_path / "y.sub").read_text()).itemdata()) == items
 
 
 def test_arguments_survive_spaces_and_quotes():
