@@ -189,7 +189,10 @@ def test_bad_specs_are_one_line_errors(demo_run, tmp_path, capsys):
     cases = {"unknown key": {"name": "x", "params": {"lr": [0.1]}, "colour": 1},
              "unknown hyperparameter": {"name": "x", "params": {"learning_rate": [0.1]}},
              "random needs samples": {"name": "x", "method": "random", "params": {"lr": [0.1]}},
-             "bad metric": {"name": "x", "metric": "f1"}}
+             "bad metric": {"name": "x", "metric": "f1"},
+             "two kinds of software": {"name": "x", "condor": {
+                 "container_image": "docker://example/x:1", "venv_tarball": "osdf:///x.tgz"}},
+             "missing venv tarball": {"name": "x", "condor": {"venv_tarball": "no-such.tgz"}}}
     for label, spec in cases.items():
         path = tmp_path / "bad.yaml"
         path.write_text(json.dumps(spec))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socketserver
 import threading
 from pathlib import Path
@@ -35,6 +36,24 @@ def _parse(submit: Path) -> htcondor2.Submit:
         return htcondor2.Submit(submit.read_text())
 
 
+def _jobs(submit: Path) -> list[tuple[dict[str, str], htcondor2.Submit]]:
+    """Each job of a cluster: its item data, and the description with that item's values set,
+    so `expand` gives what HTCondor would use for that job."""
+    jobs = []
+    with contextlib.chdir(submit.parent):
+        for item in _parse(submit).itemdata():
+            job = htcondor2.Submit(submit.read_text())
+            for key, value in item.items():
+                job[key] = value
+            jobs.append((item, job))
+    return jobs
+
+
+def _arguments(job: htcondor2.Submit) -> list[str]:
+    """The job's argv after the executable (these arguments hold no spaces or quotes)."""
+    return job.expand("arguments").strip('"').split()
+
+
 def test_sweep_dag_dry_run(demo_run, tmp_path, capsys):
     spec = write_spec(tmp_path / "condor-sweep.yaml", seeds=[0, 1, 2],
                       condor={"wave_size": 4, "checkpoint_every": 2, "request_gpus": 1,
@@ -44,24 +63,113 @@ def test_sweep_dag_dry_run(demo_run, tmp_path, capsys):
     summary = last_json(out)
     assert code == 0
     assert summary["trials"] == 6 and summary["completed"] == 0 and summary["submitted"] is None
+    assert summary["pending"] == 6
     dag = Path(summary["dag"])
     assert lint_dag(dag) == []
     text = dag.read_text()
     assert "FINAL COLLECT collect.sub" in text and "PARENT WAVE0 CHILD WAVE1" in text
     assert "ABORT-DAG-ON WAVE0 3 RETURN 0" in text and "ABORT-DAG-ON WAVE1 4 RETURN 1" in text
     assert "SCRIPT POST WAVE1" in text and "evaluate --sweep-dir" in text
+    script = dag.parent / "run-train.sh"
+    assert os.access(script, os.X_OK) and "PYTHON=python3" in script.read_text()
     trials = []
     for sub in sorted(dag.parent.glob("wave-*.sub")):
         description = _parse(sub)
+        assert description["universe"] == "container"
+        assert description["container_image"] == "docker://example/infer-corpus:1"
+        assert description["executable"] == str(script)
         assert description["checkpoint_exit_code"] == "85"
         assert description["transfer_checkpoint_files"] == "checkpoint.pt,metrics.json"
         assert description["request_gpus"] == "1"
-        assert description["container_image"] == "docker://example/infer-corpus:1"
-        assert "--checkpoint-exit-every 2" in description["arguments"]
-        with contextlib.chdir(sub.parent):
-            trials += [item["trial"] for item in description.itemdata()]
+        for item, job in _jobs(sub):
+            trials.append(item["trial"])
+            assert item["resume"] == ""  # nothing ran yet: nothing to resume from
+            assert _arguments(job)[:3] == ["-m", "submit.train.cli", "trial"]
+            assert "--checkpoint-exit-every 2" in job["arguments"]
+            assert job.expand("transfer_input_files") == \
+                f"params.json,{dag.parent.parent / 'dataset.npz'}"
     assert trials == [f"t{i:03d}" for i in range(6)]  # one cluster per wave: 4 + 2
     assert _parse(dag.parent / "collect.sub")["universe"] == "local"
+
+
+RUN_TRIALS = """
+import sys
+from pathlib import Path
+from submit.train.trial import run_trial
+
+trials, dataset = Path(sys.argv[1]), Path(sys.argv[2])
+assert run_trial(trials / "t000", dataset) == 0  # finished
+assert run_trial(trials / "t001", dataset, checkpoint_exit_every=1) == 85  # epoch 1 of 3
+assert run_trial(trials / "t002", dataset) == 0  # finished
+"""
+
+
+def test_resubmitted_sweep_skips_finished_trials_and_resumes_the_others(demo_run, tmp_path,
+                                                                      capsys):
+    """Writing the DAG again, as a user does after a failed or removed DAG: finished trials
+    are in no wave, and an unfinished trial's job takes its checkpoint along and resumes.
+    The jobs run Python from a venv tarball that `run-train.sh` unpacks."""
+    import subprocess
+    import sys
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (venv / "bin" / "python").chmod(0o755)
+    tarball = tmp_path / "env.tar.gz"
+    subprocess.run(["tar", "-czf", str(tarball), "-C", str(venv), "."], check=True)
+    spec = write_spec(tmp_path / "resubmit.yaml", seeds=[0, 1, 2],
+                      params={"head": ["linear"], "hidden": [16]},
+                      condor={"wave_size": 2, "venv_tarball": str(tarball)})
+    sweep_args = ["sweep", str(spec), "--workdir", str(demo_run[0]), "--executor", "condor",
+                  "--dry-run", "--json"]
+    first = last_json(train_here(capsys, *sweep_args)[1])
+    condor = Path(first["dag"]).parent
+    root = condor.parent
+    assert first["pending"] == 3 and len(list(condor.glob("wave-*.sub"))) == 2
+    assert "VENV_TARBALL=env.tar.gz" in (condor / "run-train.sh").read_text()
+    assert "PYTHON=env/bin/python" in (condor / "run-train.sh").read_text()
+
+    proc = subprocess.run([sys.executable, "-c", RUN_TRIALS, str(root / "trials"),
+                           str(root / "dataset.npz")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (condor / "sweep.dag.rescue001").write_text("DONE WAVE0\n")  # names the old waves
+    (condor / "sweep.dag.lock").write_text("")
+    code, _, err = train_here(capsys, *sweep_args)
+    assert code == 1 and "is running" in err
+    (condor / "sweep.dag.lock").unlink()
+
+    second = last_json(train_here(capsys, *sweep_args)[1])
+    assert second["completed"] == 2 and second["pending"] == 1
+    assert lint_dag(Path(second["dag"])) == []
+    assert not (condor / "sweep.dag.rescue001").exists()
+    waves = sorted(condor.glob("wave-*.sub"))
+    assert [w.name for w in waves] == ["wave-000.sub"]
+    (item, job), = _jobs(waves[0])  # t000 and t002 are finished: in no wave
+    assert item == {"trial": "t001", "resume": "checkpoint.pt,metrics.json,"}
+    initialdir = Path(job.expand("initialdir"))
+    assert initialdir == root / "trials" / "t001"
+    inputs = job.expand("transfer_input_files").split(",")
+    assert inputs == ["checkpoint.pt", "metrics.json", "params.json",
+                      str(root / "dataset.npz"), str(tarball)]
+
+    # What HTCondor does with this job: transfer the inputs, run the executable, bring back
+    # the new files on exit.
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    for name in inputs:
+        shutil.copy(initialdir / name, sandbox)
+    proc = subprocess.run([job.expand("executable"), *_arguments(job)], cwd=sandbox,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((sandbox / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["resumed_at_epoch"] == 2
+    for name in ("checkpoint.pt", "metrics.json", "model.pt"):
+        shutil.copy(sandbox / name, initialdir)
+
+    third = last_json(train_here(capsys, *sweep_args)[1])  # nothing left: ranked, no DAG
+    assert third["dag"] is None and third["completed"] == 3 and third["best"]["trial"]
 
 
 def test_multinode_dag_dry_run_and_pre_script_with_stubbed_condor_q(demo_run, tmp_path, capsys,
@@ -78,6 +186,10 @@ def test_multinode_dag_dry_run_and_pre_script_with_stubbed_condor_q(demo_run, tm
                for line in lines)
     rank0 = _parse(dag.parent / "rank0.sub")
     assert rank0["want_io_proxy"] == "true" and "multinode-rank0" in rank0["arguments"]
+    script = dag.parent / "run-train.sh"  # python3 from the PATH, as the demo spec says
+    assert rank0["executable"] == str(script) and "PYTHON=python3" in script.read_text()
+    assert rank0["universe"] == "vanilla"
+    assert rank0.expand("transfer_input_files") == "dataset.npz,params.json,run.json"
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -94,6 +206,8 @@ def test_multinode_dag_dry_run_and_pre_script_with_stubbed_condor_q(demo_run, tm
     assert code == 0 and "10.0.0.7:29517" in out
     assert 'DAGManJobId == 4242 && DAGNodeName == "RANK0"' in seen.read_text()
     workers = _parse(dag.parent / "workers.sub")
+    assert workers["executable"] == str(script)
+    assert _arguments(workers)[:2] == ["-m", "torch.distributed.run"]
     assert "--rdzv-endpoint=10.0.0.7:29517" in workers["arguments"]
     assert "is_host=false" in workers["arguments"] and "--nnodes=2:4" in workers["arguments"]
     assert workers["requirements"] == '(TARGET.Machine =!= "gpu-node-7.example.org")'
@@ -160,5 +274,11 @@ def test_two_node_local_torchrun_trains_and_saves_a_model(demo_run, tmp_path):
     assert summary["world_size"] == 2 and summary["nodes"] == 2
     head = torch.load(summary["model"], weights_only=True)
     assert head["format"] == "infer-corpus.head" and len(head["layers"]) == 2
-    metrics = json.loads((Path(summary["model"]).parent / "metrics.json").read_text())
+    run_dir = Path(summary["model"]).parent
+    assert run_dir == demo_run[0] / "train" / "ddp-test"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and len(metrics["history"]) == 4
+    # global rank 0 alone wrote the model, and said so in its node's output
+    writers = [log.name for log in sorted((run_dir / "logs").glob("node-*.log"))
+               if "rank 0 of 2 on " in log.read_text()]
+    assert len(writers) == 1

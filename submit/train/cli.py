@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a hyperparameter sweep (locally or as an HTCondor DAG)")
     p.add_argument("spec", type=Path, help="sweep spec (YAML), e.g. configs/sweep-demo.yaml")
     p.add_argument("--workdir", type=Path, required=True, help="a finished infer-corpus run")
-    p.add_argument("--executor", choices=["local", "condor"], default="local")
+    p.add_argument("--executor", choices=["local", "condor"], default="local",
+                   help="condor: a DAG of the unfinished trials (run again to resubmit: "
+                        "finished trials are left out, the others resume from their "
+                        "checkpoints)")
     p.add_argument("--dry-run", action="store_true",
                    help="condor: write the DAG and submit files without submitting; "
                         "local: prepare and list the trials without running them")
@@ -104,14 +107,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = Sweep.in_workdir(args.workdir, spec.name)
     trials = sweep.prepare(spec, args.workdir, force=args.force)
     if args.executor == "condor":
-        from .condor import submit_dag, write_sweep_dag
+        from .condor import run_sweep_dag
 
-        dag = write_sweep_dag(sweep)
-        summary = {"sweep": spec.name, "trials": len(trials), "completed": 0, "best": None,
-                   "dag": str(dag), "submitted": None}
-        if not args.dry_run:
-            summary["submitted"] = submit_dag(dag)
-        _emit(summary, args.json)
+        _emit(run_sweep_dag(sweep, args.dry_run), args.json)
         return 0
     if args.dry_run:
         for trial in trials:

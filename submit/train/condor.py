@@ -1,11 +1,18 @@
 """Training on HTCondor: the sweep DAG and the multi-node DAG, written with `submit.htcondor`.
 
-Sweep DAG: trials run in waves, each wave one job cluster whose item data (trial ids) comes
-from a file. A trial job exits with the checkpoint exit code every `checkpoint_every` epochs;
-HTCondor then keeps `checkpoint.pt` and restarts it, so evicted trials lose little. After each
-wave a POST script (`train-models evaluate`) decides whether to go on; its exit code stops the
-DAG through ABORT-DAG-ON (3: target reached, the DAG succeeds; 4: trials diverged, it fails).
-The FINAL node (`train-models collect`, on the access point) ranks the trials either way.
+Every training job runs `run-train.sh` (next to the DAG), which unpacks `condor.venv_tarball`
+when there is one and runs Python with the job's arguments: the software comes from the
+container image, the venv tarball, or `condor.python` on the execute node's PATH.
+
+Sweep DAG: the unfinished trials run in waves, each wave one job cluster whose item data
+(trial id, resume files) comes from a file. A trial job exits with the checkpoint exit code
+every `checkpoint_every` epochs; HTCondor then keeps `checkpoint.pt` and restarts it, so evicted
+trials lose little. Writing the DAG again (after a failure, a removal or a finished DAG) leaves
+finished trials out and sends each unfinished trial's `checkpoint.pt` and `metrics.json` with
+its job, so it resumes at its latest epoch. After each wave a POST script (`train-models
+evaluate`) decides whether to go on; its exit code stops the DAG through ABORT-DAG-ON (3: target
+reached, the DAG succeeds; 4: trials diverged, it fails). The FINAL node (`train-models
+collect`, on the access point) ranks the trials either way.
 
 Multi-node DAG: `PROVISIONER RANK0` (hosts the rendezvous, publishes it with chirp) and
 `JOB WORKERS` whose PRE script writes the endpoint into `workers.sub` before it is submitted.
@@ -15,26 +22,50 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
+
 from inference.workdir import atomic_path
-from submit.htcondor import Dag, Node, Script, condor_arguments, dag_text, \
-    lint_dag, submit_dag as submit_condor_dag, write_submit
+from submit.htcondor import CondorError, Dag, Node, Script, condor_arguments, dag_text, \
+    lint_dag, python_job_script, submit_dag as submit_condor_dag, transfer_source, write_submit
 
 from . import TrainError
-from .multinode import DATASET, RUN_FILE, MultinodeSpec, read_run, torchrun_command
-from .sweep import EVAL_DIVERGED, EVAL_TARGET_REACHED, CondorSettings, Sweep
-from .trial import CHECKPOINT, CHECKPOINT_EXIT_CODE, METRICS, PARAMS
+from .multinode import DATASET, RUN_FILE, MultinodeSpec, read_run, torchrun_args
+from .sweep import EVAL_DIVERGED, EVAL_TARGET_REACHED, CondorSettings, Sweep, collect, \
+    evaluate, unfinished_trials
+from .trial import CHECKPOINT, CHECKPOINT_EXIT_CODE, METRICS, PARAMS, read_metrics
 
 SWEEP_DAG = "sweep.dag"
 MULTINODE_DAG = "multinode.dag"
+JOB_SCRIPT = "run-train.sh"
+RESUME_FILES = (CHECKPOINT, METRICS)  # what an unfinished trial's job takes along
 RENDEZVOUS_PENDING = "rank0-not-ready.invalid:0"  # replaced by the workers' PRE script
 
 
-def _resources(settings: CondorSettings) -> dict[str, str]:
-    commands = {"request_cpus": str(settings.request_cpus),
+def _write_job_script(condor_dir: Path, settings: CondorSettings) -> Path:
+    path = condor_dir / JOB_SCRIPT
+    condor_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(python_job_script(
+            "A job of `train-models`: Python runs the job's arguments (see the .sub files)\n"
+            "in the job's scratch directory. Exit codes: see `train-models --help`.",
+            settings.python, settings.venv_tarball, '"$@"'), encoding="utf-8")
+        tmp.chmod(0o755)
+    return path
+
+
+def _job(condor_dir: Path, settings: CondorSettings, arguments: list[str],
+         inputs: list[str]) -> dict[str, str]:
+    """What every training job shares: the software, its inputs and the resources it asks for."""
+    if settings.venv_tarball:
+        inputs = [*inputs, transfer_source(settings.venv_tarball)]
+    commands = {"universe": "container" if settings.container_image else "vanilla",
+                "executable": str(_write_job_script(condor_dir, settings)),
+                "arguments": condor_arguments(arguments),
+                "transfer_input_files": ",".join(inputs),
+                "request_cpus": str(settings.request_cpus),
                 "request_memory": settings.request_memory,
                 "request_disk": settings.request_disk,
-                "should_transfer_files": "YES", "when_to_transfer_output": "ON_EXIT",
-                "transfer_executable": "false"}
+                "should_transfer_files": "YES", "when_to_transfer_output": "ON_EXIT"}
     if settings.request_gpus:
         commands["request_gpus"] = str(settings.request_gpus)
     if settings.container_image:
@@ -66,13 +97,33 @@ def _local_command(*args: str) -> tuple[str, list[str]]:
     return sys.executable, ["-m", "submit.train.cli", *args]
 
 
-def write_sweep_dag(sweep: Sweep) -> Path:
+def _resume_files(sweep: Sweep, trial: str) -> str:
+    """Item value: the trial's files to send along (each followed by a comma), or ''."""
+    return "".join(f"{name}," for name in RESUME_FILES if (sweep.trial_dir(trial) / name).is_file())
+
+
+def _clear_previous_dag(condor_dir: Path) -> None:
+    """A new DAG replaces the previous one: its rescue DAGs name waves that now hold other
+    trials, so DAGMan must not apply them, and waves beyond the new last one are gone."""
+    if (condor_dir / f"{SWEEP_DAG}.lock").exists():
+        raise CondorError(f"{condor_dir / SWEEP_DAG} is running (its .lock file exists): wait "
+                          f"for it, or remove it with condor_rm, before writing a new one")
+    for stale in [*condor_dir.glob(f"{SWEEP_DAG}.rescue*"), *condor_dir.glob("wave-*.sub"),
+                  *condor_dir.glob("wave-*.items")]:
+        stale.unlink()
+
+
+def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
+    """The DAG that runs `trials` (the unfinished ones), resuming each from its checkpoint."""
+    if not trials:
+        raise TrainError("no trial left to run: the DAG would be empty")
     spec = sweep.spec()
     settings = spec.condor
     root = sweep.root.resolve()
     condor_dir = root / "condor"
+    condor_dir.mkdir(parents=True, exist_ok=True)
+    _clear_previous_dag(condor_dir)
     log = str(condor_dir / "sweep.log")
-    trials = [t["trial"] for t in sweep.trials()]
     size = settings.wave_size or len(trials)
     waves = [trials[i : i + size] for i in range(0, len(trials), size)]
     trial_args = ["-m", "submit.train.cli", "trial", "--trial-dir", ".", "--dataset", DATASET]
@@ -83,18 +134,15 @@ def write_sweep_dag(sweep: Sweep) -> Path:
     for number, wave in enumerate(waves):
         name = f"wave-{number:03d}"
         _write(condor_dir / f"{name}.sub", {
-            "universe": "container" if settings.container_image else "vanilla",
-            "executable": "/usr/bin/env",  # finds `python` on the execute node's PATH
-            "arguments": condor_arguments([settings.python, *trial_args]),
+            **_job(condor_dir, settings, trial_args,
+                   [f"$(resume){PARAMS}", str(root / "dataset.npz")]),
             "initialdir": str(root / "trials" / "$(trial)"),
-            "transfer_input_files": f"{root / 'dataset.npz'},{PARAMS}",
             "checkpoint_exit_code": str(CHECKPOINT_EXIT_CODE),
             "transfer_checkpoint_files": f"{CHECKPOINT},{METRICS}",
             "environment": '"OMP_NUM_THREADS=$(request_cpus)"',
             "output": "trial.out", "error": "trial.err", "log": log,
             "batch_name": f"sweep-{spec.name}",
-            **_resources(settings),
-        }, itemdata=[{"trial": t} for t in wave])
+        }, itemdata=[{"trial": t, "resume": _resume_files(sweep, t)} for t in wave])
         nodes.append(Node(f"WAVE{number}", f"{name}.sub",
                           post=Script(python, evaluate_args),
                           abort_dag_on=(EVAL_TARGET_REACHED, 0)))
@@ -112,24 +160,42 @@ def write_sweep_dag(sweep: Sweep) -> Path:
     return _write_dag(condor_dir / SWEEP_DAG, dag, diverged)
 
 
-def _multinode_commands(run_dir: Path, spec: MultinodeSpec) -> dict[str, str]:
-    return {"universe": "container" if spec.condor.container_image else "vanilla",
+def run_sweep_dag(sweep: Sweep, dry_run: bool) -> dict[str, Any]:
+    """Write (and unless `dry_run` submit) the DAG for what is left of the sweep.
+
+    With nothing left (every trial finished, or the early-stop rule already met) no DAG is
+    written: the trials are ranked here, as the DAG's FINAL node would.
+    """
+    pending = unfinished_trials(sweep)
+    decision = evaluate(sweep)
+    if not pending or decision["action"] == "stop":
+        return {**collect(sweep), "dag": None, "submitted": None,
+                "stopped_early": decision["reason"]}
+    dag = write_sweep_dag(sweep, pending)
+    trials = sweep.trials()
+    completed = sum((read_metrics(sweep.trial_dir(t["trial"])) or {}).get("status")
+                    == "completed" for t in trials)
+    return {"sweep": sweep.spec().name, "trials": len(trials), "completed": completed,
+            "pending": len(pending), "best": None, "dag": str(dag),
+            "submitted": None if dry_run else submit_dag(dag)}
+
+
+def _multinode_job(run_dir: Path, spec: MultinodeSpec, arguments: list[str]) -> dict[str, str]:
+    return {**_job(run_dir / "condor", spec.condor, arguments, [DATASET, PARAMS, RUN_FILE]),
             "initialdir": str(run_dir),
-            "transfer_input_files": f"{DATASET},{PARAMS},{RUN_FILE}",
             "log": str(run_dir / "condor" / "multinode.log"),
-            "batch_name": f"multinode-{spec.name}", **_resources(spec.condor)}
+            "batch_name": f"multinode-{spec.name}"}
 
 
 def write_workers_submit(run_dir: Path, spec: MultinodeSpec, endpoint: str,
                          rank0_machine: str) -> Path:
     """Worker nodes: torchrun joining rank 0's rendezvous, never on rank 0's machine."""
     run_dir = Path(run_dir).resolve()
-    command = torchrun_command(".", endpoint, spec.nodes, spec.nproc_per_node, spec.name,
-                               is_host=False, python=spec.condor.python)
+    arguments = torchrun_args(".", endpoint, spec.nodes, spec.nproc_per_node, spec.name,
+                              is_host=False)
     path = run_dir / "condor" / "workers.sub"
     _write(path, {
-        **_multinode_commands(run_dir, spec),
-        "executable": "/usr/bin/env", "arguments": condor_arguments(command),
+        **_multinode_job(run_dir, spec, arguments),
         "requirements": f'(TARGET.Machine =!= "{rank0_machine}")',
         "output": "condor/worker-$(worker).out", "error": "condor/worker-$(worker).err",
     }, itemdata=[{"worker": str(n)} for n in range(1, spec.max_nodes)])
@@ -143,10 +209,8 @@ def write_multinode_dag(run_dir: Path) -> Path:
         raise TrainError("a multi-node DAG needs at least 2 nodes (--nodes 2 or MIN:MAX)")
     condor_dir = run_dir / "condor"
     _write(condor_dir / "rank0.sub", {
-        **_multinode_commands(run_dir, spec),
-        "executable": "/usr/bin/env",
-        "arguments": condor_arguments([spec.condor.python, "-m", "submit.train.cli",
-                                       "multinode-rank0", "--run-dir", "."]),
+        **_multinode_job(run_dir, spec, ["-m", "submit.train.cli", "multinode-rank0",
+                                         "--run-dir", "."]),
         "want_io_proxy": "true",
         "output": "condor/rank0.out", "error": "condor/rank0.err",
     })

@@ -5,6 +5,11 @@ the rendezvous store, publishes its address and port into its own job ad with ch
 (`want_io_proxy`), then tells DAGMan it is ready (`ProvisionerState = 2`). The workers' PRE
 script reads that ad and writes the endpoint, and a requirement that keeps workers off the
 rank-0 machine, into the worker submit file. `--local` runs the same agents on this machine.
+
+The rendezvous numbers the processes by sorting the nodes' addresses, so global rank 0 (the
+process that writes `model.pt` and `metrics.json`) may run in the rank-0 job or in a worker
+job. Every job's scratch directory is transferred back into the run directory on exit, so the
+model lands in `WORKDIR/train/NAME/` either way; the job that wrote it says so in its output.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ from inference.workdir import Workdir, write_json_atomic
 
 from . import TrainError
 from .data import load_dataset, read_workdir, save_dataset
-from .sweep import CondorSettings, _section, read_spec
-from .trial import MODEL, PARAMS, check_params, epoch_generator, evaluate, make_model, \
-    make_optimizer
+from .sweep import CondorSettings, _section, check_condor, read_spec
+from .trial import METRICS, MODEL, PARAMS, check_params, epoch_generator, evaluate, \
+    make_model, make_optimizer
 
 RUN_FILE = "run.json"
 DATASET = "dataset.npz"
@@ -65,7 +70,7 @@ def _nodes(text: Any) -> str:
 
 def load_multinode_spec(path: Path, nodes: str | None = None) -> MultinodeSpec:
     data = read_spec(path, MultinodeSpec, "multi-node spec")
-    data["condor"] = _section(CondorSettings, data.get("condor"), "condor")
+    data["condor"] = check_condor(_section(CondorSettings, data.get("condor"), "condor"))
     data["nodes"] = _nodes(nodes if nodes is not None else data.get("nodes", "2:2"))
     spec = MultinodeSpec(**data)
     if spec.nproc_per_node < 1:
@@ -94,10 +99,11 @@ def read_run(run_dir: Path) -> MultinodeSpec:
     return MultinodeSpec(**data)
 
 
-def torchrun_command(run_dir: Path | str, endpoint: str, nodes: str, nproc_per_node: int,
-                     run_id: str, is_host: bool, python: str = sys.executable) -> list[str]:
-    """One torchrun agent; every node, local or in a job, starts training through this."""
-    return [python, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+def torchrun_args(run_dir: Path | str, endpoint: str, nodes: str, nproc_per_node: int,
+                  run_id: str, is_host: bool) -> list[str]:
+    """One torchrun agent's Python arguments; every node, local or in a job, starts training
+    through this (torchrun starts the training processes with the same interpreter)."""
+    return ["-m", "torch.distributed.run", f"--nnodes={nodes}",
             f"--nproc-per-node={nproc_per_node}", "--rdzv-backend=c10d",
             f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}",
             f"--rdzv-conf=is_host={str(is_host).lower()}", "--max-restarts=0",
@@ -142,12 +148,13 @@ def ddp_train(run_dir: Path) -> int:
         x_val, y_val = (torch.from_numpy(a).to(device) for a in dataset.part(validation=True))
         history.append({"epoch": epoch, "train_loss": float(total[0] / total[1]),
                         **evaluate(model, x_val, y_val)})
-    if rank == 0:
+    if rank == 0:  # global rank 0 owns the output, wherever the rendezvous placed it
         final = {k: v for k, v in history[-1].items() if k != "epoch"}
         export_head(model, dataset.classes, dataset.embedding_model, final, run_dir / MODEL)
-        write_json_atomic(run_dir / "metrics.json", {"status": "completed", "world_size": world,
-                                                     "params": params, "final": history[-1],
-                                                     "history": history})
+        write_json_atomic(run_dir / METRICS, {"status": "completed", "world_size": world,
+                                              "host": socket.gethostname(), "params": params,
+                                              "final": history[-1], "history": history})
+        print(f"rank 0 of {world} on {socket.gethostname()} wrote {run_dir / MODEL}", flush=True)
     dist.barrier()
     dist.destroy_process_group()
     return 0
@@ -187,8 +194,8 @@ def serve_rank0(run_dir: Path) -> int:
     spec = read_run(run_dir)
     host = node_address()
     port = free_port("")
-    agent = subprocess.Popen(torchrun_command(run_dir, f"{host}:{port}", spec.nodes,
-                                              spec.nproc_per_node, spec.name, is_host=True))
+    agent = subprocess.Popen([sys.executable, *torchrun_args(
+        run_dir, f"{host}:{port}", spec.nodes, spec.nproc_per_node, spec.name, is_host=True)])
     try:
         publish_rendezvous(host, port)
     except TrainError:
@@ -238,7 +245,8 @@ def run_local(run_dir: Path, timeout: float = 600.0) -> dict[str, Any]:
     """Every node as a torchrun agent on this machine, rendezvous on 127.0.0.1 (gloo on CPU)."""
     spec = read_run(run_dir)
     started = time.perf_counter()
-    (run_dir / MODEL).unlink(missing_ok=True)
+    for stale in (MODEL, METRICS):
+        (run_dir / stale).unlink(missing_ok=True)
     endpoint = f"127.0.0.1:{free_port('127.0.0.1')}"
     run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     logs = run_dir / "logs"
@@ -249,8 +257,9 @@ def run_local(run_dir: Path, timeout: float = 600.0) -> dict[str, Any]:
     for node in range(spec.max_nodes):
         with open(logs / f"node-{node}.log", "wb") as log:
             agents.append(subprocess.Popen(
-                torchrun_command(run_dir, endpoint, spec.nodes, spec.nproc_per_node, run_id,
-                                 is_host=node == 0), stdout=log, stderr=subprocess.STDOUT, env=env))
+                [sys.executable, *torchrun_args(run_dir, endpoint, spec.nodes,
+                                                spec.nproc_per_node, run_id, is_host=node == 0)],
+                stdout=log, stderr=subprocess.STDOUT, env=env))
     deadline = time.monotonic() + timeout
     codes = []
     try:
@@ -265,7 +274,7 @@ def run_local(run_dir: Path, timeout: float = 600.0) -> dict[str, Any]:
                 agent.wait()
     if any(codes) or not (run_dir / MODEL).is_file():
         raise TrainError(f"multi-node run failed (agent exit codes {codes}); see {logs}")
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8"))
     return {"run": spec.name, "nodes": spec.max_nodes, "world_size": metrics["world_size"],
             "model": str(run_dir / MODEL), "val_accuracy": metrics["final"]["val_accuracy"],
             "seconds": round(time.perf_counter() - started, 1)}

@@ -25,12 +25,14 @@ from typing import Any
 import yaml
 
 from inference.workdir import Workdir, atomic_path, write_json_atomic
+from submit.htcondor import transfer_source
 
 from . import TrainError
 from .data import read_workdir, save_dataset
 from .trial import CHECKPOINT_EXIT_CODE, MODEL, PARAMS, check_params, read_metrics
 
 METRICS = {"val_accuracy": "max", "val_loss": "min"}
+FINISHED = ("completed", "diverged")  # trial statuses that running the sweep again leaves alone
 # Exit codes of `train-models evaluate` (a DAG POST script): ABORT-DAG-ON acts on them.
 EVAL_CONTINUE, EVAL_TARGET_REACHED, EVAL_DIVERGED = 0, 3, 4
 
@@ -44,8 +46,13 @@ class EarlyStop:
 
 @dataclass
 class CondorSettings:
-    python: str = "python3"  # interpreter on the execute node's PATH, with this project installed
+    """What training jobs run with and ask for. The software (this project installed) comes
+    from `container_image`, or from `venv_tarball` (unpacked by the job), or from `python` on
+    the execute node's PATH; `python` defaults to the venv's interpreter, else `python3`."""
+
+    python: str | None = None
     container_image: str | None = None
+    venv_tarball: str | None = None  # a path or an osdf:// URL (venv-pack or conda-pack)
     request_cpus: int = 1
     request_memory: str = "2GB"
     request_disk: str = "2GB"
@@ -89,6 +96,19 @@ def read_spec(path: Path, cls: type, what: str) -> dict[str, Any]:
     return data
 
 
+def check_condor(settings: CondorSettings) -> CondorSettings:
+    """The software choice is one of three; a local venv tarball must exist, and is kept as
+    an absolute path (DAGMan's scripts rewrite submit files from another directory)."""
+    if settings.container_image and settings.venv_tarball:
+        raise TrainError("condor: give container_image or venv_tarball, not both")
+    if settings.venv_tarball:
+        settings.venv_tarball = transfer_source(settings.venv_tarball)
+        if "://" not in settings.venv_tarball and not Path(settings.venv_tarball).is_file():
+            raise TrainError(f"condor.venv_tarball {settings.venv_tarball} does not exist (make "
+                             f"it with venv-pack or conda-pack, or give an osdf:// URL)")
+    return settings
+
+
 def _section(cls: type, data: Any, where: str) -> Any:
     if data is None:
         return cls()
@@ -105,7 +125,7 @@ def load_spec(path: Path) -> SweepSpec:
     """Read and check a sweep spec; every problem is reported with the key that caused it."""
     data = read_spec(path, SweepSpec, "sweep spec")
     data["early_stop"] = _section(EarlyStop, data.get("early_stop"), "early_stop")
-    data["condor"] = _section(CondorSettings, data.get("condor"), "condor")
+    data["condor"] = check_condor(_section(CondorSettings, data.get("condor"), "condor"))
     try:
         spec = SweepSpec(**data)
     except TypeError as exc:
@@ -233,6 +253,12 @@ class Sweep:
         return trials
 
 
+def unfinished_trials(sweep: Sweep) -> list[str]:
+    """Trials still to run: not started, or stopped before their last epoch."""
+    return [t["trial"] for t in sweep.trials()
+            if (read_metrics(sweep.trial_dir(t["trial"])) or {}).get("status") not in FINISHED]
+
+
 def trial_command(sweep: Sweep, trial: str) -> list[str]:
     """The very command an HTCondor trial job runs (there with paths inside its sandbox)."""
     return [sys.executable, "-m", "submit.train.cli", "trial",
@@ -327,9 +353,7 @@ def run_local(sweep: Sweep, parallel: int = 0, log=print) -> dict[str, Any]:  # 
     """
     spec = sweep.spec()
     parallel = parallel or spec.parallel or os.cpu_count() or 1
-    pending = [t["trial"] for t in sweep.trials()
-               if (read_metrics(sweep.trial_dir(t["trial"])) or {}).get("status")
-               not in ("completed", "diverged")]
+    pending = unfinished_trials(sweep)
     running: dict[str, subprocess.Popen] = {}
     failed: list[str] = []
     decision = evaluate(sweep)
