@@ -105,7 +105,7 @@ assert run_trial(trials / "t002", dataset) == 0  # finished
 
 
 def test_resubmitted_sweep_skips_finished_trials_and_resumes_the_others(demo_run, tmp_path,
-                                                                      capsys):
+                                                                      capsys, monkeypatch):
     """Writing the DAG again, as a user does after a failed or removed DAG: finished trials
     are in no wave, and an unfinished trial's job takes its checkpoint along and resumes.
     The jobs run Python from a venv tarball that `run-train.sh` unpacks."""
@@ -118,9 +118,10 @@ def test_resubmitted_sweep_skips_finished_trials_and_resumes_the_others(demo_run
     (venv / "bin" / "python").chmod(0o755)
     tarball = tmp_path / "env.tar.gz"
     subprocess.run(["tar", "-czf", str(tarball), "-C", str(venv), "."], check=True)
+    monkeypatch.chdir(tmp_path)  # a tarball path relative to where the command runs
     spec = write_spec(tmp_path / "resubmit.yaml", seeds=[0, 1, 2],
                       params={"head": ["linear"], "hidden": [16]},
-                      condor={"wave_size": 2, "venv_tarball": str(tarball)})
+                      condor={"wave_size": 2, "venv_tarball": tarball.name})
     sweep_args = ["sweep", str(spec), "--workdir", str(demo_run[0]), "--executor", "condor",
                   "--dry-run", "--json"]
     first = last_json(train_here(capsys, *sweep_args)[1])
