@@ -42,6 +42,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--articles", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--vocab-size", type=int, default=4000,
+                        help="pseudo-words in the synthetic corpus (default 4,000: every query "
+                             "word is common, a pessimistic case for BM25; real collections "
+                             "have far larger vocabularies)")
     parser.add_argument("--workdir", default=str(ROOT / "bench-work" / "index"))
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
@@ -56,8 +60,9 @@ def main() -> None:
 
     base = Path(args.workdir)
     corpus_dir = ROOT / "bench-work" / "partition"
-    corpus_path, _, _ = ensure_corpus(corpus_dir, args.articles, 0, 4000, False, 2)
-    workdir = Workdir(base / f"work-{args.articles}")
+    corpus_path, _, _ = ensure_corpus(corpus_dir, args.articles, 0, args.vocab_size, False, 2)
+    suffix = "" if args.vocab_size == 4000 else f"-vocab{args.vocab_size}"
+    workdir = Workdir(base / f"work-{args.articles}{suffix}")
     config = load_config(None, ["predictions.kind=none"])
     summary = partition([str(corpus_path)], workdir, config, force=True, progress=False)
 
@@ -100,6 +105,7 @@ def main() -> None:
 
     result = {
         "passages": summary.passages,
+        "vocab_size": args.vocab_size,
         "build_passages_per_s": round(built.passages / build_seconds, 1),
         "build_seconds": round(build_seconds, 1),
         "baseline_read_passages_per_s": round(summary.passages / read_seconds, 1),

@@ -44,8 +44,10 @@ class ShardOutcome:
 def result_key(manifest: dict[str, Any], config: Config) -> str:
     """What decides a result's content: the partition, the model and the predictions."""
     m = config.model
-    blob = repr((manifest["partition_key"], m.name, m.max_seq_length, m.embedding_dtype,
-                 config.section_hash("predictions"), _head_digest(config)))
+    parts = (manifest["partition_key"], m.name, m.max_seq_length, m.embedding_dtype,
+             config.section_hash("predictions"))
+    head = _head_digest(config)
+    blob = repr(parts + (head,) if head else parts)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

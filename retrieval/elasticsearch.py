@@ -263,20 +263,26 @@ class ElasticsearchIndex:
             return int(self.client.count(index=self.name)["count"])
 
     @staticmethod
-    def _filtered(query: dict[str, Any], topic: str | None) -> dict[str, Any]:
-        return {"bool": {"must": [query], "filter": [{"term": {"topic": topic}}]}} if topic \
-            else query
+    def _filtered(query: dict[str, Any], topic: str | None,
+                  within: list[str] | None = None) -> dict[str, Any]:
+        filters: list[dict[str, Any]] = [{"term": {"topic": topic}}] if topic else []
+        if within is not None:
+            filters.append({"ids": {"values": list(within)}})
+        return {"bool": {"must": [query], "filter": filters}} if filters else query
 
     def bm25(self, words: str, limit: int, topic: str | None = None, expansion: str = "",
-             expansion_weight: float = 0.0) -> list[tuple[str, float]]:
+             expansion_weight: float = 0.0,
+             within: list[str] | None = None) -> list[tuple[str, float]]:
         """(passage id, score) of the best `limit` passages for already-sanitised query words,
-        plus `expansion` words whose scores count `expansion_weight` times. The passages'
-        embeddings come back in the same response and serve `vectors`."""
+        plus `expansion` words whose scores count `expansion_weight` times; only passages of
+        `topic` and among the ids `within`, when given. The passages' embeddings come back in
+        the same response and serve `vectors`."""
         query: dict[str, Any] = _match(words)
         if expansion:
             query = {"bool": {"should": [query, _match(expansion, expansion_weight)]}}
         with self._answers("searching"):
-            hits = self.client.search(index=self.name, query=self._filtered(query, topic),
+            hits = self.client.search(index=self.name,
+                                      query=self._filtered(query, topic, within),
                                       size=limit, source=False, fields=[VECTOR_FIELD],
                                       track_total_hits=False)["hits"]["hits"]
         self._vectors = _vectors_of(hits)

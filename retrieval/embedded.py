@@ -39,7 +39,7 @@ def _schema() -> tantivy.Schema:
     builder.add_text_field("title", stored=False, tokenizer_name="en_stem")
     builder.add_text_field("text", stored=False, tokenizer_name="en_stem")
     builder.add_text_field("topic", stored=False, tokenizer_name="raw")
-    builder.add_integer_field("row", stored=True, indexed=False)
+    builder.add_integer_field("row", stored=True, indexed=True)  # indexed: `within` filters
     return builder.build()
 
 
@@ -53,7 +53,7 @@ class IndexSummary:
 
 def _index_key(results_key: str) -> str:
     """Names a build after the results it holds and the index format."""
-    return hashlib.sha256(f"embedded-v2:{results_key}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"embedded-v3:{results_key}".encode()).hexdigest()[:16]
 
 
 def finished_results(workdir: Workdir) -> tuple[dict[str, Any], str]:
@@ -159,16 +159,22 @@ class EmbeddedIndex:
         return len(self.matrix)
 
     def bm25(self, words: str, limit: int, topic: str | None = None, expansion: str = "",
-             expansion_weight: float = 0.0) -> list[tuple[int, float]]:
+             expansion_weight: float = 0.0,
+             within: list[int] | None = None) -> list[tuple[int, float]]:
         """(row, score) of the best `limit` passages for already-sanitised query words, plus
-        `expansion` words whose scores count `expansion_weight` times."""
+        `expansion` words whose scores count `expansion_weight` times; only passages of
+        `topic` and among the rows `within`, when given."""
         text = f"{words} ({expansion})^{expansion_weight}" if expansion else words
         query = self.index.parse_query(text, ["title", "text"])
-        if topic:
-            query = tantivy.Query.boolean_query([
-                (tantivy.Occur.Must, query),
-                (tantivy.Occur.Must, tantivy.Query.term_query(self.index.schema, "topic", topic)),
-            ])
+        schema = self.index.schema
+        filters = [tantivy.Query.term_query(schema, "topic", topic)] if topic else []
+        if within is not None:
+            filters.append(tantivy.Query.term_set_query(schema, "row", list(within)))
+        if filters:  # filters add the same score to every hit: the order is BM25's
+            query = tantivy.Query.boolean_query(
+                [(tantivy.Occur.Must, query)]
+                + [(tantivy.Occur.Must, tantivy.Query.const_score_query(f, 0.0))
+                   for f in filters])
         hits = self.searcher.search(query, limit).hits
         return [(self.searcher.doc(address)["row"][0], score) for score, address in hits]
 

@@ -4,7 +4,8 @@ Modes (all return passages, best first):
 - `feedback` (default, measured best on Cranfield): `hybrid`, then pseudo-relevance feedback:
   the first round's top passages lend the query their most frequent content words (a
   down-weighted BM25 clause) and their embedding centroid (added to the query vector), and a
-  second `hybrid` round ranks with both. Two BM25 lookups per query instead of one;
+  second `hybrid` round re-ranks the same candidates with both. The second BM25 lookup only
+  scores those candidates, so it costs little even at millions of passages;
 - `hybrid`: BM25 top-N (`screening_top_k`) re-ordered by 0.4 x z(BM25) + 0.6 x z(cosine),
   both standardised over the candidates. Only N embeddings are read per query, so it stays
   fast at millions of passages;
@@ -86,10 +87,10 @@ class PassageIndex(Protocol):
     in the embedded index, passage ids in Elasticsearch); vectors are unit length."""
 
     def bm25(self, words: str, limit: int, topic: str | None = None,
-             expansion: str = "", expansion_weight: float = 0.0,
+             expansion: str = "", expansion_weight: float = 0.0, within: list | None = None,
              ) -> list[tuple[Hashable, float]]:
         """Best passages for `words` (plus `expansion` words, their scores scaled by
-        `expansion_weight`), optionally only those of one topic."""
+        `expansion_weight`), optionally only those of one topic and among the keys `within`."""
 
     def vectors(self, keys: list) -> np.ndarray: ...
 
@@ -167,7 +168,8 @@ class Searcher:
             expansion = feedback_terms(self.index.passages_for(top), words, FEEDBACK_TERMS)
             vector = vector + FEEDBACK_VECTOR_WEIGHT * self.index.vectors(top).mean(axis=0)
             vector /= max(float(np.linalg.norm(vector)), 1e-12)
-            lexical = self.index.bm25(words, n, topic, expansion, FEEDBACK_TERM_WEIGHT)
+            lexical = self.index.bm25(words, n, topic, expansion, FEEDBACK_TERM_WEIGHT,
+                                      within=[hit.key for hit in hits])
             hits = self._screen(lexical, vector, mode)
         return hits[:depth]
 

@@ -264,11 +264,16 @@ def test_search_requests(loaded):
         "size": 3, "_source": False, "fields": ["embedding"], "track_total_hits": False}
 
     index.bm25("lithium brines", 3, expansion="spodumene salar", expansion_weight=0.3)
-    assert cluster.calls("POST", f"/{NAME}/_search")[-1]["query"] == {"bool": {"should": [
+    expanded = {"bool": {"should": [
         {"multi_match": {"query": "lithium brines", "type": "most_fields",
                          "fields": ["title", "text"]}},
         {"multi_match": {"query": "spodumene salar", "type": "most_fields",
                          "fields": ["title", "text"], "boost": 0.3}}]}}
+    assert cluster.calls("POST", f"/{NAME}/_search")[-1]["query"] == expanded
+    index.bm25("lithium brines", 3, expansion="spodumene salar", expansion_weight=0.3,
+               within=ids[:2])  # feedback's second round scores only the first's candidates
+    assert cluster.calls("POST", f"/{NAME}/_search")[-1]["query"] == {"bool": {
+        "must": [expanded], "filter": [{"ids": {"values": ids[:2]}}]}}
 
     # re-ranking uses the vectors that came with the BM25 hits: no further request
     vector = np.asarray(docs[ids[1]]["embedding"], dtype=np.float32)
@@ -313,11 +318,16 @@ def test_every_mode_ranks_alike_over_elasticsearch_and_embedded(loaded):
                                    body["knn"]["k"])
             scores = [(1 + s) / 2 for _, s in found]
         else:
-            clauses = body["query"].get("bool", {}).get("should") or [body["query"]]
+            query, within = body["query"], None
+            if "must" in query.get("bool", {}):  # filtered to candidate ids
+                (ids_filter,) = query["bool"]["filter"]
+                within = [row_of[pid] for pid in ids_filter["ids"]["values"]]
+                query = query["bool"]["must"][0]
+            clauses = query.get("bool", {}).get("should") or [query]
             words, *expansion = [c["multi_match"] for c in clauses]
             found = embedded.bm25(words["query"], body["size"], None,
                                   *[(e["query"], e["boost"]) for e in expansion][0]
-                                  if expansion else ())
+                                  if expansion else (), within=within)
             scores = [s for _, s in found]
         ids = embedded.passages.column("passage_id").to_pylist()
         return {"hits": {"hits": [{"_id": ids[row], "_score": score,

@@ -115,3 +115,14 @@ def test_a_corpus_with_no_valid_rows_gives_an_empty_searchable_index(tmp_path):
     assert out["rejected"] == 2 and out["passages"] == 0 and out["indexed"] == 0
     text = run_cli("search", "--workdir", str(tmp_path / "w"), "anything").stdout
     assert "no passage matches" in text
+
+
+def test_bm25_within_scores_only_the_given_passages(searcher):
+    index = searcher.index
+    everything = index.bm25("ice cores air bubbles", 20)
+    chosen = [key for key, _ in everything[5:12:2]]
+    within = index.bm25("ice cores air bubbles", 20, within=chosen)
+    assert [key for key, _ in within] == chosen  # same scores, same order, nothing else
+    assert [score for _, score in within] == pytest.approx(
+        [score for key, score in everything if key in chosen])
+    assert index.bm25("ice cores air bubbles", 20, within=[]) == []
