@@ -217,7 +217,8 @@ class _Run:
                 observation = ("Search first: reply with Action: search[your query]."
                                if reply.answer else "I could not read that. Reply with "
                                "Action: search[query] or Final Answer: ... with citations.")
-                yield self._step("observation", observation)
+                # what the model wrote, so a verbose trace shows why its step was refused
+                yield self._step("observation", observation, reply=text.strip()[:500])
                 said = text.strip() or "(no reply)"
             messages += [{"role": "assistant", "content": said},
                          {"role": "user", "content": f"Observation: {observation}"}]

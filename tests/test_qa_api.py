@@ -247,6 +247,8 @@ def test_failing_model_falls_back_to_a_cited_extractive_answer(
     assert reason in result["fallback"]
     check_citations(result)
     assert any(step["kind"] == "fallback" for step in result["trace"])
+    if reason.startswith("no cited final answer in"):  # the trace shows each refused reply
+        assert [step["reply"] for step in result["trace"] if "reply" in step] == script
 
 
 def test_repeated_searches_and_empty_answers_are_sent_back(api: httpx.Client,
