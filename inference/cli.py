@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .config import ConfigError, load_config
+from .plugins import plugins
 from .readers import InputError
 from .workdir import Workdir, WorkdirError
 
@@ -132,17 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON line")
 
-    submit = sub.add_parser(
-        "submit", help="write (and submit) the HTCondor DAG: one GPU job per shard",
-        description="Write DIR/condor/: a DAG (partition check -> one GPU job per unfinished "
-        "shard, each result validated by a POST script -> index, then a final report), its "
-        "submit files and job script, all from the config's `condor` section; lint it, then "
-        "submit it to the local schedd unless --dry-run. Needs a partitioned workdir.")
-    submit.add_argument("--workdir", required=True, help="a partitioned run directory")
-    _config_args(submit)
-    submit.add_argument("--dry-run", action="store_true",
-                        help="only write and check the files; submit nothing")
-    submit.add_argument("--json", action="store_true", help="end with one JSON summary line")
+    for plugin in plugins().values():  # commands other packages add (e.g. `submit`)
+        plugin.add_commands(sub, _config_args)
 
     status = sub.add_parser("status", help="shard states and counts of a workdir (and its DAG)")
     status.add_argument("--workdir", required=True)
@@ -230,57 +222,14 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from submit.htcondor import CondorError
-    from submit.pipeline import submit_pipeline
-
-    from .executor import RunError
-
-    config = load_config(args.config, args.overrides)
-    try:
-        summary = submit_pipeline(Workdir(args.workdir), config, dry_run=args.dry_run)
-    except CondorError as exc:
-        raise RunError(str(exc)) from None
-    if args.json:
-        print(json.dumps(summary))
-        return 0
-    print(f"wrote {summary['dag']}: partition -> {summary['shard_jobs']} shard jobs -> index, "
-          f"final report ({summary['shards_done']} shards already done); lint: ok")
-    if summary["staged"]:
-        print(f"staged {summary['staged']} shards for the jobs' data URL (see stage.tsv)")
-    again = f"infer-corpus submit --workdir {args.workdir}" + "".join(
-        f" {flag} {value}" for flag, value in [("--config", args.config)] if value) + "".join(
-        f" --set {o}" for o in args.overrides)
-    if args.dry_run:
-        print(f"dry run: nothing submitted. Review {Path(summary['dag']).parent}/, then "
-              f"submit with:\n  {again}")
-    else:
-        print(f"submitted: DAGMan job {summary['cluster']}. Follow it with:\n"
-              f"  infer-corpus status --workdir {args.workdir}   (or condor_q -dag -nobatch)")
-    return 0
-
-
-def _print_dag_status(dag: dict[str, Any]) -> None:
-    if "nodes" not in dag:
-        print(f"condor DAG: {dag['state']} ({dag['dag']})")
-        return
-    nodes = ", ".join(f"{n} {state}" for state, n in dag["nodes"].items())
-    print(f"condor DAG: {dag['state']}; nodes: {nodes}; retries {dag['retries']}, "
-          f"held jobs {dag['held']}")
-    if dag["failed"]:
-        print(f"  failed nodes: {', '.join(dag['failed'])} (logs in {Path(dag['dag']).parent}"
-              "/logs/)")
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from .status import workdir_status
 
     workdir = Workdir(args.workdir)
     report = workdir_status(workdir)
-    if (workdir.root / "condor").is_dir():
-        from submit.pipeline import dag_status
-
-        report["condor"] = dag_status(workdir)
+    sections = {name: plugin.status(workdir) for name, plugin in plugins().items()
+                if hasattr(plugin, "status")}
+    report.update({name: data for name, data in sections.items() if data is not None})
     if args.json:
         print(json.dumps(report))
         return 0
@@ -299,8 +248,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for shard in report["shards"]:
         if shard["state"] != "done":
             print(f"  shard {shard['shard']:>5}: {shard['state']} ({shard['rows']:,} passages)")
-    if "condor" in report:
-        _print_dag_status(report["condor"])
+    for name, plugin in plugins().items():
+        if report.get(name) is not None:
+            plugin.print_status(report[name])
     return 0
 
 
@@ -353,8 +303,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "partition": cmd_partition, "shard": cmd_shard,
-            "index": cmd_index, "search": cmd_search, "eval": cmd_eval, "status": cmd_status,
-            "submit": cmd_submit}
+            "index": cmd_index, "search": cmd_search, "eval": cmd_eval, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="infer-corpus: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return args.handler(args) if "handler" in args else COMMANDS[args.command](args)
     except (ConfigError, InputError, WorkdirError, ModelError) as exc:  # incl. QueryError
         print(f"infer-corpus: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from conftest import run_cli, write_jsonl
@@ -39,3 +42,20 @@ def test_help_explains_the_commands():
     for command in ("run", "partition", "shard", "status"):
         assert command in out
     assert "--set" in run_cli("run", "--help").stdout
+
+
+def test_pipeline_and_retrieval_never_import_the_layers_above_them():
+    """inference/ and retrieval/ stand alone; `submit` reaches the CLI as a plugin."""
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"^\s*(from|import)\s+(submit|qa_api)\b", re.MULTILINE)
+    offenders = [str(path.relative_to(root)) for package in ("inference", "retrieval")
+                 for path in (root / package).rglob("*.py") if pattern.search(path.read_text())]
+    assert offenders == []
+
+
+def test_submit_is_a_plugin_command(capsys):
+    from inference.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["submit", "--help"])
+    assert exit_info.value.code == 0 and "--dry-run" in capsys.readouterr().out
