@@ -54,6 +54,12 @@ def _index_args(parser: argparse.ArgumentParser) -> None:
                         "http://localhost:9200 (default: index.url; API key from $ES_API_KEY)")
 
 
+def _index_overrides(args: argparse.Namespace) -> list[str]:
+    """--backend / --es-url as config overrides, so the workdir records the choice."""
+    return [f"index.{key}={value}" for key, value in
+            [("backend", args.backend), ("url", args.es_url)] if value]
+
+
 def _input_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input", dest="inputs", action="extend", nargs="+", default=[], metavar="PATH",
@@ -131,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--collection", required=True, metavar="DIR")
     evaluate.add_argument("--workdir", required=True)
     _config_args(evaluate)
+    _index_args(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON line")
 
     for plugin in plugins().values():  # commands other packages add (e.g. `submit`)
@@ -181,9 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"executor.workers={args.workers}")
-    overrides += [f"index.{key}={value}" for key, value in
-                  [("backend", args.backend), ("url", args.es_url)] if value]
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides + _index_overrides(args))
     from retrieval import build
 
     workdir = Workdir(args.workdir)
@@ -288,7 +293,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from retrieval import evaluate_collection
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, list(args.overrides) + _index_overrides(args))
     try:
         report = evaluate_collection(args.collection, Workdir(args.workdir), config)
     except FileNotFoundError as exc:

@@ -18,7 +18,7 @@ from inference.config import Config
 from inference.executor import run_pipeline
 from inference.workdir import Workdir
 
-from .embedded import build_index
+from .backends import build
 from .search import DEFAULT_MODE, MODES, Searcher, query_words
 
 
@@ -52,11 +52,12 @@ def read_collection(folder: Path) -> tuple[list[dict], dict[str, dict[str, int]]
 def evaluate_collection(folder: str | Path, workdir: Workdir, config: Config,
                         modes: tuple[str, ...] = MODES, depth: int = 100,
                         progress: bool | None = None) -> dict[str, Any]:
-    """Run the pipeline on the collection's corpus, index it, and score every mode."""
+    """Run the pipeline on the collection's corpus, index it (in the backend the config's
+    `index` section names), and score every mode."""
     folder = Path(folder)
     queries, qrels = read_collection(folder)
     run_pipeline([str(folder / "corpus.jsonl")], workdir, config, progress=progress)
-    build_index(workdir)
+    build(workdir)  # the backend the config names
     searcher = Searcher(workdir)
     judged = [q for q in queries if qrels.get(str(q["_id"]))]
     vectors = searcher.embed([q["text"] for q in judged])

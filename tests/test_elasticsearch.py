@@ -31,7 +31,7 @@ from elastic_transport import Urllib3HttpNode
 from elasticsearch import Elasticsearch
 from elasticsearch import __versionstr__ as CLIENT_VERSION
 
-from conftest import run_cli
+from conftest import run_cli, write_jsonl
 from inference.config import ConfigError, load_config
 from inference.workdir import Workdir
 from retrieval import MODES, EmbeddedIndex, Searcher
@@ -509,3 +509,19 @@ def test_cli_errors_are_one_line(demo_run):
 def test_index_config_is_checked(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [override])
+
+
+def test_eval_loads_the_chosen_backend(tmp_path):
+    collection = tmp_path / "tiny"
+    collection.mkdir()
+    write_jsonl(collection / "corpus.jsonl", [
+        {"_id": "d1", "title": "Ice cores", "text": "Air bubbles in polar ice keep old air."},
+        {"_id": "d2", "title": "Tree rings", "text": "Ring widths record past droughts."}])
+    write_jsonl(collection / "queries.jsonl", [{"_id": "q1", "text": "old air in ice"}])
+    (collection / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    url = f"http://127.0.0.1:{_closed_port()}"
+    proc = run_cli("eval", "--collection", str(collection), "--workdir", str(tmp_path / "w"),
+                   "--set", "predictions.kind=none", "--backend", "elasticsearch",
+                   "--es-url", url, check=False)
+    assert proc.returncode == 1 and f"cannot reach Elasticsearch at {url}" in proc.stderr
+    assert "Traceback" not in proc.stderr
