@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from inference.config import QAConfig
 from inference.workdir import Workdir
 from retrieval import DEFAULT_MODE, MODES, QueryError, Searcher
+from retrieval.embedded import passage_topics
 
 from .agent import Agent
 from .llms import build_llm
@@ -108,9 +109,10 @@ def data_topics(workdir: Workdir) -> list[str]:
     """The topics the indexed passages carry: the input's topic, else the predicted label."""
     found: set[str] = set()
     for entry in workdir.read_manifest()["shards"]:
-        topic = pq.read_table(workdir.shard_path(entry["shard"]), columns=["topic"])["topic"]
-        label = pq.read_table(workdir.result_path(entry["shard"]), columns=["label"])["label"]
-        found.update(t for t in pc.unique(pc.coalesce(topic, label)).to_pylist() if t)
+        shard = pq.read_table(workdir.shard_path(entry["shard"]), columns=["topic"])
+        result = pq.read_table(workdir.result_path(entry["shard"]), columns=["label"])
+        topics = passage_topics(shard, result)
+        found.update(t for t in pc.unique(topics).to_pylist() if t)
     return sorted(found)
 
 

@@ -70,6 +70,11 @@ def finished_results(workdir: Workdir) -> tuple[dict[str, Any], str]:
     return manifest, key
 
 
+def passage_topics(shard: pa.Table, result: pa.Table) -> pa.ChunkedArray:
+    """The topic each passage is indexed under: the input's topic, else the predicted label."""
+    return pc.coalesce(shard.column("topic"), result.column("label"))
+
+
 def read_shards(workdir: Workdir,
                 manifest: dict[str, Any]) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """Each shard's passage fields (topic: the input's, else the predicted label) and vectors."""
@@ -77,7 +82,7 @@ def read_shards(workdir: Workdir,
         n = entry["shard"]
         shard = pq.read_table(workdir.shard_path(n), columns=SHARD_COLUMNS)
         result = pq.read_table(workdir.result_path(n), columns=["embedding", "label"])
-        topic = pc.coalesce(shard.column("topic"), result.column("label"))
+        topic = passage_topics(shard, result)
         shard = shard.set_column(shard.schema.get_field_index("topic"), "topic", topic)
         vectors = result.column("embedding").combine_chunks()
         yield shard, vectors.values.to_numpy().reshape(len(vectors), -1)
