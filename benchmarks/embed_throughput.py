@@ -128,7 +128,8 @@ def main() -> None:
         """Shard files to result files, with the model loaded and warmed up first."""
         worker = ShardWorker(workdir, config=cfg)
         encoder, _ = worker._models()
-        encoder.encode_texts(texts[:256])
+        # warm-up; on a GPU this also starts the tokenizing processes, which a job starts once
+        encoder.encode_texts(texts[:4096] if args.device == "cuda" else texts[:256])
         if args.device == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()

@@ -64,6 +64,7 @@ class ModelConfig:
     batch_tokens: int = 0
     max_seq_length: int = 256
     embedding_dtype: str = "float16"
+    tokenize_processes: int = -1
 
 
 @dataclass
@@ -275,6 +276,8 @@ class Config:
             raise ConfigError("shards.passages_per_shard must be positive")
         if self.model.batch_size < 1 or self.model.max_seq_length < 8:
             raise ConfigError("model: batch_size must be >= 1 and max_seq_length >= 8")
+        if self.model.tokenize_processes < -1:
+            raise ConfigError("model.tokenize_processes must be -1 (auto), 0 (a thread) or more")
         if self.model.batch_tokens < 0:
             raise ConfigError("model.batch_tokens must be >= 0 (0 = fit to the device)")
         if self.model.dtype not in ("auto", "float32", "float16", "bfloat16"):

@@ -25,6 +25,19 @@ def apply_condor_gpu_assignment(env: MutableMapping[str, str] = os.environ) -> s
     return env.get("CUDA_VISIBLE_DEVICES")
 
 
+def usable_cpus(env: MutableMapping[str, str] = os.environ) -> int:
+    """CPU cores this process may use: its affinity mask, capped by OMP_NUM_THREADS, which
+    HTCondor sets to the slot's request_cpus (os.cpu_count() would give the whole machine)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        count = os.cpu_count() or 1
+    limit = env.get("OMP_NUM_THREADS", "").strip()
+    if limit.isdigit() and int(limit) > 0:
+        count = min(count, int(limit))
+    return max(1, count)
+
+
 def cuda_device_count() -> int:
     apply_condor_gpu_assignment()
     import torch

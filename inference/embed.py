@@ -1,11 +1,13 @@
-"""Sentence embeddings from token ids: length-bucketed batches, fed to CUDA or the CPU.
+"""Sentence embeddings from token ids: length-sorted batches, padded on the device.
 
 Any sentence-transformers model works: it supplies the tokenizer and the pooling. Tokenizing is
 kept apart from the forward pass so that token ids made earlier (in the partition step) go
-straight to the model; otherwise a helper thread tokenizes chunk by chunk on all CPU cores while
-the device embeds the previous chunk. Batches are padded and pinned by that thread while the
-GPU computes, copied without blocking, and the embeddings stay on the GPU until the shard is
-done, so the GPU never waits for Python between batches.
+straight to the model; otherwise texts are tokenized chunk by chunk (on a GPU machine in a pool
+of processes, elsewhere in a helper thread) while the device embeds the previous chunk.
+
+A chunk's token ids go to the device once, and each batch is cut and padded there, so the
+thread that drives a GPU only launches work: nothing in the loop waits for the GPU, which
+therefore never idles between batches.
 """
 
 from __future__ import annotations
@@ -20,15 +22,14 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
-from .devices import pick_device
+from .devices import pick_device, usable_cpus
 from .models import ModelError, resolve_model
-from .tokenize import TokenIds, load_tokenizer, tokenize
+from .tokenize import TokenIds, TokenizerPool, load_tokenizer, tokenize
 
 log = logging.getLogger(__name__)
 
 CPU_BATCH_TOKENS = 2048  # small batches keep a CPU's caches warm: faster than big ones
 GPU_MAX_BATCH_TOKENS = 1 << 17
-PREFETCH_BATCHES = 4
 SMALL_INPUT = 256  # passages below which helper threads cost more than they save
 TOKENIZE_CHUNK = 16384  # passages tokenized at a time while the device works on the last ones
 
@@ -84,9 +85,15 @@ def _pick_dtype(setting: str, device: torch.device) -> torch.dtype:
 
 
 class Encoder:
-    """Runs a sentence-transformers model over token ids, in input order."""
+    """Runs a sentence-transformers model over token ids, in input order.
 
-    def __init__(self, model: ModelConfig, device: str | None = None) -> None:
+    `tokenize_processes` (default: the config's): processes that tokenize texts for
+    `encode_texts`; -1 picks all but two of the job's cores on a GPU (where tokenizing is the
+    bottleneck) and none on a CPU (where the model is, and a helper thread suffices).
+    """
+
+    def __init__(self, model: ModelConfig, device: str | None = None,
+                 tokenize_processes: int | None = None) -> None:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
@@ -111,6 +118,13 @@ class Encoder:
         self.batch_size = model.batch_size
         self.batch_tokens = model.batch_tokens or self._auto_batch_tokens()
         self.pad_multiple = 8 if self.device.type == "cuda" else 1
+        self.prepared_mask = self._takes_prepared_mask()
+        if tokenize_processes is None:
+            tokenize_processes = model.tokenize_processes
+        if tokenize_processes < 0:
+            tokenize_processes = max(1, usable_cpus() - 2) if self.device.type == "cuda" else 0
+        self.tokenize_processes = tokenize_processes
+        self._pool: TokenizerPool | None = None
 
     def _auto_batch_tokens(self) -> int:
         """Padded tokens per batch: what fits in a third of free GPU memory, or a CPU default."""
@@ -124,78 +138,127 @@ class Encoder:
         tokens = int(free / 3 / per_token)
         return max(self.config.max_seq_length, min(GPU_MAX_BATCH_TOKENS, tokens))
 
+    def _takes_prepared_mask(self) -> bool:
+        """Whether the model's transformer takes our 4D mask for PyTorch's SDPA attention.
+
+        Given a 2D padding mask, transformers first asks whether any token is padded, which
+        waits for the GPU on every batch; a ready-made 4D mask skips that question.
+        """
+        from sentence_transformers.models import Transformer
+
+        first = self.model[0]
+        config = getattr(getattr(first, "auto_model", None), "config", None)
+        return (isinstance(first, Transformer)
+                and getattr(config, "_attn_implementation", None) == "sdpa")
+
     def tokenize(self, texts: Sequence[str]) -> TokenIds:
         return tokenize(self.tokenizer, texts)
 
     def encode(self, tokens: TokenIds,
                progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Embed token id sequences (sorted by length over the whole set), in input order."""
+        """Embed token id sequences, in input order."""
         return self._run(len(tokens), [(0, tokens)], progress)
 
     def encode_texts(self, texts: Sequence[str],
                      progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Embed texts, tokenizing chunk by chunk on the CPU while the device embeds."""
-
-        if len(texts) <= SMALL_INPUT:  # e.g. one search query: no helper threads
+        if len(texts) <= SMALL_INPUT:  # e.g. one search query: no helpers
             return self.encode(self.tokenize(texts), progress)
+        if self.tokenize_processes:
+            chunks: Iterable[tuple[int, TokenIds]] = self.tokenizer_pool().chunks(
+                texts, TOKENIZE_CHUNK)
+        else:
+            chunks = ((start, self.tokenize(texts[start : start + TOKENIZE_CHUNK]))
+                      for start in range(0, len(texts), TOKENIZE_CHUNK))
+        return self._run(len(texts), in_background(chunks, depth=2), progress)
 
-        def chunks() -> Iterator[tuple[int, TokenIds]]:
-            for start in range(0, len(texts), TOKENIZE_CHUNK):
-                yield start, self.tokenize(texts[start : start + TOKENIZE_CHUNK])
+    def tokenizer_pool(self) -> TokenizerPool:
+        """The tokenizing processes, started on first use (they live as long as the encoder)."""
+        if self._pool is None:
+            self._pool = TokenizerPool(self.config, self.tokenize_processes)
+        return self._pool
 
-        return self._run(len(texts), in_background(chunks(), depth=2), progress)
-
-    def _plan(self, lengths: np.ndarray, order: np.ndarray) -> Iterator[np.ndarray]:
-        start = 0
-        while start < len(order):
-            longest = max(1, int(lengths[order[start]]))
-            count = max(1, min(self.batch_size, self.batch_tokens // longest))
-            yield order[start : start + count]
-            start += count
-
-    def _batches(self, chunks: Iterable[tuple[int, TokenIds]]) -> Iterator[tuple]:
-        """Padded (and, for a GPU, pinned) batches; each chunk is sorted by length so that a
-        batch holds sequences of similar length."""
-        pin = self.device.type == "cuda"
-        for offset, tokens in chunks:
-            lengths = tokens.lengths()
-            order = np.argsort(-lengths, kind="stable")
-            for rows in self._plan(lengths, order):
-                ids, mask = tokens.padded(rows, self.pad_id, self.pad_multiple)
-                tensors = [torch.from_numpy(a) for a in (rows + offset, ids, mask)]
-                if pin:
-                    tensors = [t.pin_memory() for t in tensors]
-                yield tuple(tensors)
+    def close(self) -> None:
+        """Stop the tokenizing processes, if any were started."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def _run(self, count: int, chunks: Iterable[tuple[int, TokenIds]],
              progress: Callable[[int], None] | None) -> np.ndarray:
         out = torch.zeros((count, self.dimension), dtype=torch.float32, device=self.device)
-        if count:
-            with torch.inference_mode():
-                batches = self._batches(chunks)
-                if count > SMALL_INPUT:
-                    batches = in_background(batches, depth=PREFETCH_BATCHES)
-                for rows, ids, mask in batches:
-                    self._forward_into(out, rows, ids, mask)
+        with torch.inference_mode():
+            for offset, tokens in chunks:
+                chunk = _DeviceTokens(tokens, offset, self.pad_id, self.device)
+                start = 0
+                while start < len(tokens):
+                    longest = max(1, int(chunk.lengths[start]))
+                    stop = start + max(1, min(self.batch_size, self.batch_tokens // longest))
+                    self._forward_into(out, chunk, start, min(stop, len(tokens)))
                     if progress is not None:
-                        progress(len(rows))
+                        progress(min(stop, len(tokens)) - start)
+                    start = stop
         return out.cpu().numpy()
 
-    def _forward_into(self, out: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor,
-                      mask: torch.Tensor) -> None:
-        """One batch; on a GPU out-of-memory error, lower the batch size and split the batch."""
+    def _forward_into(self, out: torch.Tensor, chunk: _DeviceTokens, start: int,
+                      stop: int) -> None:
+        """Sorted rows start..stop of a chunk; on a GPU out-of-memory error, lower the batch
+        size and split the batch."""
         try:
-            features = {"input_ids": ids.to(self.device, non_blocking=True),
-                        "attention_mask": mask.to(self.device, non_blocking=True)}
-            embedding = self.model(features)["sentence_embedding"]
-            out[rows.to(self.device, non_blocking=True)] = embedding.float()
+            rows, ids, mask, padded = chunk.batch(start, stop, self.pad_multiple)
+            out[rows] = self._embed(ids, mask, padded).float()
         except torch.cuda.OutOfMemoryError:
-            if len(rows) == 1:
+            if stop - start == 1:
                 raise
             torch.cuda.empty_cache()
             self.batch_tokens = max(self.config.max_seq_length, self.batch_tokens // 2)
-            self.batch_size = max(1, min(self.batch_size, len(rows)) // 2)
+            self.batch_size = max(1, min(self.batch_size, stop - start) // 2)
             log.warning("out of GPU memory: batches lowered to %d tokens", self.batch_tokens)
-            half = len(rows) // 2
-            self._forward_into(out, rows[:half], ids[:half], mask[:half])
-            self._forward_into(out, rows[half:], ids[half:], mask[half:])
+            middle = (start + stop) // 2
+            self._forward_into(out, chunk, start, middle)
+            self._forward_into(out, chunk, middle, stop)
+
+    def _embed(self, ids: torch.Tensor, mask: torch.Tensor, padded: bool) -> torch.Tensor:
+        """One batch through the model: its sentence embeddings."""
+        features = {"input_ids": ids, "attention_mask": mask}
+        if not self.prepared_mask:
+            return self.model(features)["sentence_embedding"]
+        width = ids.shape[1]
+        # attend to real tokens only; with no padding, no mask at all (the fastest kernels)
+        attention = mask.bool()[:, None, None, :].expand(-1, 1, width, -1) if padded else None
+        first, *rest = self.model
+        features = first(features, attention_mask=attention)
+        for module in rest:  # pooling and normalising read the 2D mask in `features`
+            features = module(features)
+        return features["sentence_embedding"]
+
+
+class _DeviceTokens:
+    """One chunk of token ids on the device, sorted longest first, cut into padded batches."""
+
+    def __init__(self, tokens: TokenIds, offset: int, pad_id: int,
+                 device: torch.device) -> None:
+        lengths = tokens.lengths()
+        order = np.argsort(-lengths, kind="stable")
+        self.lengths = lengths[order]  # on the host: batch shapes never wait for the device
+        self.pad_id = pad_id
+        values = tokens.values if len(tokens.values) else np.array([pad_id], dtype=np.int32)
+        if not values.flags.writeable:  # ids read from a shard: torch wants its own buffer
+            values = values.copy()
+        self.values = torch.from_numpy(values).to(device)
+        self.starts = torch.from_numpy(tokens.offsets[:-1][order]).to(device)
+        self.device_lengths = torch.from_numpy(self.lengths).to(device)
+        self.rows = torch.from_numpy(order + offset).to(device)
+
+    def batch(self, start: int, stop: int,
+              multiple: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Rows start..stop as (output rows, [batch, width] ids, mask, any row padded)."""
+        longest = max(1, int(self.lengths[start]))
+        width = -(-longest // multiple) * multiple
+        positions = torch.arange(width, device=self.values.device)
+        mask = positions[None, :] < self.device_lengths[start:stop, None]
+        index = (self.starts[start:stop, None] + positions[None, :]).clamp_(
+            max=len(self.values) - 1)
+        ids = torch.where(mask, self.values[index], self.pad_id).long()
+        padded = width > int(self.lengths[stop - 1])
+        return self.rows[start:stop], ids, mask.long(), padded

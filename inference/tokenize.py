@@ -10,7 +10,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-from collections.abc import Sequence
+import multiprocessing
+import os
+import weakref
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,17 @@ class TokenIds:
         array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         offsets = array.offsets.to_numpy().astype(np.int64)
         return cls(array.values.to_numpy(), offsets)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[TokenIds]) -> TokenIds:
+        if len(parts) == 1:
+            return parts[0]
+        offsets = [np.zeros(1, dtype=np.int64)]
+        base = 0
+        for part in parts:
+            offsets.append(part.offsets[1:] + base)
+            base += int(part.offsets[-1])
+        return cls(np.concatenate([part.values for part in parts]), np.concatenate(offsets))
 
     def to_arrow(self) -> pa.ListArray:
         return pa.ListArray.from_arrays(pa.array(self.offsets.astype(np.int32)),
@@ -94,6 +109,60 @@ def load_tokenizer(model: ModelConfig) -> Tokenizer:
 def tokenize(tokenizer: Tokenizer, texts: Sequence[str]) -> TokenIds:
     """Tokenize in parallel on all cores (the Rust tokenizer's own thread pool)."""
     return TokenIds.from_lists([encoding.ids for encoding in tokenizer.encode_batch(list(texts))])
+
+
+POOL_PIECE = 512  # passages per task sent to a tokenizing process
+
+_process_tokenizer: Tokenizer | None = None
+
+
+def _start_tokenizing_process(name: str, max_seq_length: int) -> None:
+    global _process_tokenizer
+    # one core per process, the pool being the parallelism; a forked child must not use the
+    # parent's Rust thread pool either (its threads do not survive the fork)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _process_tokenizer = load_tokenizer(ModelConfig(name=name, max_seq_length=max_seq_length))
+
+
+def _tokenize_piece(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    assert _process_tokenizer is not None
+    tokens = tokenize(_process_tokenizer, texts)
+    return tokens.values, tokens.offsets
+
+
+class TokenizerPool:
+    """Tokenizes in worker processes, one core each, for a process that feeds a GPU.
+
+    Turning the Rust tokenizer's output into id arrays is Python work that holds the GIL; done
+    in threads beside the GPU feeder it stalls the feeder, and the GPU waits. In processes it
+    runs on every core the job has, and only finished arrays come back. The processes are
+    forked (as PyTorch's DataLoader workers are), so scripts need no `__main__` guard; they
+    never touch the GPU.
+    """
+
+    def __init__(self, model: ModelConfig, processes: int) -> None:
+        self.processes = processes
+        self._executor = ProcessPoolExecutor(
+            max_workers=processes, mp_context=multiprocessing.get_context("fork"),
+            initializer=_start_tokenizing_process, initargs=(model.name, model.max_seq_length))
+        self._finalizer = weakref.finalize(self, self._executor.shutdown, cancel_futures=True)
+
+    def chunks(self, texts: Sequence[str], size: int) -> Iterator[tuple[int, TokenIds]]:
+        """(offset, token ids) for consecutive runs of about `size` texts, in input order."""
+        pieces = self._executor.map(_tokenize_piece, (
+            list(texts[start : start + POOL_PIECE]) for start in range(0, len(texts), POOL_PIECE)))
+        done, parts, count = 0, [], 0
+        for values, offsets in pieces:
+            parts.append(TokenIds(values, offsets))
+            count += len(offsets) - 1
+            if count >= size:
+                yield done, TokenIds.concatenate(parts)
+                done, parts, count = done + count, [], 0
+        if parts:
+            yield done, TokenIds.concatenate(parts)
+
+    def close(self) -> None:
+        self._finalizer()
 
 
 @functools.lru_cache(maxsize=8)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from inference.config import ModelConfig, PredictionsConfig
-from inference.devices import apply_condor_gpu_assignment, pick_device
+from inference.devices import apply_condor_gpu_assignment, pick_device, usable_cpus
 from inference.models import ModelError, resolve_model
 
 
@@ -75,6 +75,24 @@ def test_condor_gpu_assignment_becomes_cuda_visible_devices():
     assert apply_condor_gpu_assignment(legacy) == "0,1"
     already = {"_CONDOR_AssignedGPUs": "CUDA1", "CUDA_VISIBLE_DEVICES": "GPU-aa"}
     assert apply_condor_gpu_assignment(already) == "GPU-aa"
+
+
+def test_usable_cpus_follow_the_slot_not_the_machine():
+    import os
+
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus({}) == affinity
+    assert usable_cpus({"OMP_NUM_THREADS": "1"}) == 1  # HTCondor: the slot's request_cpus
+    assert usable_cpus({"OMP_NUM_THREADS": "10000"}) == affinity
+    assert usable_cpus({"OMP_NUM_THREADS": "two"}) == affinity
+
+
+def test_tokenize_processes_setting_is_checked():
+    from inference.config import ConfigError, load_config
+
+    assert load_config(None, ["model.tokenize_processes=4"]).model.tokenize_processes == 4
+    with pytest.raises(ConfigError, match="tokenize_processes"):
+        load_config(None, ["model.tokenize_processes=-2"])
 
 
 def test_cpu_fallback_and_clear_error_without_a_gpu():

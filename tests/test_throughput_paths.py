@@ -64,21 +64,51 @@ def test_reduced_precision_matches_fp32(encoder, dtype):
 def test_out_of_memory_halves_the_batch_and_continues(encoder, monkeypatch):
     """CI has no GPU: the model raises CUDA's own OOM error for batches over two sequences."""
     reference = encoder.encode_texts(TEXTS)
-    real_model = encoder.model
+    real_embed = encoder._embed
     calls = []
 
-    def limited(features):
-        calls.append(len(features["input_ids"]))
-        if len(features["input_ids"]) > 2:
+    def limited(ids, mask, padded):
+        calls.append(len(ids))
+        if len(ids) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_model(features)
+        return real_embed(ids, mask, padded)
 
-    monkeypatch.setattr(encoder, "model", limited)
+    monkeypatch.setattr(encoder, "_embed", limited)
     encoder.batch_size, encoder.batch_tokens = 4, 10_000
     got = encoder.encode_texts(TEXTS)
     assert calls[0] == 4 and max(calls[1:]) <= 2
     assert encoder.batch_size <= 2
     assert cosine(got, reference).min() > 0.9999
+
+
+def test_prepared_mask_path_matches_the_models_own_forward(encoder):
+    """Our 4D mask (which spares a GPU a sync per batch) gives what transformers' own does."""
+    assert encoder.prepared_mask
+    reference = encoder.encode_texts(TEXTS)
+    encoder.prepared_mask = False
+    try:
+        assert cosine(encoder.encode_texts(TEXTS), reference).min() > 0.99999
+    finally:
+        encoder.prepared_mask = True
+
+
+def test_tokenizing_processes_give_the_same_ids_and_embeddings():
+    from inference.embed import Encoder
+
+    texts = [f"{i} " + TEXTS[i % len(TEXTS)] for i in range(1300)]  # several pool pieces
+    threaded = Encoder(ModelConfig(max_seq_length=32), device="cpu", tokenize_processes=0)
+    pooled = Encoder(ModelConfig(max_seq_length=32), device="cpu", tokenize_processes=2)
+    try:
+        chunks = list(pooled.tokenizer_pool().chunks(texts, 600))
+        assert [offset for offset, _ in chunks] == [0, 1024]  # whole pieces of 512 per chunk
+        joined = TokenIds.concatenate([tokens for _, tokens in chunks])
+        expected = threaded.tokenize(texts)
+        assert np.array_equal(joined.offsets, expected.offsets)
+        assert np.array_equal(joined.values, expected.values)
+        got = pooled.encode_texts(texts)
+        assert cosine(got, threaded.encode_texts(texts)).min() > 0.9999
+    finally:
+        pooled.close()
 
 
 def test_partition_time_token_ids_are_used_and_give_the_same_result(demo_path, tmp_path):
