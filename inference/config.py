@@ -6,6 +6,7 @@ loading rejects unknown keys and values of the wrong type with the dotted path o
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -369,6 +370,25 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _seed_maps(cls: type, data: dict[str, Any], path: list[str]) -> dict[str, Any]:
+    """Where an override reaches inside a map (`qa.models.NAME.url=...`), start that map from
+    its default unless the file gave one, so the override adds or changes one entry instead of
+    dropping the others. An override of the map itself (`predictions.topics={...}`) replaces it."""
+    hint = typing.get_type_hints(cls).get(path[0]) if path else None
+    if hint is None:
+        return data
+    out = dict(data)
+    if dataclasses.is_dataclass(hint):
+        inner = out.get(path[0])
+        if inner is None or isinstance(inner, dict):
+            out[path[0]] = _seed_maps(hint, inner or {}, path[1:])
+    elif typing.get_origin(hint) is dict and len(path) > 1 and path[0] not in out:
+        default = getattr(cls(), path[0])
+        out[path[0]] = {key: dataclasses.asdict(value) if dataclasses.is_dataclass(value)
+                        else copy.deepcopy(value) for key, value in default.items()}
+    return out
+
+
 def parse_override(text: str) -> dict[str, Any]:
     """Turn `model.batch_size=64` into `{"model": {"batch_size": 64}}` (value parsed as YAML)."""
     if "=" not in text:
@@ -403,7 +423,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config {path} must be a mapping at the top level")
         data = loaded or {}
     for item in overrides or []:
-        data = _merge(data, parse_override(item))
+        override = parse_override(item)
+        path = [k for k in item.split("=", 1)[0].strip().split(".") if k]
+        data = _merge(_seed_maps(Config, data, path), override)
     config = _build(Config, data, "")
     config.validate()
     return config

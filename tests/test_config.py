@@ -77,3 +77,22 @@ def test_parse_override_nests():
 def test_missing_config_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_an_override_inside_a_map_keeps_its_other_entries(tmp_path):
+    defaults = load_config(None)
+    added = load_config(None, ["qa.models.lab.kind=openai", "qa.models.lab.model=m",
+                               "qa.models.lab.base_url=http://127.0.0.1:9/v1"])
+    assert set(added.qa.models) == set(defaults.qa.models) | {"lab"}
+    assert added.qa.models["lab"].base_url == "http://127.0.0.1:9/v1"
+    changed = load_config(None, ["qa.models.extractive.max_new_tokens=7"])
+    assert changed.qa.models["extractive"].max_new_tokens == 7
+    assert set(changed.qa.models) == set(defaults.qa.models)
+    topics = load_config(None, ["predictions.topics.volcanology=lava and eruptions"])
+    assert set(topics.predictions.topics) == set(defaults.predictions.topics) | {"volcanology"}
+    # a whole map set on the command line, or a map given by the file, replaces the default
+    assert load_config(None, ["predictions.topics={a: b}"]).predictions.topics == {"a": "b"}
+    path = tmp_path / "c.yaml"
+    path.write_text("predictions:\n  topics:\n    a: alpha\n")
+    from_file = load_config(path, ["predictions.topics.b=beta"])
+    assert from_file.predictions.topics == {"a": "alpha", "b": "beta"}
