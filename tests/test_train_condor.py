@@ -283,3 +283,22 @@ def test_two_node_local_torchrun_trains_and_saves_a_model(demo_run, tmp_path):
     writers = [log.name for log in sorted((run_dir / "logs").glob("node-*.log"))
                if "rank 0 of 2 on " in log.read_text()]
     assert len(writers) == 1
+
+
+def test_multinode_resubmission_drops_the_last_runs_model(demo_run, capsys, monkeypatch):
+    """A dry run keeps an earlier model; a real submission removes it, so a failed rerun
+    cannot leave the old model looking like its own."""
+    import submit.train.condor as train_condor
+
+    spec = ROOT / "configs" / "multinode-demo.yaml"
+    args = ("multinode", str(spec), "--workdir", str(demo_run[0]), "--json")
+    summary = last_json(train_here(capsys, *args, "--dry-run")[1])
+    run_dir = Path(summary["dag"]).parent.parent
+    (run_dir / "model.pt").write_bytes(b"old")
+    (run_dir / "metrics.json").write_text("{}")
+    last_json(train_here(capsys, *args, "--dry-run")[1])
+    assert (run_dir / "model.pt").exists()
+    monkeypatch.setattr(train_condor, "submit_dag", lambda dag: 4242)  # no schedd here
+    summary = last_json(train_here(capsys, *args)[1])
+    assert summary["submitted"] == 4242
+    assert not (run_dir / "model.pt").exists() and not (run_dir / "metrics.json").exists()

@@ -141,7 +141,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_multinode(args: argparse.Namespace) -> int:
-    from .multinode import load_multinode_spec, prepare_run, run_local
+    from .multinode import clear_outputs, load_multinode_spec, prepare_run, run_local
 
     spec = load_multinode_spec(args.spec, nodes=args.nodes)
     run = prepare_run(spec, args.workdir)
@@ -154,6 +154,7 @@ def cmd_multinode(args: argparse.Namespace) -> int:
         summary = {"run": spec.name, "nodes": spec.nodes, "dag": str(dag), "submitted": None}
         if not args.dry_run:
             summary["submitted"] = submit_dag(dag)
+            clear_outputs(run)  # the new jobs bring theirs back; a failed one leaves none
     _emit(summary, args.json)
     return 0
 

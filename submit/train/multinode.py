@@ -241,12 +241,18 @@ def pre_script(run_dir: Path, dag_id: str) -> int:
     return 0
 
 
+def clear_outputs(run_dir: Path) -> None:
+    """Drop an earlier run's model and metrics, so that a rerun which fails leaves none behind
+    to be mistaken for its own."""
+    for stale in (MODEL, METRICS):
+        (run_dir / stale).unlink(missing_ok=True)
+
+
 def run_local(run_dir: Path, timeout: float = 600.0) -> dict[str, Any]:
     """Every node as a torchrun agent on this machine, rendezvous on 127.0.0.1 (gloo on CPU)."""
     spec = read_run(run_dir)
     started = time.perf_counter()
-    for stale in (MODEL, METRICS):
-        (run_dir / stale).unlink(missing_ok=True)
+    clear_outputs(run_dir)
     endpoint = f"127.0.0.1:{free_port('127.0.0.1')}"
     run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     logs = run_dir / "logs"
