@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -126,6 +127,7 @@ class Searcher:
         self.config = config_from_dict(workdir.read_manifest()["config"])
         self.device = device
         self._encoder = None
+        self._background: ThreadPoolExecutor | None = None
 
     def embed(self, queries: list[str]) -> np.ndarray:
         if self._encoder is None:
@@ -142,16 +144,29 @@ class Searcher:
             raise QueryError(f"top_k and screening_top_k must be between 1 and {MAX_TOP_K}")
         if screening_top_k < top_k:
             raise QueryError("screening_top_k must be at least top_k")
-        vector = None if mode == "bm25" else self.embed([query])[0]
-        hits = self.rank(words, vector, mode=mode, depth=top_k,
-                         screening_top_k=screening_top_k, topic=topic)
+        if mode not in MODES:
+            raise QueryError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        vector, lexical = None, None
+        if mode == "dense":
+            vector = self.embed([query])[0]
+        elif mode != "bm25":  # embed the query while BM25 screens: both release the GIL
+            if self._background is None:
+                self._background = ThreadPoolExecutor(1, thread_name_prefix="query-embedding")
+            embedding = self._background.submit(self.embed, [query])
+            lexical = self.index.bm25(words, max(top_k, screening_top_k), topic)
+            vector = embedding.result()[0]
+        hits = self.rank(words, vector, mode=mode, depth=top_k, screening_top_k=screening_top_k,
+                         topic=topic, lexical=lexical)
         for hit, passage in zip(hits, self.index.passages_for([hit.key for hit in hits])):
             hit.passage = passage
         return hits
 
     def rank(self, words: str, vector: np.ndarray | None, *, mode: str, depth: int,
-             screening_top_k: int, topic: str | None = None) -> list[Hit]:
-        """The best `depth` passages for prepared query words and (unit) query vector."""
+             screening_top_k: int, topic: str | None = None,
+             lexical: list[tuple[Hashable, float]] | None = None) -> list[Hit]:
+        """The best `depth` passages for prepared query words and (unit) query vector;
+        `lexical`: the BM25 screening of the words (top max(depth, screening_top_k)) when the
+        caller already has it."""
         if mode not in MODES:
             raise QueryError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         n = max(depth, screening_top_k)
@@ -160,9 +175,11 @@ class Searcher:
         assert vector is not None
         if mode == "dense":
             return [Hit(k, s, dense=s) for k, s in self.index.dense(vector, depth, topic)]
+        if lexical is None:
+            lexical = self.index.bm25(words, n, topic)
         if mode == "rrf":
-            return self._rrf(words, vector, n, depth, topic)
-        hits = self._screen(self.index.bm25(words, n, topic), vector, mode)
+            return self._rrf(lexical, vector, n, depth, topic)
+        hits = self._screen(lexical, vector, mode)
         if mode == "feedback" and hits:
             top = [hit.key for hit in hits[:FEEDBACK_PASSAGES]]
             expansion = feedback_terms(self.index.passages_for(top), words, FEEDBACK_TERMS)
@@ -186,9 +203,8 @@ class Searcher:
                 for k, b, sim, score in zip(keys, lex, sims, scores)]
         return sorted(hits, key=lambda h: -h.score)
 
-    def _rrf(self, words: str, vector: np.ndarray, n: int, depth: int,
+    def _rrf(self, lexical: list[tuple[Hashable, float]], vector: np.ndarray, n: int, depth: int,
              topic: str | None) -> list[Hit]:
-        lexical = self.index.bm25(words, n, topic)
         semantic = self.index.dense(vector, n, topic)
         fused: dict[Hashable, float] = defaultdict(float)
         for ranked in (lexical, semantic):
