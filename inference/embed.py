@@ -37,8 +37,8 @@ TOKENIZE_CHUNK = 16384  # passages tokenized at a time while the device works on
 def in_background(items: Iterable, depth: int) -> Iterator:
     """Iterate `items` in a helper thread, up to `depth` ahead of the consumer.
 
-    Tokenizing (Rust, all cores) and padding release the GIL for most of their work, so they
-    run while the main thread keeps the GPU fed.
+    Tokenizing (Rust on all cores, or waiting for the tokenizing processes) releases the GIL
+    for most of its work, so it runs while the main thread keeps the device fed.
     """
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -148,8 +148,23 @@ class Encoder:
 
         first = self.model[0]
         config = getattr(getattr(first, "auto_model", None), "config", None)
-        return (isinstance(first, Transformer)
-                and getattr(config, "_attn_implementation", None) == "sdpa")
+        if not (isinstance(first, Transformer)
+                and getattr(config, "_attn_implementation", None) == "sdpa"):
+            return False
+        # a model's own code may read masks differently: check on two padded texts once
+        chunk = _DeviceTokens(self.tokenize(["one two three four", "one"]), 0, self.pad_id,
+                              self.device)
+        _, ids, mask, _ = chunk.batch(0, 2, self.pad_multiple)
+        with torch.inference_mode():
+            self.prepared_mask = False
+            expected = self._embed(ids, mask, True).float()
+            self.prepared_mask = True
+            try:
+                got = self._embed(ids, mask, True).float()
+            except (RuntimeError, TypeError, ValueError):
+                return False
+        agreement = torch.nn.functional.cosine_similarity(got, expected, dim=1)
+        return bool(agreement.min() > 0.999)
 
     def tokenize(self, texts: Sequence[str]) -> TokenIds:
         return tokenize(self.tokenizer, texts)

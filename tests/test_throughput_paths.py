@@ -92,6 +92,22 @@ def test_prepared_mask_path_matches_the_models_own_forward(encoder):
         encoder.prepared_mask = True
 
 
+def test_a_model_that_rejects_the_prepared_mask_keeps_its_own_masking(monkeypatch):
+    from inference.embed import Encoder
+
+    real_embed = Encoder._embed
+
+    def strict(self, ids, mask, padded):  # as a model whose code cannot take a 4D bool mask
+        if self.prepared_mask:
+            raise TypeError("unsupported mask")
+        return real_embed(self, ids, mask, padded)
+
+    monkeypatch.setattr(Encoder, "_embed", strict)
+    encoder = Encoder(ModelConfig(max_seq_length=32), device="cpu")
+    assert not encoder.prepared_mask
+    assert encoder.encode_texts(TEXTS).shape == (len(TEXTS), encoder.dimension)
+
+
 def test_tokenizing_processes_give_the_same_ids_and_embeddings():
     from inference.embed import Encoder
 
