@@ -144,8 +144,7 @@ class Searcher:
             raise QueryError(f"top_k and screening_top_k must be between 1 and {MAX_TOP_K}")
         if screening_top_k < top_k:
             raise QueryError("screening_top_k must be at least top_k")
-        if mode not in MODES:
-            raise QueryError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        _check_mode(mode)
         vector, lexical = None, None
         if mode == "dense":
             vector = self.embed([query])[0]
@@ -153,7 +152,7 @@ class Searcher:
             if self._background is None:
                 self._background = ThreadPoolExecutor(1, thread_name_prefix="query-embedding")
             embedding = self._background.submit(self.embed, [query])
-            lexical = self.index.bm25(words, max(top_k, screening_top_k), topic)
+            lexical = self.index.bm25(words, screening_top_k, topic)  # >= top_k, checked above
             vector = embedding.result()[0]
         hits = self.rank(words, vector, mode=mode, depth=top_k, screening_top_k=screening_top_k,
                          topic=topic, lexical=lexical)
@@ -167,8 +166,7 @@ class Searcher:
         """The best `depth` passages for prepared query words and (unit) query vector;
         `lexical`: the BM25 screening of the words (top max(depth, screening_top_k)) when the
         caller already has it."""
-        if mode not in MODES:
-            raise QueryError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        _check_mode(mode)
         n = max(depth, screening_top_k)
         if mode == "bm25":
             return [Hit(k, s, bm25=s) for k, s in self.index.bm25(words, depth, topic)]
@@ -213,6 +211,11 @@ class Searcher:
         bm25, dense = dict(lexical), dict(semantic)
         best = sorted(fused.items(), key=lambda item: -item[1])[:depth]
         return [Hit(k, float(s), bm25=bm25.get(k), dense=dense.get(k)) for k, s in best]
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise QueryError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
 def _standardise(scores: np.ndarray) -> np.ndarray:
