@@ -270,22 +270,20 @@ class ElasticsearchIndex:
             filters.append({"ids": {"values": list(within)}})
         return {"bool": {"must": [query], "filter": filters}} if filters else query
 
-    def bm25(self, words: str, limit: int, topic: str | None = None, expansion: str = "",
-             expansion_weight: float = 0.0,
+    def bm25(self, words: str, limit: int, topic: str | None = None,
              within: list[str] | None = None) -> list[tuple[str, float]]:
-        """(passage id, score) of the best `limit` passages for already-sanitised query words,
-        plus `expansion` words whose scores count `expansion_weight` times; only passages of
-        `topic` and among the ids `within`, when given. The passages' embeddings come back in
-        the same response and serve `vectors`."""
-        query: dict[str, Any] = _match(words)
-        if expansion:
-            query = {"bool": {"should": [query, _match(expansion, expansion_weight)]}}
+        """(passage id, score) of the best `limit` passages for already-sanitised query words;
+        only passages of `topic` and among the ids `within`, when given. The passages'
+        embeddings come back in the same response and serve `vectors`."""
         with self._answers("searching"):
             hits = self.client.search(index=self.name,
-                                      query=self._filtered(query, topic, within),
+                                      query=self._filtered(_match(words), topic, within),
                                       size=limit, source=False, fields=[VECTOR_FIELD],
                                       track_total_hits=False)["hits"]["hits"]
-        self._vectors = _vectors_of(hits)
+        if within is None:
+            self._vectors = _vectors_of(hits)
+        else:  # a subset of candidates already known: keep the others' vectors too
+            self._vectors.update(_vectors_of(hits))
         return [(hit["_id"], float(hit["_score"])) for hit in hits]
 
     def vectors(self, keys: list[str]) -> np.ndarray:
@@ -334,12 +332,9 @@ class ElasticsearchIndex:
         return [{column: doc["_source"].get(column) for column in SHARD_COLUMNS} for doc in docs]
 
 
-def _match(text: str, boost: float = 1.0) -> dict[str, Any]:
+def _match(text: str) -> dict[str, Any]:
     """Words matched in title and text, field scores added (as the embedded index scores)."""
-    match: dict[str, Any] = {"query": text, "type": "most_fields", "fields": BM25_FIELDS}
-    if boost != 1.0:
-        match["boost"] = boost
-    return {"multi_match": match}
+    return {"multi_match": {"query": text, "type": "most_fields", "fields": BM25_FIELDS}}
 
 
 def _vectors_of(hits: list[dict[str, Any]]) -> dict[str, np.ndarray]:

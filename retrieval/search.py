@@ -88,10 +88,9 @@ class PassageIndex(Protocol):
     in the embedded index, passage ids in Elasticsearch); vectors are unit length."""
 
     def bm25(self, words: str, limit: int, topic: str | None = None,
-             expansion: str = "", expansion_weight: float = 0.0, within: list | None = None,
-             ) -> list[tuple[Hashable, float]]:
-        """Best passages for `words` (plus `expansion` words, their scores scaled by
-        `expansion_weight`), optionally only those of one topic and among the keys `within`."""
+             within: list | None = None) -> list[tuple[Hashable, float]]:
+        """Best passages for `words`, optionally only those of one topic and among the keys
+        `within`."""
 
     def vectors(self, keys: list) -> np.ndarray: ...
 
@@ -183,8 +182,11 @@ class Searcher:
             expansion = feedback_terms(self.index.passages_for(top), words, FEEDBACK_TERMS)
             vector = vector + FEEDBACK_VECTOR_WEIGHT * self.index.vectors(top).mean(axis=0)
             vector /= max(float(np.linalg.norm(vector)), 1e-12)
-            lexical = self.index.bm25(words, n, topic, expansion, FEEDBACK_TERM_WEIGHT,
-                                      within=[hit.key for hit in hits])
+            # BM25 sums over query words: the candidates' scores gain the added words' only
+            added = dict(self.index.bm25(expansion, len(lexical), topic,
+                                         within=[key for key, _ in lexical])) if expansion else {}
+            lexical = [(key, score + FEEDBACK_TERM_WEIGHT * added.get(key, 0.0))
+                       for key, score in lexical]
             hits = self._screen(lexical, vector, mode)
         return hits[:depth]
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import last_json, run_cli
 from inference.workdir import Workdir
-from retrieval import MODES, QueryError, Searcher, build_index
+from retrieval import MODES, QueryError, Searcher, build_index, embedded
 from retrieval.search import feedback_terms, query_words
 
 
@@ -126,3 +126,31 @@ def test_bm25_within_scores_only_the_given_passages(searcher):
     assert [score for _, score in within] == pytest.approx(
         [score for key, score in everything if key in chosen])
     assert index.bm25("ice cores air bubbles", 20, within=[]) == []
+
+
+def test_bm25_scores_as_the_query_parser_less_terms_found_in_most_passages(searcher,
+                                                                             monkeypatch):
+    index = searcher.index
+
+    def parsed(text: str) -> list:
+        hits = index.searcher.search(index.index.parse_query(text, ["title", "text"]), 50).hits
+        return [(index.searcher.doc(address)["row"][0], score) for score, address in hits]
+
+    def same(got: list, expected: list) -> None:
+        assert [key for key, _ in got] == [key for key, _ in expected]
+        assert [score for _, score in got] == pytest.approx([score for _, score in expected])
+
+    words = "ice core air core"  # words the English stemmer leaves as they are
+    assert index.bm25(words, 50)
+    same(index.bm25(words, 50), parsed(words))
+    frequency = {(field, word): index.searcher.doc_freq(field, word)
+                 for field in ("title", "text") for word in ("ice", "core", "air")}
+    *_, second, most = sorted(frequency.values())
+    assert most > second > 0
+    # only the clause of the term in the most passages is left out
+    monkeypatch.setattr(embedded, "COMMON_TERM_SHARE", second / index.searcher.num_docs)
+    kept = " ".join(f"{field}:{word}" for (field, word), n in frequency.items() if 0 < n < most)
+    same(index.bm25(words, 50), parsed(kept))
+    # a query of common terms only keeps them all
+    monkeypatch.setattr(embedded, "COMMON_TERM_SHARE", 0.0)
+    same(index.bm25(words, 50), parsed(words))
