@@ -129,12 +129,12 @@ class Searcher:
         self._background: ThreadPoolExecutor | None = None
 
     def embed(self, queries: list[str]) -> np.ndarray:
+        """Unit-length query embeddings (the model loads on first use)."""
         if self._encoder is None:
-            from inference.embed import Encoder
+            from .query_encoder import QueryEncoder
 
-            self._encoder = Encoder(self.config.model, device=self.device)
-        vectors = self._encoder.encode_texts(queries)
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            self._encoder = QueryEncoder(self.config.model, device=self.device)
+        return self._encoder.encode(queries)
 
     def search(self, query: str, *, top_k: int = 5, screening_top_k: int = 100,
                mode: str = DEFAULT_MODE, topic: str | None = None) -> list[Hit]:
