@@ -35,7 +35,7 @@ POINTER = "current.json"
 # searches measured 10-20% faster at the same build speed. Buffers grow only as needed.
 WRITER_HEAP_BYTES = 1_000_000_000
 WRITER_THREADS = 2
-# Terms in more than this share of all passages are left out of BM25 queries (see _terms).
+# Terms in more than this share of all passages are left out of BM25 queries (see bm25).
 COMMON_TERM_SHARE = 0.5
 SHARD_COLUMNS = ["passage_id", "article_id", "title", "text", "authors", "year", "url", "topic"]
 
@@ -183,29 +183,40 @@ class EmbeddedIndex:
     def bm25(self, words: str, limit: int, topic: str | None = None,
              within: list[int] | None = None) -> list[tuple[int, float]]:
         """(row, score) of the best `limit` passages for already-sanitised query words; only
-        passages of `topic` and among the rows `within`, when given."""
-        query = self._terms(words)
+        passages of `topic` and among the rows `within`, when given.
+
+        Terms found in over COMMON_TERM_SHARE of all passages are left out when the others
+        find `limit` passages (or when scoring given rows): such terms weigh almost nothing
+        in BM25 (idf < 0.7, against 5-10 for a rare word) but have the longest posting lists,
+        and tantivy's Python binding always collects hits through a multi-collector, which
+        turns off the block-max WAND pruning that would skip them; they would set the
+        search's speed. When the rest find fewer passages, all terms are searched, so no
+        passage that matches a query word goes missing from a short list.
+        """
         schema = self.index.schema
         filters = [tantivy.Query.term_query(schema, "topic", topic)] if topic else []
         if within is not None:
             filters.append(tantivy.Query.term_set_query(schema, "row", list(within)))
-        if filters:  # filters add the same score to every hit: the order is BM25's
-            query = tantivy.Query.boolean_query(
-                [(tantivy.Occur.Must, query)]
-                + [(tantivy.Occur.Must, tantivy.Query.const_score_query(f, 0.0))
-                   for f in filters])
-        hits = self.searcher.search(query, limit, count=False).hits
+
+        def search(clauses: list[tantivy.Query]) -> list[tuple[float, tantivy.DocAddress]]:
+            query = tantivy.Query.boolean_query([(tantivy.Occur.Should, c) for c in clauses])
+            if filters:  # filters add the same score to every hit: the order is BM25's
+                query = tantivy.Query.boolean_query(
+                    [(tantivy.Occur.Must, query)]
+                    + [(tantivy.Occur.Must, tantivy.Query.const_score_query(f, 0.0))
+                       for f in filters])
+            return self.searcher.search(query, limit, count=False).hits
+
+        rare, common = self._term_clauses(words)
+        hits = search(rare or common)
+        if rare and common and within is None and len(hits) < limit:
+            hits = search(rare + common)
         return [(self.searcher.doc(address)["row"][0], score) for score, address in hits]
 
-    def _terms(self, words: str) -> tantivy.Query:
-        """One BM25 term clause per stemmed word and field (title, text), as tantivy's query
-        parser builds them, less those found in over COMMON_TERM_SHARE of all passages.
-
-        Such terms weigh almost nothing in BM25 (idf < 0.7 against 5-10 for a rare word) but
-        have the longest posting lists, and tantivy's Python binding always collects hits
-        through a multi-collector, which turns off the block-max WAND pruning that would skip
-        them: they would set the search's speed. A query of common terms only keeps them all.
-        """
+    def _term_clauses(self, words: str) -> tuple[list[tantivy.Query], list[tantivy.Query]]:
+        """One BM25 term query per stemmed word and field (title, text), as tantivy's query
+        parser builds them: (those of rare terms, those of terms in over COMMON_TERM_SHARE
+        of all passages)."""
         rare, common = [], []
         limit = COMMON_TERM_SHARE * self.searcher.num_docs
         tokens = [t for word in dict.fromkeys(words.split())  # as parsed: each word once
@@ -215,8 +226,8 @@ class EmbeddedIndex:
                 frequency = self.searcher.doc_freq(field, token)
                 if frequency:
                     term = tantivy.Query.term_query(self.index.schema, field, token)
-                    (common if frequency > limit else rare).append((tantivy.Occur.Should, term))
-        return tantivy.Query.boolean_query(rare or common)
+                    (common if frequency > limit else rare).append(term)
+        return rare, common
 
     def vectors(self, keys: list[int]) -> np.ndarray:
         """The given passages' (unit) embeddings as float32."""

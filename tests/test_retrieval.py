@@ -131,26 +131,30 @@ def test_bm25_within_scores_only_the_given_passages(searcher):
 def test_bm25_scores_as_the_query_parser_less_terms_found_in_most_passages(searcher,
                                                                              monkeypatch):
     index = searcher.index
+    everything = index.searcher.num_docs
 
-    def parsed(text: str) -> list:
-        hits = index.searcher.search(index.index.parse_query(text, ["title", "text"]), 50).hits
+    def parsed(text: str, limit: int) -> list:
+        hits = index.searcher.search(index.index.parse_query(text, ["title", "text"]),
+                                     limit).hits
         return [(index.searcher.doc(address)["row"][0], score) for score, address in hits]
 
     def same(got: list, expected: list) -> None:
-        assert [key for key, _ in got] == [key for key, _ in expected]
+        assert got and [key for key, _ in got] == [key for key, _ in expected]
         assert [score for _, score in got] == pytest.approx([score for _, score in expected])
 
     words = "ice core air core"  # words the English stemmer leaves as they are
-    assert index.bm25(words, 50)
-    same(index.bm25(words, 50), parsed(words))
+    same(index.bm25(words, 50), parsed(words, 50))
     frequency = {(field, word): index.searcher.doc_freq(field, word)
                  for field in ("title", "text") for word in ("ice", "core", "air")}
     *_, second, most = sorted(frequency.values())
     assert most > second > 0
-    # only the clause of the term in the most passages is left out
-    monkeypatch.setattr(embedded, "COMMON_TERM_SHARE", second / index.searcher.num_docs)
+    # the term in the most passages is left out of a search the others fill...
+    monkeypatch.setattr(embedded, "COMMON_TERM_SHARE", second / everything)
     kept = " ".join(f"{field}:{word}" for (field, word), n in frequency.items() if 0 < n < most)
-    same(index.bm25(words, 50), parsed(kept))
-    # a query of common terms only keeps them all
+    same(index.bm25(words, 3), parsed(kept, 3))
+    # ...but kept when they find fewer passages than asked for, and in a query of common
+    # terms only
+    same(index.bm25(words, everything), parsed(words, everything))
     monkeypatch.setattr(embedded, "COMMON_TERM_SHARE", 0.0)
-    same(index.bm25(words, 50), parsed(words))
+    same(index.bm25(words, 50), parsed(words, 50))
+    assert index.bm25("zzzunknownword", 5) == []
