@@ -90,7 +90,7 @@ def main() -> None:
     build_seconds = time.perf_counter() - started
     os.sync()  # search the index as a server opening it later would: not under its own writeback
 
-    searcher = Searcher(workdir)
+    searcher = Searcher(workdir, low_latency=True)  # as a server's
     sample = pq.read_table(workdir.shard_path(0), columns=["text"]).column(0).to_pylist()
     queries = []
     sample = [text for text in sample if len(text.split()) >= 8]

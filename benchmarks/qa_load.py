@@ -97,7 +97,7 @@ def in_process(workdir: Path, queries: list[str]) -> dict[str, dict[str, float]]
     from inference.workdir import Workdir
     from retrieval import Searcher
 
-    searcher = Searcher(Workdir(workdir))
+    searcher = Searcher(Workdir(workdir), low_latency=True)  # as the server's
     searcher.search("warm up", top_k=1)
 
     def timed(query: str) -> float:

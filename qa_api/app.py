@@ -133,7 +133,7 @@ class QAService:
     def __init__(self, workdir: str | Path, config: QAConfig) -> None:
         self.workdir = Workdir(workdir)
         self.config = config
-        self.searcher = Searcher(self.workdir)
+        self.searcher = Searcher(self.workdir, low_latency=True)
         self.lock = threading.Lock()
         present = set(data_topics(self.workdir))
         self.topics = [t for t in config.questions if t in present] + sorted(

@@ -3,10 +3,11 @@
 A search embeds one short query while BM25 screens, so the query's forward pass sets the
 search's latency. On a CPU, PyTorch's matrix products of a dozen token rows against the model's
 weights are slow (all-MiniLM-L6-v2: 13-30 ms per query on a 2-core EPYC), while ONNX Runtime
-gives the same vectors (cosine 1.0000) in 5-11 ms on one thread. So on a CPU, queries go through an
-in-memory ONNX export of the workdir's model, made on first use (about 2 s for MiniLM) and
-checked against PyTorch on two texts of different lengths; on a GPU, or when the export or
-that check fails, they go through PyTorch (`inference.embed.Encoder`).
+gives the same vectors (cosine 1.0000) in 5-11 ms on one thread. So with `low_latency` on a
+CPU, queries go through an in-memory ONNX export of the workdir's model, made when the encoder
+starts (about 2 s for MiniLM: worth it in a server, not for one query) and checked against
+PyTorch on two texts of different lengths. Otherwise, on a GPU, or when the export or that
+check fails, they go through PyTorch (`inference.embed.Encoder`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ class QueryEncoder:
     """Unit-length embeddings of query texts with the workdir's model; `backend` says which
     runtime serves them ("onnxruntime" or "torch")."""
 
-    def __init__(self, model: ModelConfig, device: str = "cpu") -> None:
+    def __init__(self, model: ModelConfig, device: str = "cpu",
+                 low_latency: bool = True) -> None:
         self._torch = Encoder(model, device=device, tokenize_processes=0)
-        self._session = self._onnx_session() if self._torch.device.type == "cpu" else None
+        self._session = (self._onnx_session()
+                         if low_latency and self._torch.device.type == "cpu" else None)
         self.backend = "torch" if self._session is None else "onnxruntime"
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

@@ -114,10 +114,15 @@ class Hit:
 
 class Searcher:
     """Answers queries over one workdir's index (by default the backend its config names),
-    embedding queries with the workdir's model."""
+    embedding queries with the workdir's model.
+
+    `low_latency`: for servers and other long-lived searchers; on a CPU, queries are embedded
+    through an ONNX Runtime export of the model, which takes about 2 s on the first query and
+    makes each later one about 3x faster (see `query_encoder`).
+    """
 
     def __init__(self, workdir: Workdir, device: str = "cpu",
-                 index: PassageIndex | None = None) -> None:
+                 index: PassageIndex | None = None, low_latency: bool = False) -> None:
         if index is None:  # the backend the workdir was indexed with
             from .backends import open_index
 
@@ -125,6 +130,7 @@ class Searcher:
         self.index = index
         self.config = config_from_dict(workdir.read_manifest()["config"])
         self.device = device
+        self.low_latency = low_latency
         self._encoder = None
         self._background: ThreadPoolExecutor | None = None
 
@@ -133,7 +139,8 @@ class Searcher:
         if self._encoder is None:
             from .query_encoder import QueryEncoder
 
-            self._encoder = QueryEncoder(self.config.model, device=self.device)
+            self._encoder = QueryEncoder(self.config.model, device=self.device,
+                                         low_latency=self.low_latency)
         return self._encoder.encode(queries)
 
     def search(self, query: str, *, top_k: int = 5, screening_top_k: int = 100,

@@ -43,3 +43,9 @@ def test_a_model_that_does_not_export_stays_on_pytorch(reference, caplog):
     assert encoder.backend == "torch"
     assert "query embeddings stay on PyTorch" in caplog.text
     assert cosines(encoder.encode(TEXTS), reference).min() > 0.99  # bfloat16, not float32
+
+
+def test_without_low_latency_queries_stay_on_pytorch(reference):
+    encoder = QueryEncoder(ModelConfig(), device="cpu", low_latency=False)
+    assert encoder.backend == "torch"
+    assert cosines(encoder.encode(TEXTS), reference).min() > 0.9999
