@@ -17,6 +17,7 @@ Modes (all return passages, best first):
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -118,7 +119,8 @@ class Searcher:
 
     `low_latency`: for servers and other long-lived searchers; on a CPU, queries are embedded
     through an ONNX Runtime export of the model, which takes about 2 s on the first query and
-    makes each later one about 3x faster (see `query_encoder`).
+    makes each later one about 3x faster (see `query_encoder`). Several threads may search at
+    once.
     """
 
     def __init__(self, workdir: Workdir, device: str = "cpu",
@@ -132,15 +134,17 @@ class Searcher:
         self.device = device
         self.low_latency = low_latency
         self._encoder = None
-        self._background: ThreadPoolExecutor | None = None
+        self._loading = threading.Lock()  # one model load, whichever thread asks first
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="query-embedding")
 
     def embed(self, queries: list[str]) -> np.ndarray:
         """Unit-length query embeddings (the model loads on first use)."""
-        if self._encoder is None:
-            from .query_encoder import QueryEncoder
+        with self._loading:
+            if self._encoder is None:
+                from .query_encoder import QueryEncoder
 
-            self._encoder = QueryEncoder(self.config.model, device=self.device,
-                                         low_latency=self.low_latency)
+                self._encoder = QueryEncoder(self.config.model, device=self.device,
+                                             low_latency=self.low_latency)
         return self._encoder.encode(queries)
 
     def search(self, query: str, *, top_k: int = 5, screening_top_k: int = 100,
@@ -155,8 +159,6 @@ class Searcher:
         if mode == "dense":
             vector = self.embed([query])[0]
         elif mode != "bm25":  # embed the query while BM25 screens: both release the GIL
-            if self._background is None:
-                self._background = ThreadPoolExecutor(1, thread_name_prefix="query-embedding")
             embedding = self._background.submit(self.embed, [query])
             lexical = self.index.bm25(words, screening_top_k, topic)  # >= top_k, checked above
             vector = embedding.result()[0]

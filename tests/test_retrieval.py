@@ -158,3 +158,18 @@ def test_bm25_scores_as_the_query_parser_less_terms_found_in_most_passages(searc
     monkeypatch.setattr(embedded, "COMMON_TERM_SHARE", 0.0)
     same(index.bm25(words, 50), parsed(words, 50))
     assert index.bm25("zzzunknownword", 5) == []
+
+
+def test_threads_searching_at_once_get_what_one_at_a_time_gets(searcher):
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = ["ice cores air bubbles", "lithium brines", "tree rings climate",
+               "deep ocean temperature", "greenhouse gas"] * 4
+    modes = [MODES[i % len(MODES)] for i in range(len(queries))]
+
+    def keys(query: str, mode: str) -> list:
+        return [hit.key for hit in searcher.search(query, mode=mode)]
+
+    one_at_a_time = [keys(q, m) for q, m in zip(queries, modes)]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(keys, queries, modes)) == one_at_a_time
