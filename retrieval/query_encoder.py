@@ -34,7 +34,7 @@ class QueryEncoder:
     runtime serves them ("onnxruntime" or "torch")."""
 
     def __init__(self, model: ModelConfig, device: str = "cpu",
-                 low_latency: bool = True) -> None:
+                 low_latency: bool = False) -> None:
         self._torch = Encoder(model, device=device, tokenize_processes=0)
         self._session = (self._onnx_session()
                          if low_latency and self._torch.device.type == "cpu" else None)

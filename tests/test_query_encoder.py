@@ -26,7 +26,7 @@ def reference() -> np.ndarray:
 
 
 def test_queries_on_a_cpu_go_through_onnx_runtime_with_pytorchs_embeddings(reference):
-    encoder = QueryEncoder(ModelConfig(), device="cpu")
+    encoder = QueryEncoder(ModelConfig(), device="cpu", low_latency=True)
     assert encoder.backend == "onnxruntime"
     got = encoder.encode(TEXTS * 30)  # more than one batch, in input order
     assert got.shape == (len(TEXTS) * 30, 384)
@@ -39,13 +39,13 @@ def test_queries_on_a_cpu_go_through_onnx_runtime_with_pytorchs_embeddings(refer
 
 def test_a_model_that_does_not_export_stays_on_pytorch(reference, caplog):
     with caplog.at_level(logging.WARNING, logger="retrieval.query_encoder"):
-        encoder = QueryEncoder(ModelConfig(dtype="bfloat16"), device="cpu")
+        encoder = QueryEncoder(ModelConfig(dtype="bfloat16"), device="cpu", low_latency=True)
     assert encoder.backend == "torch"
     assert "query embeddings stay on PyTorch" in caplog.text
     assert cosines(encoder.encode(TEXTS), reference).min() > 0.99  # bfloat16, not float32
 
 
 def test_without_low_latency_queries_stay_on_pytorch(reference):
-    encoder = QueryEncoder(ModelConfig(), device="cpu", low_latency=False)
+    encoder = QueryEncoder(ModelConfig(), device="cpu")
     assert encoder.backend == "torch"
     assert cosines(encoder.encode(TEXTS), reference).min() > 0.9999
