@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import Config
+from .devices import usable_cpus
 from .passages import split_passages
 from .readers import RawRow, expand_inputs, input_format, read_rows
 from .records import Rejected, content_digest, to_article
@@ -168,7 +169,10 @@ def partition(
     workdir.write_manifest({"format": "infer-corpus.manifest", "partition_key": key,
                             "inputs": inputs, "partition": {"state": "running"}, "shards": []})
     _clear_outputs(workdir)
-    tokenizer = ShardTokenizer.load(config) if config.shards.tokenize else None
+    # partitioning is CPU work: tokenize each shard on every core the job has
+    cores = usable_cpus()
+    tokenizer = (ShardTokenizer.load(config, processes=cores if cores > 1 else 0)
+                 if config.shards.tokenize else None)
     summary = PartitionSummary()
     reasons: Counter[str] = Counter()
     seen_passages: set[bytes] = set()
@@ -177,64 +181,68 @@ def partition(
     p = config.passages
     rejects_path = workdir.rejects_dir / "rejects.jsonl"
 
-    with atomic_path(rejects_path) as rejects_tmp, open(rejects_tmp, "wb") as rejects, tqdm(
-        desc="partition", unit=" rows", disable=None if progress is None else not progress,
-        mininterval=0.5,
-    ) as bar:
+    try:
+        with atomic_path(rejects_path) as rejects_tmp, open(rejects_tmp, "wb") as rejects, tqdm(
+            desc="partition", unit=" rows", disable=None if progress is None else not progress,
+            mininterval=0.5,
+        ) as bar:
 
-        def reject(row: RawRow, reason: str, detail: str) -> None:
-            summary.rejected += 1
-            reasons[reason] += 1
-            rejects.write(orjson.dumps({"source": row.source, "line": row.line,
-                                        "reason": reason, "detail": detail, "raw": row.raw}))
-            rejects.write(b"\n")
+            def reject(row: RawRow, reason: str, detail: str) -> None:
+                summary.rejected += 1
+                reasons[reason] += 1
+                rejects.write(orjson.dumps({"source": row.source, "line": row.line,
+                                            "reason": reason, "detail": detail, "raw": row.raw}))
+                rejects.write(b"\n")
 
-        for path in paths:
-            count = 0
-            for count, row in enumerate(read_rows(path), start=1):
-                if count % 2048 == 0:
-                    bar.update(2048)
-                if row.record is None:
-                    reject(row, row.reason or "unreadable", row.detail or "")
-                    continue
-                try:
-                    article = to_article(row.record, config.fields, p.max_field_chars)
-                except Rejected as exc:
-                    row.raw = orjson.dumps(row.record, default=str).decode()[:500]
-                    reject(row, exc.reason, exc.detail)
-                    continue
-                earlier = seen_articles.get(article.article_id)
-                if earlier is not None:
-                    if earlier == article.digest[:8]:
-                        summary.articles += 1
-                        summary.duplicate_articles += 1
+            for path in paths:
+                count = 0
+                for count, row in enumerate(read_rows(path), start=1):
+                    if count % 2048 == 0:
+                        bar.update(2048)
+                    if row.record is None:
+                        reject(row, row.reason or "unreadable", row.detail or "")
                         continue
-                    row.raw = orjson.dumps(row.record, default=str).decode()[:500]
-                    reject(row, "duplicate_id",
-                           f"id {article.article_id!r} is already used by another article")
-                    continue
-                seen_articles[article.article_id] = article.digest[:8]
-                summary.articles += 1
-                if article.words <= p.max_words:
-                    texts = [article.text]  # most abstracts: one passage, or title only
-                else:
-                    texts = split_passages(article.text, p.min_words, p.max_words)
-                for ordinal, text in enumerate(texts):
-                    if len(texts) == 1:  # the passage is the article: same digest
-                        digest = article.digest[:16]
+                    try:
+                        article = to_article(row.record, config.fields, p.max_field_chars)
+                    except Rejected as exc:
+                        row.raw = orjson.dumps(row.record, default=str).decode()[:500]
+                        reject(row, exc.reason, exc.detail)
+                        continue
+                    earlier = seen_articles.get(article.article_id)
+                    if earlier is not None:
+                        if earlier == article.digest[:8]:
+                            summary.articles += 1
+                            summary.duplicate_articles += 1
+                            continue
+                        row.raw = orjson.dumps(row.record, default=str).decode()[:500]
+                        reject(row, "duplicate_id",
+                               f"id {article.article_id!r} is already used by another article")
+                        continue
+                    seen_articles[article.article_id] = article.digest[:8]
+                    summary.articles += 1
+                    if article.words <= p.max_words:
+                        texts = [article.text]  # most abstracts: one passage, or title only
                     else:
-                        digest = content_digest(article.title, text)[:16]
-                    if digest in seen_passages:
-                        summary.duplicate_passages += 1
-                        continue
-                    seen_passages.add(digest)
-                    summary.passages += 1
-                    writer.add((f"{article.article_id}#{ordinal}", article.article_id, ordinal,
-                                article.title, text, article.authors, article.year,
-                                article.url, article.topic, row.source))
-            bar.update(count % 2048)
-        writer.flush()
-        rejects.flush()
+                        texts = split_passages(article.text, p.min_words, p.max_words)
+                    for ordinal, text in enumerate(texts):
+                        if len(texts) == 1:  # the passage is the article: same digest
+                            digest = article.digest[:16]
+                        else:
+                            digest = content_digest(article.title, text)[:16]
+                        if digest in seen_passages:
+                            summary.duplicate_passages += 1
+                            continue
+                        seen_passages.add(digest)
+                        summary.passages += 1
+                        writer.add((f"{article.article_id}#{ordinal}", article.article_id, ordinal,
+                                    article.title, text, article.authors, article.year,
+                                    article.url, article.topic, row.source))
+                bar.update(count % 2048)
+            writer.flush()
+            rejects.flush()
+    finally:
+        if tokenizer is not None:
+            tokenizer.close()
 
     summary.shards = len(writer.shards)
     summary.reject_reasons = dict(sorted(reasons.items()))

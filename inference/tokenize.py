@@ -174,18 +174,29 @@ def _identity(name: str, max_seq_length: int) -> tuple[tuple[str, Any], ...]:
 
 
 class ShardTokenizer:
-    """Tokenizes passages the way the embedding model will see them."""
+    """Tokenizes passages the way the embedding model will see them, in `processes` forked
+    processes (a TokenizerPool) when given, else with the Rust tokenizer's own threads."""
 
-    def __init__(self, model: ModelConfig) -> None:
+    def __init__(self, model: ModelConfig, processes: int = 0) -> None:
         self.tokenizer = load_tokenizer(model)
+        self._pool = TokenizerPool(model, processes) if processes else None
 
     @classmethod
-    def load(cls, config: Config) -> ShardTokenizer:
-        return cls(config.model)
+    def load(cls, config: Config, processes: int = 0) -> ShardTokenizer:
+        return cls(config.model, processes)
 
     @staticmethod
     def identity(config: Config) -> dict[str, Any]:
         return dict(_identity(config.model.name, config.model.max_seq_length))
 
     def encode(self, titles: Sequence[str | None], texts: Sequence[str]) -> TokenIds:
-        return tokenize(self.tokenizer, [embedding_text(t, x) for t, x in zip(titles, texts)])
+        inputs = [embedding_text(t, x) for t, x in zip(titles, texts)]
+        if self._pool is None or not inputs:
+            return tokenize(self.tokenizer, inputs)
+        return TokenIds.concatenate([ids for _, ids in self._pool.chunks(inputs, len(inputs))])
+
+    def close(self) -> None:
+        """Stop the tokenizing processes, if any."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None

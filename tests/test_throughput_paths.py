@@ -163,3 +163,20 @@ def test_ids_from_another_tokenizer_setting_are_not_used(demo_path, tmp_path):
     assert not worker._can_use_stored_ids()
     table = pq.read_table(workdir.shard_path(0))
     assert worker._token_ids(table) is None
+
+
+def test_shard_tokenizer_processes_give_the_rust_tokenizers_ids_in_order():
+    from inference.config import load_config
+    from inference.tokenize import ShardTokenizer
+
+    titles = [f"Title {i}" if i % 3 else None for i in range(1500)]
+    texts = [" ".join(["word"] * (i % 300)) + f" passage {i}" for i in range(1500)]
+    threaded = ShardTokenizer.load(load_config())
+    pooled = ShardTokenizer.load(load_config(), processes=2)
+    try:
+        expected, got = threaded.encode(titles, texts), pooled.encode(titles, texts)
+        assert np.array_equal(got.offsets, expected.offsets)
+        assert np.array_equal(got.values, expected.values)
+        assert len(pooled.encode([], [])) == 0
+    finally:
+        pooled.close()
