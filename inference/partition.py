@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,68 +182,64 @@ def partition(
     p = config.passages
     rejects_path = workdir.rejects_dir / "rejects.jsonl"
 
-    try:
-        with atomic_path(rejects_path) as rejects_tmp, open(rejects_tmp, "wb") as rejects, tqdm(
-            desc="partition", unit=" rows", disable=None if progress is None else not progress,
-            mininterval=0.5,
-        ) as bar:
+    with atomic_path(rejects_path) as rejects_tmp, open(rejects_tmp, "wb") as rejects, tqdm(
+        desc="partition", unit=" rows", disable=None if progress is None else not progress,
+        mininterval=0.5,
+    ) as bar, closing(tokenizer) if tokenizer is not None else nullcontext():
 
-            def reject(row: RawRow, reason: str, detail: str) -> None:
-                summary.rejected += 1
-                reasons[reason] += 1
-                rejects.write(orjson.dumps({"source": row.source, "line": row.line,
-                                            "reason": reason, "detail": detail, "raw": row.raw}))
-                rejects.write(b"\n")
+        def reject(row: RawRow, reason: str, detail: str) -> None:
+            summary.rejected += 1
+            reasons[reason] += 1
+            rejects.write(orjson.dumps({"source": row.source, "line": row.line,
+                                        "reason": reason, "detail": detail, "raw": row.raw}))
+            rejects.write(b"\n")
 
-            for path in paths:
-                count = 0
-                for count, row in enumerate(read_rows(path), start=1):
-                    if count % 2048 == 0:
-                        bar.update(2048)
-                    if row.record is None:
-                        reject(row, row.reason or "unreadable", row.detail or "")
+        for path in paths:
+            count = 0
+            for count, row in enumerate(read_rows(path), start=1):
+                if count % 2048 == 0:
+                    bar.update(2048)
+                if row.record is None:
+                    reject(row, row.reason or "unreadable", row.detail or "")
+                    continue
+                try:
+                    article = to_article(row.record, config.fields, p.max_field_chars)
+                except Rejected as exc:
+                    row.raw = orjson.dumps(row.record, default=str).decode()[:500]
+                    reject(row, exc.reason, exc.detail)
+                    continue
+                earlier = seen_articles.get(article.article_id)
+                if earlier is not None:
+                    if earlier == article.digest[:8]:
+                        summary.articles += 1
+                        summary.duplicate_articles += 1
                         continue
-                    try:
-                        article = to_article(row.record, config.fields, p.max_field_chars)
-                    except Rejected as exc:
-                        row.raw = orjson.dumps(row.record, default=str).decode()[:500]
-                        reject(row, exc.reason, exc.detail)
-                        continue
-                    earlier = seen_articles.get(article.article_id)
-                    if earlier is not None:
-                        if earlier == article.digest[:8]:
-                            summary.articles += 1
-                            summary.duplicate_articles += 1
-                            continue
-                        row.raw = orjson.dumps(row.record, default=str).decode()[:500]
-                        reject(row, "duplicate_id",
-                               f"id {article.article_id!r} is already used by another article")
-                        continue
-                    seen_articles[article.article_id] = article.digest[:8]
-                    summary.articles += 1
-                    if article.words <= p.max_words:
-                        texts = [article.text]  # most abstracts: one passage, or title only
+                    row.raw = orjson.dumps(row.record, default=str).decode()[:500]
+                    reject(row, "duplicate_id",
+                           f"id {article.article_id!r} is already used by another article")
+                    continue
+                seen_articles[article.article_id] = article.digest[:8]
+                summary.articles += 1
+                if article.words <= p.max_words:
+                    texts = [article.text]  # most abstracts: one passage, or title only
+                else:
+                    texts = split_passages(article.text, p.min_words, p.max_words)
+                for ordinal, text in enumerate(texts):
+                    if len(texts) == 1:  # the passage is the article: same digest
+                        digest = article.digest[:16]
                     else:
-                        texts = split_passages(article.text, p.min_words, p.max_words)
-                    for ordinal, text in enumerate(texts):
-                        if len(texts) == 1:  # the passage is the article: same digest
-                            digest = article.digest[:16]
-                        else:
-                            digest = content_digest(article.title, text)[:16]
-                        if digest in seen_passages:
-                            summary.duplicate_passages += 1
-                            continue
-                        seen_passages.add(digest)
-                        summary.passages += 1
-                        writer.add((f"{article.article_id}#{ordinal}", article.article_id, ordinal,
-                                    article.title, text, article.authors, article.year,
-                                    article.url, article.topic, row.source))
-                bar.update(count % 2048)
-            writer.flush()
-            rejects.flush()
-    finally:
-        if tokenizer is not None:
-            tokenizer.close()
+                        digest = content_digest(article.title, text)[:16]
+                    if digest in seen_passages:
+                        summary.duplicate_passages += 1
+                        continue
+                    seen_passages.add(digest)
+                    summary.passages += 1
+                    writer.add((f"{article.article_id}#{ordinal}", article.article_id, ordinal,
+                                article.title, text, article.authors, article.year,
+                                article.url, article.topic, row.source))
+            bar.update(count % 2048)
+        writer.flush()
+        rejects.flush()
 
     summary.shards = len(writer.shards)
     summary.reject_reasons = dict(sorted(reasons.items()))
