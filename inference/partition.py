@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import Config
-from .devices import usable_cpus
 from .passages import split_passages
 from .readers import RawRow, expand_inputs, input_format, read_rows
 from .records import Rejected, content_digest, to_article
@@ -170,10 +169,7 @@ def partition(
     workdir.write_manifest({"format": "infer-corpus.manifest", "partition_key": key,
                             "inputs": inputs, "partition": {"state": "running"}, "shards": []})
     _clear_outputs(workdir)
-    # partitioning is CPU work: tokenize each shard on every core the job has
-    cores = usable_cpus()
-    tokenizer = (ShardTokenizer.load(config, processes=cores if cores > 1 else 0)
-                 if config.shards.tokenize else None)
+    tokenizer = ShardTokenizer.load(config) if config.shards.tokenize else None
     summary = PartitionSummary()
     reasons: Counter[str] = Counter()
     seen_passages: set[bytes] = set()

@@ -169,9 +169,9 @@ def test_shard_tokenizer_processes_give_the_rust_tokenizers_ids_in_order():
     from inference.config import load_config
     from inference.tokenize import ShardTokenizer
 
-    titles = [f"Title {i}" if i % 3 else None for i in range(1500)]
-    texts = [" ".join(["word"] * (i % 300)) + f" passage {i}" for i in range(1500)]
-    threaded = ShardTokenizer.load(load_config())
+    titles = [f"Title {i}" if i % 3 else None for i in range(2500)]  # 5 pieces for 2
+    texts = [" ".join(["word"] * (i % 300)) + f" passage {i}" for i in range(2500)]
+    threaded = ShardTokenizer.load(load_config(), processes=0)
     pooled = ShardTokenizer.load(load_config(), processes=2)
     try:
         expected, got = threaded.encode(titles, texts), pooled.encode(titles, texts)
