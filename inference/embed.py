@@ -152,7 +152,7 @@ class Encoder:
                 and getattr(config, "_attn_implementation", None) == "sdpa"):
             return False
         # a model's own code may read masks differently: check on two padded texts once
-        chunk = _DeviceTokens(self.tokenize(["one two three four", "one"]), 0, self.pad_id,
+        chunk = DeviceTokens(self.tokenize(["one two three four", "one"]), 0, self.pad_id,
                               self.device)
         _, ids, mask, _ = chunk.batch(0, 2, self.pad_multiple)
         with torch.inference_mode():
@@ -204,7 +204,7 @@ class Encoder:
         out = torch.zeros((count, self.dimension), dtype=torch.float32, device=self.device)
         with torch.inference_mode():
             for offset, tokens in chunks:
-                chunk = _DeviceTokens(tokens, offset, self.pad_id, self.device)
+                chunk = DeviceTokens(tokens, offset, self.pad_id, self.device)
                 start = 0
                 while start < len(tokens):
                     longest = max(1, int(chunk.lengths[start]))
@@ -215,7 +215,7 @@ class Encoder:
                     start = stop
         return out.cpu().numpy()
 
-    def _forward_into(self, out: torch.Tensor, chunk: _DeviceTokens, start: int,
+    def _forward_into(self, out: torch.Tensor, chunk: DeviceTokens, start: int,
                       stop: int) -> None:
         """Sorted rows start..stop of a chunk; on a GPU out-of-memory error, lower the batch
         size and split the batch."""
@@ -248,7 +248,7 @@ class Encoder:
         return features["sentence_embedding"]
 
 
-class _DeviceTokens:
+class DeviceTokens:
     """One chunk of token ids on the device, sorted longest first, cut into padded batches."""
 
     def __init__(self, tokens: TokenIds, offset: int, pad_id: int,

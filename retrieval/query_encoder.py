@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from inference.config import ModelConfig
-from inference.embed import Encoder
-from inference.tokenize import TokenIds
+from inference.embed import DeviceTokens, Encoder
 
 log = logging.getLogger(__name__)
 BATCH = 64  # queries per ONNX Runtime call (padded to the longest of them)
@@ -47,14 +46,13 @@ class QueryEncoder:
 
     def _run(self, session: Any, texts: Sequence[str]) -> np.ndarray:
         """The texts through the ONNX session, in length-sorted, padded batches."""
-        tokens = self._torch.tokenize(texts)
-        lengths = tokens.lengths()
-        order = np.argsort(-lengths, kind="stable")
+        chunk = DeviceTokens(self._torch.tokenize(texts), 0, self._torch.pad_id,
+                             torch.device("cpu"))
         out = np.zeros((len(texts), self._torch.dimension), dtype=np.float32)
-        for start in range(0, len(order), BATCH):
-            rows = order[start : start + BATCH]
-            ids, mask = _padded(tokens, rows, self._torch.pad_id)
-            out[rows] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        for start in range(0, len(texts), BATCH):
+            rows, ids, mask, _ = chunk.batch(start, min(start + BATCH, len(texts)), 1)
+            out[rows.numpy()] = session.run(
+                None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
         return out
 
     def _onnx_session(self) -> Any | None:
@@ -66,14 +64,15 @@ class QueryEncoder:
             return None
         texts = ["a query of a few more words than the other", "one word"]
         # padded: the export must keep the mask
-        ids, mask = _padded(self._torch.tokenize(texts), np.arange(2), self._torch.pad_id)
+        _, ids, mask, _ = DeviceTokens(self._torch.tokenize(texts), 0, self._torch.pad_id,
+                                       torch.device("cpu")).batch(0, 2, 1)
         buffer = io.BytesIO()
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # the tracer's notes on Python control flow
                 torch.onnx.export(
                     _SentenceEmbedding(self._torch.model).eval(),  # export restores the mode
-                    (torch.from_numpy(ids), torch.from_numpy(mask)), buffer,
+                    (ids, mask), buffer,
                     input_names=["input_ids", "attention_mask"], output_names=["embedding"],
                     dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
                                   "attention_mask": {0: "batch", 1: "tokens"},
@@ -98,17 +97,6 @@ class QueryEncoder:
                         "(cosine %.4f)", agreement.min())
             return None
         return session
-
-
-def _padded(tokens: TokenIds, rows: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """The given rows' ids padded to the longest of them, and their attention mask."""
-    lengths = tokens.lengths()[rows]
-    ids = np.full((len(rows), max(1, int(lengths.max()))), pad_id, dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : lengths[i]] = tokens.values[tokens.offsets[row] : tokens.offsets[row + 1]]
-        mask[i, : lengths[i]] = 1
-    return ids, mask
 
 
 class _SentenceEmbedding(torch.nn.Module):
