@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from conftest import last_json, run_cli
 from inference.workdir import Workdir
 from retrieval import MODES, QueryError, Searcher, build_index, embedded
-from retrieval.search import feedback_terms, query_words
+from retrieval.search import feedback_terms, query_words, regularise
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,16 @@ def test_bad_settings_get_a_clear_error(searcher):
         searcher.search("lithium", top_k=0)
     with pytest.raises(QueryError, match="at least top_k"):
         searcher.search("lithium", top_k=10, screening_top_k=5)
+
+
+def test_regularising_lifts_a_candidate_whose_neighbours_score_well():
+    # 0 and 1 are alike and both score well; 2 scores a little higher than 1 alone
+    vectors = np.array([[1.0, 0.0, 0.0], [0.96, 0.28, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    scores = np.array([1.0, 0.5, 0.6], dtype=np.float32)
+    smoothed = regularise(scores, vectors)
+    assert smoothed[1] > smoothed[2]  # 1 borrows from 0, 2 has no close neighbour
+    one = np.array([0.7], dtype=np.float32)
+    assert regularise(one, vectors[:1]) == one  # nothing to blend with
 
 
 def test_query_words_drop_function_words_unless_nothing_else_is_left():
