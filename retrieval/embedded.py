@@ -199,8 +199,8 @@ class EmbeddedIndex:
         if within is not None:
             if not within:
                 return []
-            # one term query per row: a term set query walks the whole row dictionary
-            # (6 ms at a million passages, against 0.7 ms for 100 rows this way)
+            # one term query per row: a term set query took 6 ms by itself at a million
+            # passages, against 0.7 ms for 100 rows this way
             filters.append(tantivy.Query.boolean_query(
                 [(tantivy.Occur.Should, tantivy.Query.term_query(schema, "row", row))
                  for row in within]))
