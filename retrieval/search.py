@@ -239,7 +239,8 @@ def regularise(scores: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """Score regularisation over a candidate set: each candidate's score blended with the
     mean of the others' scores, weighted by a softmax of their cosine similarity to it. A
     passage that only its own words lift falls below one whose close neighbours score well
-    too, which measured +0.03 nDCG@10 on Cranfield (docs/benchmarks.md)."""
+    too: +0.024 nDCG@10 for `hybrid` and +0.015 for `feedback` on Cranfield
+    (docs/benchmarks.md)."""
     if len(scores) < 2:
         return scores
     # einsum, not `@`: a BLAS product this small wakes the BLAS threads, whose spinning then
