@@ -182,7 +182,7 @@ def main() -> None:
         "n": total,
         "mean_tokens": round(mean_tokens, 1),
         "model": config.model.name,
-        "dtype": str(encoder.dtype).removeprefix("torch."),
+        "dtype": encoder.precision,
         "batch_tokens": encoder.batch_tokens,
         "tokenize": round(total / tokenize_seconds, 1),
         "worker": round(total / worker_seconds, 1),

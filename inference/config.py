@@ -281,8 +281,8 @@ class Config:
             raise ConfigError("model.tokenize_processes must be -1 (auto), 0 (a thread) or more")
         if self.model.batch_tokens < 0:
             raise ConfigError("model.batch_tokens must be >= 0 (0 = fit to the device)")
-        if self.model.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ConfigError("model.dtype must be auto, float32, float16 or bfloat16")
+        if self.model.dtype not in ("auto", "float32", "float16", "bfloat16", "int8"):
+            raise ConfigError("model.dtype must be auto, float32, float16, bfloat16 or int8")
         if self.model.embedding_dtype not in ("float16", "float32"):
             raise ConfigError("model.embedding_dtype must be float16 or float32")
         if self.predictions.kind not in ("zero-shot", "classifier", "head", "none"):

@@ -12,6 +12,8 @@ therefore never idles between batches.
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import queue
 import threading
@@ -24,12 +26,15 @@ import torch
 from .config import ModelConfig
 from .devices import pick_device, usable_cpus
 from .models import ModelError, resolve_model
+from .text import embedding_text
 from .tokenize import TokenIds, TokenizerPool, load_tokenizer, tokenize
 
 log = logging.getLogger(__name__)
 
 CPU_BATCH_TOKENS = 2048  # small batches keep a CPU's caches warm: faster than big ones
 GPU_MAX_BATCH_TOKENS = 1 << 17
+CALIBRATION_TEXTS = 16  # demo abstracts on which int8 must agree with float32
+INT8_MIN_COSINE = 0.995  # on those: leaves a margin for 0.99 on any text
 SMALL_INPUT = 256  # passages below which helper threads cost more than they save
 TOKENIZE_CHUNK = 16384  # passages tokenized at a time while the device works on the last ones
 
@@ -76,12 +81,15 @@ class _Failure:
     error: BaseException
 
 
-def _pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting != "auto":
-        return getattr(torch, setting)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+def _pick_precision(setting: str, device: torch.device, quantize: bool) -> str:
+    """The precision the model runs in: `model.dtype`, with "auto" resolved for the device."""
+    if device.type == "cuda" and setting in ("auto", "int8"):
+        if setting == "int8":
+            log.warning("model.dtype=int8 runs on a CPU only: this GPU runs the model in 16 bits")
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if setting in ("auto", "int8"):
+        return "int8" if quantize else "float32"
+    return setting
 
 
 class Encoder:
@@ -90,10 +98,14 @@ class Encoder:
     `tokenize_processes` (default: the config's): processes that tokenize texts for
     `encode_texts`; -1 picks all but two of the job's cores on a GPU (where tokenizing is the
     bottleneck) and none on a CPU (where the model is, and a helper thread suffices).
+    `quantize`: whether a CPU may run the model in int8 (`model.dtype` auto or int8), through
+    ONNX Runtime (see `inference.onnx_model`); when the model does not export, or its int8
+    embeddings differ from float32 by more than `INT8_MIN_COSINE` on the demo corpus's
+    abstracts, it runs in float32 with a warning. `precision` says what was picked.
     """
 
     def __init__(self, model: ModelConfig, device: str | None = None,
-                 tokenize_processes: int | None = None) -> None:
+                 tokenize_processes: int | None = None, quantize: bool = True) -> None:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
@@ -106,7 +118,8 @@ class Encoder:
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load embedding model {model.name!r}: {exc}") from None
         self.model.max_seq_length = model.max_seq_length
-        self.dtype = _pick_dtype(model.dtype, self.device)
+        precision = _pick_precision(model.dtype, self.device, quantize)
+        self.dtype = torch.float32 if precision == "int8" else getattr(torch, precision)
         self.model.to(self.dtype)
         self.model.eval()
         self.tokenizer = load_tokenizer(model)
@@ -118,6 +131,7 @@ class Encoder:
         self.batch_size = model.batch_size
         self.batch_tokens = model.batch_tokens or self._auto_batch_tokens()
         self.pad_multiple = 8 if self.device.type == "cuda" else 1
+        self._session = None  # an ONNX Runtime session, when the model runs in int8
         self.prepared_mask = self._takes_prepared_mask()
         if tokenize_processes is None:
             tokenize_processes = model.tokenize_processes
@@ -125,6 +139,39 @@ class Encoder:
             tokenize_processes = max(1, usable_cpus() - 2) if self.device.type == "cuda" else 0
         self.tokenize_processes = tokenize_processes
         self._pool: TokenizerPool | None = None
+        self._session = self._int8_session() if precision == "int8" else None
+        self.precision = ("int8" if self._session is not None
+                          else str(self.dtype).removeprefix("torch."))
+
+    def _int8_session(self):  # type: ignore[no-untyped-def]
+        """An ONNX Runtime session running the model in int8, or None (with a warning)."""
+        from . import onnx_model
+        from .cli import demo_corpus_path
+
+        with open(demo_corpus_path(), encoding="utf-8") as handle:
+            texts = [embedding_text(a.get("title"), a["abstract"])
+                     for a in map(json.loads, itertools.islice(handle, 0, None, 4))]
+        texts = texts[:CALIBRATION_TEXTS]  # every fourth article: all five topics
+        # a padded example batch: the exported graph keeps the mask
+        _, ids, mask, _ = DeviceTokens(self.tokenize([texts[0], "one word"]), 0, self.pad_id,
+                                       self.device).batch(0, 2, 1)
+        try:
+            graph = onnx_model.quantize_int8(onnx_model.export(self.model, ids, mask))
+            session = onnx_model.session(graph, torch.get_num_threads())
+        except Exception as exc:  # noqa: BLE001 - any model still runs, in float32
+            log.warning("the model runs in float32: its int8 export failed (%s)", exc)
+            return None
+        expected = self.encode_texts(texts)
+        self._session = session
+        got = self.encode_texts(texts)
+        self._session = None
+        agreement = (got * expected).sum(axis=1) / (
+            np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1) + 1e-12)
+        if agreement.min() < INT8_MIN_COSINE:
+            log.warning("the model runs in float32: in int8 its embeddings differ from "
+                        "float32 (cosine %.4f < %.3f)", agreement.min(), INT8_MIN_COSINE)
+            return None
+        return session
 
     def _auto_batch_tokens(self) -> int:
         """Padded tokens per batch: what fits in a third of free GPU memory, or a CPU default."""
@@ -235,6 +282,10 @@ class Encoder:
 
     def _embed(self, ids: torch.Tensor, mask: torch.Tensor, padded: bool) -> torch.Tensor:
         """One batch through the model: its sentence embeddings."""
+        if self._session is not None:
+            from .onnx_model import run
+
+            return torch.from_numpy(run(self._session, ids, mask))
         features = {"input_ids": ids, "attention_mask": mask}
         if not self.prepared_mask:
             return self.model(features)["sentence_embedding"]

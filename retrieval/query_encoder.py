@@ -12,15 +12,14 @@ check fails, they go through PyTorch (`inference.embed.Encoder`).
 
 from __future__ import annotations
 
-import io
 import logging
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from inference import onnx_model
 from inference.config import ModelConfig
 from inference.embed import DeviceTokens, Encoder
 
@@ -34,7 +33,8 @@ class QueryEncoder:
 
     def __init__(self, model: ModelConfig, device: str = "cpu",
                  low_latency: bool = False) -> None:
-        self._torch = Encoder(model, device=device, tokenize_processes=0)
+        # float32: a query is a few tokens, where int8 saves nothing
+        self._torch = Encoder(model, device=device, tokenize_processes=0, quantize=False)
         self._session = (self._onnx_session()
                          if low_latency and self._torch.device.type == "cpu" else None)
         self.backend = "torch" if self._session is None else "onnxruntime"
@@ -51,40 +51,21 @@ class QueryEncoder:
         out = np.zeros((len(texts), self._torch.dimension), dtype=np.float32)
         for start in range(0, len(texts), BATCH):
             rows, ids, mask, _ = chunk.batch(start, min(start + BATCH, len(texts)), 1)
-            out[rows.numpy()] = session.run(
-                None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+            out[rows.numpy()] = onnx_model.run(session, ids, mask)
         return out
 
     def _onnx_session(self) -> Any | None:
         """An ONNX Runtime session of the model, or None (with a warning) where the model does
         not export or its exported embeddings differ from PyTorch's."""
-        try:
-            import onnxruntime
-        except ImportError:
-            return None
         texts = ["a query of a few more words than the other", "one word"]
         # padded: the export must keep the mask
         _, ids, mask, _ = DeviceTokens(self._torch.tokenize(texts), 0, self._torch.pad_id,
                                        torch.device("cpu")).batch(0, 2, 1)
-        buffer = io.BytesIO()
         try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # the tracer's notes on Python control flow
-                torch.onnx.export(
-                    _SentenceEmbedding(self._torch.model).eval(),  # export restores the mode
-                    (ids, mask), buffer,
-                    input_names=["input_ids", "attention_mask"], output_names=["embedding"],
-                    dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
-                                  "attention_mask": {0: "batch", 1: "tokens"},
-                                  "embedding": {0: "batch"}},
-                    opset_version=17, dynamo=False)
-            options = onnxruntime.SessionOptions()
             # one thread: the query is embedded while BM25 screens on another core (hybrid
             # search measured p50/p95 16/25 ms with one, 20-25/29-35 ms with two on 2 cores)
-            options.intra_op_num_threads = 1
-            options.log_severity_level = 3  # errors only
-            session = onnxruntime.InferenceSession(
-                buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+            session = onnx_model.session(onnx_model.export(self._torch.model, ids, mask),
+                                         threads=1)
             got = self._run(session, texts)
         except Exception as exc:  # noqa: BLE001 - any model still works, through PyTorch
             log.warning("query embeddings stay on PyTorch: the ONNX export failed (%s)", exc)
@@ -97,16 +78,3 @@ class QueryEncoder:
                         "(cosine %.4f)", agreement.min())
             return None
         return session
-
-
-class _SentenceEmbedding(torch.nn.Module):
-    """The sentence-transformers pipeline (transformer, pooling, normalising) as a module
-    taking ids and mask: what the exporter traces."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        features = {"input_ids": input_ids, "attention_mask": attention_mask}
-        return self.model(features)["sentence_embedding"]

@@ -16,7 +16,7 @@ from inference.models import ModelError, resolve_model
 def encoder():
     from inference.embed import Encoder
 
-    return Encoder(ModelConfig(batch_size=8))
+    return Encoder(ModelConfig(batch_size=8, dtype="float32"))
 
 
 def test_default_model_resolves_to_the_packaged_copy():

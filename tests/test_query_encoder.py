@@ -22,7 +22,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def reference() -> np.ndarray:
-    return Encoder(ModelConfig(), device="cpu").encode_texts(TEXTS)
+    return Encoder(ModelConfig(dtype="float32"), device="cpu").encode_texts(TEXTS)
 
 
 def test_queries_on_a_cpu_go_through_onnx_runtime_with_pytorchs_embeddings(reference):

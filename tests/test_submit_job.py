@@ -161,7 +161,9 @@ def test_job_checkpoints_resumes_and_matches_one_pass(workdir, tmp_path, monkeyp
     a = np.array(one.column("embedding").to_pylist(), dtype=np.float32)
     b = np.array(split.column("embedding").to_pylist(), dtype=np.float32)
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    assert cosine.min() > 0.999
+    # int8 on a CPU scales some activations per batch, so parts and whole agree to about
+    # 0.997; a row out of place would be far lower
+    assert cosine.min() > 0.99
 
     shutil.copy(tmp_path / "parts" / "result.parquet", incoming_path(workdir, shard))
     assert accept(workdir, shard, job_exit=0) == 0  # what the POST script then decides

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import logging
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from conftest import run_cli
+
 from inference.config import ModelConfig
 from inference.tokenize import TokenIds
 from inference.workdir import Workdir
@@ -24,7 +29,7 @@ TEXTS = [
 def encoder():
     from inference.embed import Encoder
 
-    return Encoder(ModelConfig(batch_size=3, batch_tokens=400), device="cpu")
+    return Encoder(ModelConfig(batch_size=3, batch_tokens=400, dtype="float32"), device="cpu")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -45,7 +50,8 @@ def test_token_ids_pad_and_round_trip_through_arrow():
 def test_small_batches_give_the_same_embeddings_in_input_order(encoder):
     from inference.embed import Encoder
 
-    one_batch = Encoder(ModelConfig(batch_size=64, batch_tokens=100_000), device="cpu")
+    one_batch = Encoder(ModelConfig(batch_size=64, batch_tokens=100_000, dtype="float32"),
+                        device="cpu")
     expected = one_batch.encode_texts(TEXTS)
     got = encoder.encode_texts(TEXTS)  # 3 passages / 400 tokens per batch: several batches
     assert cosine(got, expected).min() > 0.9999
@@ -103,7 +109,7 @@ def test_a_model_that_rejects_the_prepared_mask_keeps_its_own_masking(monkeypatc
         return real_embed(self, ids, mask, padded)
 
     monkeypatch.setattr(Encoder, "_embed", strict)
-    encoder = Encoder(ModelConfig(max_seq_length=32), device="cpu")
+    encoder = Encoder(ModelConfig(max_seq_length=32, dtype="float32"), device="cpu")
     assert not encoder.prepared_mask
     assert encoder.encode_texts(TEXTS).shape == (len(TEXTS), encoder.dimension)
 
@@ -112,8 +118,9 @@ def test_tokenizing_processes_give_the_same_ids_and_embeddings():
     from inference.embed import Encoder
 
     texts = [f"{i} " + TEXTS[i % len(TEXTS)] for i in range(1300)]  # several pool pieces
-    threaded = Encoder(ModelConfig(max_seq_length=32), device="cpu", tokenize_processes=0)
-    pooled = Encoder(ModelConfig(max_seq_length=32), device="cpu", tokenize_processes=2)
+    model = ModelConfig(max_seq_length=32, dtype="float32")
+    threaded = Encoder(model, device="cpu", tokenize_processes=0)
+    pooled = Encoder(model, device="cpu", tokenize_processes=2)
     try:
         chunks = list(pooled.tokenizer_pool().chunks(texts, 600))
         assert [offset for offset, _ in chunks] == [0, 1024]  # whole pieces of 512 per chunk
@@ -180,3 +187,65 @@ def test_shard_tokenizer_processes_give_the_rust_tokenizers_ids_in_order():
         assert len(pooled.encode([], [])) == 0
     finally:
         pooled.close()
+
+
+def _texts_of(path, title: str, text: str, count: int) -> list[str]:
+    from inference.text import embedding_text
+
+    with open(path, encoding="utf-8") as handle:
+        records = [json.loads(line) for line in itertools.islice(handle, count)]
+    return [embedding_text(r.get(title), r[text]) for r in records]
+
+
+def test_int8_on_a_cpu_keeps_cosine_with_float32(demo_path):
+    """The CPU default: int8 through ONNX Runtime, within cosine 0.99 of sentence-transformers'
+    float32 on every text (the demo corpus and, where ../shared has it, Cranfield abstracts)."""
+    from conftest import CRANFIELD
+    from sentence_transformers import SentenceTransformer
+
+    from inference.embed import Encoder
+    from inference.models import resolve_model
+
+    texts = TEXTS + _texts_of(demo_path, "title", "abstract", 100)
+    if (CRANFIELD / "corpus.jsonl").is_file():
+        texts += _texts_of(CRANFIELD / "corpus.jsonl", "title", "text", 150)
+    encoder = Encoder(ModelConfig(), device="cpu")
+    assert encoder.precision == "int8"
+    got = encoder.encode_texts(texts)
+    reference = SentenceTransformer(resolve_model("all-MiniLM-L6-v2"), device="cpu")
+    expected = reference.encode(texts, convert_to_numpy=True)
+    agreement = cosine(got, expected)
+    assert agreement.min() >= 0.99
+    assert agreement.mean() >= 0.995
+
+
+def test_int8_that_drifts_from_float32_falls_back_to_float32(monkeypatch, caplog, encoder):
+    from inference import embed
+
+    monkeypatch.setattr(embed, "INT8_MIN_COSINE", 1.01)  # no int8 model agrees this well
+    with caplog.at_level(logging.WARNING, logger="inference.embed"):
+        fallback = embed.Encoder(ModelConfig(dtype="int8"), device="cpu")
+    assert fallback.precision == "float32"
+    assert "the model runs in float32" in caplog.text
+    assert cosine(fallback.encode_texts(TEXTS), encoder.encode_texts(TEXTS)).min() > 0.9999
+
+
+def test_int8_graph_scales_shared_inputs_per_batch_and_the_rest_per_token():
+    """MiniLM's 6 layers: query/key/value read one input (one scale per batch, bias inside
+    the product); the attention output and both feed-forward products scale per token."""
+    import onnx
+
+    from inference import onnx_model
+    from inference.embed import DeviceTokens, Encoder
+
+    encoder = Encoder(ModelConfig(dtype="float32"), device="cpu")
+    _, ids, mask, _ = DeviceTokens(encoder.tokenize(["two words", "one"]), 0, encoder.pad_id,
+                                   encoder.device).batch(0, 2, 1)
+    graph = onnx.load_from_string(onnx_model.quantize_int8(
+        onnx_model.export(encoder.model, ids, mask)))
+    products = [n for n in graph.graph.node if n.op_type == "DynamicQuantizeMatMul"]
+    assert len(products) == 36
+    assert sum(len(n.input) == 5 for n in products) == 18  # per batch, with the bias
+    assert sum(n.op_type == "ReduceMin" for n in graph.graph.node) == 18  # per token
+    assert not any(n.op_type == "MatMul" and n.input[1] in {w.name for w in graph.graph.initializer}
+                   for n in graph.graph.node)
