@@ -65,8 +65,8 @@ def quantize_int8(graph: bytes) -> bytes:
         feeds[node.input[0]] = feeds.get(node.input[0], 0) + 1
 
     added = [numpy_helper.from_array(np.array(MIN_SCALE, np.float32), "int8_min_scale")]
-    replaced: dict[int, list] = {}
-    dropped: set[int] = set()
+    replaced: dict[str, list] = {}  # by a node's first output, unique in an ONNX graph
+    dropped: set[str] = set()
     for node in products:
         x, out = node.input[0], node.output[0]
         w = numpy_helper.to_array(weights[node.input[1]])
@@ -80,13 +80,13 @@ def quantize_int8(graph: bytes) -> bytes:
         if feeds[x] > 1:  # one scale per batch; the bias added inside the product
             bias = _bias_of(out, consumers, model.graph.initializer)
             if bias is not None:
-                dropped.add(id(bias[0]))
+                dropped.add(bias[0].output[0])
                 quantized.append(bias[1])
                 out = bias[0].output[0]
-            replaced[id(node)] = [helper.make_node(
+            replaced[node.output[0]] = [helper.make_node(
                 "DynamicQuantizeMatMul", [x, *quantized], [out], domain="com.microsoft")]
         else:  # one scale per token
-            replaced[id(node)] = [
+            replaced[node.output[0]] = [
                 # each row's largest magnitude: max and -min read the row, Abs would write it
                 helper.make_node("ReduceMax", [x], [f"{name}_high"], axes=[-1], keepdims=1),
                 helper.make_node("ReduceMin", [x], [f"{name}_low"], axes=[-1], keepdims=1),
@@ -100,8 +100,9 @@ def quantize_int8(graph: bytes) -> bytes:
             ]
     rebuilt = []
     for node in nodes:
-        if id(node) not in dropped:
-            rebuilt.extend(replaced.get(id(node), [node]))
+        first = node.output[0] if node.output else ""
+        if first not in dropped:
+            rebuilt.extend(replaced.get(first, [node]))
     del nodes[:]
     nodes.extend(rebuilt)
     still_read = {name for node in nodes for name in node.input}
