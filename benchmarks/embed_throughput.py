@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def demo_sentences() -> list[str]:
-    from inference.cli import demo_corpus_path
+    from inference.demo import demo_corpus_path
     from inference.passages import split_sentences
 
     sentences = []
@@ -115,8 +115,8 @@ def main() -> None:
     from inference.text import embedding_text
 
     texts: list[str] = []
-    for entry in plain.read_manifest()["shards"]:
-        table = pq.read_table(plain.shard_path(entry["shard"]), columns=["title", "text"])
+    for entry in plain.manifest().shards:
+        table = pq.read_table(plain.shard_path(entry.shard), columns=["title", "text"])
         texts.extend(embedding_text(t, x) for t, x in
                      zip(table.column("title").to_pylist(), table.column("text").to_pylist()))
     tokenizer = ShardTokenizer.load(config)  # as the partition step: a process per core
@@ -136,8 +136,8 @@ def main() -> None:
         if args.device == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        for entry in worker.manifest["shards"]:
-            worker.run(entry["shard"])
+        for entry in worker.manifest.shards:
+            worker.run(entry.shard)
         worker.wait()
         return time.perf_counter() - started, worker
 
@@ -164,8 +164,8 @@ def main() -> None:
         torch.cuda.synchronize()
     baseline_seconds = time.perf_counter() - started
     ours_vectors = []
-    for entry in worker.manifest["shards"]:
-        column = pq.read_table(workdir.result_path(entry["shard"]), columns=["embedding"])
+    for entry in worker.manifest.shards:
+        column = pq.read_table(workdir.result_path(entry.shard), columns=["embedding"])
         ours_vectors.append(np.stack(column.column(0).to_numpy(zero_copy_only=False)))
         if sum(len(v) for v in ours_vectors) >= baseline_n:
             break

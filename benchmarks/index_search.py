@@ -57,7 +57,7 @@ def main() -> None:
     from inference.config import load_config
     from inference.partition import partition
     from inference.workdir import Workdir
-    from inference.worker import ShardWorker, result_is_current
+    from inference.worker import ShardWorker
     from retrieval import Searcher, build_index
 
     base = Path(args.workdir)
@@ -70,19 +70,19 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     worker = ShardWorker(workdir, config=config)
-    for entry in worker.manifest["shards"]:
-        if result_is_current(workdir, entry, worker.key):
+    for entry in worker.manifest.shards:
+        if workdir.result_is_current(entry, worker.key):
             continue  # random vectors from an earlier run of this benchmark
-        ids = pq.read_table(workdir.shard_path(entry["shard"]), columns=["passage_id"])
-        vectors = rng.standard_normal((entry["rows"], 384), dtype=np.float32)
+        ids = pq.read_table(workdir.shard_path(entry.shard), columns=["passage_id"])
+        vectors = rng.standard_normal((entry.rows, 384), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        worker._write(entry["shard"], ids.column(0), vectors, [None] * entry["rows"],
-                      np.full(entry["rows"], np.nan, dtype=np.float32))
+        worker._write(entry.shard, ids.column(0), vectors, [None] * entry.rows,
+                      np.full(entry.rows, np.nan, dtype=np.float32))
 
     started = time.perf_counter()
-    for entry in worker.manifest["shards"]:
-        pq.read_table(workdir.shard_path(entry["shard"]))
-        pq.read_table(workdir.result_path(entry["shard"]))
+    for entry in worker.manifest.shards:
+        pq.read_table(workdir.shard_path(entry.shard))
+        pq.read_table(workdir.result_path(entry.shard))
     read_seconds = time.perf_counter() - started
     shutil.rmtree(workdir.root / "index", ignore_errors=True)
     started = time.perf_counter()

@@ -327,7 +327,7 @@ def partition_command() -> list[str]:
     script = Path(sys.executable).with_name("infer-corpus")
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    return [sys.executable, "-m", "inference"]
+    return [sys.executable, "-m", "infer_corpus"]
 
 
 def run_partition(corpus: Path, run_dir: Path, overrides: list[str], timeout: float) -> dict:

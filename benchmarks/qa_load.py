@@ -57,7 +57,7 @@ def build(workdir_root: Path, passages: int) -> tuple[Path, int]:
     from inference.config import load_config
     from inference.partition import partition
     from inference.workdir import Workdir
-    from inference.worker import ShardWorker, result_is_current
+    from inference.worker import ShardWorker
     from retrieval import build_index
 
     articles = int(passages / PASSAGES_PER_ARTICLE)
@@ -67,14 +67,14 @@ def build(workdir_root: Path, passages: int) -> tuple[Path, int]:
     summary = partition([str(corpus)], workdir, config, progress=False)
     worker = ShardWorker(workdir, config=config)
     rng = np.random.default_rng(0)
-    for entry in worker.manifest["shards"]:
-        if result_is_current(workdir, entry, worker.key):
+    for entry in worker.manifest.shards:
+        if workdir.result_is_current(entry, worker.key):
             continue
-        ids = pq.read_table(workdir.shard_path(entry["shard"]), columns=["passage_id"])
-        vectors = rng.standard_normal((entry["rows"], 384), dtype=np.float32)
+        ids = pq.read_table(workdir.shard_path(entry.shard), columns=["passage_id"])
+        vectors = rng.standard_normal((entry.rows, 384), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        worker._write(entry["shard"], ids.column(0), vectors, [None] * entry["rows"],
-                      np.full(entry["rows"], np.nan, dtype=np.float32))
+        worker._write(entry.shard, ids.column(0), vectors, [None] * entry.rows,
+                      np.full(entry.rows, np.nan, dtype=np.float32))
     build_index(workdir)
     return workdir.root, summary.passages
 
@@ -153,7 +153,7 @@ def serve(workdir: Path, log: Path) -> tuple[subprocess.Popen, str]:
         port = sock.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("QA_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "qa_api.cli", "--workdir", str(workdir),
+    proc = subprocess.Popen([sys.executable, "-m", "infer_corpus.qa_cli", "--workdir", str(workdir),
                              "--port", str(port)], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

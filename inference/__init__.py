@@ -1,20 +1,27 @@
-"""infer-corpus: shard a document corpus, embed and classify every passage, resumably.
+"""infer-corpus's ground floor: shard a document corpus, embed and classify every passage.
 
 The public surface is small: load a config, partition inputs into a workdir, run one shard,
-or run everything with the local executor.
+or run everything with the local executor. Nothing here imports the packages above it
+(retrieval, qa_api, submit, infer_corpus).
 """
 
-__version__ = "0.1.0"
-
-from .config import Config, ConfigError, load_config  # noqa: E402
-from .executor import run_pipeline  # noqa: E402
-from .partition import partition  # noqa: E402
-from .workdir import Workdir, WorkdirError  # noqa: E402
-from .worker import run_shards  # noqa: E402
+from .config import InferenceConfig, load_config
+from .config_loader import ConfigError
+from .errors import CorpusError, Failure, UsageError
+from .executor import run_pipeline
+from .manifest import Manifest
+from .partition import partition
+from .version import __version__
+from .workdir import Workdir, WorkdirError
+from .worker import run_shards
 
 __all__ = [
-    "Config",
     "ConfigError",
+    "CorpusError",
+    "Failure",
+    "InferenceConfig",
+    "Manifest",
+    "UsageError",
     "Workdir",
     "WorkdirError",
     "load_config",

@@ -11,6 +11,8 @@ import os
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING
 
+from .models import ModelError
+
 if TYPE_CHECKING:
     import torch
 
@@ -53,7 +55,7 @@ def pick_device(setting: str = "auto") -> torch.device:
     if setting == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise ModelError(
             f"device {setting!r} was asked for, but no CUDA GPU is visible "
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
         )

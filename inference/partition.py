@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from . import __version__
-from .config import Config
+from .version import __version__
+from .config import InferenceConfig
 from .passages import split_passages
 from .readers import RawRow, expand_inputs, input_format, read_rows
 from .records import Rejected, content_digest, to_article
@@ -77,11 +77,12 @@ def fingerprint_inputs(paths: list[Path], previous: list[dict[str, Any]] | None)
     return prints
 
 
-def partition_key(config: Config, inputs: list[dict[str, Any]]) -> str:
-    """What decides the shards' content: the inputs' bytes and the partition settings."""
+def partition_key(config: InferenceConfig, inputs: list[dict[str, Any]]) -> str:
+    """What decides the shards' content: the inputs' bytes (not their paths: the same files
+    moved or reinstalled are the same inputs) and the partition settings."""
     tokenizer = ShardTokenizer.identity(config) if config.shards.tokenize else None
     blob = orjson.dumps(
-        {"inputs": [(i["path"], i["sha256"]) for i in inputs],
+        {"inputs": [(i["format"], i["sha256"]) for i in inputs],
          "config": config.section_hash(*PARTITION_SECTIONS), "tokenizer": tokenizer},
         option=orjson.OPT_SORT_KEYS,
     )
@@ -139,22 +140,28 @@ def _clear_outputs(workdir: Workdir) -> None:
 def partition(
     patterns: list[str],
     workdir: Workdir,
-    config: Config,
+    config: InferenceConfig,
     *,
     force: bool = False,
     progress: bool | None = None,
 ) -> PartitionSummary:
     """Partition the inputs into `workdir`, or do nothing when it already holds this partition."""
+    with workdir.lock():
+        return _partition(patterns, workdir, config, force=force, progress=progress)
+
+
+def _partition(patterns: list[str], workdir: Workdir, config: InferenceConfig, *, force: bool,
+               progress: bool | None) -> PartitionSummary:
     started = time.perf_counter()
     paths = expand_inputs(patterns)
-    manifest = workdir.read_manifest() if workdir.has_manifest() else None
-    inputs = fingerprint_inputs(paths, manifest["inputs"] if manifest else None)
+    manifest = workdir.manifest() if workdir.has_manifest() else None
+    inputs = fingerprint_inputs(paths, manifest.inputs if manifest else None)
     key = partition_key(config, inputs)
-    if manifest and manifest.get("partition", {}).get("state") == "done":
-        if manifest.get("partition_key") == key:
-            manifest["config"] = config.to_dict()  # model settings may change; results check it
-            workdir.write_manifest(manifest)
-            stats = {k: v for k, v in manifest["partition"].items() if k != "state"}
+    if manifest and manifest.partitioned:
+        if manifest.partition_key == key:
+            # model settings may change; results check them
+            workdir.write_manifest({**manifest.data, "config": config.to_dict()})
+            stats = {k: v for k, v in manifest.partition.items() if k != "state"}
             summary = PartitionSummary(**stats)
             summary.skipped = True
             summary.seconds = time.perf_counter() - started

@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 
+from .errors import UsageError
+
 SUFFIXES = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -33,7 +35,7 @@ SUFFIXES = {
 RAW_PREVIEW_CHARS = 500
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """An input path that does not exist, matches nothing, or has an unsupported format."""
 
 
@@ -104,6 +106,7 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 
 
 _FILE_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile)
+BOM = b"\xef\xbb\xbf"
 
 
 def _preview(data: bytes | str) -> str:
@@ -118,6 +121,8 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
     try:
         with _open_binary(path) as handle:
             for line_no, line in enumerate(handle, start=1):
+                if line_no == 1 and line.startswith(BOM):  # written by some Windows tools
+                    line = line[len(BOM):]
                 if not line.strip():
                     continue
                 try:
@@ -148,13 +153,15 @@ def _read_csv(path: Path) -> Iterator[RawRow]:
     line_no = 0
     try:
         with _open_binary(path) as binary:
-            text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
+            # utf-8-sig: a byte-order mark goes before the CSV parser sees a quoted header
+            text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape",
+                                    newline="")
             reader = csv.reader(text)
             try:
                 header = next(reader)
             except StopIteration:
                 return
-            header = [h.strip().lstrip("\ufeff") for h in header]
+            header = [h.strip() for h in header]
             while True:
                 line_no = reader.line_num + 1
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -54,27 +55,32 @@ def _as_text(name: str | None, value: Any) -> str:
     raise Rejected("bad_field_type", f"field {name!r} must be text, got {type(value).__name__}")
 
 
+def _person(item: Any) -> str:
+    """One author: a name, or an object with `name` or `given`/`family` (CSL, Crossref)."""
+    if isinstance(item, dict):
+        item = item.get("name") or " ".join(
+            str(item[k]) for k in ("given", "family") if item.get(k)
+        )
+    if item is None or isinstance(item, (dict, list)):
+        return ""
+    return str(item).strip()
+
+
 def _authors(value: Any) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
         parts = value.split(";") if ";" in value else [value]
         return [p.strip() for p in parts if p.strip()]
-    if isinstance(value, list):
-        names = []
-        for item in value:
-            if isinstance(item, dict):
-                item = item.get("name") or " ".join(
-                    str(item[k]) for k in ("given", "family") if item.get(k)
-                )
-            if item is not None and str(item).strip():
-                names.append(str(item).strip())
-        return names
-    return [str(value)]
+    items = value if isinstance(value, list) else [value]
+    return [name for name in map(_person, items) if name]
 
 
 def _year(value: Any) -> int | None:
+    """A year, or None for anything that is not one (missing numbers arrive as NaN)."""
     if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (int, float)):
         year = int(value)

@@ -5,31 +5,29 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from .config import config_from_dict
 from .workdir import Workdir
-from .worker import result_is_current, result_key
 
 
 def workdir_status(workdir: Workdir) -> dict[str, Any]:
     """Each shard is done (a current result file), partial (a worker is writing or was
     killed while writing), or pending."""
-    manifest = workdir.read_manifest()
-    finished = manifest.get("partition", {}).get("state") == "done"
-    key = result_key(manifest, config_from_dict(manifest["config"])) if finished else ""
+    manifest = workdir.manifest()
+    finished = manifest.partitioned
+    key = manifest.result_key() if finished else ""
     shards = []
-    for entry in manifest.get("shards", []) if finished else []:
-        n = entry["shard"]
-        if result_is_current(workdir, entry, key):
+    for entry in manifest.shards if finished else []:
+        n = entry.shard
+        if workdir.result_is_current(entry, key):
             state = "done"
         elif any(workdir.results_dir.glob(f".shard-{n:05d}.parquet.tmp-*")):
             state = "partial"
         else:
             state = "pending"
-        shards.append({"shard": n, "rows": entry["rows"], "state": state})
+        shards.append({"shard": n, "rows": entry.rows, "state": state})
     counts = Counter(s["state"] for s in shards)
     return {
         "workdir": str(workdir.root),
-        "partition": manifest.get("partition", {}),
+        "partition": manifest.partition,
         "shard_total": len(shards),
         "counts": {state: counts.get(state, 0) for state in ("done", "partial", "pending")},
         "passages_total": sum(s["rows"] for s in shards),

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from tokenizers import Tokenizer
 
-from .config import Config, ModelConfig
+from .config import InferenceConfig, ModelConfig
 from .devices import usable_cpus
 from .models import ModelError, resolve_model
 from .text import embedding_text
@@ -183,7 +183,7 @@ class ShardTokenizer:
         self._pool = TokenizerPool(model, processes) if processes else None
 
     @classmethod
-    def load(cls, config: Config, processes: int | None = None) -> ShardTokenizer:
+    def load(cls, config: InferenceConfig, processes: int | None = None) -> ShardTokenizer:
         """The partition step's tokenizer: by default one process per core the job has
         (measured 22,000-24,000 passages/s on 16 cores, against 15,000-17,000 with the Rust
         tokenizer's threads, whose output is turned into ids under the GIL); none on one core."""
@@ -193,7 +193,7 @@ class ShardTokenizer:
         return cls(config.model, processes)
 
     @staticmethod
-    def identity(config: Config) -> dict[str, Any]:
+    def identity(config: InferenceConfig) -> dict[str, Any]:
         return dict(_identity(config.model.name, config.model.max_seq_length))
 
     def encode(self, titles: Sequence[str | None], texts: Sequence[str]) -> TokenIds:

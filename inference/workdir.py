@@ -7,18 +7,22 @@ its final name is complete; work in progress lives under a hidden temporary name
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import WorkdirError
+from .manifest import Manifest, ShardEntry
+from .results import result_is_current
+
 MANIFEST = "manifest.json"
-
-
-class WorkdirError(RuntimeError):
-    """The workdir is missing, damaged, or belongs to a different run."""
-
+LOCK = ".lock"
+_held: dict[Path, tuple[int, int]] = {}  # this process's workdir locks: root -> (fd, depth)
+__all__ = ["Manifest", "ShardEntry", "Workdir", "WorkdirError", "atomic_path",
+           "write_json_atomic"]
 
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
@@ -89,15 +93,57 @@ class Workdir:
     def has_manifest(self) -> bool:
         return self.manifest_path.is_file()
 
-    def read_manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
+        """The manifest as it is on disk now (a WorkdirError when missing or unreadable)."""
         if not self.manifest_path.is_file():
             raise WorkdirError(
                 f"{self.root} has no {MANIFEST}: run `infer-corpus partition` (or `run`) first"
             )
         try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise WorkdirError(f"cannot read {self.manifest_path}: {exc}") from None
+        return Manifest(data, self.manifest_path)
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_json_atomic(self.manifest_path, manifest)
+    def write_manifest(self, manifest: Manifest | dict[str, Any]) -> None:
+        data = manifest.data if isinstance(manifest, Manifest) else manifest
+        write_json_atomic(self.manifest_path, data)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Be the workdir's only writer (partition, run, index) while the block runs.
+
+        A second writer gets a WorkdirError naming the process that holds the workdir, at
+        once; readers (`search`, `qa-api`) and shard workers need no lock. The lock is an
+        advisory `flock` that the kernel drops when its holder dies, so a killed run never
+        leaves the workdir locked. It is re-entrant within one process (run -> partition)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        key = self.root.resolve()
+        if key in _held:
+            fd, depth = _held[key]
+            _held[key] = (fd, depth + 1)
+        else:
+            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise WorkdirError(f"workdir {self.root} in use by PID {holder}: wait for it "
+                                   "to finish, or use another --workdir") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _held[key] = (fd, 1)
+        try:
+            yield
+        finally:
+            fd, depth = _held[key]
+            if depth > 1:
+                _held[key] = (fd, depth - 1)
+            else:
+                del _held[key]
+                os.close(fd)  # closing releases the flock
+
+    def result_is_current(self, entry: ShardEntry, key: str) -> bool:
+        """The shard's result file is done: made with `key` and holding all its rows."""
+        return result_is_current(self.result_path(entry.shard), entry.rows, key)

@@ -8,26 +8,24 @@ finished shard is never recomputed unless the settings that shaped it changed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
-from .config import Config, config_from_dict
+from .version import __version__
+from .config import InferenceConfig
 from .schema import check_schema_version, result_schema
 from .text import embedding_text
 from .tokenize import ShardTokenizer, TokenIds
-from .workdir import Workdir, WorkdirError, atomic_path
+from .workdir import ShardEntry, Workdir, WorkdirError, atomic_path
 
 Event = Callable[[dict[str, Any]], None]
 log = logging.getLogger(__name__)
@@ -39,38 +37,6 @@ class ShardOutcome:
     rows: int
     skipped: bool
     seconds: float
-
-
-def result_key(manifest: dict[str, Any], config: Config) -> str:
-    """What decides a result's content: the partition, the model and the predictions."""
-    m = config.model
-    parts = (manifest["partition_key"], m.name, m.max_seq_length, m.embedding_dtype,
-             config.section_hash("predictions"))
-    head = _head_digest(config)
-    blob = repr(parts + (head,) if head else parts)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _head_digest(config: Config) -> str:
-    """A trained head's content: retraining it to the same path must redo the predictions."""
-    if config.predictions.kind != "head" or not config.predictions.model:
-        return ""
-    try:
-        return hashlib.sha256(Path(config.predictions.model).read_bytes()).hexdigest()
-    except OSError:
-        return "missing"  # the worker reports the missing file when it loads the head
-
-
-def result_is_current(workdir: Workdir, shard: dict[str, Any], key: str) -> bool:
-    path = workdir.result_path(shard["shard"])
-    if not path.is_file():
-        return False
-    try:
-        meta = pq.read_metadata(path)
-    except (OSError, pa.ArrowException):
-        return False
-    tags = meta.schema.to_arrow_schema().metadata or {}
-    return tags.get(b"result_key") == key.encode() and meta.num_rows == shard["rows"]
 
 
 def _remove_stale_temporaries(workdir: Workdir, shard: int) -> None:
@@ -97,14 +63,12 @@ def _alive(pid: int) -> bool:
 class ShardWorker:
     """Holds the model between shards so that one process can run many shards."""
 
-    def __init__(self, workdir: Workdir, config: Config | None = None,
+    def __init__(self, workdir: Workdir, config: InferenceConfig | None = None,
                  threads: int = 0, on_event: Event | None = None) -> None:
         self.workdir = workdir
-        self.manifest = workdir.read_manifest()
-        if self.manifest.get("partition", {}).get("state") != "done":
-            raise WorkdirError(f"{workdir.root}: the partition step has not finished")
-        self.config = config or config_from_dict(self.manifest["config"])
-        self.key = result_key(self.manifest, self.config)
+        self.manifest = workdir.manifest().require_partitioned()
+        self.config = config or self.manifest.config
+        self.key = self.manifest.result_key(self.config)
         self.threads = threads
         self.on_event = on_event or (lambda event: None)
         self._encoder = None
@@ -123,24 +87,20 @@ class ShardWorker:
                 torch.set_num_threads(self.threads)
             self._encoder = Encoder(self.config.model)
             self._predictor = make_predictor(self.config.predictions, self._encoder)
+            self.on_event({"event": "ready"})
         return self._encoder, self._predictor
 
-    def shard_entry(self, shard: int) -> dict[str, Any]:
-        shards = self.manifest["shards"]
-        if not 0 <= shard < len(shards):
-            raise WorkdirError(
-                f"shard {shard} does not exist: this workdir has shards 0..{len(shards) - 1}"
-            )
-        return shards[shard]
+    def shard_entry(self, shard: int) -> ShardEntry:
+        return self.manifest.shard(shard)
 
     def run(self, shard: int) -> ShardOutcome:
         """Compute one shard; its result file is written in the background (see `wait`)."""
         started = time.perf_counter()
         entry = self.shard_entry(shard)
-        if result_is_current(self.workdir, entry, self.key):
-            self.on_event({"event": "done", "shard": shard, "rows": entry["rows"],
+        if self.workdir.result_is_current(entry, self.key):
+            self.on_event({"event": "done", "shard": shard, "rows": entry.rows,
                            "skipped": True})
-            return ShardOutcome(shard, entry["rows"], True, time.perf_counter() - started)
+            return ShardOutcome(shard, entry.rows, True, time.perf_counter() - started)
         _remove_stale_temporaries(self.workdir, shard)
         encoder, predictor = self._models()
         table = self._read(shard, entry)
@@ -169,7 +129,7 @@ class ShardWorker:
             pending, self._pending = self._pending, None
             pending.result()
 
-    def _read(self, shard: int, entry: dict[str, Any]) -> pa.Table:
+    def _read(self, shard: int, entry: ShardEntry) -> pa.Table:
         """Only the columns this run needs: text is skipped when token ids can be used."""
         path = self.workdir.shard_path(shard)
         try:
@@ -181,12 +141,12 @@ class ShardWorker:
             table = pq.read_table(path, columns=columns)
         except (OSError, pa.ArrowException, ValueError) as exc:
             raise WorkdirError(f"cannot read shard {path}: {exc}") from None
-        if table.num_rows != entry["rows"]:
-            raise WorkdirError(f"{path} has {table.num_rows} rows, manifest says {entry['rows']}")
+        if table.num_rows != entry.rows:
+            raise WorkdirError(f"{path} has {table.num_rows} rows, manifest says {entry.rows}")
         return table
 
     def _can_use_stored_ids(self) -> bool:
-        stored = self.manifest.get("tokenizer")
+        stored = self.manifest.tokenizer
         return stored is not None and stored == ShardTokenizer.identity(self.config)
 
     def _token_ids(self, table: pa.Table) -> TokenIds | None:

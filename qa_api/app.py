@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from fastapi import Depends, FastAPI, Request
 from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
@@ -29,13 +27,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from inference.config import QAConfig
 from inference.devices import usable_cpus
 from inference.workdir import Workdir
 from retrieval import DEFAULT_MODE, MODES, QueryError, Searcher
-from retrieval.embedded import passage_topics
 
 from .agent import Agent
+from .config import QAConfig
 from .llms import build_llm
 
 MAX_QUESTION_CHARS = 2000
@@ -107,17 +104,6 @@ class ReactRequest(_Strict):
         return self
 
 
-def data_topics(workdir: Workdir) -> list[str]:
-    """The topics the indexed passages carry: the input's topic, else the predicted label."""
-    found: set[str] = set()
-    for entry in workdir.read_manifest()["shards"]:
-        shard = pq.read_table(workdir.shard_path(entry["shard"]), columns=["topic"])
-        result = pq.read_table(workdir.result_path(entry["shard"]), columns=["label"])
-        topics = passage_topics(shard, result)
-        found.update(t for t in pc.unique(topics).to_pylist() if t)
-    return sorted(found)
-
-
 def _json_safe(value: Any) -> Any:
     """NaN and infinite scores become null: JSON has no such numbers."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -137,7 +123,7 @@ class QAService:
         self.config = config
         self.searcher = Searcher(self.workdir, low_latency=True)
         self.search_slots = threading.BoundedSemaphore(usable_cpus())
-        present = set(data_topics(self.workdir))
+        present = set(self.searcher.index.topics())
         self.topics = [t for t in config.questions if t in present] + sorted(
             present - set(config.questions))
         self.llms = {name: build_llm(spec) for name, spec in config.models.items()}

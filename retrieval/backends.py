@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from inference.config import ConfigError, IndexConfig, config_from_dict
+from inference.config_loader import ConfigError
 from inference.workdir import Workdir
 
+from .config import IndexConfig
 from .embedded import EmbeddedIndex, IndexSummary, build_index
-from .search import PassageIndex
-
-BACKENDS = ("embedded", "elasticsearch")
+from .index import PassageIndex
 
 
 def index_config(workdir: Workdir, backend: str | None = None,
                  url: str | None = None) -> IndexConfig:
     """The workdir's `index` settings with the given overrides applied."""
-    settings = config_from_dict(workdir.read_manifest()["config"]).index
+    settings = workdir.manifest().section(IndexConfig, "index")
     settings = dataclasses.replace(settings, **{k: v for k, v in
                                                 {"backend": backend, "url": url}.items() if v})
     settings.validate()

@@ -9,9 +9,10 @@ replaced. Searches go through the alias, so they never see a half-built index; l
 results again is a no-op; documents are keyed by passage id, so a retried bulk request rewrites
 rather than duplicates.
 
-Reading (`ElasticsearchIndex`): the `PassageIndex` of `retrieval.search`, keyed by passage id.
-The BM25 request also fetches the candidates' embeddings, so re-ranking them costs no second
-request (`vectors`); dense search is an approximate kNN search with the topic as a filter.
+Reading (`ElasticsearchIndex`): the `PassageIndex` of `retrieval.index`, keyed by passage id.
+The BM25 screening request also fetches the candidates' embeddings, so re-ranking them costs
+no second request (`candidates`); dense search is an approximate kNN search with the topic as a
+filter; the topics come from an aggregation.
 
 The 9.x client speaks to Elasticsearch 9 and the 8.x client to Elasticsearch 8 (see
 docs/elasticsearch.md).
@@ -44,24 +45,26 @@ from elasticsearch import (
 from elasticsearch import __versionstr__ as CLIENT_VERSION
 from elasticsearch.helpers import streaming_bulk
 
-from inference.config import ConfigError
-from inference.executor import RunError
+from inference.errors import Failure, UsageError
+from inference.manifest import Manifest
 from inference.workdir import Workdir, WorkdirError
 
 from .embedded import SHARD_COLUMNS, IndexSummary, finished_results, read_shards
+from .index import Candidates
 
 VECTOR_FIELD = "embedding"
 BM25_FIELDS = ["title", "text"]
 KNN_CANDIDATES_PER_HIT = 10  # approximate kNN looks at this many candidates per hit wanted
 RETRY_STATUSES = (429, 502, 503, 504)
+TOPICS_PER_PAGE = 1000  # topic buckets per aggregation request
 _ERRNO = re.compile(r"\[Errno -?\d+\][^)'\"]*")
 
 
-class ElasticsearchUnavailable(RunError):
+class ElasticsearchUnavailable(Failure):
     """The cluster could not be reached or stayed overloaded: trying again later can help."""
 
 
-class ElasticsearchRefused(ConfigError):
+class ElasticsearchRefused(UsageError):
     """The cluster refused what was asked (credentials, version, mapping): a setting must change."""
 
 
@@ -156,7 +159,7 @@ def _alias_holders(client: Elasticsearch, name: str) -> list[str]:
 
 
 def _documents(concrete: str, workdir: Workdir,
-               manifest: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+               manifest: Manifest) -> Iterator[list[dict[str, Any]]]:
     """Bulk index actions, one list per shard; `_id` is the passage id."""
     for table, matrix in read_shards(workdir, manifest):
         vectors = np.round(matrix.astype(np.float64), 6).tolist()  # float16 holds ~4 digits
@@ -175,9 +178,9 @@ def load_elasticsearch(workdir: Workdir, client: Elasticsearch, name: str, *, ur
     started = time.perf_counter()
     url = url or "the configured URL"
     manifest, key = finished_results(workdir)
-    total = sum(e["rows"] for e in manifest["shards"])
-    dims = (pq.read_schema(workdir.result_path(manifest["shards"][0]["shard"]))
-            .field("embedding").type.list_size if manifest["shards"] else None)
+    total = manifest.passages
+    dims = (pq.read_schema(workdir.result_path(manifest.shards[0].shard))
+            .field("embedding").type.list_size if manifest.shards else None)
     template = index_template(name, dims, vector_mapping)
     digest = json.dumps([key, template], sort_keys=True).encode()
     concrete = f"{name}-{hashlib.sha256(digest).hexdigest()[:16]}"
@@ -242,8 +245,8 @@ def _bulk(client: Elasticsearch, actions: list[dict[str, Any]], *, url: str,
 
 
 class ElasticsearchIndex:
-    """Read side over alias `name`: BM25 with the candidates' embeddings in one request, kNN
-    dense search, stored fields by passage id."""
+    """Read side over alias `name`: BM25 candidates with their embeddings in one request, kNN
+    dense search, stored fields by passage id, topics by aggregation."""
 
     def __init__(self, client: Elasticsearch, name: str, *, url: str = "",
                  api_key_env: str | None = None) -> None:
@@ -253,7 +256,6 @@ class ElasticsearchIndex:
             if not _alias_holders(client, name):
                 raise WorkdirError(f"Elasticsearch at {redact(self.url)} has no index {name}: "
                                    "run `infer-corpus index --backend elasticsearch` first")
-        self._vectors: dict[str, np.ndarray] = {}
 
     def _answers(self, doing: str):
         return _answers(self.url, doing, self.api_key_env)
@@ -270,40 +272,63 @@ class ElasticsearchIndex:
             filters.append({"ids": {"values": list(within)}})
         return {"bool": {"must": [query], "filter": filters}} if filters else query
 
+    def _bm25_hits(self, words: str, limit: int, topic: str | None,
+                   within: list[str] | None = None, **options: Any) -> list[dict[str, Any]]:
+        with self._answers("searching"):
+            return self.client.search(index=self.name,
+                                      query=self._filtered(_match(words), topic, within),
+                                      size=limit, source=False, track_total_hits=False,
+                                      **options)["hits"]["hits"]
+
     def bm25(self, words: str, limit: int, topic: str | None = None,
              within: list[str] | None = None) -> list[tuple[str, float]]:
         """(passage id, score) of the best `limit` passages for already-sanitised query words;
-        only passages of `topic` and among the ids `within`, when given. The passages'
-        embeddings come back in the same response and serve `vectors`."""
-        with self._answers("searching"):
-            hits = self.client.search(index=self.name,
-                                      query=self._filtered(_match(words), topic, within),
-                                      size=limit, source=False, fields=[VECTOR_FIELD],
-                                      track_total_hits=False)["hits"]["hits"]
-        if within is None:
-            self._vectors = _vectors_of(hits)
-        else:  # a subset of candidates already known: keep the others' vectors too
-            self._vectors.update(_vectors_of(hits))
-        return [(hit["_id"], float(hit["_score"])) for hit in hits]
+        only passages of `topic` and among the ids `within`, when given."""
+        return [(hit["_id"], float(hit["_score"]))
+                for hit in self._bm25_hits(words, limit, topic, within)]
 
-    def vectors(self, keys: list[str]) -> np.ndarray:
-        """The given passages' (unit) embeddings as float32: those of the last BM25 hits from
-        memory, any other fetched by id."""
-        if not keys:
-            return np.zeros((0, 0), dtype=np.float32)
-        known = self._vectors
-        missing = [key for key in keys if key not in known]
+    def candidates(self, words: str, limit: int, topic: str | None = None) -> Candidates:
+        """What `bm25` finds, with the passages' (unit) embeddings as float32: they come back
+        in the same response; any the response lacks is fetched by id."""
+        hits = self._bm25_hits(words, limit, topic, fields=[VECTOR_FIELD])
+        found = [(hit["_id"], float(hit["_score"])) for hit in hits]
+        known = _vectors_of(hits)
+        missing = [key for key, _ in found if key not in known]
         if missing:
-            with self._answers("fetching embeddings"):
-                hits = self.client.search(index=self.name, query={"ids": {"values": missing}},
-                                          size=len(missing), source=False,
-                                          fields=[VECTOR_FIELD])["hits"]["hits"]
-            known = {**known, **_vectors_of(hits)}
-            lost = [key for key in missing if key not in known]
-            if lost:
-                raise ElasticsearchRefused(f"Elasticsearch at {redact(self.url)} returned no "
-                                           f"embedding for passage {lost[0]}")
-        return np.stack([known[key] for key in keys])
+            known.update(self._fetch_vectors(missing))
+        vectors = np.stack([known[key] for key, _ in found]) if found else np.zeros((0, 0))
+        return Candidates.of(found, vectors)
+
+    def _fetch_vectors(self, keys: list[str]) -> dict[str, np.ndarray]:
+        with self._answers("fetching embeddings"):
+            hits = self.client.search(index=self.name, query={"ids": {"values": keys}},
+                                      size=len(keys), source=False,
+                                      fields=[VECTOR_FIELD])["hits"]["hits"]
+        found = _vectors_of(hits)
+        lost = [key for key in keys if key not in found]
+        if lost:
+            raise ElasticsearchRefused(f"Elasticsearch at {redact(self.url)} returned no "
+                                       f"embedding for passage {lost[0]}")
+        return found
+
+    def topics(self) -> list[str]:
+        """The passages' topics, collected page by page with a composite terms aggregation
+        (a plain terms aggregation stops at its `size`)."""
+        found: list[str] = []
+        after: dict[str, Any] | None = None
+        while True:
+            composite: dict[str, Any] = {"size": TOPICS_PER_PAGE,
+                                         "sources": [{"topic": {"terms": {"field": "topic"}}}]}
+            if after:
+                composite["after"] = after
+            with self._answers("listing topics"):
+                page = self.client.search(index=self.name, size=0, track_total_hits=False,
+                                          aggs={"topics": {"composite": composite}})
+            result = page["aggregations"]["topics"]
+            found += [bucket["key"]["topic"] for bucket in result["buckets"]]
+            after = result.get("after_key")
+            if not result["buckets"] or not after:
+                return sorted(topic for topic in found if topic)
 
     def dense(self, vector: np.ndarray, limit: int,
               topic: str | None = None) -> list[tuple[str, float]]:
@@ -339,7 +364,7 @@ def _match(text: str) -> dict[str, Any]:
 
 def _vectors_of(hits: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Embeddings returned with search hits; a value that is not numbers is left out (and
-    fetched again by `vectors`, which says so if it cannot get it)."""
+    fetched again by `candidates`, which says so if it cannot get it)."""
     out = {}
     for hit in hits:
         try:

@@ -25,9 +25,10 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import tantivy
 
-from inference.config import config_from_dict
+from inference.manifest import Manifest
 from inference.workdir import Workdir, WorkdirError, write_json_atomic
-from inference.worker import result_is_current, result_key
+
+from .index import Candidates
 
 POINTER = "current.json"
 # Two indexing threads with 500 MB of buffer each write few, large segments (2 at 1.1M
@@ -73,33 +74,24 @@ def _index_key(results_key: str) -> str:
     return hashlib.sha256(f"embedded-v4:{results_key}".encode()).hexdigest()[:16]
 
 
-def finished_results(workdir: Workdir) -> tuple[dict[str, Any], str]:
+def finished_results(workdir: Workdir) -> tuple[Manifest, str]:
     """The manifest and results key of a workdir whose every shard has a current result
     (what any backend loads); a clear error otherwise."""
-    manifest = workdir.read_manifest()
-    if manifest.get("partition", {}).get("state") != "done":
-        raise WorkdirError(f"{workdir.root}: the partition step has not finished")
-    key = result_key(manifest, config_from_dict(manifest["config"]))
-    missing = [e["shard"] for e in manifest["shards"] if not result_is_current(workdir, e, key)]
+    manifest = workdir.manifest().require_partitioned()
+    key = manifest.result_key()
+    missing = [e.shard for e in manifest.shards if not workdir.result_is_current(e, key)]
     if missing:
         raise WorkdirError(f"{workdir.root}: shards {missing[:10]} have no current result; "
                            "run `infer-corpus run` (or `shard`) first")
     return manifest, key
 
 
-def passage_topics(shard: pa.Table, result: pa.Table) -> pa.ChunkedArray:
-    """The topic each passage is indexed under: the input's topic, else the predicted label."""
-    return pc.coalesce(shard.column("topic"), result.column("label"))
-
-
-def read_shards(workdir: Workdir,
-                manifest: dict[str, Any]) -> Iterator[tuple[pa.Table, np.ndarray]]:
+def read_shards(workdir: Workdir, manifest: Manifest) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """Each shard's passage fields (topic: the input's, else the predicted label) and vectors."""
-    for entry in manifest["shards"]:
-        n = entry["shard"]
-        shard = pq.read_table(workdir.shard_path(n), columns=SHARD_COLUMNS)
-        result = pq.read_table(workdir.result_path(n), columns=["embedding", "label"])
-        topic = passage_topics(shard, result)
+    for entry in manifest.shards:
+        shard = pq.read_table(workdir.shard_path(entry.shard), columns=SHARD_COLUMNS)
+        result = pq.read_table(workdir.result_path(entry.shard), columns=["embedding", "label"])
+        topic = pc.coalesce(shard.column("topic"), result.column("label"))
         shard = shard.set_column(shard.schema.get_field_index("topic"), "topic", topic)
         vectors = result.column("embedding").combine_chunks()
         yield shard, vectors.values.to_numpy().reshape(len(vectors), -1)
@@ -111,7 +103,7 @@ def build_index(workdir: Workdir) -> IndexSummary:
     manifest, key = finished_results(workdir)
     root = workdir.root / "index"
     name = f"embedded-{_index_key(key)}"
-    total = sum(e["rows"] for e in manifest["shards"])
+    total = manifest.passages
     if _pointer(root).get("name") == name and (root / name / "done").is_file():
         return IndexSummary(total, False, str(root / name), time.perf_counter() - started)
     target = root / name
@@ -237,9 +229,11 @@ class EmbeddedIndex:
                     (common if frequency > limit else rare).append(term)
         return rare, common
 
-    def vectors(self, keys: list[int]) -> np.ndarray:
-        """The given passages' (unit) embeddings as float32."""
-        return np.asarray(self.matrix[np.asarray(keys, dtype=np.int64)], dtype=np.float32)
+    def candidates(self, words: str, limit: int, topic: str | None = None) -> Candidates:
+        """What `bm25` finds, with the passages' (unit) embeddings as float32."""
+        found = self.bm25(words, limit, topic)
+        rows = np.array([row for row, _ in found], dtype=np.int64)
+        return Candidates.of(found, self.matrix[rows])
 
     def dense(self, vector: np.ndarray, limit: int,
               topic: str | None = None) -> list[tuple[int, float]]:
@@ -266,6 +260,10 @@ class EmbeddedIndex:
             return np.zeros(0, dtype=np.int64)
         mask = pc.fill_null(pc.equal(self.passages.column("topic"), topic), False)
         return np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+
+    def topics(self) -> list[str]:
+        """The topics the passages are indexed under (the input's, else the predicted label)."""
+        return sorted(t for t in pc.unique(self.passages.column("topic")).to_pylist() if t)
 
     def passages_for(self, keys: list[int]) -> list[dict[str, Any]]:
         """The stored fields of the given passages (memory-mapped: no copy of the whole table)."""

@@ -24,13 +24,16 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from inference.config import config_from_dict
-from inference.readers import InputError
+from inference.errors import UsageError
 from inference.workdir import Workdir
+
+from .backends import open_index
+from .index import Candidates, PassageIndex
+from .text import STOPWORDS
 
 
 MODES = ("feedback", "hybrid", "rerank", "rrf", "bm25", "dense")
@@ -46,18 +49,9 @@ FEEDBACK_VECTOR_WEIGHT = 0.5  # weight of their embedding centroid in the query 
 NEIGHBOUR_WEIGHT = 0.5  # share of a fused score that comes from the candidate's neighbours
 NEIGHBOUR_TEMPERATURE = 0.05  # cosine scale of the neighbours' softmax weights
 _WORD = re.compile(r"\w+")
-# English function words and question words: they match nearly every passage, so BM25 only
-# listens to them by accident (an Elasticsearch `english` analyser drops most of them too).
-STOPWORDS = frozenset("""
-a about after all also am an and any are as at be been being between both but by can could did
-do does doing for from had has have having he her his how i if in into is it its may me might
-more most must my no nor not of on or our over shall she should so some such than that the
-their them then there these they this those through to under upon us very was we were what
-when where which while who whom whose why will with would you your
-""".split())
 
 
-class QueryError(InputError):
+class QueryError(UsageError):
     """A query or search setting that cannot be served; the message says why."""
 
 
@@ -88,23 +82,6 @@ def feedback_terms(passages: list[dict[str, Any]], query: str, limit: int) -> st
     return " ".join(word for word, _ in weights.most_common(limit))
 
 
-class PassageIndex(Protocol):
-    """What a search backend provides. Keys identify passages within one backend (row numbers
-    in the embedded index, passage ids in Elasticsearch); vectors are unit length."""
-
-    def bm25(self, words: str, limit: int, topic: str | None = None,
-             within: list | None = None) -> list[tuple[Hashable, float]]:
-        """Best passages for `words`, optionally only those of one topic and among the keys
-        `within`."""
-
-    def vectors(self, keys: list) -> np.ndarray: ...
-
-    def dense(self, vector: np.ndarray, limit: int,
-              topic: str | None = None) -> list[tuple[Hashable, float]]: ...
-
-    def passages_for(self, keys: list) -> list[dict[str, Any]]: ...
-
-
 @dataclass
 class Hit:
     key: Hashable
@@ -129,12 +106,8 @@ class Searcher:
 
     def __init__(self, workdir: Workdir, device: str = "cpu",
                  index: PassageIndex | None = None, low_latency: bool = False) -> None:
-        if index is None:  # the backend the workdir was indexed with
-            from .backends import open_index
-
-            index = open_index(workdir)
-        self.index = index
-        self.config = config_from_dict(workdir.read_manifest()["config"])
+        self.index = index or open_index(workdir)  # default: the backend the workdir names
+        self.config = workdir.manifest().config
         self.device = device
         self.low_latency = low_latency
         self._encoder = None
@@ -159,25 +132,26 @@ class Searcher:
         if screening_top_k < top_k:
             raise QueryError("screening_top_k must be at least top_k")
         _check_mode(mode)
-        vector, lexical = None, None
+        vector, candidates = None, None
         if mode == "dense":
             vector = self.embed([query])[0]
         elif mode != "bm25":  # embed the query while BM25 screens: both release the GIL
             embedding = self._background.submit(self.embed, [query])
-            lexical = self.index.bm25(words, screening_top_k, topic)  # >= top_k, checked above
+            # screening_top_k >= top_k, checked above
+            candidates = self.index.candidates(words, screening_top_k, topic)
             vector = embedding.result()[0]
         hits = self.rank(words, vector, mode=mode, depth=top_k, screening_top_k=screening_top_k,
-                         topic=topic, lexical=lexical)
+                         topic=topic, candidates=candidates)
         for hit, passage in zip(hits, self.index.passages_for([hit.key for hit in hits])):
             hit.passage = passage
         return hits
 
     def rank(self, words: str, vector: np.ndarray | None, *, mode: str, depth: int,
              screening_top_k: int, topic: str | None = None,
-             lexical: list[tuple[Hashable, float]] | None = None) -> list[Hit]:
+             candidates: Candidates | None = None) -> list[Hit]:
         """The best `depth` passages for prepared query words and (unit) query vector;
-        `lexical`: the BM25 screening of the words (top max(depth, screening_top_k)) when the
-        caller already has it."""
+        `candidates`: the BM25 screening of the words (top max(depth, screening_top_k)) when
+        the caller already has it."""
         _check_mode(mode)
         n = max(depth, screening_top_k)
         if mode == "bm25":
@@ -185,41 +159,43 @@ class Searcher:
         assert vector is not None
         if mode == "dense":
             return [Hit(k, s, dense=s) for k, s in self.index.dense(vector, depth, topic)]
-        if lexical is None:
-            lexical = self.index.bm25(words, n, topic)
+        if candidates is None:
+            candidates = self.index.candidates(words, n, topic)
         if mode == "rrf":
-            return self._rrf(lexical, vector, n, depth, topic)
-        hits = self._screen(lexical, vector, mode)
+            return self._rrf(candidates, vector, n, depth, topic)
+        hits = self._screen(candidates, candidates.scores, vector, mode)
         if mode == "feedback" and hits:
             top = [hit.key for hit in hits[:FEEDBACK_PASSAGES]]
             expansion = feedback_terms(self.index.passages_for(top), words, FEEDBACK_TERMS)
-            vector = vector + FEEDBACK_VECTOR_WEIGHT * self.index.vectors(top).mean(axis=0)
+            row = {key: i for i, key in enumerate(candidates.keys)}
+            centroid = candidates.vectors[[row[key] for key in top]].mean(axis=0)
+            vector = vector + FEEDBACK_VECTOR_WEIGHT * centroid
             vector /= max(float(np.linalg.norm(vector)), 1e-12)
             # BM25 sums over query words: the candidates' scores gain the added words' only
-            added = dict(self.index.bm25(expansion, len(lexical), topic,
-                                         within=[key for key, _ in lexical])) if expansion else {}
-            lexical = [(key, score + FEEDBACK_TERM_WEIGHT * added.get(key, 0.0))
-                       for key, score in lexical]
-            hits = self._screen(lexical, vector, mode)
+            added = dict(self.index.bm25(expansion, len(candidates), topic,
+                                         within=candidates.keys)) if expansion else {}
+            scores = candidates.scores + FEEDBACK_TERM_WEIGHT * np.array(
+                [added.get(key, 0.0) for key in candidates.keys], dtype=np.float64)
+            hits = self._screen(candidates, scores, vector, mode)
         return hits[:depth]
 
-    def _screen(self, lexical: list[tuple[Hashable, float]], vector: np.ndarray,
+    def _screen(self, candidates: Candidates, lexical: np.ndarray, vector: np.ndarray,
                 mode: str) -> list[Hit]:
-        """BM25 candidates re-ordered by cosine (`rerank`) or by the regularised z-score
-        fusion."""
-        keys = [k for k, _ in lexical]
-        vectors = self.index.vectors(keys) if keys else np.zeros((0, 0), dtype=np.float32)
-        sims = vectors @ vector if keys else np.zeros(0, dtype=np.float32)
-        lex = np.array([b for _, b in lexical], dtype=np.float32)
+        """The candidates, scored `lexical` by BM25, re-ordered by cosine (`rerank`) or by the
+        regularised z-score fusion."""
+        vectors = candidates.vectors
+        sims = vectors @ vector if len(candidates) else np.zeros(0, dtype=np.float32)
+        lex = lexical.astype(np.float32)
         scores = sims if mode == "rerank" else regularise(
             HYBRID_BM25_WEIGHT * _standardise(lex)
             + (1 - HYBRID_BM25_WEIGHT) * _standardise(sims), vectors)
         hits = [Hit(k, float(score), bm25=float(b), dense=float(sim))
-                for k, b, sim, score in zip(keys, lex, sims, scores)]
+                for k, b, sim, score in zip(candidates.keys, lex, sims, scores)]
         return sorted(hits, key=lambda h: -h.score)
 
-    def _rrf(self, lexical: list[tuple[Hashable, float]], vector: np.ndarray, n: int, depth: int,
+    def _rrf(self, candidates: Candidates, vector: np.ndarray, n: int, depth: int,
              topic: str | None) -> list[Hit]:
+        lexical = list(zip(candidates.keys, candidates.scores.tolist()))
         semantic = self.index.dense(vector, n, topic)
         fused: dict[Hashable, float] = defaultdict(float)
         for ranked in (lexical, semantic):

@@ -6,5 +6,6 @@
 - `submit.job`: what a shard job runs on an execute node (parts, checkpoints, resume).
 - `submit.validate`: the POST script that lets only sound results into results/.
 
-This package may import `inference`; `inference` imports it only inside CLI commands.
+This package builds on `inference` alone; `infer_corpus` (the commands) calls it, and neither
+`inference` nor `retrieval` imports it.
 """

@@ -5,9 +5,11 @@ Generic: nothing here knows about shards. The pieces:
 - `write_submit(path, commands, itemdata=...)`: a submit description written through
   `htcondor2.Submit` and parsed back. Many jobs in one cluster take their item data from a file
   next to it (`queue a,b from NAME.items`): `str(Submit)` drops inline multi-line queue lists.
-- `python_job_script(...)` and `transfer_source(...)`: a job's executable that runs Python from
-  a container, an unpacked venv tarball or the execute node's PATH, and the tarball's entry in
-  `transfer_input_files`.
+- `job_commands(software, ...)` and `write_job_script(...)`: the submit commands and the
+  executable of a job that runs this project's Python on an execute node, from a container, an
+  unpacked venv tarball or the node's PATH (`submit.config.JobSoftware`);
+  `access_point_commands(...)` for a step that runs on the access point itself.
+- `require_not_running(dag)`: a DAG that DAGMan is running is neither rewritten nor submitted.
 - `Dag`, `Node`, `Script` and `write_dag(path, dag)`: the DAG file, written directly rather than
   with `htcondor2.dags` (which writes `CATEGORY name N` where DAGMan expects `MAXJOBS name N`,
   never writes a FINAL node's submit file, and has no PROVISIONER nodes).
@@ -25,18 +27,25 @@ from __future__ import annotations
 import contextlib
 import re
 import shlex
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from inference.errors import Failure
+from inference.workdir import atomic_path
+
+from .config import JobSoftware
 
 NODE_KINDS = ("JOB", "FINAL", "PROVISIONER")
 NODE_STATES = {0: "not_ready", 1: "ready", 2: "pre", 3: "submitted", 4: "post", 5: "done",
                6: "error", 7: "futile"}
 
 
-class CondorError(RuntimeError):
-    """HTCondor could not take the work: no schedd, or submission refused."""
+class CondorError(Failure):
+    """HTCondor could not take the work: no schedd, a DAG already running, or submission
+    refused."""
 
 
 def condor_arguments(args: list[str]) -> str:
@@ -88,15 +97,14 @@ def transfer_source(path_or_url: str) -> str:
     return path_or_url if "://" in path_or_url else str(Path(path_or_url).resolve())
 
 
-def python_job_script(comment: str, python: str | None, venv_tarball: str | None,
-                      arguments: str) -> str:
+def write_job_script(path: Path, software: JobSoftware, comment: str, arguments: str) -> Path:
     """A job's executable: unpack the venv tarball (transferred into the scratch directory) if
-    one is given, then `exec PYTHON ARGUMENTS`. PYTHON defaults to the venv's, else `python3`
-    from the PATH (inside the container image, if the job has one)."""
-    tarball = Path(venv_tarball.split("://")[-1]).name if venv_tarball else ""
-    python = python or ("env/bin/python" if tarball else "python3")
+    there is one, then `exec PYTHON ARGUMENTS` (shell words, e.g. `"$@"`). PYTHON defaults to
+    the venv's, else `python3` from the PATH (inside the container image, if the job has one)."""
+    tarball = Path(software.venv_tarball.split("://")[-1]).name if software.venv_tarball else ""
+    python = software.python or ("env/bin/python" if tarball else "python3")
     header = "".join(f"# {line}\n" for line in comment.splitlines())
-    return f"""#!/bin/sh
+    _write_text(path, f"""#!/bin/sh
 {header}set -u
 PYTHON={shlex.quote(python)}
 VENV_TARBALL={shlex.quote(tarball)}
@@ -105,7 +113,30 @@ if [ -n "$VENV_TARBALL" ]; then
     if [ -f env/bin/activate ]; then . env/bin/activate; fi
 fi
 exec "$PYTHON" {arguments}
-"""
+""", mode=0o755)
+    return path
+
+
+def job_commands(software: JobSoftware, executable: str, arguments: str,
+                 inputs: list[str]) -> dict[str, str]:
+    """The submit commands of a job that runs a `write_job_script` executable on an execute
+    node: the universe and image its software needs, its arguments (submit-file syntax, see
+    `condor_arguments`), and file transfer of `inputs` plus the venv tarball, if any."""
+    if software.venv_tarball:
+        inputs = [*inputs, transfer_source(software.venv_tarball)]
+    commands = {"universe": "container" if software.container_image else "vanilla"}
+    if software.container_image:
+        commands["container_image"] = software.container_image
+    return {**commands, "executable": executable, "arguments": arguments,
+            "should_transfer_files": "YES", "when_to_transfer_output": "ON_EXIT",
+            "transfer_input_files": ",".join(inputs)}
+
+
+def access_point_commands(module_args: list[str]) -> dict[str, str]:
+    """A step that runs on the access point itself (`universe = local`), as `python -m ...`
+    with the Python that wrote the DAG."""
+    return {"universe": "local", "executable": sys.executable,
+            "arguments": condor_arguments(["-m", *module_args])}
 
 
 @dataclass
@@ -206,11 +237,11 @@ def write_dag(path: Path, dag: Dag) -> Path:
     return path
 
 
-def _write_text(path: Path, text: str) -> None:
-    from inference.workdir import atomic_path
-
+def _write_text(path: Path, text: str, mode: int | None = None) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+        if mode is not None:
+            tmp.chmod(mode)
 
 
 _NODE_KEYWORDS = {"JOB", "FINAL", "PROVISIONER", "SERVICE"}
@@ -390,6 +421,15 @@ def _find_cycle(names: list[str], edges: list[tuple[str, str]]) -> list[str] | N
     return None
 
 
+def require_not_running(dag: Path) -> None:
+    """A CondorError while DAGMan runs `dag` (its .lock file exists): a DAG in flight must be
+    neither rewritten nor submitted a second time."""
+    if Path(dag).with_name(Path(dag).name + ".lock").exists():
+        raise CondorError(f"{dag} is running (its .lock file exists: DAGMan is already running "
+                          "it): wait for it, or remove it with condor_rm, before writing or "
+                          "submitting it again")
+
+
 def submit_dag(path: Path, *, batch_name: str | None = None) -> int:
     """Submit a DAG to the local schedd; returns the DAGMan job's cluster id.
 
@@ -399,9 +439,7 @@ def submit_dag(path: Path, *, batch_name: str | None = None) -> int:
     import htcondor2
 
     path = Path(path).resolve()
-    if path.with_name(path.name + ".lock").exists():
-        raise CondorError(f"{path} is already running (its .lock file exists): wait for it, "
-                          "or remove it with condor_rm first")
+    require_not_running(path)
     try:
         schedd = htcondor2.Schedd()
     except htcondor2.HTCondorException as exc:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import shutil
@@ -27,29 +26,33 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from inference.models import ModelError
+from inference.errors import UsageError, run_command
+from inference.manifest import Manifest, ShardEntry
 from inference.workdir import Workdir, WorkdirError, atomic_path
 from inference.worker import ShardWorker
 
 PARTS_DIR = "parts"
 PART_ROWS = 10_000
 
-log = logging.getLogger("submit.job")
+
+class BadInput(UsageError):
+    """The shard, manifest or model a job was given is damaged or does not match: DAGMan's
+    `RETRY ... UNLESS-EXIT 2` does not retry it."""
+
+    label = "bad input"
 
 
-def _prepare_parts(parts: Workdir, manifest: dict, shard: int, shard_file: Path,
+def _prepare_parts(parts: Workdir, manifest: Manifest, shard: int, shard_file: Path,
                    part_rows: int) -> int:
     """Split the shard into part files under parts/ (a workdir of its own); returns the count."""
-    entry = manifest["shards"][shard] if 0 <= shard < len(manifest["shards"]) else None
-    if entry is None:
-        raise WorkdirError(f"the manifest has no shard {shard}")
+    entry = manifest.shard(shard)
     try:
         table = pq.read_table(shard_file)
     except (OSError, pa.ArrowException) as exc:
         raise WorkdirError(f"cannot read {shard_file}: {exc}") from None
-    if table.num_rows != entry["rows"]:
+    if table.num_rows != entry.rows:
         raise WorkdirError(f"{shard_file} has {table.num_rows} rows, the manifest says "
-                           f"{entry['rows']}")
+                           f"{entry.rows}")
     count = max(1, math.ceil(table.num_rows / part_rows))
     shards = []
     for part in range(count):
@@ -58,10 +61,9 @@ def _prepare_parts(parts: Workdir, manifest: dict, shard: int, shard_file: Path,
         if not path.is_file():
             with atomic_path(path) as tmp:
                 pq.write_table(rows, tmp, compression="zstd")
-        shards.append({"shard": part, "file": str(path.relative_to(parts.root)),
-                       "rows": rows.num_rows, "state": "pending"})
+        shards.append(ShardEntry(part, rows.num_rows, str(path.relative_to(parts.root))))
     parts.create()
-    parts.write_manifest({**manifest, "shards": shards})
+    parts.write_manifest(manifest.with_shards(shards))
     return count
 
 
@@ -80,7 +82,7 @@ def run_job(shard: int, shard_file: Path, result_file: Path, *, manifest_file: P
     """Embed one shard; returns the exit code (0, or the checkpoint code to be restarted)."""
     started = time.monotonic()
     try:
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        manifest = Manifest(json.loads(manifest_file.read_text(encoding="utf-8")), manifest_file)
     except (OSError, ValueError) as exc:
         raise WorkdirError(f"cannot read {manifest_file}: {exc}") from None
     parts = Workdir(PARTS_DIR)
@@ -114,19 +116,24 @@ def main(argv: list[str] | None = None) -> int:
                         "this many seconds (0: never)")
     parser.add_argument("--checkpoint-exit-code", type=int, default=85)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="submit.job: %(message)s")
     if args.part_rows < 1:
         parser.error("--part-rows must be >= 1")
-    try:
-        return run_job(args.shard, args.shard_file, args.result_file,
-                       manifest_file=args.manifest, part_rows=args.part_rows,
-                       checkpoint_after=args.checkpoint_after,
-                       checkpoint_exit_code=args.checkpoint_exit_code)
-    except (WorkdirError, ModelError) as exc:
-        print(f"submit.job: bad input: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+
+    def job() -> int:
+        try:
+            return run_job(args.shard, args.shard_file, args.result_file,
+                           manifest_file=args.manifest, part_rows=args.part_rows,
+                           checkpoint_after=args.checkpoint_after,
+                           checkpoint_exit_code=args.checkpoint_exit_code)
+        except UsageError as exc:  # named as the exit code's meaning in the job's stderr
+            raise BadInput(str(exc)) from None
+
+    code = run_command("submit.job", job)
+    if code not in (0, args.checkpoint_exit_code) and not args.result_file.exists():
+        # HTCondor holds a job whose transfer_output_files are missing; an empty result lets
+        # the job end with its exit code, which the POST script passes on to DAGMan
+        args.result_file.touch()
+    return code
 
 
 if __name__ == "__main__":

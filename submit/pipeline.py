@@ -13,6 +13,7 @@ result into results/ only when it checks out, so a bad result is retried instead
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -26,14 +27,17 @@ from typing import Any
 
 import yaml
 
-from inference.config import Config, ConfigError
+from inference.config import InferenceConfig
+from inference.config_loader import ConfigError
+from inference.errors import EXIT_USAGE
+from inference.manifest import Manifest
 from inference.partition import partition_key
-from inference.workdir import Workdir, WorkdirError
-from inference.worker import result_is_current, result_key
+from inference.workdir import Workdir
 
-from .htcondor import (CondorError, Dag, Node, Script, condor_arguments, lint_dag,
-                       python_job_script, read_node_status, submit_dag, transfer_source,
-                       write_dag, write_submit)
+from .config import CondorConfig
+from .htcondor import (CondorError, Dag, Node, Script, access_point_commands, job_commands,
+                       lint_dag, read_node_status, require_not_running, submit_dag,
+                       transfer_source, write_dag, write_job_script, write_submit)
 
 CONDOR_DIR = "condor"
 DAG_FILE = "pipeline.dag"
@@ -41,7 +45,7 @@ STATUS_FILE = "pipeline.status"
 SUBMITTED_FILE = "submitted.json"
 JOB_SCRIPT = "run-shard.sh"
 GPU_CATEGORY = "gpu"
-EXIT_BAD_INPUT = 2  # a shard job or POST script exits with it when retrying cannot help
+EXIT_BAD_INPUT = EXIT_USAGE  # a shard job or POST script exits with it when retrying cannot help
 
 
 @dataclass
@@ -65,10 +69,10 @@ def incoming_path(workdir: Workdir, shard: int) -> Path:
     return condor_dir(workdir) / "incoming" / f"result-{shard:05d}.parquet"
 
 
-def shard_object_name(manifest: dict[str, Any], shard: int) -> str:
+def shard_object_name(manifest: Manifest, shard: int) -> str:
     """A shard's name under a data URL: new content always gets a new name, because caches
     (OSDF, Pelican) treat an object name as immutable."""
-    return f"shard-{shard:05d}.{manifest['partition_key']}.parquet"
+    return f"shard-{shard:05d}.{manifest.partition_key}.parquet"
 
 
 def _no_space(path: Path, what: str) -> str:
@@ -79,12 +83,9 @@ def _no_space(path: Path, what: str) -> str:
     return text
 
 
-def _check_partition(workdir: Workdir, config: Config) -> dict[str, Any]:
-    manifest = workdir.read_manifest()
-    if manifest.get("partition", {}).get("state") != "done":
-        raise WorkdirError(f"{workdir.root}: the partition step has not finished: run "
-                           "`infer-corpus partition` first (shards are what the DAG fans out on)")
-    if partition_key(config, manifest["inputs"]) != manifest["partition_key"]:
+def _check_partition(workdir: Workdir, config: InferenceConfig) -> Manifest:
+    manifest = workdir.manifest().require_partitioned()  # shards are what the DAG fans out on
+    if partition_key(config, manifest.inputs) != manifest.partition_key:
         raise ConfigError(f"this config's fields/passages/shards settings differ from those "
                           f"{workdir.root} was partitioned with: use the same settings, or "
                           "partition again with this config")
@@ -105,32 +106,23 @@ def _stage(source: Path, target: Path) -> bool:
     return True
 
 
-def _job_script(config: Config) -> str:
-    c = config.condor
+def _write_job_script(path: Path, c: CondorConfig) -> None:
     checkpoint = (f" --checkpoint-after {c.checkpoint_minutes * 60}"
                   f" --checkpoint-exit-code {c.checkpoint_exit_code}"
                   if c.checkpoint_minutes else "")
-    return python_job_script(
+    write_job_script(
+        path, c,
         "One shard job of `infer-corpus submit`: embed one shard in the job's scratch directory.\n"
         "Arguments: SHARD SHARD_FILE RESULT_FILE. Exit codes are listed in docs/condor.md.",
-        c.python, c.venv_tarball,
         f'-m submit.job --shard "$1" --shard-file "$2" --result-file "$3"{checkpoint}')
 
 
-def _shard_submit(workdir: Workdir, config: Config) -> dict[str, str]:
-    c, r = config.condor, config.condor.resources
-    root = workdir.root.resolve()
-    inputs = ["$(shard_input)", str(root / "manifest.json")]
-    if c.venv_tarball:
-        inputs.append(transfer_source(c.venv_tarball))
-    inputs += [transfer_source(i) for i in c.extra_inputs]
+def _shard_submit(workdir: Workdir, c: CondorConfig) -> dict[str, str]:
+    r = c.resources
+    inputs = ["$(shard_input)", str(workdir.root.resolve() / "manifest.json"),
+              *(transfer_source(i) for i in c.extra_inputs)]
     commands = {
-        "universe": "container" if c.container_image else "vanilla",
-        "executable": JOB_SCRIPT,
-        "arguments": "$(shard) $(shard_file) $(result_file)",
-        "should_transfer_files": "YES",
-        "when_to_transfer_output": "ON_EXIT",
-        "transfer_input_files": ", ".join(inputs),
+        **job_commands(c, JOB_SCRIPT, "$(shard) $(shard_file) $(result_file)", inputs),
         "transfer_output_files": "$(result_file)",
         "transfer_output_remaps": f'"$(result_file) = {condor_dir(workdir).resolve()}'
                                   '/incoming/$(result_file)"',
@@ -142,8 +134,6 @@ def _shard_submit(workdir: Workdir, config: Config) -> dict[str, str]:
         "request_memory": r.request_memory,
         "request_disk": r.request_disk,
     }
-    if c.container_image:
-        commands["container_image"] = c.container_image
     if r.request_gpus and r.gpus_minimum_capability:
         commands["gpus_minimum_capability"] = r.gpus_minimum_capability
     if r.request_gpus and r.gpus_minimum_memory:
@@ -174,9 +164,7 @@ def _classad_literal(value: bool | int | str) -> str:
 def _local_submit(args: list[str], name: str, output: str | None = None) -> dict[str, str]:
     """A step that runs on the access point itself, with the Python that wrote the DAG."""
     return {
-        "universe": "local",
-        "executable": sys.executable,
-        "arguments": condor_arguments(["-m", *args]),
+        **access_point_commands(args),
         "getenv": "true",
         "output": output or f"logs/{name}.out",
         "error": f"logs/{name}.err",
@@ -184,44 +172,40 @@ def _local_submit(args: list[str], name: str, output: str | None = None) -> dict
     }
 
 
-def write_pipeline(workdir: Workdir, config: Config) -> PipelineFiles:
+def write_pipeline(workdir: Workdir, config: InferenceConfig,
+                   condor: CondorConfig) -> PipelineFiles:
     """Write WORKDIR/condor/: the DAG, its submit files and the job script; lint the DAG."""
     manifest = _check_partition(workdir, config)
-    c = config.condor
-    if not (c.container_image or c.venv_tarball or c.python):
+    if not (condor.container_image or condor.venv_tarball or condor.python):
         raise ConfigError("condor: say what software the jobs run: container_image (docker://,"
                           " osdf:// or a .sif path), venv_tarball, or python (an interpreter "
                           "with infer-corpus installed that the execute nodes can run)")
     root = Path(_no_space(workdir.root.resolve(), "the workdir"))
     _no_space(Path(sys.executable), "the Python interpreter")
     out = condor_dir(workdir)
-    if (out / f"{DAG_FILE}.lock").exists():
-        raise CondorError(f"{out / DAG_FILE} is running (its .lock file exists): wait for it, "
-                          "or remove it with condor_rm, before writing a new one")
+    require_not_running(out / DAG_FILE)
     for sub in ("logs", "incoming"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    key = result_key(manifest, config)
-    pending = [s["shard"] for s in manifest["shards"]
-               if not result_is_current(workdir, s, key)]
+    key = manifest.result_key(config)
+    pending = [e.shard for e in manifest.shards if not workdir.result_is_current(e, key)]
 
-    config_file = out / "config.yaml"
+    config_file = out.resolve() / "config.yaml"  # the partition node runs in the DAG's directory
+    settings = {**config.to_dict(), "condor": dataclasses.asdict(condor)}
     config_file.write_text("# the settings this DAG runs with (written by infer-corpus submit)\n"
-                           + yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
-    script = out / JOB_SCRIPT
-    script.write_text(_job_script(config), encoding="utf-8")
-    script.chmod(0o755)
+                           + yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+    _write_job_script(out / JOB_SCRIPT, condor)
 
     staged = 0
     stage_lines = []
     shard_vars = {}
     for shard in pending:
         local = workdir.shard_path(shard).resolve()
-        if c.shards_url:
+        if condor.shards_url:
             name = shard_object_name(manifest, shard)
-            source = f"{c.shards_url.rstrip('/')}/{name}"
+            source = f"{condor.shards_url.rstrip('/')}/{name}"
             stage_lines.append(f"{local}\t{source}")
-            if c.stage_dir:
-                staged += _stage(local, Path(c.stage_dir) / name)
+            if condor.stage_dir:
+                staged += _stage(local, Path(condor.stage_dir) / name)
         else:
             name, source = local.name, str(local)
         shard_vars[shard] = {"shard": str(shard), "shard_input": source, "shard_file": name,
@@ -230,45 +214,53 @@ def write_pipeline(workdir: Workdir, config: Config) -> PipelineFiles:
         (out / "stage.tsv").write_text("# local shard\tobject URL the jobs read\n"
                                        + "\n".join(stage_lines) + "\n", encoding="utf-8")
 
-    inputs = [item["path"] for item in manifest["inputs"]]
+    inputs = [item["path"] for item in manifest.inputs]
     write_submit(out / "partition.sub", _local_submit(
-        ["inference", "partition", "--workdir", str(root), "--config", str(config_file),
+        ["infer_corpus", "partition", "--workdir", str(root), "--config", str(config_file),
          "--input", *inputs], "partition"))
-    write_submit(out / "shard.sub", _shard_submit(workdir, config))
+    write_submit(out / "shard.sub", _shard_submit(workdir, condor))
     write_submit(out / "index.sub", _local_submit(
-        ["inference", "index", "--workdir", str(root)], "index"))
+        ["infer_corpus", "index", "--workdir", str(root)], "index"))
     write_submit(out / "report.sub", _local_submit(
-        ["inference", "status", "--workdir", str(root)], "report", output="report.txt"))
+        ["infer_corpus", "status", "--workdir", str(root)], "report", output="report.txt"))
 
     nodes = [Node("partition", "partition.sub")]
     for shard in pending:
         nodes.append(Node(
             f"shard-{shard:05d}", "shard.sub", vars=shard_vars[shard], category=GPU_CATEGORY,
-            retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT,
+            retry=condor.retries, retry_unless_exit=EXIT_BAD_INPUT,
             post=Script(sys.executable, ["-m", "submit.validate", "--workdir", str(root),
                                          "--shard", str(shard), "--job-exit", "$RETURN"])))
-    nodes += [Node("index", "index.sub"), Node("report", "report.sub", kind="FINAL")]
+    # DAGMan takes the FINAL node's outcome as the whole DAG's: the report fails (after writing
+    # report.txt) unless every other node succeeded, so a failed shard is not a successful DAG
+    nodes += [Node("index", "index.sub"),
+              Node("report", "report.sub", kind="FINAL",
+                   post=Script("/usr/bin/test", ["$DAG_STATUS", "-eq", "0"]))]
     shard_names = [n.name for n in nodes if n.category == GPU_CATEGORY]
     edges = ([(["partition"], shard_names), (shard_names, ["index"])] if shard_names
              else [(["partition"], ["index"])])
     dag = Dag(nodes=nodes, edges=edges, node_status_file=STATUS_FILE,
-              max_jobs={GPU_CATEGORY: c.max_jobs} if c.max_jobs and shard_names else {})
+              max_jobs={GPU_CATEGORY: condor.max_jobs} if condor.max_jobs and shard_names else {})
     dag_path = write_dag(out / DAG_FILE, dag)
     files = ["pipeline.dag", "partition.sub", "shard.sub", "index.sub", "report.sub",
              JOB_SCRIPT, "config.yaml"] + (["stage.tsv"] if stage_lines else [])
     return PipelineFiles(dag=dag_path, shard_jobs=pending,
-                         shards_done=len(manifest["shards"]) - len(pending), staged=staged,
+                         shards_done=len(manifest.shards) - len(pending), staged=staged,
                          files=files, problems=lint_dag(dag_path))
 
 
-def submit_pipeline(workdir: Workdir, config: Config, *, dry_run: bool) -> dict[str, Any]:
-    """Write the DAG; unless `dry_run`, submit it. Returns a summary for the CLI."""
-    written = write_pipeline(workdir, config)
+def submit_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConfig, *,
+                    dry_run: bool) -> dict[str, Any]:
+    """Write the DAG; unless `dry_run`, submit it. Returns a summary for the CLI.
+
+    `config` is the run's whole config (its sections all go into the DAG's config.yaml, for
+    the partition node); `condor` is its `condor` section."""
+    written = write_pipeline(workdir, config, condor)
     if written.problems:
         raise CondorError("the written DAG has problems:\n  " + "\n  ".join(written.problems))
     cluster = None
     if not dry_run:
-        cluster = submit_dag(written.dag, batch_name=config.condor.batch_name
+        cluster = submit_dag(written.dag, batch_name=condor.batch_name
                              or f"infer-corpus {workdir.root.resolve().name}")
         (condor_dir(workdir) / SUBMITTED_FILE).write_text(json.dumps(
             {"cluster": cluster, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n",

@@ -23,25 +23,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from inference.config import ConfigError, config_from_dict
+from inference.errors import UsageError, run_command
 from inference.schema import check_schema_version
-from inference.workdir import Workdir, WorkdirError
-from inference.worker import result_key
+from inference.workdir import Workdir
 
 from .pipeline import condor_dir, incoming_path
 
 
-class ResultError(ValueError):
-    """A result file that must not be loaded."""
+class ResultError(UsageError):
+    """A result file that must not be loaded (the POST script turns it into a retry)."""
 
 
 def check_result(workdir: Workdir, shard: int) -> int:
     """Raise ResultError unless the incoming result of `shard` is sound; returns its rows."""
-    manifest = workdir.read_manifest()
-    shards = manifest.get("shards", [])
-    if not 0 <= shard < len(shards):
-        raise WorkdirError(f"{workdir.root} has no shard {shard}")
-    entry = shards[shard]
+    manifest = workdir.manifest()
+    entry = manifest.shard(shard)
     path = incoming_path(workdir, shard)
     if not path.is_file():
         raise ResultError(f"the job sent back no result ({path.name} is missing)")
@@ -51,13 +47,13 @@ def check_result(workdir: Workdir, shard: int) -> int:
         check_schema_version(schema, "result", path.name)
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise ResultError(f"unreadable result: {exc}") from None
-    expected = result_key(manifest, config_from_dict(manifest["config"]))
+    expected = manifest.result_key()
     found = (schema.metadata or {}).get(b"result_key", b"").decode()
     if found != expected:
         raise ResultError(f"result key {found or '(none)'} does not match this run's {expected}"
                           " (made with other model or prediction settings)")
-    if meta.num_rows != entry["rows"]:
-        raise ResultError(f"{meta.num_rows} rows, the manifest says {entry['rows']}")
+    if meta.num_rows != entry.rows:
+        raise ResultError(f"{meta.num_rows} rows, the manifest says {entry.rows}")
     try:
         table = pq.read_table(path, columns=["passage_id", "embedding"])
         ids = pq.read_table(workdir.shard_path(shard), columns=["passage_id"])
@@ -106,11 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-exit", type=int, required=True,
                         help="the job's exit code (DAGMan's $RETURN)")
     args = parser.parse_args(argv)
-    try:
-        return accept(Workdir(args.workdir), args.shard, args.job_exit)
-    except (WorkdirError, ConfigError) as exc:
-        print(f"submit.validate: {exc}", file=sys.stderr)
-        return 2
+    return run_command("submit.validate",
+                       lambda: accept(Workdir(args.workdir), args.shard, args.job_exit))
 
 
 if __name__ == "__main__":

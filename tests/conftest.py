@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `infer-corpus` as a user would, in a separate process."""
     proc = subprocess.run(
-        [sys.executable, "-m", "inference", *args],
+        [sys.executable, "-m", "infer_corpus", *args],
         capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900,
     )
     if check and proc.returncode != 0:
@@ -44,7 +44,7 @@ def write_jsonl(path: Path, records: list) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_path() -> Path:
-    from inference.cli import demo_corpus_path
+    from inference.demo import demo_corpus_path
 
     return demo_corpus_path()
 

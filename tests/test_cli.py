@@ -45,17 +45,63 @@ def test_help_explains_the_commands():
 
 
 def test_pipeline_and_retrieval_never_import_the_layers_above_them():
-    """inference/ and retrieval/ stand alone; `submit` reaches the CLI as a plugin."""
+    """inference/ and retrieval/ stand alone (lint-imports checks the whole layering)."""
     root = Path(__file__).resolve().parents[1]
-    pattern = re.compile(r"^\s*(from|import)\s+(submit|qa_api)\b", re.MULTILINE)
+    pattern = re.compile(r"^\s*(from|import)\s+(submit|qa_api|infer_corpus)\b", re.MULTILINE)
     offenders = [str(path.relative_to(root)) for package in ("inference", "retrieval")
                  for path in (root / package).rglob("*.py") if pattern.search(path.read_text())]
     assert offenders == []
 
 
-def test_submit_is_a_plugin_command(capsys):
-    from inference.cli import main
+def test_submit_is_an_infer_corpus_command(capsys):
+    from infer_corpus.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["submit", "--help"])
     assert exit_info.value.code == 0 and "--dry-run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("model.name=", "model name is empty"),
+        ("model.name=https://example.org/model", "is a URL"),
+        ("model.name={tmp}/x.txt", "is a file, not a model folder"),
+        ("model.device=tpu", "model.device must be auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_run_with_a_bad_model_exits_2_in_one_line(tmp_path, setting, message):
+    (tmp_path / "x.txt").write_text("not a model")
+    proc = run_cli("run", "--demo", "--workdir", str(tmp_path / "w"), "--set",
+                   setting.format(tmp=tmp_path), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_run_on_cuda_without_a_gpu_exits_2_in_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run_cli("run", "--demo", "--workdir", str(tmp_path / "w"), "--set",
+                   "model.device=cuda", check=False)
+    assert proc.returncode == 2 and "no CUDA GPU is visible" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_closed_stdout_ends_quietly(demo_run):
+    """`infer-corpus status --json | head`: the reader is gone; no BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # nobody will read: the first write fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "infer_corpus", "status", "--workdir",
+                               str(demo_run[0]), "--json"], stdout=write,
+                              stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from inference.config import ConfigError, load_config, parse_override
+from infer_corpus.config import load_config
+from inference.config_loader import ConfigError, parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,3 +97,45 @@ def test_an_override_inside_a_map_keeps_its_other_entries(tmp_path):
     path.write_text("predictions:\n  topics:\n    a: alpha\n")
     from_file = load_config(path, ["predictions.topics.b=beta"])
     assert from_file.predictions.topics == {"a": "alpha", "b": "beta"}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"model:\n  name: caf\xe9\n", r"is not UTF-8 text \(byte 18\)"),
+        (b"model:\n  1: x\n  batch_sise: 3\n", r"unknown config key model\.1"),
+        (b"model: [" * 5000, "nests deeper than|not valid YAML"),
+        (b"model:\n  - a\n b: 2\n", r"is not valid YAML at line \d+, column \d+"),
+    ],
+    ids=["not-utf8", "mixed-key-types", "deep-nesting", "invalid-yaml"],
+)
+def test_bad_config_files_give_one_line(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_a_deep_mapping_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 40)))
+    with pytest.raises(ConfigError, match="nests deeper than 32 levels"):
+        load_config(path)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes("\ufeffmodel:\n  batch_size: 16\n".encode())
+    assert load_config(path).model.batch_size == 16
+
+
+def test_bad_config_via_the_cli_exits_2_without_a_traceback(tmp_path):
+    from conftest import run_cli
+
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"model: [" * 5000)
+    proc = run_cli("partition", "--demo", "--workdir", str(tmp_path / "w"), "--config", str(path),
+                   check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -32,10 +32,12 @@ from elasticsearch import Elasticsearch
 from elasticsearch import __versionstr__ as CLIENT_VERSION
 
 from conftest import run_cli, write_jsonl
-from inference.config import ConfigError, load_config
+from infer_corpus.config import load_config
+from inference.config_loader import ConfigError
 from inference.workdir import Workdir
 from retrieval import MODES, EmbeddedIndex, Searcher
 from retrieval.search import query_words
+from retrieval import elasticsearch
 from retrieval.elasticsearch import (
     ElasticsearchIndex,
     ElasticsearchRefused,
@@ -48,9 +50,8 @@ NAME = "passages"
 
 
 def passage_ids(workdir: Workdir) -> list[str]:
-    manifest = workdir.read_manifest()
-    return [pid for e in manifest["shards"]
-            for pid in pq.read_table(workdir.shard_path(e["shard"]),
+    return [pid for e in workdir.manifest().shards
+            for pid in pq.read_table(workdir.shard_path(e.shard),
                                      columns=["passage_id"]).column(0).to_pylist()]
 
 
@@ -210,7 +211,7 @@ def test_overload_and_lost_connections_are_retried_with_backoff(demo_run):
     ]
     summary = load_elasticsearch(workdir, cluster.client(), NAME, backoff=0.01, chunk_size=1000)
     assert summary.built and not cluster.failures
-    shards = len(workdir.read_manifest()["shards"])
+    shards = len(workdir.manifest().shards)
     assert len(cluster.calls("PUT", "/_bulk")) == shards + 2  # one answered 429, one lost
     concrete = cluster.aliases[NAME][0]
     assert sorted(cluster.indices[concrete]) == sorted(passage_ids(workdir))
@@ -254,37 +255,54 @@ def test_search_requests(loaded):
     cluster.search_answer = lambda body: {"hits": {"hits": [
         {"_id": i, "_score": 3.0 - n, "fields": {"embedding": docs[i]["embedding"]}}
         for n, i in enumerate(ids)]}}
-    hits = index.bm25("lithium brines", 3, topic="critical-minerals")
-    assert hits == [(ids[0], 3.0), (ids[1], 2.0), (ids[2], 1.0)]
+    before = len(cluster.requests)
+    candidates = index.candidates("lithium brines", 3, topic="critical-minerals")
+    assert candidates.keys == ids and candidates.scores.tolist() == [3.0, 2.0, 1.0]
+    assert len(cluster.requests) == before + 1  # the vectors came with the hits
     body = cluster.calls("POST", f"/{NAME}/_search")[-1]
     assert body == {"query": {"bool": {
         "must": [{"multi_match": {"query": "lithium brines", "type": "most_fields",
                                   "fields": ["title", "text"]}}],
         "filter": [{"term": {"topic": "critical-minerals"}}]}},
         "size": 3, "_source": False, "fields": ["embedding"], "track_total_hits": False}
+    # plain BM25 (the bm25 mode) sends the same query without asking for the vectors
+    assert index.bm25("lithium brines", 3, topic="critical-minerals") == [
+        (ids[0], 3.0), (ids[1], 2.0), (ids[2], 1.0)]
+    assert cluster.calls("POST", f"/{NAME}/_search")[-1] == {
+        key: value for key, value in body.items() if key != "fields"}
 
     # feedback's second round scores only the first's candidates, for the added words
-    cluster.search_answer = lambda body: {"hits": {"hits": [
-        {"_id": ids[1], "_score": 0.5, "fields": {"embedding": docs[ids[1]]["embedding"]}}]}}
+    cluster.search_answer = lambda body: {"hits": {"hits": [{"_id": ids[1], "_score": 0.5}]}}
     assert index.bm25("spodumene salar", 3, within=ids[:2]) == [(ids[1], 0.5)]
     assert cluster.calls("POST", f"/{NAME}/_search")[-1]["query"] == {"bool": {
         "must": [{"multi_match": {"query": "spodumene salar", "type": "most_fields",
                                   "fields": ["title", "text"]}}],
         "filter": [{"ids": {"values": ids[:2]}}]}}
 
-    # re-ranking uses the vectors that came with the BM25 hits: no further request
+    # re-ranking uses the vectors that came with the BM25 hits
     vector = np.asarray(docs[ids[1]]["embedding"], dtype=np.float32)
     vector /= np.linalg.norm(vector)
-    before = len(cluster.requests)
-    sims = index.vectors([k for k, _ in hits]) @ vector
-    assert len(cluster.requests) == before and sims.argmax() == 1
+    sims = candidates.vectors @ vector
+    assert candidates.vectors.dtype == np.float32 and sims.argmax() == 1
     assert sims[1] == pytest.approx(1.0, abs=1e-3)
-    # a passage that was not among them is fetched by id
+    # a candidate whose vector the response lacks is fetched by id
     other = list(docs)[5]
-    cluster.search_answer = lambda body: {"hits": {"hits": [
-        {"_id": other, "_score": 1.0, "fields": {"embedding": docs[other]["embedding"]}}]}}
-    assert index.vectors([other]).shape == (1, 384)
+    answers = iter([
+        {"hits": {"hits": [{"_id": ids[0], "_score": 2.0,
+                            "fields": {"embedding": docs[ids[0]]["embedding"]}},
+                           {"_id": other, "_score": 1.0}]}},
+        {"hits": {"hits": [{"_id": other, "_score": 1.0,
+                            "fields": {"embedding": docs[other]["embedding"]}}]}}])
+    cluster.search_answer = lambda body: next(answers)
+    candidates = index.candidates("lithium", 2)
+    assert candidates.keys == [ids[0], other] and candidates.vectors.shape == (2, 384)
+    assert candidates.vectors[1] == pytest.approx(docs[other]["embedding"], abs=1e-6)
     assert cluster.calls("POST", f"/{NAME}/_search")[-1]["query"] == {"ids": {"values": [other]}}
+    cluster.search_answer = lambda body: {"hits": {"hits": [{"_id": other, "_score": 1.0}]}}
+    with pytest.raises(ElasticsearchRefused, match=f"returned no embedding for passage {other}"):
+        index.candidates("lithium", 1)
+    cluster.search_answer = lambda body: {"hits": {"hits": []}}
+    assert len(index.candidates("lithium", 5)) == 0
 
     cluster.search_answer = lambda body: {"hits": {"hits": [{"_id": ids[0], "_score": 0.9}]}}
     assert index.dense(vector, 5, topic="geoarchives") == [(ids[0], pytest.approx(0.8))]
@@ -347,18 +365,56 @@ def test_a_missing_index_says_how_to_build_it():
         ElasticsearchIndex(cluster.client(), NAME)
 
 
+def test_topics_are_read_page_by_page_from_a_composite_terms_aggregation(loaded, monkeypatch):
+    _, cluster, _ = loaded
+    index = ElasticsearchIndex(cluster.client(), NAME)
+    stored = ["", "climate-change", "covid-19", "geoarchives"]  # "": a passage with no topic
+
+    def answer(body):
+        composite = body["aggs"]["topics"]["composite"]
+        start = stored.index(composite["after"]["topic"]) + 1 if "after" in composite else 0
+        page = stored[start : start + composite["size"]]
+        topics = {"buckets": [{"key": {"topic": topic}, "doc_count": 3} for topic in page]}
+        if page:
+            topics["after_key"] = {"topic": page[-1]}
+        return {"hits": {"hits": []}, "aggregations": {"topics": topics}}
+
+    cluster.search_answer = answer
+    monkeypatch.setattr(elasticsearch, "TOPICS_PER_PAGE", 2)
+    assert index.topics() == ["climate-change", "covid-19", "geoarchives"]
+    first, *others = cluster.calls("POST", f"/{NAME}/_search")[-3:]
+    assert first == {"size": 0, "track_total_hits": False, "aggs": {"topics": {"composite": {
+        "size": 2, "sources": [{"topic": {"terms": {"field": "topic"}}}]}}}}
+    assert [body["aggs"]["topics"]["composite"]["after"] for body in others] == [
+        {"topic": "climate-change"}, {"topic": "geoarchives"}]
+
+
 # --- osmem-server: a real HTTP server speaking the OpenSearch API ---------------------------
 
-class PlainJsonNode(Urllib3HttpNode):
-    """Sends `application/json` instead of the client's versioned media types, which an
-    OpenSearch-API server rejects with 406."""
+class OsmemNode(Urllib3HttpNode):
+    """Speaks osmem-server's dialect of the API: sends `application/json` instead of the
+    client's versioned media types (an OpenSearch-API server rejects those with 406), and reads
+    the vectors it returns in a hit's `fields` as a string ("[0.1 0.2 ...]") as the list of
+    numbers Elasticsearch returns. Keeps the body of every search request in `searches`."""
+
+    searches: list[dict[str, Any]] = []
 
     def perform_request(self, method, target, body=None, headers=None, **kwargs):
         headers = headers.copy() if headers else HttpHeaders()
         for name in ("accept", "content-type"):
             if name in headers:
                 headers[name] = re.sub(r"vnd\.elasticsearch\+([\w-]+);.*", r"\1", headers[name])
-        return super().perform_request(method, target, body=body, headers=headers, **kwargs)
+        if target.split("?")[0].endswith("/_search"):
+            OsmemNode.searches.append(json.loads(body))
+        response = super().perform_request(method, target, body=body, headers=headers, **kwargs)
+        if b'"fields"' not in response.body:
+            return response
+        answer = json.loads(response.body)
+        for hit in answer["hits"]["hits"]:
+            vector = hit.get("fields", {}).get("embedding")
+            if vector and isinstance(vector[0], str):
+                hit["fields"]["embedding"] = [float(x) for x in vector[0].strip("[]").split()]
+        return NodeApiResponse(response.meta, json.dumps(answer).encode())
 
 
 KNN_VECTOR = {"type": "knn_vector", "dimension": 384,
@@ -377,7 +433,7 @@ def osmem():
 def test_osmem_rejects_the_versioned_media_type_and_accepts_plain_json(osmem):
     with pytest.raises(ElasticsearchRefused, match="does not speak the API of this client"):
         _create_probe(connect(osmem.url), osmem.url)
-    _create_probe(connect(osmem.url, node_class=PlainJsonNode), osmem.url)
+    _create_probe(connect(osmem.url, node_class=OsmemNode), osmem.url)
 
 
 def _create_probe(client: Elasticsearch, url: str) -> None:
@@ -391,7 +447,7 @@ def _create_probe(client: Elasticsearch, url: str) -> None:
 @pytest.fixture(scope="module")
 def osmem_loaded(osmem, demo_run):
     workdir = Workdir(demo_run[0])
-    client = connect(osmem.url, node_class=PlainJsonNode)
+    client = connect(osmem.url, node_class=OsmemNode)
     client.indices.create(index=f"{NAME}-stale")
     client.indices.update_aliases(actions=[{"add": {"index": f"{NAME}-stale", "alias": NAME}}])
     summary = load_elasticsearch(workdir, client, NAME, url=osmem.url, chunk_size=20,
@@ -429,6 +485,42 @@ def test_osmem_bm25_search_with_topic_filter(osmem_loaded):
     assert filtered and {p["topic"] for p in index.passages_for([k for k, _ in filtered])} \
         == {"critical-minerals"}
     assert index.bm25("rock formation", 10, topic="no-such-topic") == []
+
+
+def test_osmem_topics_are_the_embedded_index_topics(osmem_loaded):
+    workdir, client, _ = osmem_loaded
+    topics = ElasticsearchIndex(client, NAME).topics()
+    assert topics == EmbeddedIndex(workdir).topics() and len(topics) == 5
+
+
+@pytest.mark.parametrize("backend", ["embedded", "elasticsearch"])
+def test_one_searcher_serves_threads_at_once_as_it_serves_one_query(backend, request):
+    """8 threads share one Searcher, as in qa-api: each gets what its query gets alone, and
+    over Elasticsearch no candidate's vector is fetched again (nothing passes between calls)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if backend == "embedded":
+        workdir = Workdir(request.getfixturevalue("demo_run")[0])
+        searcher, modes = Searcher(workdir), MODES
+    else:
+        workdir, client, _ = request.getfixturevalue("osmem_loaded")
+        searcher = Searcher(workdir, index=ElasticsearchIndex(client, NAME))
+        modes = tuple(m for m in MODES if m not in ("dense", "rrf"))  # osmem has no kNN search
+    queries = ["ice cores ancient air bubbles", "lithium brines", "tree rings climate",
+               "rock formation", "vaccination protection", "sea level rise", "rare earth",
+               "wastewater surveillance"]
+    jobs = [(query, mode) for query in queries for mode in modes]
+
+    def search(job: tuple[str, str]) -> list[dict]:
+        return [hit.to_dict() for hit in searcher.search(job[0], mode=job[1], top_k=5)]
+
+    alone = [search(job) for job in jobs]
+    assert all(alone)
+    before = len(OsmemNode.searches)
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(search, jobs * 2)) == alone * 2
+    fetched = [body for body in OsmemNode.searches[before:] if "ids" in body.get("query", {})]
+    assert not fetched
 
 
 # --- the command line ------------------------------------------------------------------------

@@ -11,8 +11,13 @@ import uuid
 import pytest
 
 from inference.workdir import Workdir
-from retrieval import MODES, Searcher
-from retrieval.elasticsearch import ElasticsearchIndex, connect, load_elasticsearch
+from retrieval import MODES, EmbeddedIndex, Searcher
+from retrieval.elasticsearch import (
+    ElasticsearchIndex,
+    _vectors_of,
+    connect,
+    load_elasticsearch,
+)
 
 pytestmark = pytest.mark.skipif(not os.environ.get("ES_URL"),
                                 reason="set ES_URL to test against an Elasticsearch cluster")
@@ -45,8 +50,11 @@ def test_load_search_and_rebuild(cluster):
     for mode in MODES:
         hits = searcher.search("How do ice cores preserve ancient air bubbles?", mode=mode)
         assert hits and hits[0].passage["topic"] == "geoarchives", mode
-    # the server returned the embeddings with the BM25 hits (the `fields` option)
-    keys = [key for key, _ in index.bm25("lithium brines", 10)]
-    assert set(keys) <= set(index._vectors) and index.vectors(keys).shape == (len(keys), 384)
+    # the server returns the embeddings with the BM25 hits (the `fields` option): none is
+    # fetched again by id
+    hits = index._bm25_hits("lithium brines", 10, None, fields=["embedding"])
+    assert hits and set(_vectors_of(hits)) == {hit["_id"] for hit in hits}
+    assert index.candidates("lithium brines", 10).vectors.shape == (len(hits), 384)
+    assert index.topics() == EmbeddedIndex(workdir).topics()
     hits = searcher.search("rock formation", topic="critical-minerals", mode="dense")
     assert hits and {h.passage["topic"] for h in hits} == {"critical-minerals"}

@@ -101,5 +101,5 @@ def test_cpu_fallback_and_clear_error_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     assert pick_device("auto").type == "cpu"
-    with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
+    with pytest.raises(ModelError, match="no CUDA GPU is visible"):
         pick_device("cuda")

@@ -38,7 +38,7 @@ def test_shards_follow_the_fixed_schema_and_size(tmp_path):
     summary = partition([str(src)], workdir, config, progress=False)
     assert summary.passages == 60  # 40 sentences x 8 words = 320 words -> 2 passages each
     assert summary.shards == 3
-    manifest = workdir.read_manifest()
+    manifest = workdir.manifest().data
     assert [s["rows"] for s in manifest["shards"]] == [25, 25, 10]
     assert manifest["inputs"][0]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     table = pq.read_table(workdir.shard_path(0))
@@ -105,13 +105,24 @@ def test_repeat_partition_does_nothing_and_changed_input_is_refused(tmp_path):
     assert not workdir.shard_path(1).exists()
 
 
+def test_inputs_are_known_by_content_not_by_path(tmp_path):
+    """The same files moved (a reinstall moves the packaged demo) are the same inputs."""
+    src = corpus(tmp_path)
+    workdir = Workdir(tmp_path / "w")
+    partition([str(src)], workdir, load_config(), progress=False)
+    moved = tmp_path / "elsewhere" / "renamed.jsonl"
+    moved.parent.mkdir()
+    src.rename(moved)
+    assert partition([str(moved)], workdir, load_config(), progress=False).skipped
+
+
 def test_unfinished_partition_is_redone(tmp_path):
     src = corpus(tmp_path)
     workdir = Workdir(tmp_path / "w")
     config = load_config(None, ["shards.passages_per_shard=25"])
     partition([str(src)], workdir, config, progress=False)
     expected = digests(workdir)
-    manifest = workdir.read_manifest()
+    manifest = workdir.manifest().data
     manifest["partition"]["state"] = "running"  # as if killed before the manifest was final
     workdir.write_manifest(manifest)
     workdir.shard_path(2).unlink()
@@ -136,7 +147,7 @@ def test_a_forced_partition_that_is_killed_is_not_taken_for_the_old_one(tmp_path
     with pytest.raises(KeyboardInterrupt):
         partition([str(other)], workdir, config, force=True, progress=False)
     monkeypatch.undo()
-    assert workdir.read_manifest()["partition"]["state"] == "running"
+    assert workdir.manifest().partition["state"] == "running"
     from inference.status import workdir_status
 
     report = workdir_status(workdir)
@@ -144,3 +155,39 @@ def test_a_forced_partition_that_is_killed_is_not_taken_for_the_old_one(tmp_path
     summary = partition([str(src)], workdir, config, progress=False)
     assert not summary.skipped and summary.articles == 30
 
+
+
+def test_a_second_writer_is_refused_at_once_with_the_holders_pid(tmp_path):
+    """Two partitions (or runs) on one workdir: the second exits 2 at once, the first finishes."""
+    import subprocess
+    import time
+
+    src = corpus(tmp_path)
+    workdir = Workdir(tmp_path / "w")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom inference.workdir import Workdir\n"
+         "with Workdir(sys.argv[1]).lock():\n    print('locked', flush=True)\n    time.sleep(60)",
+         str(workdir.root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        with pytest.raises(WorkdirError, match=f"in use by PID {holder.pid}"):
+            partition([str(src)], workdir, load_config(), progress=False)
+        assert time.monotonic() - started < 5
+        from conftest import run_cli
+
+        proc = run_cli("partition", "--input", str(src), "--workdir", str(workdir.root),
+                       check=False)
+        assert proc.returncode == 2 and f"in use by PID {holder.pid}" in proc.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock dies with its holder: a killed writer never leaves the workdir locked
+    assert partition([str(src)], workdir, load_config(), progress=False).shards > 0
+
+
+def test_the_workdir_lock_is_reentrant_within_one_process(tmp_path):
+    src = corpus(tmp_path)
+    workdir = Workdir(tmp_path / "w")
+    with workdir.lock():
+        assert partition([str(src)], workdir, load_config(), progress=False).shards > 0

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from inference.config import ConfigError, QAConfig, load_config
+from infer_corpus.config import load_config
+from inference.config_loader import ConfigError
+from qa_api.config import QAConfig
 from qa_api.agent import keep_citations, parse_reply
 from qa_api.extractive import extractive_answer
 from qa_api.llms import LLMError, resolve_local_model
@@ -94,18 +96,23 @@ def test_packaged_smollm2_is_found_without_importing_it() -> None:
     (["--workdir", ".", "--port", "70000"], "is not a port number"),
 ])
 def test_cli_errors_are_one_line(args: list[str], message: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "qa_api.cli", *args],
+    proc = subprocess.run([sys.executable, "-m", "infer_corpus.qa_cli", *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_port_in_use_is_a_one_line_error() -> None:
+def test_a_port_in_use_is_a_one_line_error(demo_run) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "qa_api.cli", "--workdir", ".",
-                               "--port", str(port)], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([sys.executable, "-m", "infer_corpus.qa_cli", "--workdir",
+                               str(demo_run[0]), "--port", str(port)], capture_output=True,
+                              text=True, timeout=120)
+        # the workdir and the config are checked before the port: a busy port never hides them
+        bad = subprocess.run([sys.executable, "-m", "infer_corpus.qa_cli", "--workdir", ".",
+                              "--port", str(port)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert bad.returncode == 2 and "has no manifest.json" in bad.stderr

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from inference.config import QAConfig
+from qa_api.config import QAConfig
 
 API_KEY = "qa-test-key"
 REPLAY_KEY = "sk-replay-secret"
@@ -109,8 +109,8 @@ def api(demo_run, chat_server, tmp_path_factory) -> httpx.Client:
     port = free_port()
     log = open(folder / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qa_api.cli", "--workdir", str(workdir), "--config", str(config),
-         "--port", str(port)],
+        [sys.executable, "-m", "infer_corpus.qa_cli", "--workdir", str(workdir),
+         "--config", str(config), "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "QA_API_KEY": API_KEY, "REPLAY_API_KEY": REPLAY_KEY})
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300,

@@ -63,7 +63,7 @@ def test_each_bad_jsonl_case_is_rejected_with_its_line_and_reason(tmp_path):
                                       "malformed_json": 2, "no_text": 1, "undecodable_bytes": 1}
     ids = {row["passage_id"] for row in shard_rows(workdir)}
     assert ids == {"a1#0", "t-only#0"}
-    manifest = workdir.read_manifest()
+    manifest = workdir.manifest().data
     assert manifest["partition"]["rejected"] == 7
 
 
@@ -114,3 +114,41 @@ def test_a_bad_rows_raw_text_is_kept_for_inspection(tmp_path):
     partition([str(src)], workdir, load_config(), progress=False)
     (reject,) = read_rejects(workdir)
     assert reject["raw"].startswith('{"id": 1')
+
+
+def test_nan_and_infinite_years_become_null_and_the_run_goes_on(tmp_path):
+    """pandas writes a missing integer as NaN: common in Parquet inputs."""
+    table = pa.table({"id": ["a", "b", "c", "d"], "title": ["Alpha", "Beta", "Gamma", "Delta"],
+                      "abstract": ["one text", "two text", "three text", "four text"],
+                      "year": [2001.0, float("nan"), float("inf"), float("-inf")]})
+    pq.write_table(table, tmp_path / "years.parquet")
+    workdir = Workdir(tmp_path / "w")
+    summary = partition([str(tmp_path / "years.parquet")], workdir, load_config(), progress=False)
+    assert summary.articles == 4 and summary.rejected == 0
+    assert {r["article_id"]: r["year"] for r in shard_rows(workdir)} == {
+        "a": 2001, "b": None, "c": None, "d": None}
+    assert workdir.manifest().partitioned
+
+
+def test_authors_given_as_an_object_are_names_not_reprs(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [
+        {"id": "1", "title": "One", "authors": {"name": "Ada Lovelace"}},
+        {"id": "2", "title": "Two", "authors": [{"given": "Alan", "family": "Turing"}, "Grace"]},
+        {"id": "3", "title": "Three", "authors": {"affiliation": "somewhere"}},
+    ])
+    workdir = Workdir(tmp_path / "w")
+    partition([str(tmp_path / "a.jsonl")], workdir, load_config(), progress=False)
+    assert {r["article_id"]: r["authors"] for r in shard_rows(workdir)} == {
+        "1": ["Ada Lovelace"], "2": ["Alan Turing", "Grace"], "3": []}
+
+
+def test_byte_order_marks_lose_no_column_and_no_record(tmp_path):
+    (tmp_path / "b.csv").write_bytes('\ufeff"id","title"\r\nx1,First\r\nx2,Second\r\n'
+                                     .encode("utf-8"))
+    (tmp_path / "b.jsonl").write_bytes("\ufeff".encode() + b'{"id": "j1", "title": "Third"}\n'
+                                       b'{"id": "j2", "title": "Fourth"}\n')
+    workdir = Workdir(tmp_path / "w")
+    summary = partition([str(tmp_path / "b.csv"), str(tmp_path / "b.jsonl")], workdir,
+                        load_config(), progress=False)
+    assert summary.rejected == 0
+    assert sorted(r["article_id"] for r in shard_rows(workdir)) == ["j1", "j2", "x1", "x2"]

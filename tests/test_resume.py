@@ -18,7 +18,7 @@ SETTINGS = ["--set", "model.batch_size=4", "--set", "model.max_seq_length=128",
 
 
 def shard_command(workdir) -> list[str]:
-    return [sys.executable, "-m", "inference", "shard", "--workdir", str(workdir),
+    return [sys.executable, "-m", "infer_corpus", "shard", "--workdir", str(workdir),
             "--shard", "0", "--events", "--threads", "1"]
 
 
@@ -49,3 +49,29 @@ def test_sigkill_mid_shard_then_restart_gives_the_same_result(demo_path, tmp_pat
     assert got.column("passage_id").to_pylist() == expected.column("passage_id").to_pylist()
     assert len(set(got.column("passage_id").to_pylist())) == got.num_rows
     assert got.equals(expected)
+
+
+def test_workers_stop_when_the_run_is_killed(demo_path, tmp_path):
+    """SIGKILL the executor: its workers must not run on with nobody to read them."""
+    import time
+
+    import psutil
+
+    workdir = tmp_path / "w"
+    run = subprocess.Popen([sys.executable, "-m", "infer_corpus", "run", "--input",
+                            str(demo_path), "--workdir", str(workdir), *SETTINGS],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(run.pid)
+    deadline = time.monotonic() + 120
+    workers: list[psutil.Process] = []
+    while not workers and time.monotonic() < deadline and run.poll() is None:
+        workers = [p for p in parent.children() if "shard" in p.cmdline()]
+        time.sleep(0.05)
+    assert workers, "no worker started"
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    for proc in alive:
+        proc.kill()
+    assert not alive, "a worker ran on after its executor was killed"
+    assert not Workdir(workdir).result_path(0).exists()

@@ -139,6 +139,22 @@ def test_bm25_within_scores_only_the_given_passages(searcher):
     assert index.bm25("ice cores air bubbles", 20, within=[]) == []
 
 
+def test_candidates_are_the_bm25_hits_with_their_vectors(searcher):
+    index, words = searcher.index, "ice cores air bubbles"
+    candidates = index.candidates(words, 20, topic="geoarchives")
+    assert list(zip(candidates.keys, candidates.scores.tolist())) == index.bm25(
+        words, 20, topic="geoarchives")
+    assert candidates.vectors.dtype == np.float32
+    assert np.array_equal(candidates.vectors, index.matrix[candidates.keys].astype(np.float32))
+    assert np.linalg.norm(candidates.vectors, axis=1) == pytest.approx(1.0, abs=1e-2)
+    assert len(index.candidates("zzzunknownword", 5)) == 0
+
+
+def test_topics_are_those_the_passages_are_indexed_under(searcher):
+    assert searcher.index.topics() == ["climate-change", "covid-19", "critical-minerals",
+                                       "dolomites-geology", "geoarchives"]
+
+
 def test_bm25_scores_as_the_query_parser_less_terms_found_in_most_passages(searcher,
                                                                              monkeypatch):
     index = searcher.index

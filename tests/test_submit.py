@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 import stat
 import subprocess
@@ -16,7 +15,8 @@ import htcondor2
 import pytest
 
 from conftest import ROOT, last_json, run_cli
-from inference.cli import main
+from infer_corpus.cli import main
+from inference.workdir import Workdir
 from submit.htcondor import job_match_ad, lint_dag
 from submit.pipeline import shard_object_name
 
@@ -127,7 +127,7 @@ def test_each_shard_job_gets_its_own_files(workdir):
     assert classad2.ExprTree(job["MY.GPUJobLength"]).eval() == "short"
     partition = node_job(condor, "partition.sub", {})
     assert partition["universe"] == "local"
-    assert "inference partition --workdir" in partition["arguments"]
+    assert "infer_corpus partition --workdir" in partition["arguments"]
     assert str(condor.resolve() / "config.yaml") in partition["arguments"]
 
 
@@ -159,11 +159,11 @@ def test_shards_through_osdf_get_unique_names_and_are_staged(workdir, tmp_path):
             "--set", f"condor.stage_dir={stage}"]
     assert last_json(submit(workdir, *args).stdout)["staged"] == 3
     assert last_json(submit(workdir, *args).stdout)["staged"] == 0  # already there
-    manifest = json.loads((workdir / "manifest.json").read_text())
+    manifest = Workdir(workdir).manifest()
     condor = workdir / "condor"
     job = node_job(condor, "shard.sub", dag_nodes(condor / "pipeline.dag")["shard-00001"])
     name = shard_object_name(manifest, 1)
-    assert manifest["partition_key"] in name
+    assert manifest.partition_key and manifest.partition_key in name
     assert job.expand("transfer_input_files").startswith(f"{url}/{name},")
     assert job.expand("arguments").split()[1] == name
     assert (stage / name).read_bytes() == (workdir / "shards" / "shard-00001.parquet").read_bytes()
@@ -178,7 +178,7 @@ def test_venv_tarball_and_no_checkpoints(workdir, tmp_path):
     condor = workdir / "condor"
     job = node_job(condor, "shard.sub", dag_nodes(condor / "pipeline.dag")["shard-00000"])
     assert job["universe"] == "vanilla" and "container_image" not in job
-    assert job.expand("transfer_input_files").endswith(f", {tarball}")
+    assert job.expand("transfer_input_files").endswith(f",{tarball}")
     assert "checkpoint_exit_code" not in job
     script = (condor / "run-shard.sh").read_text()
     assert "VENV_TARBALL=env.tar.gz" in script and "PYTHON=env/bin/python" in script

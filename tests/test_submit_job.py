@@ -14,10 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli
-from inference.config import config_from_dict
 from inference.schema import result_schema
 from inference.workdir import Workdir
-from inference.worker import result_is_current, result_key
 from submit.job import run_job
 from submit.pipeline import incoming_path
 from submit.validate import accept
@@ -34,7 +32,6 @@ def workdir(tmp_path_factory) -> Workdir:
 def fake_result(workdir: Workdir, shard: int, *, rows: int | None = None, key: str | None = None,
                 nan: bool = False, shuffle: bool = False) -> Path:
     """A result file as a shard job would send it back (random unit embeddings)."""
-    manifest = workdir.read_manifest()
     ids = pq.read_table(workdir.shard_path(shard), columns=["passage_id"]).column("passage_id")
     ids = ids.combine_chunks()[: rows if rows is not None else len(ids)]
     if shuffle:
@@ -44,7 +41,7 @@ def fake_result(workdir: Workdir, shard: int, *, rows: int | None = None, key: s
         vectors[0, 0] = np.nan
     schema = result_schema(8, "float16")
     schema = schema.with_metadata({**schema.metadata, b"result_key": (
-        key or result_key(manifest, config_from_dict(manifest["config"]))).encode()})
+        key or workdir.manifest().result_key()).encode()})
     table = pa.table([ids, pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 8),
                       pa.array([None] * len(ids), pa.string()),
                       pa.array(np.zeros(len(ids)), pa.float32())], schema=schema)
@@ -85,9 +82,8 @@ def test_a_sound_result_is_moved_into_results(workdir):
     fake_result(workdir, 0)
     assert accept(workdir, 0, job_exit=0) == 0
     assert not incoming_path(workdir, 0).exists()
-    manifest = workdir.read_manifest()
-    key = result_key(manifest, config_from_dict(manifest["config"]))
-    assert result_is_current(workdir, manifest["shards"][0], key)
+    manifest = workdir.manifest()
+    assert workdir.result_is_current(manifest.shard(0), manifest.result_key())
     # a resubmission now leaves the done shard out of the DAG
     proc = run_cli("submit", "--workdir", str(workdir.root), "--dry-run", "--json",
                    "--set", "shards.passages_per_shard=30", "--set", "predictions.kind=none",

@@ -141,7 +141,7 @@ def test_partition_time_token_ids_are_used_and_give_the_same_result(demo_path, t
     run_cli("run", "--input", str(demo_path), "--workdir", str(plain), *common)
     run_cli("run", "--input", str(demo_path), "--workdir", str(tokenized), *common,
             "--set", "shards.tokenize=true")
-    manifest = Workdir(tokenized).read_manifest()
+    manifest = Workdir(tokenized).manifest().data
     assert manifest["tokenizer"]["max_seq_length"] == 64
     shard = pq.read_table(Workdir(tokenized).shard_path(0))
     assert shard.column("input_ids").null_count == 0
@@ -163,7 +163,7 @@ def test_ids_from_another_tokenizer_setting_are_not_used(demo_path, tmp_path):
     from inference.config import config_from_dict
     from inference.worker import ShardWorker
 
-    manifest = workdir.read_manifest()
+    manifest = workdir.manifest().data
     config = config_from_dict({**manifest["config"],
                                "model": {**manifest["config"]["model"], "max_seq_length": 32}})
     worker = ShardWorker(workdir, config=config)

@@ -239,10 +239,10 @@ def test_shard_worker_predicts_with_a_trained_head(demo_run, dataset, tmp_path):
     assert all(0.0 < s <= 1.0 for s in scores)
 
     # Retraining the head to the same path makes the results stale, so a rerun redoes them.
-    from inference.worker import result_key
+    from inference.workdir import Workdir
 
-    manifest = json.loads((workdir / "manifest.json").read_text())
+    manifest = Workdir(workdir).manifest()
     config = load_config(overrides=["predictions.kind=head", f"predictions.model={head}"])
-    before = result_key(manifest, config)
+    before = manifest.result_key(config)
     head.write_bytes(head.read_bytes() + b"\0")
-    assert result_key(manifest, config) != before
+    assert manifest.result_key(config) != before

@@ -4,6 +4,8 @@ Sweeps (grid/random search, seeds for ensembles, ablations) run locally or as an
 one model can also be trained across several nodes under torchrun (`multinode`).
 """
 
+from inference.errors import UsageError
 
-class TrainError(RuntimeError):
+
+class TrainError(UsageError):
     """A spec, workdir or option that training cannot use: retrying cannot help."""

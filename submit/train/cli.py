@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from submit.htcondor import CondorError
+from inference.errors import run_command
 
 from . import TrainError
 
@@ -159,43 +159,42 @@ def cmd_multinode(args: argparse.Namespace) -> int:
     return 0
 
 
+def run(args: argparse.Namespace) -> int:
+    """The chosen command's exit code; errors are the callers' to report (see `main`)."""
+    if args.command == "sweep":
+        return cmd_sweep(args)
+    if args.command == "report":
+        return cmd_report(args)
+    if args.command == "multinode":
+        return cmd_multinode(args)
+    if args.command == "trial":
+        from .trial import run_trial
+
+        return run_trial(args.trial_dir, args.dataset, args.checkpoint_exit_every, args.threads)
+    if args.command in ("evaluate", "collect"):
+        from . import sweep as sweeps
+
+        result = getattr(sweeps, args.command)(sweeps.Sweep(args.sweep_dir))
+        print(json.dumps(result))
+        return result["code"] if args.command == "evaluate" else 0
+    if args.command == "multinode-pre":
+        from .condor import pre_script
+
+        return pre_script(args.run_dir, args.dag_id)
+    from . import multinode
+
+    if args.command == "ddp-train":
+        return multinode.ddp_train(args.run_dir)
+    return multinode.serve_rank0(args.run_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Bad usage, spec or workdir exits 2; HTCondor refusing the work (no schedd, a DAG
+    already running: the files stay written) or a failed step exits 1."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        if args.command == "sweep":
-            return cmd_sweep(args)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "multinode":
-            return cmd_multinode(args)
-        if args.command == "trial":
-            from .trial import run_trial
-
-            return run_trial(args.trial_dir, args.dataset, args.checkpoint_exit_every,
-                             args.threads)
-        if args.command in ("evaluate", "collect"):
-            from . import sweep as sweeps
-
-            result = getattr(sweeps, args.command)(sweeps.Sweep(args.sweep_dir))
-            print(json.dumps(result))
-            return result["code"] if args.command == "evaluate" else 0
-        from . import multinode
-
-        if args.command == "ddp-train":
-            return multinode.ddp_train(args.run_dir)
-        if args.command == "multinode-rank0":
-            return multinode.serve_rank0(args.run_dir)
-        return multinode.pre_script(args.run_dir, args.dag_id)
-    except TrainError as exc:
-        print(f"train-models: error: {exc}", file=sys.stderr)
-        return 2
-    except CondorError as exc:  # no schedd, or submission refused: the files stay written
-        print(f"train-models: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("train-models: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    return run_command("train-models", lambda: run(args),
+                       interrupted="interrupted; run the same command again to resume")
 
 
 if __name__ == "__main__":

@@ -15,23 +15,28 @@ reached, the DAG succeeds; 4: trials diverged, it fails). The FINAL node (`train
 collect`, on the access point) ranks the trials either way.
 
 Multi-node DAG: `PROVISIONER RANK0` (hosts the rendezvous, publishes it with chirp) and
-`JOB WORKERS` whose PRE script writes the endpoint into `workers.sub` before it is submitted.
+`JOB WORKERS` whose PRE script (`pre_script`) reads rank 0's job ad with condor_q and writes the
+endpoint into `workers.sub` before it is submitted.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from inference.workdir import atomic_path
-from submit.htcondor import CondorError, Dag, Node, Script, condor_arguments, dag_text, \
-    lint_dag, python_job_script, submit_dag as submit_condor_dag, transfer_source, write_submit
+from submit.htcondor import Dag, Node, Script, access_point_commands, condor_arguments, \
+    dag_text, job_commands, lint_dag, require_not_running, submit_dag, write_job_script, \
+    write_submit
 
 from . import TrainError
 from .multinode import DATASET, RUN_FILE, MultinodeSpec, read_run, torchrun_args
-from .sweep import EVAL_DIVERGED, EVAL_TARGET_REACHED, CondorSettings, Sweep, collect, \
-    evaluate, unfinished_trials
+from .spec import CondorSettings
+from .sweep import EVAL_DIVERGED, EVAL_TARGET_REACHED, Sweep, collect, evaluate, \
+    unfinished_trials
 from .trial import CHECKPOINT, CHECKPOINT_EXIT_CODE, METRICS, PARAMS, read_metrics
 
 SWEEP_DAG = "sweep.dag"
@@ -42,39 +47,29 @@ RENDEZVOUS_PENDING = "rank0-not-ready.invalid:0"  # replaced by the workers' PRE
 
 
 def _write_job_script(condor_dir: Path, settings: CondorSettings) -> Path:
-    path = condor_dir / JOB_SCRIPT
-    condor_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(python_job_script(
-            "A job of `train-models`: Python runs the job's arguments (see the .sub files)\n"
-            "in the job's scratch directory. Exit codes: see `train-models --help`.",
-            settings.python, settings.venv_tarball, '"$@"'), encoding="utf-8")
-        tmp.chmod(0o755)
-    return path
+    return write_job_script(
+        condor_dir / JOB_SCRIPT, settings,
+        "A job of `train-models`: Python runs the job's arguments (see the .sub files)\n"
+        "in the job's scratch directory. Exit codes: see `train-models --help`.", '"$@"')
 
 
 def _job(condor_dir: Path, settings: CondorSettings, arguments: list[str],
          inputs: list[str]) -> dict[str, str]:
-    """What every training job shares: the software, its inputs and the resources it asks for."""
-    if settings.venv_tarball:
-        inputs = [*inputs, transfer_source(settings.venv_tarball)]
-    commands = {"universe": "container" if settings.container_image else "vanilla",
-                "executable": str(_write_job_script(condor_dir, settings)),
-                "arguments": condor_arguments(arguments),
-                "transfer_input_files": ",".join(inputs),
+    """What every training job shares: the software, its inputs and the resources it asks for
+    (`_write_job_script` has written its executable)."""
+    commands = {**job_commands(settings, str(condor_dir / JOB_SCRIPT),
+                               condor_arguments(arguments), inputs),
                 "request_cpus": str(settings.request_cpus),
                 "request_memory": settings.request_memory,
-                "request_disk": settings.request_disk,
-                "should_transfer_files": "YES", "when_to_transfer_output": "ON_EXIT"}
+                "request_disk": settings.request_disk}
     if settings.request_gpus:
         commands["request_gpus"] = str(settings.request_gpus)
-    if settings.container_image:
-        commands["container_image"] = settings.container_image
     commands.update({k: str(v) for k, v in settings.extra.items()})
     return commands
 
 
-def _write(path: Path, commands: dict[str, str], itemdata: list[dict[str, str]] | None = None):  # type: ignore[no-untyped-def]
+def _write(path: Path, commands: dict[str, str],
+           itemdata: list[dict[str, str]] | None = None) -> Any:
     try:
         return write_submit(path, commands, itemdata=itemdata)
     except Exception as exc:  # htcondor2 raises its own errors for bad submit commands
@@ -92,9 +87,9 @@ def _write_dag(path: Path, dag: Dag, extra_lines: list[str]) -> Path:
     return path
 
 
-def _local_command(*args: str) -> tuple[str, list[str]]:
-    """A step run on the access point, with this installation's Python."""
-    return sys.executable, ["-m", "submit.train.cli", *args]
+def _local_script(*args: str) -> Script:
+    """A DAG script (PRE or POST) run on the access point, with this installation's Python."""
+    return Script(sys.executable, ["-m", "submit.train.cli", *args])
 
 
 def _resume_files(sweep: Sweep, trial: str) -> str:
@@ -105,9 +100,7 @@ def _resume_files(sweep: Sweep, trial: str) -> str:
 def _clear_previous_dag(condor_dir: Path) -> None:
     """A new DAG replaces the previous one: its rescue DAGs name waves that now hold other
     trials, so DAGMan must not apply them, and waves beyond the new last one are gone."""
-    if (condor_dir / f"{SWEEP_DAG}.lock").exists():
-        raise CondorError(f"{condor_dir / SWEEP_DAG} is running (its .lock file exists): wait "
-                          f"for it, or remove it with condor_rm, before writing a new one")
+    require_not_running(condor_dir / SWEEP_DAG)
     for stale in [*condor_dir.glob(f"{SWEEP_DAG}.rescue*"), *condor_dir.glob("wave-*.sub"),
                   *condor_dir.glob("wave-*.items")]:
         stale.unlink()
@@ -123,13 +116,13 @@ def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
     condor_dir = root / "condor"
     condor_dir.mkdir(parents=True, exist_ok=True)
     _clear_previous_dag(condor_dir)
+    _write_job_script(condor_dir, settings)
     log = str(condor_dir / "sweep.log")
     size = settings.wave_size or len(trials)
     waves = [trials[i : i + size] for i in range(0, len(trials), size)]
     trial_args = ["-m", "submit.train.cli", "trial", "--trial-dir", ".", "--dataset", DATASET]
     if settings.checkpoint_every:
         trial_args += ["--checkpoint-exit-every", str(settings.checkpoint_every)]
-    python, evaluate_args = _local_command("evaluate", "--sweep-dir", str(root))
     nodes = []
     for number, wave in enumerate(waves):
         name = f"wave-{number:03d}"
@@ -144,12 +137,10 @@ def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
             "batch_name": f"sweep-{spec.name}",
         }, itemdata=[{"trial": t, "resume": _resume_files(sweep, t)} for t in wave])
         nodes.append(Node(f"WAVE{number}", f"{name}.sub",
-                          post=Script(python, evaluate_args),
+                          post=_local_script("evaluate", "--sweep-dir", str(root)),
                           abort_dag_on=(EVAL_TARGET_REACHED, 0)))
-    collect_python, collect_args = _local_command("collect", "--sweep-dir", str(root))
     _write(condor_dir / "collect.sub", {
-        "universe": "local", "executable": collect_python,
-        "arguments": condor_arguments(collect_args),
+        **access_point_commands(["submit.train.cli", "collect", "--sweep-dir", str(root)]),
         "output": str(condor_dir / "collect.out"), "error": str(condor_dir / "collect.err"),
         "log": log, "getenv": "PATH,HOME",
     })
@@ -208,6 +199,7 @@ def write_multinode_dag(run_dir: Path) -> Path:
     if spec.max_nodes < 2:
         raise TrainError("a multi-node DAG needs at least 2 nodes (--nodes 2 or MIN:MAX)")
     condor_dir = run_dir / "condor"
+    _write_job_script(condor_dir, spec.condor)
     _write(condor_dir / "rank0.sub", {
         **_multinode_job(run_dir, spec, ["-m", "submit.train.cli", "multinode-rank0",
                                          "--run-dir", "."]),
@@ -215,14 +207,42 @@ def write_multinode_dag(run_dir: Path) -> Path:
         "output": "condor/rank0.out", "error": "condor/rank0.err",
     })
     write_workers_submit(run_dir, spec, RENDEZVOUS_PENDING, "")
-    python, pre_args = _local_command("multinode-pre", "--run-dir", str(run_dir),
-                                      "--dag-id", "$DAGID")
+    pre = _local_script("multinode-pre", "--run-dir", str(run_dir), "--dag-id", "$DAGID")
     dag = Dag(nodes=[Node("RANK0", "rank0.sub", kind="PROVISIONER"),
-                     Node("WORKERS", "workers.sub", pre=Script(python, pre_args))],
+                     Node("WORKERS", "workers.sub", pre=pre)],
               node_status_file="multinode.status")
     return _write_dag(condor_dir / MULTINODE_DAG, dag, [])
 
 
-def submit_dag(path: Path) -> int:
-    """Submit through the htcondor2 bindings (a `CondorError` says what to do without a schedd)."""
-    return submit_condor_dag(path)
+def query_rank0_ad(dag_id: str) -> dict[str, Any]:
+    """The rank-0 job's ad, from `condor_q` (the schedd the DAG runs on)."""
+    constraint = f'DAGManJobId == {int(dag_id)} && DAGNodeName == "RANK0"'
+    try:
+        proc = subprocess.run(["condor_q", "-json", "-constraint", constraint, "-attributes",
+                               "RendezvousHost,RendezvousPort,RemoteHost,JobStatus"],
+                              capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TrainError(f"cannot run condor_q: {exc}") from None
+    if proc.returncode != 0:
+        raise TrainError(f"condor_q failed: {proc.stderr.strip()[:300]}")
+    try:
+        ads = json.loads(proc.stdout or "[]")
+    except ValueError:
+        raise TrainError("condor_q -json printed something that is not JSON") from None
+    if not ads:
+        raise TrainError(f"no RANK0 job of DAG {dag_id} in the queue")
+    return ads[0]
+
+
+def pre_script(run_dir: Path, dag_id: str) -> int:
+    """Workers' PRE script: endpoint and rank-0 machine from its ad into workers.sub."""
+    ad = query_rank0_ad(dag_id)
+    missing = [a for a in ("RendezvousHost", "RendezvousPort", "RemoteHost") if a not in ad]
+    if missing:
+        raise TrainError(f"the RANK0 job's ad lacks {', '.join(missing)}: it has not published "
+                         f"its rendezvous yet")
+    machine = str(ad["RemoteHost"]).split("@")[-1]
+    endpoint = f"{ad['RendezvousHost']}:{int(ad['RendezvousPort'])}"
+    path = write_workers_submit(run_dir, read_run(run_dir), endpoint, machine)
+    print(f"workers join {endpoint}, away from {machine}: {path}")
+    return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from inference.workdir import Workdir, WorkdirError, atomic_path
+from inference.workdir import Workdir, atomic_path
 
 from . import TrainError
 
@@ -38,20 +38,17 @@ def _held_out(passage_id: str, fraction: float) -> bool:
 
 
 def read_workdir(workdir: Workdir, val_fraction: float) -> Dataset:
-    """Passages with a topic from the input, with their embeddings from the result files."""
-    try:
-        manifest = workdir.read_manifest()
-    except WorkdirError as exc:
-        raise TrainError(str(exc)) from None
-    if manifest.get("partition", {}).get("state") != "done":
-        raise TrainError(f"{workdir.root}: the partition step has not finished")
+    """Passages with a topic from the input, with their embeddings from the result files
+    (every shard's result must be current: made with the run's settings, all rows there)."""
+    manifest = workdir.manifest().require_partitioned()
+    key = manifest.result_key()
     vectors, topics, held = [], [], []
-    for entry in manifest["shards"]:
-        result_path = workdir.result_path(entry["shard"])
-        if not result_path.is_file():
-            raise TrainError(f"{result_path} is missing: finish the run first "
+    for entry in manifest.shards:
+        result_path = workdir.result_path(entry.shard)
+        if not workdir.result_is_current(entry, key):
+            raise TrainError(f"{result_path} is missing or out of date: finish the run first "
                              f"(infer-corpus run --workdir {workdir.root})")
-        shard = pq.read_table(workdir.shard_path(entry["shard"]), columns=["passage_id", "topic"])
+        shard = pq.read_table(workdir.shard_path(entry.shard), columns=["passage_id", "topic"])
         result = pq.read_table(result_path, columns=["passage_id", "embedding"])
         if shard.column("passage_id") != result.column("passage_id"):
             raise TrainError(f"{result_path} does not match its shard: rerun infer-corpus run")
@@ -74,7 +71,7 @@ def read_workdir(workdir: Workdir, val_fraction: float) -> Dataset:
                          f"{val_fraction:.0%} for validation")
     return Dataset(np.stack(vectors).astype(np.float32),
                    np.asarray([index[t] for t in topics], dtype=np.int64),
-                   validation, classes, manifest["config"]["model"]["name"])
+                   validation, classes, manifest.config.model.name)
 
 
 def save_dataset(dataset: Dataset, path: Path) -> None:

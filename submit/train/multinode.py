@@ -31,7 +31,7 @@ from inference.workdir import Workdir, write_json_atomic
 
 from . import TrainError
 from .data import load_dataset, read_workdir, save_dataset
-from .sweep import CondorSettings, _section, check_condor, read_spec
+from .spec import CondorSettings, build_spec, load_spec_file
 from .trial import METRICS, MODEL, PARAMS, check_params, epoch_generator, evaluate, \
     make_model, make_optimizer
 
@@ -57,26 +57,25 @@ class MultinodeSpec:
     def max_nodes(self) -> int:
         return int(self.nodes.split(":")[-1])
 
-
-def _nodes(text: Any) -> str:
-    parts = str(text).split(":")
-    if len(parts) > 2 or not all(p.isdigit() for p in parts):
-        raise TrainError(f"nodes must be N or MIN:MAX, not {text!r}")
-    low, high = int(parts[0]), int(parts[-1])
-    if not 1 <= low <= high:
-        raise TrainError(f"nodes {text!r}: need 1 <= MIN <= MAX")
-    return f"{low}:{high}"
+    def validate(self) -> None:
+        """`nodes` N or MIN:MAX, kept as MIN:MAX; at least one process per node; known
+        hyperparameters."""
+        parts = self.nodes.split(":")
+        if len(parts) > 2 or not all(p.isdigit() for p in parts):
+            raise TrainError(f"nodes must be N or MIN:MAX, not {self.nodes!r}")
+        low, high = int(parts[0]), int(parts[-1])
+        if not 1 <= low <= high:
+            raise TrainError(f"nodes {self.nodes!r}: need 1 <= MIN <= MAX")
+        self.nodes = f"{low}:{high}"
+        if self.nproc_per_node < 1:
+            raise TrainError("nproc_per_node must be >= 1")
+        check_params(self.params)
 
 
 def load_multinode_spec(path: Path, nodes: str | None = None) -> MultinodeSpec:
-    data = read_spec(path, MultinodeSpec, "multi-node spec")
-    data["condor"] = check_condor(_section(CondorSettings, data.get("condor"), "condor"))
-    data["nodes"] = _nodes(nodes if nodes is not None else data.get("nodes", "2:2"))
-    spec = MultinodeSpec(**data)
-    if spec.nproc_per_node < 1:
-        raise TrainError("nproc_per_node must be >= 1")
-    check_params(spec.params)
-    return spec
+    """Read and check a multi-node spec; `nodes` (N or MIN:MAX) replaces the spec's."""
+    return load_spec_file(MultinodeSpec, path, "multi-node spec",
+                          {"nodes": nodes} if nodes is not None else None)
 
 
 def prepare_run(spec: MultinodeSpec, workdir: Path) -> Path:
@@ -95,8 +94,7 @@ def read_run(run_dir: Path) -> MultinodeSpec:
         data = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise TrainError(f"{run_dir} is not a prepared multi-node run (no {RUN_FILE})") from None
-    data["condor"] = CondorSettings(**data["condor"])
-    return MultinodeSpec(**data)
+    return build_spec(MultinodeSpec, data, str(run_dir / RUN_FILE))
 
 
 def torchrun_args(run_dir: Path | str, endpoint: str, nodes: str, nproc_per_node: int,
@@ -203,42 +201,6 @@ def serve_rank0(run_dir: Path) -> int:
         agent.wait()
         raise
     return agent.wait()
-
-
-def query_rank0_ad(dag_id: str) -> dict[str, Any]:
-    """The rank-0 job's ad, from `condor_q` (the schedd the DAG runs on)."""
-    constraint = f'DAGManJobId == {int(dag_id)} && DAGNodeName == "RANK0"'
-    try:
-        proc = subprocess.run(["condor_q", "-json", "-constraint", constraint, "-attributes",
-                               "RendezvousHost,RendezvousPort,RemoteHost,JobStatus"],
-                              capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TrainError(f"cannot run condor_q: {exc}") from None
-    if proc.returncode != 0:
-        raise TrainError(f"condor_q failed: {proc.stderr.strip()[:300]}")
-    try:
-        ads = json.loads(proc.stdout or "[]")
-    except ValueError:
-        raise TrainError("condor_q -json printed something that is not JSON") from None
-    if not ads:
-        raise TrainError(f"no RANK0 job of DAG {dag_id} in the queue")
-    return ads[0]
-
-
-def pre_script(run_dir: Path, dag_id: str) -> int:
-    """Workers' PRE script: endpoint and rank-0 machine from its ad into workers.sub."""
-    from .condor import write_workers_submit
-
-    ad = query_rank0_ad(dag_id)
-    missing = [a for a in ("RendezvousHost", "RendezvousPort", "RemoteHost") if a not in ad]
-    if missing:
-        raise TrainError(f"the RANK0 job's ad lacks {', '.join(missing)}: it has not published "
-                         f"its rendezvous yet")
-    machine = str(ad["RemoteHost"]).split("@")[-1]
-    endpoint = f"{ad['RendezvousHost']}:{int(ad['RendezvousPort'])}"
-    path = write_workers_submit(run_dir, read_run(run_dir), endpoint, machine)
-    print(f"workers join {endpoint}, away from {machine}: {path}")
-    return 0
 
 
 def clear_outputs(run_dir: Path) -> None:

@@ -22,13 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from inference.workdir import Workdir, atomic_path, write_json_atomic
-from submit.htcondor import transfer_source
 
 from . import TrainError
 from .data import read_workdir, save_dataset
+from .spec import CondorSettings, build_spec, load_spec_file
 from .trial import CHECKPOINT_EXIT_CODE, MODEL, PARAMS, check_params, read_metrics
 
 METRICS = {"val_accuracy": "max", "val_loss": "min"}
@@ -42,24 +40,6 @@ class EarlyStop:
     target: float | None = None  # stop once a trial's final metric reaches this
     max_diverged: int | None = None  # stop once this many trials diverged
     diverge_factor: float = 10.0  # a final train loss this many times the first one diverged
-
-
-@dataclass
-class CondorSettings:
-    """What training jobs run with and ask for. The software (this project installed) comes
-    from `container_image`, or from `venv_tarball` (unpacked by the job), or from `python` on
-    the execute node's PATH; `python` defaults to the venv's interpreter, else `python3`."""
-
-    python: str | None = None
-    container_image: str | None = None
-    venv_tarball: str | None = None  # a path or an osdf:// URL (venv-pack or conda-pack)
-    request_cpus: int = 1
-    request_memory: str = "2GB"
-    request_disk: str = "2GB"
-    request_gpus: int = 0
-    wave_size: int = 0  # trials per job cluster; the evaluation runs between waves (0 = one)
-    checkpoint_every: int = 0  # epochs per job run before exiting to checkpoint (0 = never)
-    extra: dict[str, str] = field(default_factory=dict)  # more submit commands, e.g. +Site
 
 
 @dataclass
@@ -78,94 +58,41 @@ class SweepSpec:
     early_stop: EarlyStop = field(default_factory=EarlyStop)
     condor: CondorSettings = field(default_factory=CondorSettings)
 
-
-def read_spec(path: Path, cls: type, what: str) -> dict[str, Any]:
-    """A spec file's top-level mapping, checked against the fields of `cls`."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TrainError(f"cannot read {what} {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise TrainError(f"{what} {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or not data.get("name"):
-        raise TrainError(f"{what} {path} must be a mapping with a name")
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise TrainError(f"unknown key {unknown[0]} in {path} (known: {', '.join(sorted(known))})")
-    return data
-
-
-def check_condor(settings: CondorSettings) -> CondorSettings:
-    """The software choice is one of three; a local venv tarball must exist, and is kept as
-    an absolute path (DAGMan's scripts rewrite submit files from another directory)."""
-    if settings.container_image and settings.venv_tarball:
-        raise TrainError("condor: give container_image or venv_tarball, not both")
-    if settings.venv_tarball:
-        settings.venv_tarball = transfer_source(settings.venv_tarball)
-        if "://" not in settings.venv_tarball and not Path(settings.venv_tarball).is_file():
-            raise TrainError(f"condor.venv_tarball {settings.venv_tarball} does not exist (make "
-                             f"it with venv-pack or conda-pack, or give an osdf:// URL)")
-    return settings
-
-
-def _section(cls: type, data: Any, where: str) -> Any:
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise TrainError(f"{where} must be a mapping")
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise TrainError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
-    return cls(**data)
+    def validate(self) -> None:
+        """What the types alone do not say; every trial's hyperparameters too, so that no
+        mistake surfaces after trials have started."""
+        if not self.name.replace("-", "").replace("_", "").isalnum():
+            raise TrainError("name may hold only letters, digits, '-' and '_'")
+        if self.metric not in METRICS:
+            raise TrainError(f"metric must be one of {', '.join(METRICS)}")
+        if self.method not in ("grid", "random"):
+            raise TrainError("method must be grid or random")
+        if self.method == "random" and self.samples < 1:
+            raise TrainError("method random needs samples >= 1")
+        for key, values in self.params.items():
+            if isinstance(values, dict):
+                if self.method != "random" or set(values) - {"low", "high", "log"} or \
+                        not {"low", "high"} <= set(values):
+                    raise TrainError(f"params.{key}: a range {{low, high, log}} needs "
+                                     "method random")
+            elif not isinstance(values, list) or not values:
+                raise TrainError(f"params.{key} must be a non-empty list of values")
+        if not self.seeds:
+            raise TrainError("seeds must be a non-empty list of integers")
+        for i, ablation in enumerate(self.ablations):
+            if set(ablation) != {"name", "set"} or not isinstance(ablation["set"], dict):
+                raise TrainError(f"ablations[{i}] must be {{name: ..., set: {{param: value}}}}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise TrainError("val_fraction must be between 0 and 1")
+        if self.early_stop.diverge_factor <= 1:
+            raise TrainError("early_stop.diverge_factor must be > 1")
+        for trial in expand_trials(self):
+            check_params(trial["params"])
 
 
 def load_spec(path: Path) -> SweepSpec:
     """Read and check a sweep spec; every problem is reported with the key that caused it."""
-    data = read_spec(path, SweepSpec, "sweep spec")
-    data["early_stop"] = _section(EarlyStop, data.get("early_stop"), "early_stop")
-    data["condor"] = check_condor(_section(CondorSettings, data.get("condor"), "condor"))
-    try:
-        spec = SweepSpec(**data)
-    except TypeError as exc:
-        raise TrainError(f"sweep spec {path}: {exc}") from None
-    _validate(spec)
-    return spec
-
-
-def _validate(spec: SweepSpec) -> None:
-    name = str(spec.name)
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise TrainError("name may hold only letters, digits, '-' and '_'")
-    if spec.metric not in METRICS:
-        raise TrainError(f"metric must be one of {', '.join(METRICS)}")
-    if spec.method not in ("grid", "random"):
-        raise TrainError("method must be grid or random")
-    if spec.method == "random" and spec.samples < 1:
-        raise TrainError("method random needs samples >= 1")
-    if not isinstance(spec.params, dict) or not isinstance(spec.base, dict):
-        raise TrainError("params and base must be mappings")
-    for key, values in spec.params.items():
-        if isinstance(values, dict):
-            if spec.method != "random" or set(values) - {"low", "high", "log"} or \
-                    not {"low", "high"} <= set(values):
-                raise TrainError(f"params.{key}: a range {{low, high, log}} needs method random")
-        elif not isinstance(values, list) or not values:
-            raise TrainError(f"params.{key} must be a non-empty list of values")
-    if not spec.seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                 for s in spec.seeds):
-        raise TrainError("seeds must be a non-empty list of integers")
-    for i, ablation in enumerate(spec.ablations):
-        if not isinstance(ablation, dict) or set(ablation) != {"name", "set"} or \
-                not isinstance(ablation["set"], dict):
-            raise TrainError(f"ablations[{i}] must be {{name: ..., set: {{param: value}}}}")
-    if not 0.0 < spec.val_fraction < 1.0:
-        raise TrainError("val_fraction must be between 0 and 1")
-    if spec.early_stop.diverge_factor <= 1:
-        raise TrainError("early_stop.diverge_factor must be > 1")
-    for trial in expand_trials(spec):  # every hyperparameter checked before anything runs
-        check_params(trial["params"])
+    return load_spec_file(SweepSpec, path, "sweep spec")
 
 
 def _draw(values: Any, rng: random.Random) -> Any:
@@ -218,10 +145,7 @@ class Sweep:
         return self.root / "trials" / trial
 
     def spec(self) -> SweepSpec:
-        data = self._json("spec.json")
-        data["early_stop"] = EarlyStop(**data["early_stop"])
-        data["condor"] = CondorSettings(**data["condor"])
-        return SweepSpec(**data)
+        return build_spec(SweepSpec, self._json("spec.json"), f"{self.root / 'spec.json'}")
 
     def trials(self) -> list[dict[str, Any]]:
         return self._json("trials.json")

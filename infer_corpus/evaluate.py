@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from inference.config import Config
 from inference.executor import run_pipeline
+from inference.readers import InputError
 from inference.workdir import Workdir
+from retrieval import DEFAULT_MODE, MODES, Searcher, build
+from retrieval.search import query_words
 
-from .backends import build
-from .search import DEFAULT_MODE, MODES, Searcher, query_words
+from .config import Config
 
 
 def ndcg_at(ranked: list[str], relevance: dict[str, int], k: int = 10) -> float:
@@ -38,7 +39,7 @@ def recall_at(ranked: list[str], relevance: dict[str, int], k: int = 100) -> flo
 def read_collection(folder: Path) -> tuple[list[dict], dict[str, dict[str, int]]]:
     for name in ("corpus.jsonl", "queries.jsonl", "qrels.tsv"):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} is not a BEIR-layout collection: no {name}")
+            raise InputError(f"{folder} is not a BEIR-layout collection: no {name}")
     with open(folder / "queries.jsonl", encoding="utf-8") as handle:
         queries = [json.loads(line) for line in handle if line.strip()]
     qrels: dict[str, dict[str, int]] = defaultdict(dict)

@@ -1,27 +1,27 @@
-"""`infer-corpus`: the command line over the pipeline. Thin: parsing, printing, exit codes.
+"""`infer-corpus`: the command line over every stage. Thin: parsing, printing, exit codes.
+
+It sits above the packages it composes (the pipeline in `inference`, the index and search in
+`retrieval`, the DAG in `submit`), so none of them imports another's commands.
 
 Exit codes: 0 success; 1 a worker or step failed; 2 bad usage, config, input or workdir
-(retrying the same command cannot help).
+(retrying the same command cannot help); see `inference.errors`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import ConfigError, load_config
-from .plugins import plugins
-from .readers import InputError
-from .workdir import Workdir, WorkdirError
+from inference import __version__
+from inference.demo import demo_corpus_path
+from inference.errors import run_command
+from inference.readers import InputError
+from inference.workdir import Workdir
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+from .config import load_config
 
 DESCRIPTION = """\
 Shard a document corpus into Parquet, embed and classify every passage, resumably.
@@ -32,11 +32,6 @@ Shard a document corpus into Parquet, embed and classify every passage, resumabl
 
 A workdir is one run: re-running the same command does only the work that is missing.
 """
-
-
-def demo_corpus_path() -> Path:
-    """The demo corpus that ships inside the package (60+ articles on five topics)."""
-    return Path(str(resources.files("inference") / "data" / "demo_articles.jsonl"))
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -140,8 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     _index_args(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON line")
 
-    for plugin in plugins().values():  # commands other packages add (e.g. `submit`)
-        plugin.add_commands(sub, _config_args)
+    submit = sub.add_parser(
+        "submit", help="write (and submit) the HTCondor DAG: one GPU job per shard",
+        description="Write DIR/condor/: a DAG (partition check -> one GPU job per unfinished "
+        "shard, each result validated by a POST script -> index, then a final report), its "
+        "submit files and job script, all from the config's `condor` section; lint it, then "
+        "submit it to the local schedd unless --dry-run. Needs a partitioned workdir.")
+    submit.add_argument("--workdir", required=True, help="a partitioned run directory")
+    _config_args(submit)
+    submit.add_argument("--dry-run", action="store_true",
+                        help="only write and check the files; submit nothing")
+    submit.add_argument("--json", action="store_true", help="end with one JSON summary line")
 
     status = sub.add_parser("status", help="shard states and counts of a workdir (and its DAG)")
     status.add_argument("--workdir", required=True)
@@ -183,23 +187,23 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .executor import run_pipeline
+    from inference.executor import run_pipeline
+    from retrieval import build
 
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"executor.workers={args.workers}")
     config = load_config(args.config, overrides + _index_overrides(args))
-    from retrieval import build
-
     workdir = Workdir(args.workdir)
-    summary = run_pipeline(_inputs(args), workdir, config, force=args.force)
-    summary["indexed"] = build(workdir).passages
+    with workdir.lock():  # one writer from the partition to the index
+        summary = run_pipeline(_inputs(args), workdir, config, force=args.force)
+        summary["indexed"] = build(workdir).passages
     _print_summary(summary, args.json)
     return 0
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
-    from .partition import partition
+    from inference.partition import partition
 
     config = load_config(args.config, args.overrides)
     result = partition(_inputs(args), Workdir(args.workdir), config, force=args.force)
@@ -209,7 +213,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    from .worker import run_shards
+    from inference.worker import run_shards
 
     def emit(event: dict[str, Any]) -> None:
         if args.events:  # one write per line: events come from two threads
@@ -228,13 +232,14 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import workdir_status
+    from inference.status import workdir_status
 
     workdir = Workdir(args.workdir)
     report = workdir_status(workdir)
-    sections = {name: plugin.status(workdir) for name, plugin in plugins().items()
-                if hasattr(plugin, "status")}
-    report.update({name: data for name, data in sections.items() if data is not None})
+    if (workdir.root / "condor").is_dir():  # the DAG's state, when the workdir has one
+        from submit.pipeline import dag_status
+
+        report["condor"] = dag_status(workdir)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -253,16 +258,54 @@ def cmd_status(args: argparse.Namespace) -> int:
     for shard in report["shards"]:
         if shard["state"] != "done":
             print(f"  shard {shard['shard']:>5}: {shard['state']} ({shard['rows']:,} passages)")
-    for name, plugin in plugins().items():
-        if report.get(name) is not None:
-            plugin.print_status(report[name])
+    if "condor" in report:
+        _print_dag_status(report["condor"])
+    return 0
+
+
+def _print_dag_status(dag: dict[str, Any]) -> None:
+    if "nodes" not in dag:
+        print(f"condor DAG: {dag['state']} ({dag['dag']})")
+        return
+    nodes = ", ".join(f"{n} {state}" for state, n in dag["nodes"].items())
+    print(f"condor DAG: {dag['state']}; nodes: {nodes}; retries {dag['retries']}, "
+          f"held jobs {dag['held']}")
+    if dag["failed"]:
+        print(f"  failed nodes: {', '.join(dag['failed'])} (logs in {Path(dag['dag']).parent}"
+              "/logs/)")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from submit.pipeline import submit_pipeline
+
+    config = load_config(args.config, args.overrides)
+    summary = submit_pipeline(Workdir(args.workdir), config, config.condor,
+                              dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"wrote {summary['dag']}: partition -> {summary['shard_jobs']} shard jobs -> index, "
+          f"final report ({summary['shards_done']} shards already done); lint: ok")
+    if summary["staged"]:
+        print(f"staged {summary['staged']} shards for the jobs' data URL (see stage.tsv)")
+    again = f"infer-corpus submit --workdir {args.workdir}" + "".join(
+        f" {flag} {value}" for flag, value in [("--config", args.config)] if value) + "".join(
+        f" --set {o}" for o in args.overrides)
+    if args.dry_run:
+        print(f"dry run: nothing submitted. Review {Path(summary['dag']).parent}/, then "
+              f"submit with:\n  {again}")
+    else:
+        print(f"submitted: DAGMan job {summary['cluster']}. Follow it with:\n"
+              f"  infer-corpus status --workdir {args.workdir}   (or condor_q -dag -nobatch)")
     return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     from retrieval import build
 
-    result = build(Workdir(args.workdir), args.backend, args.es_url)
+    workdir = Workdir(args.workdir)
+    with workdir.lock():
+        result = build(workdir, args.backend, args.es_url)
     if args.json:
         print(json.dumps(result.__dict__))
     else:
@@ -291,13 +334,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from retrieval import evaluate_collection
+    from .evaluate import evaluate_collection
 
     config = load_config(args.config, list(args.overrides) + _index_overrides(args))
-    try:
-        report = evaluate_collection(args.collection, Workdir(args.workdir), config)
-    except FileNotFoundError as exc:
-        raise InputError(str(exc)) from None
+    report = evaluate_collection(args.collection, Workdir(args.workdir), config)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -308,26 +348,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "partition": cmd_partition, "shard": cmd_shard,
-            "index": cmd_index, "search": cmd_search, "eval": cmd_eval, "status": cmd_status}
+            "index": cmd_index, "search": cmd_search, "eval": cmd_eval, "status": cmd_status,
+            "submit": cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .executor import RunError
-    from .models import ModelError
-
-    logging.basicConfig(level=logging.WARNING, format="infer-corpus: %(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args) if "handler" in args else COMMANDS[args.command](args)
-    except (ConfigError, InputError, WorkdirError, ModelError) as exc:  # incl. QueryError
-        print(f"infer-corpus: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except RunError as exc:
-        print(f"infer-corpus: failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("infer-corpus: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    return run_command("infer-corpus", lambda: COMMANDS[args.command](args),
+                       interrupted="interrupted; run the same command again to resume")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""`qa-api`: serve the QA API and web form over one workdir's index."""
+"""`qa-api`: serve the QA API and web form over one workdir's index.
+
+It lives beside `infer-corpus` because it reads the same config file, every package's section
+of it; the service itself is `qa_api.app`."""
 
 from __future__ import annotations
 
@@ -7,6 +10,11 @@ import logging
 import os
 import socket
 import sys
+
+from inference.errors import UsageError, run_command
+from inference.workdir import Workdir
+
+from .config import load_config
 
 EPILOG = """\
 examples:
@@ -43,34 +51,29 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from inference.config import ConfigError, load_config
-    from inference.executor import RunError
-    from inference.readers import InputError
-    from inference.workdir import WorkdirError
+    return run_command("qa-api", lambda: serve(args))
 
+
+def serve(args: argparse.Namespace) -> int:
+    """Check the config, the workdir and the port, load the index, then serve."""
+    config = load_config(args.config, args.overrides)
+    Workdir(args.workdir).manifest().require_partitioned()
     try:
         with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
             probe.bind((args.host, args.port))  # fail now, not after loading the models
     except OSError as exc:
-        print(f"qa-api: error: cannot listen on {args.host}:{args.port} ({exc.strerror})",
-              file=sys.stderr)
-        return 2
-    try:
-        config = load_config(args.config, args.overrides)
-        from .app import QAService, create_app
+        raise UsageError(f"cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
+    from qa_api.app import QAService, create_app
 
+    try:
         service = QAService(args.workdir, config.qa)
         service.warm_up()
-    except (ConfigError, WorkdirError, InputError, OSError) as exc:
-        print(f"qa-api: error: {exc}", file=sys.stderr)
-        return 2
-    except RunError as exc:  # e.g. the Elasticsearch cluster the workdir uses is unreachable
-        print(f"qa-api: failed: {exc}", file=sys.stderr)
-        return 1
+    except OSError as exc:
+        raise UsageError(str(exc)) from None
 
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", force=True)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"qa-api: serving {args.workdir} ({len(service.topics)} topics); "
           f"open http://{shown}:{args.port}/ for the form, /docs for the API", flush=True)

@@ -1,0 +1,84 @@
+"""The one error tree every package raises from, and the one wrapper that reports it.
+
+```
+CorpusError                 a problem a command reports in one line, never a traceback
+├── UsageError   (exit 2)   bad usage, config, input, workdir or model: retrying cannot help
+│   ├── ConfigError         inference.config      a config file or override off the schema
+│   ├── InputError          inference.readers     unreadable or unusable input paths
+│   ├── WorkdirError        inference.workdir     a missing, damaged or foreign workdir
+│   ├── ModelError          inference.models      a model that cannot be found or loaded
+│   ├── QueryError          retrieval.search      a search request that cannot be run
+│   ├── ElasticsearchRefused  retrieval.elasticsearch  the cluster refused (auth, mapping)
+│   ├── ResultError         submit.validate       a shard job's result that fails its checks
+│   └── TrainError          submit.train          a bad sweep or multinode spec, or its data
+└── Failure      (exit 1)   the work failed: a worker, a cluster, a scheduler; a retry may help
+    ├── RunError            inference.executor    a worker process failed
+    ├── ElasticsearchUnavailable  retrieval.elasticsearch  the cluster cannot be reached
+    ├── CondorError         submit.htcondor       no schedd, or HTCondor refused the work
+    └── LLMError            qa_api.llms           an answer model or endpoint failed
+```
+
+Each command's `main` runs through `run_command`, so all of them (`infer-corpus`, `qa-api`,
+`train-models`, the job and POST scripts) print `PROG: error: ...` or `PROG: failed: ...` and
+exit with the code the error carries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class CorpusError(Exception):
+    """Root of the tree: an error a command reports as one line and an exit code."""
+
+    exit_code = EXIT_FAILED
+    label = "failed"
+
+
+class UsageError(CorpusError):
+    """Bad usage, config, input, workdir or model: the same command cannot succeed again."""
+
+    exit_code = EXIT_USAGE
+    label = "error"
+
+
+class WorkdirError(UsageError):
+    """The workdir is missing, damaged, or belongs to a different run (`inference.workdir`)."""
+
+
+class Failure(CorpusError):
+    """The work itself failed (a worker, a cluster, a scheduler): a retry may succeed."""
+
+    exit_code = EXIT_FAILED
+    label = "failed"
+
+
+def run_command(prog: str, command: Callable[[], int], *,
+                interrupted: str = "interrupted") -> int:
+    """Run a command's body, turning the error tree into one line on stderr and its exit code.
+
+    A closed stdout (`... --json | head`) ends the command quietly with the usual exit code."""
+    logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(message)s")
+    try:
+        code = command()
+        sys.stdout.flush()  # a closed stdout shows here, inside the handlers below
+        return code
+    except CorpusError as exc:
+        print(f"{prog}: {exc.label}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away: point stdout at /dev/null so the interpreter's final flush
+        # does not raise again, and stop like `yes | head` does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED

