@@ -20,6 +20,7 @@ from inference.demo import demo_corpus_path
 from inference.errors import run_command
 from inference.readers import InputError
 from inference.workdir import Workdir
+from retrieval.config import BACKENDS
 
 from .config import load_config
 
@@ -43,7 +44,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _index_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=["embedded", "elasticsearch"],
+    parser.add_argument("--backend", choices=BACKENDS,
                         help="index backend (default: the config's index.backend, embedded)")
     parser.add_argument("--es-url", metavar="URL", help="Elasticsearch URL, e.g. "
                         "http://localhost:9200 (default: index.url; API key from $ES_API_KEY)")
