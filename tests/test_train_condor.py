@@ -68,7 +68,8 @@ def test_sweep_dag_dry_run(demo_run, tmp_path, capsys):
     assert lint_dag(dag) == []
     text = dag.read_text()
     assert "FINAL COLLECT collect.sub" in text and "PARENT WAVE0 CHILD WAVE1" in text
-    assert "ABORT-DAG-ON WAVE0 3 RETURN 0" in text and "ABORT-DAG-ON WAVE1 4 RETURN 1" in text
+    assert "ABORT-DAG-ON WAVE0 3 RETURN 0" in text and "RETURN 1" not in text
+    assert "SCRIPT POST COLLECT /usr/bin/test $DAG_STATUS -eq 0 -o $DAG_STATUS -eq 3" in text
     assert "SCRIPT POST WAVE1" in text and "evaluate --sweep-dir" in text
     script = dag.parent / "run-train.sh"
     assert os.access(script, os.X_OK) and "PYTHON=python3" in script.read_text()

@@ -10,9 +10,10 @@ every `checkpoint_every` epochs; HTCondor then keeps `checkpoint.pt` and restart
 trials lose little. Writing the DAG again (after a failure, a removal or a finished DAG) leaves
 finished trials out and sends each unfinished trial's `checkpoint.pt` and `metrics.json` with
 its job, so it resumes at its latest epoch. After each wave a POST script (`train-models
-evaluate`) decides whether to go on; its exit code stops the DAG through ABORT-DAG-ON (3: target
-reached, the DAG succeeds; 4: trials diverged, it fails). The FINAL node (`train-models
-collect`, on the access point) ranks the trials either way.
+evaluate`) decides whether to go on: 3 (target reached) stops the DAG through ABORT-DAG-ON
+and the DAG succeeds; 4 (trials diverged) fails the wave's node, so no later wave runs and the
+DAG fails. The FINAL node (`train-models collect`, on the access point) ranks the trials either
+way; its POST script carries the DAG's outcome, which DAGMan takes from the FINAL node.
 
 Multi-node DAG: `PROVISIONER RANK0` (hosts the rendezvous, publishes it with chirp) and
 `JOB WORKERS` whose PRE script (`pre_script`) reads rank 0's job ad with condor_q and writes the
@@ -35,7 +36,7 @@ from submit.htcondor import Dag, Node, Script, access_point_commands, condor_arg
 from . import TrainError
 from .multinode import DATASET, RUN_FILE, MultinodeSpec, read_run, torchrun_args
 from .spec import CondorSettings
-from .sweep import EVAL_DIVERGED, EVAL_TARGET_REACHED, Sweep, collect, evaluate, \
+from .sweep import EVAL_TARGET_REACHED, Sweep, collect, evaluate, \
     unfinished_trials
 from .trial import CHECKPOINT, CHECKPOINT_EXIT_CODE, METRICS, PARAMS, read_metrics
 
@@ -76,11 +77,10 @@ def _write(path: Path, commands: dict[str, str],
         raise TrainError(f"submit file {path} does not parse: {exc}") from None
 
 
-def _write_dag(path: Path, dag: Dag, extra_lines: list[str]) -> Path:
-    """The DAG (plus lines `Dag` has no field for), then linted: every submit file parses."""
+def _write_dag(path: Path, dag: Dag) -> Path:
+    """The DAG, then linted: every submit file parses."""
     with atomic_path(path) as tmp:
-        tmp.write_text(dag_text(dag) + "".join(f"{line}\n" for line in extra_lines),
-                       encoding="utf-8")
+        tmp.write_text(dag_text(dag), encoding="utf-8")
     problems = lint_dag(path)
     if problems:
         raise TrainError(f"{path} is not a valid DAG: {'; '.join(problems)}")
@@ -144,11 +144,14 @@ def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
         "output": str(condor_dir / "collect.out"), "error": str(condor_dir / "collect.err"),
         "log": log, "getenv": "PATH,HOME",
     })
-    nodes.append(Node("COLLECT", "collect.sub", kind="FINAL"))
+    # DAGMan takes the FINAL node's outcome as the DAG's: fail it unless the waves all
+    # succeeded or one stopped the DAG at the target (3: ABORT-DAG-ON); diverged trials (4)
+    # fail their wave's node, and so the DAG
+    nodes.append(Node("COLLECT", "collect.sub", kind="FINAL", post=Script(
+        "/usr/bin/test", ["$DAG_STATUS", "-eq", "0", "-o", "$DAG_STATUS", "-eq", "3"])))
     edges = [([f"WAVE{i}"], [f"WAVE{i + 1}"]) for i in range(len(waves) - 1)]
     dag = Dag(nodes=nodes, edges=edges, node_status_file="sweep.status")
-    diverged = [f"ABORT-DAG-ON WAVE{i} {EVAL_DIVERGED} RETURN 1" for i in range(len(waves))]
-    return _write_dag(condor_dir / SWEEP_DAG, dag, diverged)
+    return _write_dag(condor_dir / SWEEP_DAG, dag)
 
 
 def run_sweep_dag(sweep: Sweep, dry_run: bool) -> dict[str, Any]:
@@ -211,7 +214,7 @@ def write_multinode_dag(run_dir: Path) -> Path:
     dag = Dag(nodes=[Node("RANK0", "rank0.sub", kind="PROVISIONER"),
                      Node("WORKERS", "workers.sub", pre=pre)],
               node_status_file="multinode.status")
-    return _write_dag(condor_dir / MULTINODE_DAG, dag, [])
+    return _write_dag(condor_dir / MULTINODE_DAG, dag)
 
 
 def query_rank0_ad(dag_id: str) -> dict[str, Any]:

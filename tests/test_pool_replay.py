@@ -1,0 +1,323 @@
+"""The DAGs we write, run the way HTCondor runs them (tests/condor_replay.py): DAGMan in the
+directory the README's command gives it, jobs in empty scratch directories that hold only what
+file transfer brings, POST scripts that judge the results, checkpoints, retries and aborts."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from condor_replay import JobRun, Pool
+from conftest import CRANFIELD, ROOT
+
+README = ROOT / "README.md"
+# CPU jobs in float32 (ONNX int8's dynamic quantization makes a passage's embedding depend on
+# which passages share its batch), one thread each: two jobs at once on a 2-core CI machine
+SHARED_OPTIONS = {"model.device": "cpu", "model.dtype": "float32", "predictions.kind": "none",
+                  "condor.container_image": None, "condor.python": sys.executable,
+                  "condor.resources.request_cpus": 1}
+
+
+def cli(*args: str, cwd: Path | None = None) -> str:
+    """`infer-corpus ARGS` in this process (start-up is most of a subprocess's time), in `cwd`
+    like a user's shell; returns stdout."""
+    from infer_corpus.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or Path.cwd()), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        code = main(list(args))
+    if code != 0:
+        raise AssertionError(f"infer-corpus {' '.join(args)} exited {code}:\n{err.getvalue()}")
+    return out.getvalue()
+
+
+def pool_config(path: Path, **options: object) -> Path:
+    """configs/condor-gpu.yaml set up for this machine, as the README has users copy it."""
+    data = yaml.safe_load((ROOT / "configs" / "condor-gpu.yaml").read_text())
+    for key, value in {**SHARED_OPTIONS, **options}.items():
+        *parents, last = key.split(".")
+        section = data
+        for name in parents:
+            section = section.setdefault(name, {})
+        section[last] = value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def readme_dag_command() -> str:
+    """The condor_submit_dag line of the README's HTCondor section, as users will type it."""
+    section = README.read_text().split("## Running on HTCondor", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    lines = [line.split("#", 1)[0].strip() for block in blocks for line in block.splitlines()]
+    commands = [line for line in lines if line.startswith("condor_submit_dag")]
+    assert len(commands) == 1, "the README's HTCondor section shows one condor_submit_dag line"
+    return commands[0]
+
+
+def search_ids(workdir: Path, query: str) -> list[str]:
+    hits = json.loads(cli("search", "--workdir", str(workdir), "--json", query))
+    return [hit["passage_id"] for hit in hits["hits"]]
+
+
+def embeddings(workdir: Path) -> dict[str, np.ndarray]:
+    vectors = {}
+    for path in sorted((workdir / "results").glob("*.parquet")):
+        table = pq.read_table(path, columns=["passage_id", "embedding"])
+        for pid, vector in zip(table.column("passage_id").to_pylist(),
+                               table.column("embedding").to_pylist()):
+            vectors[pid] = np.asarray(vector, dtype=np.float32)
+    return vectors
+
+
+def assert_same_embeddings(condor: Path, local: Path) -> None:
+    ours, theirs = embeddings(condor), embeddings(local)
+    assert ours.keys() == theirs.keys()
+    for pid, vector in ours.items():
+        np.testing.assert_allclose(vector, theirs[pid], atol=2e-3, err_msg=pid)
+
+
+def generated_paths(condor_dir: Path) -> list[str]:
+    """Every absolute path named in the DAG, its submit files and its job script."""
+    text = "".join(p.read_text() for p in condor_dir.iterdir()
+                   if p.suffix in (".dag", ".sub", ".sh"))
+    return sorted(set(re.findall(r"(?<![\w.$])(/[\w./-]+)", text)))
+
+
+@pytest.fixture(scope="module")
+def demo_local(tmp_path_factory) -> tuple[Path, Path]:
+    """The demo corpus run locally (2 shards: 40 + 35 passages), and the config it ran with."""
+    user = tmp_path_factory.mktemp("demo-local")
+    config = pool_config(user / "demo.yaml", **{"shards.passages_per_shard": 40})
+    cli("run", "--demo", "--workdir", "local", "--config", str(config), cwd=user)
+    return user / "local", config
+
+
+def test_dagman_resolves_node_files_against_its_working_directory(tmp_path):
+    """Why the README's command has -usedagdir: without it, DAGMan works in the directory the
+    command was typed in, where the node submit files are not."""
+    dag_dir = tmp_path / "run1" / "condor"
+    dag_dir.mkdir(parents=True)
+    (dag_dir / "hello.sub").write_text(
+        f"universe = local\nexecutable = {sys.executable}\n"
+        "arguments = \"-c 'open(\"\"hello.txt\"\", \"\"w\"\").write(\"\"hi\"\")'\"\nqueue\n")
+    (dag_dir / "pipeline.dag").write_text("JOB hello hello.sub\n")
+    without = Pool(tmp_path / "pool-1").submit_dag(
+        "condor_submit_dag run1/condor/pipeline.dag", cwd=tmp_path)
+    assert without.status == "failed" and "hello.sub does not exist" in \
+        without.nodes["hello"].error
+    with_dir = Pool(tmp_path / "pool-2").submit_dag(readme_dag_command(), cwd=tmp_path)
+    assert with_dir.status == "succeeded", with_dir.summary()
+    assert (dag_dir / "hello.txt").read_text() == "hi"  # local universe: runs in initialdir
+
+
+@pytest.fixture(scope="module")
+def cranfield_articles(tmp_path_factory) -> Path:
+    """A user's folder holding articles/part-1.jsonl.gz: the first 60 Cranfield abstracts."""
+    if not (CRANFIELD / "corpus.jsonl").is_file():
+        pytest.skip("../shared/corpora/cranfield is not present")
+    user = tmp_path_factory.mktemp("user")
+    (user / "articles").mkdir()
+    lines = CRANFIELD.joinpath("corpus.jsonl").read_text().splitlines()[:60]
+    with gzip.open(user / "articles" / "part-1.jsonl.gz", "wt") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return user
+
+
+def test_readme_flow_with_a_relative_workdir_builds_the_same_index_as_a_local_run(
+        cranfield_articles, tmp_path):
+    user = cranfield_articles
+    pool_config(user / "my-pool.yaml", **{"shards.passages_per_shard": 40})
+    cli("partition", "--input", "articles/*.jsonl.gz", "--workdir", "run1",
+        "--config", "my-pool.yaml", cwd=user)
+    cli("submit", "--workdir", "run1", "--config", "my-pool.yaml", "--dry-run", cwd=user)
+    condor = user / "run1" / "condor"
+    missing = [p for p in generated_paths(condor) if not Path(p).exists()]
+    assert not missing, f"the generated files name paths that do not exist: {missing}"
+
+    run = Pool(tmp_path / "pool").submit_dag(readme_dag_command(), cwd=user)
+    assert run.status == "succeeded" and run.exit_code == 0, run.summary()
+    assert [n for n, r in run.nodes.items() if r.status != "done"] == []
+    assert len([n for n in run.nodes if n.startswith("shard-")]) == 2
+    shard_sandbox = run.starts("shard-00000")[0].sandbox
+    assert not (shard_sandbox / "shards").exists()  # only what file transfer brought
+    assert "2 done" in (condor / "report.txt").read_text()
+
+    cli("run", "--input", "articles/*.jsonl.gz", "--workdir", "local",
+        "--config", "my-pool.yaml", cwd=user)
+    cli("index", "--workdir", "local", cwd=user)
+    assert_same_embeddings(user / "run1", user / "local")
+    query = json.loads(CRANFIELD.joinpath("queries.jsonl").read_text().splitlines()[0])["text"]
+    assert search_ids(user / "run1", query) == search_ids(user / "local", query)
+
+
+def test_checkpointed_and_rejected_shards_end_with_the_local_result(demo_local, tmp_path):
+    """An absolute workdir, submitted as `infer-corpus submit` does (condor_submit_dag from the
+    DAG's directory): shard 0 checkpoints mid-shard and resumes in a fresh sandbox; shard 1's
+    first result arrives damaged, its POST script rejects it and the retry brings a good one."""
+    local, config = demo_local
+    workdir = (tmp_path / "work" / "run").resolve()
+    cli("partition", "--demo", "--workdir", str(workdir), "--config", str(config))
+    cli("submit", "--workdir", str(workdir), "--config", str(config), "--dry-run")
+    condor = workdir / "condor"
+    script = condor / "run-shard.sh"
+    # the config's checkpoint interval is in minutes: make the job checkpoint after every part
+    text, count = re.subn(r"--checkpoint-after \S+", "--checkpoint-after 0.001 --part-rows 36",
+                          script.read_text())
+    assert count == 1
+    script.write_text(text)
+
+    def damage(job: JobRun, sandbox: Path) -> None:
+        if job.node == "shard-00001" and job.retry == 0:
+            result = sandbox / "result-00001.parquet"
+            result.write_bytes(result.read_bytes()[: result.stat().st_size // 2])
+
+    run = Pool(tmp_path / "pool", after_exit=damage).submit_dag(
+        "condor_submit_dag pipeline.dag", cwd=condor)
+    assert run.status == "succeeded", run.summary()
+    assert [j.exit_code for j in run.starts("shard-00000")] == [85, 0]  # 40 rows: 36 + 4
+    restarted = run.starts("shard-00000")[1].sandbox
+    assert (restarted / "parts").is_dir() and (restarted / "shard-00000.parquet").is_file()
+    assert run.nodes["shard-00001"].retries == 1
+    assert [j.exit_code for j in run.starts("shard-00001")] == [0, 0]
+    log = (condor / "logs" / "validate.log").read_text()
+    assert "shard 1: rejected: unreadable result" in log and "shard 1: accepted 35" in log
+    assert (condor / "incoming" / "result-00001.parquet.rejected").is_file()
+    assert_same_embeddings(workdir, local)
+
+
+def test_a_job_whose_input_is_damaged_is_not_retried_and_fails_the_dag(demo_local, tmp_path):
+    """Exit 2 (bad input) reaches the POST script, RETRY ... UNLESS-EXIT 2 stops there, and the
+    FINAL report does not turn the failed DAG into a successful one."""
+    _, config = demo_local
+    workdir = tmp_path / "run"
+    cli("partition", "--demo", "--workdir", str(workdir), "--config", str(config),
+        "--set", "shards.passages_per_shard=100")
+    (workdir / "shards" / "shard-00000.parquet").write_bytes(b"not parquet")
+    cli("submit", "--workdir", str(workdir), "--config", str(config),
+        "--set", "shards.passages_per_shard=100", "--dry-run")
+    condor = workdir / "condor"
+    run = Pool(tmp_path / "pool").submit_dag("condor_submit_dag pipeline.dag", cwd=condor)
+    assert run.holds == [], run.summary()
+    assert run.status == "failed" and run.exit_code == 1, run.summary()
+    shard = run.nodes["shard-00000"]
+    assert shard.status == "failed" and shard.job_return == 2 and shard.retries == 0
+    assert run.nodes["index"].status == "futile" and run.nodes["report"].status == "failed"
+    assert "shard 0: job exited with 2" in (condor / "logs" / "validate.log").read_text()
+    assert (condor / "report.txt").read_text()  # the report is still written
+
+
+def test_a_job_runs_python_from_a_venv_pack_tarball_and_reads_its_shard_from_osdf(
+        demo_local, tmp_path):
+    """condor.venv_tarball: the job script unpacks a venv-pack archive in the sandbox and runs
+    its python. The packed venv is a small one whose .pth file adds this checkout's environment
+    (torch and the rest are gigabytes); it is relocated and run as on an execute node. The shard
+    comes through an osdf:// URL, from the folder `submit` staged it in."""
+    _, config = demo_local
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    deps = next(Path(sys.prefix).glob("lib/python*/site-packages"))
+    (site / "infer_corpus_deps.pth").write_text(f"import site; site.addsitedir({str(deps)!r})\n")
+    tarball = tmp_path / "infer-corpus-env.tar.gz"
+    subprocess.run([sys.executable, "-m", "venv_pack", "--prefix", str(venv),
+                    "--output", str(tarball), "--quiet"], check=True)
+    workdir = tmp_path / "run"
+    origin, url = tmp_path / "origin", "osdf:///ospool/ap40/data/alice/run"
+    options = ["--set", "shards.passages_per_shard=100", "--set", "condor.python=null",
+               "--set", f"condor.venv_tarball={tarball}", "--set", f"condor.shards_url={url}",
+               "--set", f"condor.stage_dir={origin}"]
+    cli("partition", "--demo", "--workdir", str(workdir), "--config", str(config), *options)
+    cli("submit", "--workdir", str(workdir), "--config", str(config), *options, "--dry-run")
+    condor = workdir / "condor"
+    assert "PYTHON=env/bin/python" in (condor / "run-shard.sh").read_text()
+    run = Pool(tmp_path / "pool", plugins={url: origin}).submit_dag(
+        "condor_submit_dag pipeline.dag", cwd=condor)
+    assert run.status == "succeeded", run.summary()
+    sandbox = run.starts("shard-00000")[0].sandbox
+    assert [p.name for p in sandbox.glob("shard-*.parquet")] == [p.name for p in origin.iterdir()]
+    assert (sandbox / tarball.name).is_file() and (sandbox / "env" / "bin" / "python").exists()
+    assert (sandbox / "env" / "pyvenv.cfg").is_file()
+    assert (workdir / "results" / "shard-00000.parquet").is_file()
+
+
+def sweep_spec(path: Path, **changes: object) -> Path:
+    spec = yaml.safe_load((ROOT / "configs" / "sweep-demo.yaml").read_text())
+    spec["name"] = path.stem
+    spec["base"]["epochs"] = 4
+    spec["condor"].update(python=sys.executable, wave_size=1, checkpoint_every=2)
+    for key, value in changes.items():
+        section, name = key.split(".")
+        spec[section][name] = value
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def train(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "submit.train.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("changes, status, evaluated", [
+    ({"early_stop.target": 0.0}, "succeeded", 3),  # target reached after wave 0
+    ({"early_stop.max_diverged": 1, "params.lr": [1e38], "base.optimizer": "sgd"}, "failed", 4),
+])
+def test_sweep_dag_stops_after_the_first_wave(demo_local, tmp_path, changes, status, evaluated):
+    local, _ = demo_local
+    spec = sweep_spec(tmp_path / f"sweep-{evaluated}.yaml", **changes)
+    summary = train("sweep", str(spec), "--workdir", str(local), "--executor", "condor",
+                    "--dry-run", "--json")
+    dag = Path(summary["dag"])
+    run = Pool(tmp_path / "pool").submit_dag("condor_submit_dag -usedagdir " + str(dag),
+                                             cwd=tmp_path)
+    assert run.status == status, run.summary()
+    assert run.nodes["WAVE0"].value == evaluated
+    assert all(run.nodes[n].status != "done" for n in run.nodes if n not in ("WAVE0", "COLLECT"))
+    assert run.nodes["COLLECT"].job_return == 0  # the trials are ranked either way
+    trials = dag.parent.parent / "trials"
+    starts = [j.exit_code for j in run.starts("WAVE0") if j.proc == 0]
+    metrics = json.loads((trials / "t000" / "metrics.json").read_text())
+    if evaluated == 3:  # 4 epochs, a checkpoint every 2: one restart from checkpoint.pt
+        assert starts == [85, 0] and metrics["status"] == "completed"
+    else:  # a non-finite loss ends the trial at once
+        assert starts == [0] and metrics["status"] == "diverged"
+    assert (dag.parent.parent / "results.json").is_file()
+
+
+def test_multinode_dag_rank0_publishes_and_workers_join(demo_local, tmp_path):
+    """The PROVISIONER publishes its rendezvous through chirp, the workers' PRE script reads it
+    with condor_q (the only stand-in) and writes workers.sub, and the nodes train one head."""
+    local, _ = demo_local
+    spec = yaml.safe_load((ROOT / "configs" / "multinode-demo.yaml").read_text())
+    spec["name"] = "replay-multinode"
+    spec["params"]["epochs"] = 2
+    spec["condor"]["python"] = sys.executable
+    spec_path = tmp_path / "multinode.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    summary = train("multinode", str(spec_path), "--workdir", str(local), "--nodes", "2",
+                    "--dry-run", "--json")
+    dag = Path(summary["dag"])
+    run = Pool(tmp_path / "pool", timeout=300).submit_dag(
+        "condor_submit_dag -usedagdir " + str(dag), cwd=tmp_path)
+    assert run.status == "succeeded", run.summary()
+    pre = next(s for s in run.scripts if s.node == "WORKERS" and s.when == "PRE")
+    assert pre.exit_code == 0 and "workers join" in pre.output
+    workers = (dag.parent / "workers.sub").read_text()
+    assert "rank0-not-ready" not in workers and "TARGET.Machine =!=" in workers
+    run_dir = dag.parent.parent
+    assert (run_dir / "model.pt").is_file()
+    outputs = [p.read_text() for p in (run_dir / "condor").glob("*.out")]
+    assert sum("rank 0 of 2 on " in text for text in outputs) == 1
