@@ -12,6 +12,7 @@ CorpusError                 a problem a command reports in one line, never a tra
 │   ├── ResultError         submit.validate       a shard job's result that fails its checks
 │   └── TrainError          submit.train          a bad sweep or multinode spec, or its data
 └── Failure      (exit 1)   the work failed: a worker, a cluster, a scheduler; a retry may help
+    ├── DiskFullError       inference.errors      no space left (or quota) to write a file
     ├── RunError            inference.executor    a worker process failed
     ├── ElasticsearchUnavailable  retrieval.elasticsearch  the cluster cannot be reached
     ├── CondorError         submit.htcondor       no schedd, or HTCondor refused the work
@@ -25,6 +26,7 @@ exit with the code the error carries.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -58,6 +60,27 @@ class Failure(CorpusError):
 
     exit_code = EXIT_FAILED
     label = "failed"
+
+
+class DiskFullError(Failure):
+    """A file could not be written because the disk (or the user's quota) is full. Files that
+    were finished stay, so the same command, run again with room, resumes."""
+
+    REASONS = (errno.ENOSPC, errno.EDQUOT)
+
+    @classmethod
+    def caused(cls, exc: BaseException) -> bool:
+        """`exc` is "no space left on device" or "disk quota exceeded": an OSError with that
+        errno, or a library's error that only carries the system's message (pyarrow)."""
+        if getattr(exc, "errno", None) in cls.REASONS:
+            return True
+        return any(os.strerror(code) in str(exc) for code in cls.REASONS)
+
+    @classmethod
+    def writing(cls, what: str) -> DiskFullError:
+        """The one-line report: what could not be written, and that a re-run resumes."""
+        return cls(f"no space left on device to write {what}: free some space (or write "
+                   "to another disk), then run the same command again to resume")
 
 
 def run_command(prog: str, command: Callable[[], int], *,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import WorkdirError
+from .errors import DiskFullError, WorkdirError
 from .manifest import Manifest, ShardEntry
 from .results import result_is_current
 
@@ -35,7 +35,10 @@ def _fsync_dir(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `final`; on success fsync it and rename it into place."""
+    """Yield a temporary path next to `final`; on success fsync it and rename it into place.
+
+    Every workdir file is written through here, so a full disk (or quota) while writing one,
+    inside the block or at the fsync, is reported here as one DiskFullError naming the file."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
@@ -44,6 +47,10 @@ def atomic_path(final: Path) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+    except OSError as exc:
+        if DiskFullError.caused(exc):
+            raise DiskFullError.writing(str(final)) from None
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

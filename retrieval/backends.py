@@ -34,7 +34,9 @@ def _client(settings: IndexConfig):
 
 
 def build(workdir: Workdir, backend: str | None = None, url: str | None = None) -> IndexSummary:
-    """Load a finished workdir into its index; a no-op when that index is already current."""
+    """Load a finished workdir into its index; a no-op when that index is already current.
+    The loaders hold the workdir's lock (re-entrant: `run` holds it already), so two builds
+    never collide."""
     settings = index_config(workdir, backend, url)
     if settings.backend == "embedded":
         return build_index(workdir)

@@ -3,7 +3,8 @@
 Loading (`load_elasticsearch`): an index template gives every index named `NAME-*` the mapping
 (English-analysed title and text; keyword ids, topic and year; the embedding as a `dense_vector`
 of the model's dimension, indexed for kNN by cosine). A build bulk-loads a new concrete index
-`NAME-KEY` (KEY names the results it holds), refreshes it, checks its document count, then moves
+`NAME-KEY` (KEY names the results it holds; its mapping's `_meta.model` records the model that
+embedded them, see `index_model`), refreshes it, checks its document count, then moves
 the alias NAME to it with one `_aliases` call (remove + add, atomic) and deletes the index it
 replaced. Searches go through the alias, so they never see a half-built index; loading the same
 results again is a no-op; documents are keyed by passage id, so a retried bulk request rewrites
@@ -27,7 +28,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,6 +52,7 @@ from inference.workdir import Workdir, WorkdirError
 
 from .embedded import SHARD_COLUMNS, IndexSummary, finished_results, read_shards
 from .index import Candidates
+from .index_model import model_record
 
 VECTOR_FIELD = "embedding"
 BM25_FIELDS = ["title", "text"]
@@ -132,7 +134,10 @@ def index_template(name: str, dims: int | None,
                    vector_mapping: dict[str, Any] | None = None) -> dict[str, Any]:
     """The composable index template for `NAME-*`. Strict: a field the mapping does not know
     fails the bulk request instead of being guessed."""
+    # int8_hnsw named, not left to the server: Elasticsearch 9.1+ would pick bbq_hnsw, whose
+    # recall and memory differ from what docs/scale.md sizes
     vector = vector_mapping or {"type": "dense_vector", "index": True, "similarity": "cosine",
+                                "index_options": {"type": "int8_hnsw"},
                                 **({"dims": dims} if dims else {})}
     return {
         "index_patterns": [f"{name}-*"],
@@ -171,20 +176,47 @@ def _documents(concrete: str, workdir: Workdir,
 def load_elasticsearch(workdir: Workdir, client: Elasticsearch, name: str, *, url: str = "",
                        api_key_env: str | None = None, retries: int = 5,
                        chunk_size: int = 500, backoff: float = 1.0, max_backoff: float = 60.0,
-                       vector_mapping: dict[str, Any] | None = None) -> IndexSummary:
+                       vector_mapping: dict[str, Any] | None = None,
+                       shards: list[int] | None = None, swap: bool = True) -> IndexSummary:
     """Load every passage of a finished workdir into index `NAME-KEY` and point alias NAME at it;
     a no-op when the alias already holds these results. `vector_mapping` replaces the embedding
-    field's mapping, for servers whose vector type differs."""
+    field's mapping, for servers whose vector type differs. A whole load holds the workdir's
+    lock, so two never collide; the jobs of a parallel load (below) share the workdir by design.
+
+    A parallel load (one job per group of shards): each job loads its `shards` (which need
+    current results; the others need not be there) with `swap=False`, creating NAME-KEY if no
+    other job has yet and never deleting it; then one step with `shards=[]` and `swap=True`
+    checks the count and moves the alias."""
+    with workdir.lock() if shards is None else nullcontext():
+        return _load(workdir, client, name, url=url, api_key_env=api_key_env, retries=retries,
+                     chunk_size=chunk_size, backoff=backoff, max_backoff=max_backoff,
+                     vector_mapping=vector_mapping, shards=shards, swap=swap)
+
+
+def _load(workdir: Workdir, client: Elasticsearch, name: str, *, url: str,
+          api_key_env: str | None, retries: int, chunk_size: int, backoff: float,
+          max_backoff: float, vector_mapping: dict[str, Any] | None,
+          shards: list[int] | None, swap: bool) -> IndexSummary:
     started = time.perf_counter()
     url = url or "the configured URL"
-    manifest, key = finished_results(workdir)
-    total = manifest.passages
-    dims = (pq.read_schema(workdir.result_path(manifest.shards[0].shard))
-            .field("embedding").type.list_size if manifest.shards else None)
+    if swap:
+        manifest, key = finished_results(workdir)
+    else:
+        manifest = workdir.manifest().require_partitioned()
+        key = manifest.result_key()
+    entries = manifest.shards if shards is None else [manifest.shard(n) for n in shards]
+    missing = [e.shard for e in entries if not workdir.result_is_current(e, key)]
+    if missing:
+        raise WorkdirError(f"{workdir.root}: shards {missing[:10]} have no current result")
+    first = (entries or manifest.shards or [None])[0]
+    dims = (pq.read_schema(workdir.result_path(first.shard)).field("embedding").type.list_size
+            if first else None)
     template = index_template(name, dims, vector_mapping)
-    digest = json.dumps([key, template], sort_keys=True).encode()
+    meta = {"model": model_record(manifest.config.model, dims)}
+    digest = json.dumps([key, template, meta], sort_keys=True).encode()
     concrete = f"{name}-{hashlib.sha256(digest).hexdigest()[:16]}"
     where = f"{redact(url)} {name} -> {concrete}"
+    loaded = sum(e.rows for e in entries)
 
     def call(doing: str, request: Callable[[], Any]) -> Any:
         with _answers(url, doing, api_key_env):
@@ -192,16 +224,25 @@ def load_elasticsearch(workdir: Workdir, client: Elasticsearch, name: str, *, ur
 
     holders = call(f"reading alias {name}", lambda: _alias_holders(client, name))
     if holders == [concrete]:
-        return IndexSummary(total, False, where, time.perf_counter() - started)
-    call("writing the index template", lambda: client.indices.put_index_template(
-        name=name, **template))
-    if call("checking for an unfinished build", lambda: client.indices.exists(index=concrete)):
+        return IndexSummary(loaded, False, where, time.perf_counter() - started)
+    exists = call("checking for the new index", lambda: client.indices.exists(index=concrete))
+    if shards is None and exists:  # one writer: an earlier build that did not finish
         call("removing an unfinished build", lambda: client.indices.delete(index=concrete))
-    call(f"creating index {concrete}", lambda: client.indices.create(
-        index=concrete, settings={"index": {"refresh_interval": "-1"}}))
-    for actions in _documents(concrete, workdir, manifest):
+        exists = False
+    if entries:
+        call("writing the index template", lambda: client.indices.put_index_template(
+            name=name, **template))
+        if not exists:
+            _create(client, concrete, meta, url, api_key_env)
+    elif not exists:
+        raise WorkdirError(f"{redact(url)} has no index {concrete} to point {name} at: load "
+                           "the shards first (infer-corpus index --shards A-B --no-swap)")
+    for actions in _documents(concrete, workdir, manifest.with_shards(entries)):
         _bulk(client, actions, url=url, api_key_env=api_key_env, retries=retries,
               chunk_size=chunk_size, backoff=backoff, max_backoff=max_backoff)
+    if not swap:
+        return IndexSummary(loaded, True, where, time.perf_counter() - started)
+    total = manifest.passages
     call("refreshing the new index", lambda: (
         client.indices.put_settings(index=concrete, settings={"index": {"refresh_interval": None}}),
         client.indices.refresh(index=concrete)))
@@ -217,6 +258,20 @@ def load_elasticsearch(workdir: Workdir, client: Elasticsearch, name: str, *, ur
             call(f"deleting the replaced index {old}", lambda: client.indices.delete(
                 index=old, ignore_unavailable=True))
     return IndexSummary(total, True, where, time.perf_counter() - started)
+
+
+def _create(client: Elasticsearch, concrete: str, meta: dict[str, Any], url: str,
+            api_key_env: str | None) -> None:
+    """Create the new index, loading (refresh off); another load job creating it at the same
+    moment is not an error."""
+    try:
+        with _answers(url, f"creating index {concrete}", api_key_env):
+            client.indices.create(index=concrete, settings={"index": {"refresh_interval": "-1"}},
+                                  mappings={"_meta": meta})
+    except ElasticsearchRefused:
+        with _answers(url, f"checking index {concrete}", api_key_env):
+            if not client.indices.exists(index=concrete):
+                raise
 
 
 def _bulk(client: Elasticsearch, actions: list[dict[str, Any]], *, url: str,
@@ -259,6 +314,13 @@ class ElasticsearchIndex:
 
     def _answers(self, doing: str):
         return _answers(self.url, doing, self.api_key_env)
+
+    def model_record(self) -> dict[str, Any] | None:
+        """The model that embedded the passages: the index mapping's `_meta.model`."""
+        with self._answers(f"reading the mapping of {self.name}"):
+            mappings = self.client.indices.get_mapping(index=self.name).body
+        (mapping,) = mappings.values() or [{}]  # the alias names one index
+        return (mapping.get("mappings", {}).get("_meta") or {}).get("model")
 
     def __len__(self) -> int:
         with self._answers("counting passages"):

@@ -4,13 +4,20 @@ passages' fields in an Arrow file, all on disk and memory-mapped for reading.
 It lives in the workdir (`index/embedded-KEY/`), built from the shard and result files. A build
 goes to a new folder named after the results it was made from and becomes current by an atomic
 rename of a pointer file, so a search never sees a half-built index and loading the same results
-twice changes nothing.
+twice changes nothing. A reader that opens while a build replaces the one it found opens the
+new one. A build's `done` file records the passages and the model that embedded them (see
+`index_model`): searches embed queries with that model.
+
+Builds are deterministic: passages get rows in the shards' order, whatever the indexing threads
+do, and BM25 and dense searches break ties by row, so the same results give the same rankings
+and scores.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -25,10 +32,12 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import tantivy
 
+from inference.errors import DiskFullError
 from inference.manifest import Manifest
 from inference.workdir import Workdir, WorkdirError, write_json_atomic
 
 from .index import Candidates
+from .index_model import model_record
 
 POINTER = "current.json"
 # Two indexing threads with 500 MB of buffer each write few, large segments (2 at 1.1M
@@ -39,6 +48,10 @@ WRITER_THREADS = 2
 # Terms in more than this share of all passages are left out of BM25 queries (see bm25).
 COMMON_TERM_SHARE = 0.5
 SHARD_COLUMNS = ["passage_id", "article_id", "title", "text", "authors", "year", "url", "topic"]
+# A reader retries this often when the build it found is replaced while it opens it.
+OPEN_ATTEMPTS = 5
+# After a failed write, this much room not found in the index's file system means it is full.
+ROOM_PROBE_BYTES = 1 << 20
 
 
 def _analyzer() -> tantivy.TextAnalyzer:
@@ -71,7 +84,7 @@ class IndexSummary:
 
 def _index_key(results_key: str) -> str:
     """Names a build after the results it holds and the index format."""
-    return hashlib.sha256(f"embedded-v4:{results_key}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"embedded-v5:{results_key}".encode()).hexdigest()[:16]
 
 
 def finished_results(workdir: Workdir) -> tuple[Manifest, str]:
@@ -98,27 +111,50 @@ def read_shards(workdir: Workdir, manifest: Manifest) -> Iterator[tuple[pa.Table
 
 
 def build_index(workdir: Workdir) -> IndexSummary:
-    """Index every passage of a finished workdir; a no-op when the index is already current."""
-    started = time.perf_counter()
-    manifest, key = finished_results(workdir)
-    root = workdir.root / "index"
-    name = f"embedded-{_index_key(key)}"
-    total = manifest.passages
-    if _pointer(root).get("name") == name and (root / name / "done").is_file():
-        return IndexSummary(total, False, str(root / name), time.perf_counter() - started)
-    target = root / name
+    """Index every passage of a finished workdir; a no-op when the index is already current.
+    Holds the workdir's lock, so two builds never write one index; readers need none."""
+    with workdir.lock():
+        started = time.perf_counter()
+        manifest, key = finished_results(workdir)
+        root = workdir.root / "index"
+        name = f"embedded-{_index_key(key)}"
+        total = manifest.passages
+        if _pointer(root).get("name") == name and (root / name / "done").is_file():
+            return IndexSummary(total, False, str(root / name), time.perf_counter() - started)
+        target = root / name
+        try:
+            _write_build(workdir, manifest, target)
+        except (OSError, ValueError) as exc:  # tantivy says only ValueError("... io::Error")
+            if not (DiskFullError.caused(exc) or _out_of_room(root)):
+                raise
+            shutil.rmtree(target, ignore_errors=True)  # give the space back
+            raise DiskFullError.writing(f"the index {target}") from None
+        write_json_atomic(root / POINTER, {"name": name, "passages": total})
+        # the build this one replaces, unfinished ones and pointers a killed build left half
+        # written (no other writer holds the lock); a reader that was opening a replaced build
+        # opens this one instead (see EmbeddedIndex)
+        for old in root.glob(f".{POINTER}.tmp-*"):
+            old.unlink(missing_ok=True)
+        for old in root.glob("embedded-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        return IndexSummary(total, True, str(target), time.perf_counter() - started)
+
+
+def _write_build(workdir: Workdir, manifest: Manifest, target: Path) -> None:
+    """The whole build in `target`, every file synced to disk, `done` last."""
     if target.exists():
         shutil.rmtree(target)  # an earlier build of the same results that did not finish
     (target / "tantivy").mkdir(parents=True)
     index = tantivy.Index(_schema(), path=str(target / "tantivy"))
     writer = index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=WRITER_THREADS)
+    total = manifest.passages
     vectors: np.ndarray | None = None
     passages: ipc.RecordBatchFileWriter | None = None
     row = 0
     for table, matrix in read_shards(workdir, manifest):
         if vectors is None:
-            vectors = np.lib.format.open_memmap(target / "vectors.npy", mode="w+",
-                                                dtype=np.float16, shape=(total, matrix.shape[1]))
+            vectors = _allocated_matrix(target / "vectors.npy", (total, matrix.shape[1]))
             passages = ipc.new_file(str(target / "passages.arrow"), table.schema)
         vectors[row : row + len(matrix)] = matrix
         passages.write_table(table)
@@ -135,16 +171,45 @@ def build_index(workdir: Workdir) -> IndexSummary:
         np.save(target / "vectors.npy", np.zeros((0, 0), dtype=np.float16))
         empty = pa.schema([(column, pa.string()) for column in SHARD_COLUMNS])
         passages = ipc.new_file(str(target / "passages.arrow"), empty)
+        dimension = None  # nothing was embedded
     else:
+        dimension = vectors.shape[1]
         vectors.flush()
         del vectors
     passages.close()
-    (target / "done").write_text(json.dumps({"passages": total}))
-    old = _pointer(root).get("name")
-    write_json_atomic(root / POINTER, {"name": name, "passages": total})
-    if old and old != name:
-        shutil.rmtree(root / old, ignore_errors=True)
-    return IndexSummary(total, True, str(target), time.perf_counter() - started)
+    done = {"passages": total, "model": model_record(manifest.config.model, dimension)}
+    (target / "done").write_text(json.dumps(done))
+    for path in (target / "vectors.npy", target / "passages.arrow", target / "done"):
+        _fsync(path)  # tantivy syncs its own files at commit
+
+
+def _allocated_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A float16 matrix memory-mapped from a new .npy file whose blocks are all allocated
+    first: a sparse file's missing blocks would fail, on a full disk, as SIGBUS while the
+    matrix is written; allocating them fails as an OSError (ENOSPC) before."""
+    matrix = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    with open(path, "rb+") as handle:
+        os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+    return matrix
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _out_of_room(folder: Path) -> bool:
+    """The file system holding `folder` has not even ROOM_PROBE_BYTES left (for an error that
+    does not say why a write failed)."""
+    probe = folder / f".room-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as handle:
+            os.posix_fallocate(handle.fileno(), 0, ROOM_PROBE_BYTES)
+        return False
+    except OSError as exc:
+        return DiskFullError.caused(exc)
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def _pointer(root: Path) -> dict[str, Any]:
@@ -160,15 +225,34 @@ class EmbeddedIndex:
 
     def __init__(self, workdir: Workdir) -> None:
         root = workdir.root / "index"
-        name = _pointer(root).get("name")
-        if not name or not (root / name / "done").is_file():
-            raise WorkdirError(f"{workdir.root} has no index: run `infer-corpus index` first")
-        self.path = root / name
-        self.index = tantivy.Index.open(str(self.path / "tantivy"))
+        for _ in range(OPEN_ATTEMPTS):
+            name = _pointer(root).get("name")
+            if not name:
+                break
+            try:
+                self._open(root / name)
+                return
+            except (OSError, ValueError, KeyError):
+                if _pointer(root).get("name") == name:  # not replaced under us: damaged
+                    raise WorkdirError(f"the index in {root / name} is unreadable: delete "
+                                       f"{root} and run `infer-corpus index`") from None
+        raise WorkdirError(f"{workdir.root} has no index: run `infer-corpus index` first")
+
+    def _open(self, path: Path) -> None:
+        """Every part of one build: a build that replaces it may delete it meanwhile; once
+        open, the files stay readable (memory maps and open files outlive their deletion)."""
+        self.path = path
+        done = json.loads((path / "done").read_text())
+        self.index = tantivy.Index.open(str(path / "tantivy"))
         self.searcher = self.index.searcher()
         self.analyzer = _analyzer()
-        self.matrix = np.load(self.path / "vectors.npy", mmap_mode="r")
-        self.passages = ipc.open_file(pa.memory_map(str(self.path / "passages.arrow"))).read_all()
+        self.matrix = np.load(path / "vectors.npy", mmap_mode="r")
+        self.passages = ipc.open_file(pa.memory_map(str(path / "passages.arrow"))).read_all()
+        self.model = done.get("model")
+
+    def model_record(self) -> dict[str, Any] | None:
+        """The model that embedded the passages, as the build recorded it."""
+        return self.model
 
     def __len__(self) -> int:
         return len(self.matrix)
@@ -176,7 +260,7 @@ class EmbeddedIndex:
     def bm25(self, words: str, limit: int, topic: str | None = None,
              within: list[int] | None = None) -> list[tuple[int, float]]:
         """(row, score) of the best `limit` passages for already-sanitised query words; only
-        passages of `topic` and among the rows `within`, when given.
+        passages of `topic` and among the rows `within`, when given. Ties go to the lower row.
 
         Terms found in over COMMON_TERM_SHARE of all passages are left out when the others
         find `limit` passages (or when scoring given rows): such terms weigh almost nothing
@@ -197,21 +281,39 @@ class EmbeddedIndex:
                 [(tantivy.Occur.Should, tantivy.Query.term_query(schema, "row", row))
                  for row in within]))
 
-        def search(clauses: list[tantivy.Query]) -> list[tuple[float, tantivy.DocAddress]]:
+        def search(clauses: list[tantivy.Query]) -> list[tuple[int, float]]:
             query = tantivy.Query.boolean_query([(tantivy.Occur.Should, c) for c in clauses])
             if filters:  # filters add the same score to every hit: the order is BM25's
                 query = tantivy.Query.boolean_query(
                     [(tantivy.Occur.Must, query)]
                     + [(tantivy.Occur.Must, tantivy.Query.const_score_query(f, 0.0))
                        for f in filters])
-            return self.searcher.search(query, limit, count=False).hits
+            return self._top(query, limit)
 
+        if limit < 1:
+            return []
         rare, common = self._term_clauses(words)
         hits = search(rare or common)
         if rare and common and within is None and len(hits) < limit:
             hits = search(rare + common)
+        return hits
+
+    def _top(self, query: tantivy.Query, limit: int) -> list[tuple[int, float]]:
+        """(row, score) of the query's best `limit` hits, ties to the lower row.
+
+        tantivy breaks ties by segment and document, and which passages an indexing thread
+        put in which segment, and the segments' order (by random ids), differ from build to
+        build. So when passages tie across the cut, the search is widened until it has all
+        of them, and rows decide."""
+        wanted = limit + 1
+        while True:
+            hits = self.searcher.search(query, wanted, count=False).hits
+            if len(hits) < wanted or hits[-1][0] < hits[limit - 1][0]:
+                break
+            wanted *= 2
         rows = self.searcher.fast_field_values("row", [address for _, address in hits])
-        return [(row, score) for row, (score, _) in zip(rows, hits)]
+        return sorted(zip(rows, (score for score, _ in hits)),
+                      key=lambda hit: (-hit[1], hit[0]))[:limit]
 
     def _term_clauses(self, words: str) -> tuple[list[tantivy.Query], list[tantivy.Query]]:
         """One BM25 term query per stemmed word and field (title, text), as tantivy's query
@@ -237,7 +339,10 @@ class EmbeddedIndex:
 
     def dense(self, vector: np.ndarray, limit: int,
               topic: str | None = None) -> list[tuple[int, float]]:
-        """Exact nearest passages by cosine, scanning the matrix in blocks."""
+        """Exact nearest passages by cosine, scanning the matrix in blocks; ties go to the
+        lower row."""
+        if limit < 1:
+            return []
         rows = self._topic_rows(topic) if topic else None
         total = len(rows) if rows is not None else len(self)
         best_rows: list[np.ndarray] = []
@@ -246,13 +351,15 @@ class EmbeddedIndex:
             block = rows[start : start + 65536] if rows is not None else np.arange(
                 start, min(total, start + 65536))
             sims = np.asarray(self.matrix[block], dtype=np.float32) @ vector
-            keep = np.argpartition(-sims, min(limit, len(sims)) - 1)[:limit]
-            best_rows.append(block[keep])
-            best_scores.append(sims[keep])
+            if len(sims) > limit:  # the block's best, and every passage tied with the last
+                keep = sims >= np.partition(sims, len(sims) - limit)[len(sims) - limit]
+                block, sims = block[keep], sims[keep]
+            best_rows.append(block)
+            best_scores.append(sims)
         if not best_rows:
             return []
         all_rows, all_scores = np.concatenate(best_rows), np.concatenate(best_scores)
-        order = np.argsort(-all_scores, kind="stable")[:limit]
+        order = np.lexsort((all_rows, -all_scores))[:limit]
         return [(int(all_rows[i]), float(all_scores[i])) for i in order]
 
     def _topic_rows(self, topic: str) -> np.ndarray:

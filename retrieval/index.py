@@ -55,3 +55,7 @@ class PassageIndex(Protocol):
 
     def topics(self) -> list[str]:
         """The topics the passages are indexed under, sorted."""
+
+    def model_record(self) -> dict[str, Any] | None:
+        """The model that embedded the passages, as the build recorded it
+        (`query_encoder.model_record`); None for an index that records none."""

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class QueryEncoder:
-    """Unit-length embeddings of query texts with the workdir's model; `backend` says which
+    """Unit-length embeddings of query texts with the given model; `backend` says which
     runtime serves them ("onnxruntime" or "torch")."""
 
     def __init__(self, model: ModelConfig, device: str = "cpu",

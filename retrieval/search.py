@@ -14,6 +14,10 @@ Modes (all return passages, best first):
 - `rerank`: BM25 top-N re-ordered by embedding similarity alone;
 - `rrf`: reciprocal rank fusion (k=60) of BM25 top-N and an exact dense top-N;
 - `bm25` and `dense` (an exact scan of all embeddings) alone.
+
+Equal scores keep a fixed order, so the same index gives the same ranking every time: the
+embedded index breaks BM25 and dense ties by row, and the fused modes sort stably, keeping the
+BM25 order of the candidates (and in `rrf`, BM25's passages before those only dense found).
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from typing import Any
 import numpy as np
 
 from inference.errors import UsageError
-from inference.workdir import Workdir
+from inference.workdir import Workdir, WorkdirError
 
 from .backends import open_index
 from .index import Candidates, PassageIndex
+from .index_model import recorded_model
 from .text import STOPWORDS
 
 
@@ -96,7 +101,9 @@ class Hit:
 
 class Searcher:
     """Answers queries over one workdir's index (by default the backend its config names),
-    embedding queries with the workdir's model.
+    embedding queries with the model the index was built with (not the one the workdir's
+    config names now: that may have changed since); a WorkdirError when that model cannot
+    be had.
 
     `low_latency`: for servers and other long-lived searchers; on a CPU, queries are embedded
     through an ONNX Runtime export of the model, which takes about 2 s on the first query and
@@ -107,7 +114,8 @@ class Searcher:
     def __init__(self, workdir: Workdir, device: str = "cpu",
                  index: PassageIndex | None = None, low_latency: bool = False) -> None:
         self.index = index or open_index(workdir)  # default: the backend the workdir names
-        self.config = workdir.manifest().config
+        self.recorded = self.index.model_record()
+        self.model = recorded_model(self.recorded, f"the index of {workdir.root}")
         self.device = device
         self.low_latency = low_latency
         self._encoder = None
@@ -120,8 +128,15 @@ class Searcher:
             if self._encoder is None:
                 from .query_encoder import QueryEncoder
 
-                self._encoder = QueryEncoder(self.config.model, device=self.device,
-                                             low_latency=self.low_latency)
+                encoder = QueryEncoder(self.model, device=self.device,
+                                       low_latency=self.low_latency)
+                if self.recorded["dimension"] not in (None, encoder.encoder.dimension):
+                    raise WorkdirError(
+                        f"model {self.model.name!r} now gives {encoder.encoder.dimension}-"
+                        f"dimensional embeddings, the index holds "
+                        f"{self.recorded['dimension']}-dimensional ones: re-embed and "
+                        "re-index with `infer-corpus run`")
+                self._encoder = encoder
         return self._encoder.encode(queries)
 
     def search(self, query: str, *, top_k: int = 5, screening_top_k: int = 100,

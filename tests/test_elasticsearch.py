@@ -64,6 +64,7 @@ class FakeCluster:
         self.requests: list[tuple[str, str, Any, HttpHeaders]] = []
         self.aliases: dict[str, list[str]] = {NAME: list(holders or [])}
         self.indices: dict[str, dict[str, dict]] = {name: {} for name in holders or []}
+        self.mappings: dict[str, dict] = {}  # each index's mappings, as created
         self.failures: list[Callable[[str, str], Any]] = []  # each: returns an answer or None
         self.search_answer: Callable[[dict], dict] = lambda body: {"hits": {"hits": []}}
 
@@ -127,6 +128,9 @@ class FakeCluster:
                                       for i in self.aliases.get(parts[0]) or [parts[0]])}
         if parts[-1] == "_search":
             return 200, self.search_answer(body)
+        if parts[-1] == "_mapping":
+            return 200, {index: {"mappings": self.mappings.get(index, {})}
+                         for index in self.aliases.get(parts[0]) or [parts[0]]}
         if parts[-1] == "_mget":
             docs = self.indices[self.aliases[parts[0]][0]]
             return 200, {"docs": [{"_id": i, "found": i in docs, "_source": docs.get(i)}
@@ -136,6 +140,7 @@ class FakeCluster:
                 return (200 if parts[0] in self.indices else 404), {}
             if method == "PUT":
                 self.indices[parts[0]] = {}
+                self.mappings[parts[0]] = (body or {}).get("mappings", {})
             if method == "DELETE":
                 self.indices.pop(parts[0], None)
             return 200, {"acknowledged": True}
@@ -162,12 +167,17 @@ def test_loader_writes_the_mapping_then_bulk_then_swaps_the_alias(loaded):
     for name in ("passage_id", "article_id", "topic", "year"):
         assert fields[name]["type"] == "keyword"
     assert fields["embedding"] == {"type": "dense_vector", "dims": 384, "index": True,
-                                   "similarity": "cosine"}
+                                   "similarity": "cosine", "index_options": {"type": "int8_hnsw"}}
 
     concrete = summary.path.split(" -> ")[1]
     assert re.fullmatch(f"{NAME}-[0-9a-f]{{16}}", concrete)
     (created,) = cluster.calls("PUT", f"/{concrete}")
     assert created["settings"]["index"]["refresh_interval"] == "-1"
+    # the model that embedded the passages, which searches must embed queries with
+    model = created["mappings"]["_meta"]["model"]
+    assert model == EmbeddedIndex(workdir).model_record()
+    assert model["name"] == "all-MiniLM-L6-v2" and model["dimension"] == 384
+    assert ElasticsearchIndex(cluster.client(), NAME).model_record() == model
     lines = [line for body in cluster.calls("PUT", "/_bulk") for line in body]
     actions, docs = lines[::2], lines[1::2]
     assert [a["index"]["_id"] for a in actions] == passage_ids(workdir)
@@ -463,8 +473,12 @@ def test_osmem_bulk_load_swaps_the_alias_and_is_idempotent(osmem_loaded):
     assert client.count(index=NAME)["count"] == len(passage_ids(workdir))
     ids = [h["_id"] for h in client.search(index=NAME, size=1000, source=False)["hits"]["hits"]]
     assert sorted(ids) == sorted(passage_ids(workdir))
-    mapping = client.indices.get_mapping(index=concrete)[concrete]["mappings"]["properties"]
+    mappings = client.indices.get_mapping(index=concrete)[concrete]["mappings"]
+    mapping = mappings["properties"]
     assert mapping["text"]["analyzer"] == "english" and mapping["topic"]["type"] == "keyword"
+    # the model is recorded in the mapping's _meta, and read back through the alias
+    assert mappings["_meta"]["model"] == EmbeddedIndex(workdir).model_record()
+    assert ElasticsearchIndex(client, NAME).model_record()["dimension"] == 384
     again = load_elasticsearch(workdir, client, NAME, vector_mapping=KNN_VECTOR)
     assert not again.built and again.path.endswith(concrete)
     assert client.count(index=NAME)["count"] == len(ids)
