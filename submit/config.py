@@ -9,18 +9,35 @@ from dataclasses import dataclass, field
 from inference.config_loader import ConfigError
 
 
+QUANTITY = re.compile(r"^\d+(\.\d+)?\s*([KMGT]B?)?$", re.IGNORECASE)
+VERSION = re.compile(r"^\d+(\.\d+)?$")
+
+
 @dataclass
 class CondorResourcesConfig:
     """What each GPU shard job asks of the pool: the HTCondor submit commands of the same names.
     Memory and disk take HTCondor quantities (`16GB`, `512MB`); `requirements` is an extra
-    ClassAd expression."""
+    ClassAd expression. The GPU defaults are what the jobs' torch (2.13, built for CUDA 13.0)
+    runs on: compute capability 7.5 or newer (no V100) and a driver for CUDA 13.0 or newer."""
 
     request_gpus: int = 1
-    gpus_minimum_capability: str | None = "7.0"
-    gpus_minimum_memory: str | None = "14GB"  # a "16 GB" T4 or V100 advertises under 16 GiB
+    gpus_minimum_capability: str | None = "7.5"
+    gpus_minimum_memory: str | None = "14GB"  # a "16 GB" T4 advertises under 16 GiB
+    gpus_minimum_runtime: str | None = "13.0"
     request_cpus: int = 4
     request_memory: str = "16GB"
     request_disk: str = "20GB"
+    requirements: str | None = None
+
+
+@dataclass
+class StepResourcesConfig:
+    """What a CPU step that runs as a job (partition, index, an Elasticsearch load) asks of
+    the pool; `requirements` is an extra ClassAd expression."""
+
+    request_cpus: int = 4
+    request_memory: str = "16GB"
+    request_disk: str = "100GB"
     requirements: str | None = None
 
 
@@ -45,6 +62,14 @@ class CondorConfig(JobSoftware):
     """`infer-corpus submit`: one GPU job per shard in a DAG, and what each job runs and moves."""
 
     resources: CondorResourcesConfig = field(default_factory=CondorResourcesConfig)
+    partition_resources: StepResourcesConfig = field(default_factory=StepResourcesConfig)
+    index_resources: StepResourcesConfig = field(
+        default_factory=lambda: StepResourcesConfig(request_cpus=2))
+    load_resources: StepResourcesConfig = field(default_factory=lambda: StepResourcesConfig(
+        request_cpus=2, request_memory="8GB", request_disk="50GB"))
+    local_steps: bool = False
+    load_jobs: int = 8
+    want_io_proxy: bool = True
     site_attributes: dict[str, bool | int | str] = field(default_factory=dict)
     shards_url: str | None = None
     stage_dir: str | None = None
@@ -57,18 +82,28 @@ class CondorConfig(JobSoftware):
 
     def validate(self) -> None:
         super().validate()
-        quantity = re.compile(r"^\d+(\.\d+)?\s*([KMGT]B?)?$", re.IGNORECASE)
         r = self.resources
-        for name in ("request_memory", "request_disk", "gpus_minimum_memory"):
+        for section, resources in (("resources", r), ("partition_resources",
+                                    self.partition_resources),
+                                   ("index_resources", self.index_resources),
+                                   ("load_resources", self.load_resources)):
+            for name in ("request_memory", "request_disk", "gpus_minimum_memory"):
+                value = getattr(resources, name, None)
+                if value is not None and not QUANTITY.match(value):
+                    raise ConfigError(f"condor.{section}.{name}: {value!r} is not a quantity "
+                                      "such as 16GB, 512MB or 20000 (MB)")
+            if resources.request_cpus < 1:
+                raise ConfigError(f"condor.{section}.request_cpus must be >= 1")
+        for name, example in (("gpus_minimum_capability", "7.5"),
+                              ("gpus_minimum_runtime", "13.0")):
             value = getattr(r, name)
-            if value is not None and not quantity.match(value):
-                raise ConfigError(f"condor.resources.{name}: {value!r} is not a quantity "
-                                  "such as 16GB, 512MB or 20000 (MB)")
-        if r.gpus_minimum_capability is not None and not re.match(
-                r"^\d+(\.\d+)?$", r.gpus_minimum_capability):
-            raise ConfigError("condor.resources.gpus_minimum_capability must look like 7.5")
-        if r.request_gpus < 0 or r.request_cpus < 1:
-            raise ConfigError("condor.resources: request_gpus must be >= 0, request_cpus >= 1")
+            if value is not None and not VERSION.match(value):
+                raise ConfigError(f"condor.resources.{name} must look like {example}, "
+                                  f"not {value!r}")
+        if r.request_gpus < 0:
+            raise ConfigError("condor.resources.request_gpus must be >= 0")
+        if self.load_jobs < 1:
+            raise ConfigError("condor.load_jobs must be >= 1")
         if self.shards_url is not None and "://" not in self.shards_url:
             raise ConfigError("condor.shards_url must be a URL such as osdf:///ospool/ap40/"
                               "data/USER/run1 or pelican://HOST/path")

@@ -17,16 +17,20 @@ Generic: nothing here knows about shards. The pieces:
   file that parses, PARENT/CHILD names that do not exist, cycles, a throttle on no category.
 - `submit_dag(path)`: submission through the `htcondor2` bindings, with a `CondorError` that says
   what to do when no schedd can be reached.
-- `read_node_status(path)`: DAGMan's NODE_STATUS_FILE as plain dicts.
-- `job_match_ad(submit)`: the matchmaking part of the job ad condor_submit would build (resource
-  requests and the GPU constraint), so requirements can be checked against machine ads offline.
+- `read_node_status(path)`: DAGMan's NODE_STATUS_FILE as plain dicts; `query_queue(...)`: job
+  ads from the schedd through `condor_q -json`.
+- `gpu_commands(resources)`: the GPU requests of a job; `job_match_ad(submit)`: the matchmaking
+  part of the job ad condor_submit would build (resource requests and the GPU constraint), so
+  requirements can be checked against machine ads offline.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shlex
+import subprocess
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,7 +40,7 @@ from typing import Any
 from inference.errors import Failure
 from inference.workdir import atomic_path
 
-from .config import JobSoftware
+from .config import CondorResourcesConfig, JobSoftware
 
 NODE_KINDS = ("JOB", "FINAL", "PROVISIONER")
 NODE_STATES = {0: "not_ready", 1: "ready", 2: "pre", 3: "submitted", 4: "post", 5: "done",
@@ -98,14 +102,31 @@ def transfer_source(path_or_url: str) -> str:
 
 
 def write_job_script(path: Path, software: JobSoftware, comment: str, arguments: str) -> Path:
-    """A job's executable: unpack the venv tarball (transferred into the scratch directory) if
-    there is one, then `exec PYTHON ARGUMENTS` (shell words, e.g. `"$@"`). PYTHON defaults to
-    the venv's, else `python3` from the PATH (inside the container image, if the job has one)."""
+    """A job's executable: point HOME, TMPDIR and the caches (Hugging Face, torch, Triton,
+    CUDA, pip, matplotlib) into the scratch directory, since an execute node's home may be
+    missing, read-only or shared and HTCondor removes the scratch directory after the job; log
+    the host and the GPUs (`nvidia-smi -L`) to stderr; unpack the venv tarball (transferred
+    into the scratch directory) if there is one; then `exec PYTHON ARGUMENTS` (shell words,
+    e.g. `"$@"`). PYTHON defaults to the venv's, else `python3` from the PATH (inside the
+    container image, if the job has one)."""
     tarball = Path(software.venv_tarball.split("://")[-1]).name if software.venv_tarball else ""
     python = software.python or ("env/bin/python" if tarball else "python3")
     header = "".join(f"# {line}\n" for line in comment.splitlines())
     _write_text(path, f"""#!/bin/sh
 {header}set -u
+SCRATCH=${{_CONDOR_SCRATCH_DIR:-$(pwd)}}
+export HOME="$SCRATCH" TMPDIR="$SCRATCH/.tmp" XDG_CACHE_HOME="$SCRATCH/.cache"
+export TMP="$TMPDIR" TEMP="$TMPDIR" HF_HOME="$XDG_CACHE_HOME/huggingface" \\
+    TORCH_HOME="$XDG_CACHE_HOME/torch" TRITON_CACHE_DIR="$XDG_CACHE_HOME/triton" \\
+    CUDA_CACHE_PATH="$XDG_CACHE_HOME/nv" PIP_CACHE_DIR="$XDG_CACHE_HOME/pip" \\
+    MPLCONFIGDIR="$XDG_CACHE_HOME/matplotlib"
+mkdir -p "$TMPDIR" "$XDG_CACHE_HOME"
+echo "job: host $(uname -n), scratch $SCRATCH, started $(date -u +%Y-%m-%dT%H:%M:%SZ)" >&2
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi -L >&2 || echo "job: nvidia-smi -L failed" >&2
+else
+    echo "job: no nvidia-smi on this node" >&2
+fi
 PYTHON={shlex.quote(python)}
 VENV_TARBALL={shlex.quote(tarball)}
 if [ -n "$VENV_TARBALL" ]; then
@@ -130,6 +151,20 @@ def job_commands(software: JobSoftware, executable: str, arguments: str,
     return {**commands, "executable": executable, "arguments": arguments,
             "should_transfer_files": "YES", "when_to_transfer_output": "ON_EXIT",
             "transfer_input_files": ",".join(inputs)}
+
+
+def gpu_commands(r: CondorResourcesConfig, gpu_memory: str | None = None) -> dict[str, str]:
+    """The GPU requests of a job (none when `request_gpus` is 0): the number of GPUs and the
+    `gpus_minimum_*` constraints; `gpu_memory` replaces `gpus_minimum_memory`."""
+    if not r.request_gpus:
+        return {"request_gpus": "0"}
+    commands = {"request_gpus": str(r.request_gpus)}
+    for name, value in (("gpus_minimum_capability", r.gpus_minimum_capability),
+                        ("gpus_minimum_memory", gpu_memory or r.gpus_minimum_memory),
+                        ("gpus_minimum_runtime", r.gpus_minimum_runtime)):
+        if value:
+            commands[name] = value
+    return commands
 
 
 def access_point_commands(module_args: list[str]) -> dict[str, str]:
@@ -430,11 +465,14 @@ def require_not_running(dag: Path) -> None:
                           "submitting it again")
 
 
-def submit_dag(path: Path, *, batch_name: str | None = None) -> int:
+def submit_dag(path: Path, *, batch_name: str | None = None,
+               getenv: list[str] | None = None) -> int:
     """Submit a DAG to the local schedd; returns the DAGMan job's cluster id.
 
     Runs from the DAG's directory, so relative paths in it mean what they say. Submitting
     again after a failure picks up DAGMan's rescue DAG: finished nodes are not rerun.
+    `getenv` names environment variables DAGMan passes on to node jobs that ask for them
+    (`condor_submit_dag -include_env`), such as an API key's.
     """
     import htcondor2
 
@@ -450,6 +488,8 @@ def submit_dag(path: Path, *, batch_name: str | None = None) -> int:
     options: dict[str, Any] = {"UpdateSubmit": True}
     if batch_name:
         options["batch-name"] = batch_name
+    if getenv:
+        options["GetFromEnv"] = ",".join(getenv)
     with contextlib.chdir(path.parent):
         try:
             description = htcondor2.Submit.from_dag(path.name, options)
@@ -457,6 +497,26 @@ def submit_dag(path: Path, *, batch_name: str | None = None) -> int:
         except htcondor2.HTCondorException as exc:
             raise CondorError(f"submitting {path} failed: {str(exc).strip()}") from None
     return int(result.cluster())
+
+
+def query_queue(constraint: str, attributes: list[str], timeout: float = 60) -> list[dict]:
+    """The ads of the queued jobs that match `constraint` (only `attributes`), from
+    `condor_q -json`: it asks the schedd of this access point. A CondorError when condor_q
+    is missing, fails or says something that is not JSON."""
+    try:
+        proc = subprocess.run(["condor_q", "-json", "-constraint", constraint, "-attributes",
+                               ",".join(attributes)], capture_output=True, text=True,
+                              timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CondorError(f"cannot run condor_q: {exc}") from None
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no message"]
+        raise CondorError(f"condor_q failed: {lines[-1][:300]}")
+    try:
+        ads = json.loads(proc.stdout or "[]")
+    except ValueError:
+        raise CondorError("condor_q -json printed something that is not JSON") from None
+    return ads if isinstance(ads, list) else []
 
 
 def read_node_status(path: Path) -> dict[str, Any] | None:
@@ -508,13 +568,29 @@ def quantity(text: str, default_unit: str) -> int:
     return int(number * _UNITS[unit] / _UNITS[default_unit])
 
 
+def cuda_version_code(text: str) -> int:
+    """A `gpus_minimum_runtime` value as HTCondor encodes it (major * 1000 + minor * 10, as
+    the GPUs' `MaxSupportedVersion`): "13.0" and "13" are 13000, "12.6" is 12060, and a
+    number of 1000 or more is taken as already encoded."""
+    if not re.fullmatch(r"\d+(\.\d+)?", text.strip()):
+        raise ValueError(f"{text!r} is not a CUDA version such as 13.0")
+    major, _, minor = text.strip().partition(".")
+    if not minor and int(major) >= 1000:
+        return int(major)
+    return int(major) * 1000 + int(minor or 0) * 10
+
+
 def job_match_ad(description: Any) -> Any:
     """The matchmaking attributes condor_submit derives from a submit description.
 
-    RequestCpus/Memory/Disk/GPUs, RequireGPUs from `require_gpus` and the `gpus_minimum_*` /
-    `gpus_maximum_capability` commands, and Requirements: the description's own expression and
-    the clauses condor_submit appends for the requests. `machine_ad.matches(job_ad)` evaluates
-    the job's Requirements against a machine (classad2 evaluates the argument's Requirements).
+    RequestCpus/Memory/Disk/GPUs; the `gpus_minimum_capability`, `gpus_maximum_capability`,
+    `gpus_minimum_memory` and `gpus_minimum_runtime` values as GPUsMinCapability,
+    GPUsMaxCapability, GPUsMinMemory (MB) and GPUsMinRuntime (encoded as `cuda_version_code`),
+    and RequireGPUs from `require_gpus` and clauses over those attributes, as condor_submit
+    writes them (`Capability >= GPUsMinCapability`, `MaxSupportedVersion >= GPUsMinRuntime`);
+    and Requirements: the description's own expression and the clauses condor_submit appends
+    for the requests. `machine_ad.matches(job_ad)` evaluates the job's Requirements against a
+    machine (classad2 evaluates the argument's Requirements).
     """
     import classad2
 
@@ -540,12 +616,16 @@ def job_match_ad(description: Any) -> Any:
     if gpus:
         ad["RequestGPUs"] = gpus
         constraints = [f"({get('require_gpus')})"] if get("require_gpus") else []
-        for key, op in (("gpus_minimum_capability", ">="), ("gpus_maximum_capability", "<=")):
+        for key, attribute, clause, value in (
+                ("gpus_minimum_capability", "GPUsMinCapability", "Capability >= {}", float),
+                ("gpus_maximum_capability", "GPUsMaxCapability", "Capability <= {}", float),
+                ("gpus_minimum_memory", "GPUsMinMemory", "GlobalMemoryMb >= {}",
+                 lambda text: quantity(text, "M")),
+                ("gpus_minimum_runtime", "GPUsMinRuntime", "MaxSupportedVersion >= {}",
+                 cuda_version_code)):
             if get(key):
-                float(get(key))  # a version such as 7.5, nothing else
-                constraints.append(f"(Capability {op} {get(key)})")
-        if get("gpus_minimum_memory"):
-            constraints.append(f"(GlobalMemoryMb >= {quantity(get('gpus_minimum_memory'), 'M')})")
+                ad[attribute] = value(get(key))
+                constraints.append(clause.format(attribute))
         if constraints:
             ad["RequireGPUs"] = classad2.ExprTree(" && ".join(constraints))
             clauses.append("(countMatches(MY.RequireGPUs, TARGET.AvailableGPUs) >= RequestGPUs)")

@@ -8,6 +8,13 @@ at a part boundary; HTCondor then saves parts/ (`transfer_checkpoint_files`) and
 job, which skips the finished parts. The last part joins the parts into RESULT_FILE, which
 HTCondor sends back to the access point.
 
+The job logs each part's throughput to stderr. When HTCondor gives it a chirp proxy
+(`want_io_proxy = true`), it also publishes its progress in its job ad, where `condor_q -af
+ShardPassagesDone ShardPassagesPerSecond` and `infer-corpus status` read it:
+ShardPassagesDone, ShardPassagesTotal and ShardPassagesPerSecond (passages embedded by this
+start of the job, over the seconds since its first part began). Progress is best effort: a
+job without a chirp proxy, or whose chirp calls fail, runs the same.
+
 Exit codes: 0 done; 1 failed (worth a retry); 2 bad input (the shard or manifest is damaged or
 does not match: retrying cannot help); the checkpoint exit code; 130 interrupted.
 """
@@ -33,6 +40,7 @@ from inference.worker import ShardWorker
 
 PARTS_DIR = "parts"
 PART_ROWS = 10_000
+PROGRESS_INTERVAL = 30.0  # seconds between job-ad updates while a part runs
 
 
 class BadInput(UsageError):
@@ -67,6 +75,83 @@ def _prepare_parts(parts: Workdir, manifest: Manifest, shard: int, shard_file: P
     return count
 
 
+class Progress:
+    """Passages done and passages/s, logged per part and published through chirp."""
+
+    def __init__(self, shard: int, total: int, interval: float = PROGRESS_INTERVAL) -> None:
+        self.shard, self.total, self.interval = shard, total, interval
+        self.before = 0  # passages of the parts finished before the current one
+        self.computed = 0  # passages embedded by this start of the job
+        self.started: float | None = None  # when this start began embedding
+        self.part_began = 0.0
+        self.sent = 0.0
+        self.chirp = _chirp_client()
+
+    def part_started(self) -> None:
+        self.part_began = time.monotonic()
+        if self.started is None:
+            self.started = self.part_began
+
+    def model_ready(self) -> None:
+        """Loading the model is not embedding: rates start after it."""
+        self.part_began = time.monotonic()
+        if not self.computed:
+            self.started = self.part_began
+
+    def update(self, passages_in_part: int, *, force: bool = False) -> None:
+        if self.chirp is None or not (force or time.monotonic() - self.sent >= self.interval):
+            return
+        self.sent = time.monotonic()
+        self._publish(self.before + passages_in_part, self.computed + passages_in_part)
+
+    def part_done(self, part: int, count: int, rows: int, skipped: bool) -> None:
+        seconds = time.monotonic() - self.part_began
+        self.before += rows
+        if skipped:
+            print(f"shard {self.shard}: part {part + 1} of {count}: {rows:,} passages, "
+                  "done before a restart", file=sys.stderr)
+            if not self.computed:
+                self.started = None
+        else:
+            self.computed += rows
+            print(f"shard {self.shard}: part {part + 1} of {count}: {rows:,} passages in "
+                  f"{seconds:.1f} s ({rows / max(seconds, 1e-9):,.0f} passages/s)",
+                  file=sys.stderr)
+        self.update(0, force=True)
+
+    def rate(self, computed: int | None = None) -> float:
+        """Passages/s of this start: `computed` (default: the finished parts') over the
+        seconds since it began embedding."""
+        seconds = time.monotonic() - self.started if self.started is not None else 0.0
+        return (self.computed if computed is None else computed) / seconds if seconds else 0.0
+
+    def _publish(self, done: int, computed: int) -> None:
+        try:
+            with self.chirp:
+                self.chirp.set_job_attr_delayed("ShardPassagesDone", str(done))
+                self.chirp.set_job_attr_delayed("ShardPassagesTotal", str(self.total))
+                self.chirp.set_job_attr_delayed("ShardPassagesPerSecond",
+                                                f"{self.rate(computed):.1f}")
+        except Exception as exc:  # noqa: BLE001 - progress is best effort: never fail the job
+            print(f"shard {self.shard}: chirp failed ({exc}); progress stays out of the job ad",
+                  file=sys.stderr)
+            self.chirp = None
+
+
+def _chirp_client():  # type: ignore[no-untyped-def]
+    """A chirp connection to the job's starter, or None: only when HTCondor set up a chirp
+    proxy (`want_io_proxy`), and never an error."""
+    if not os.environ.get("_CONDOR_CHIRP_CONFIG"):
+        return None
+    try:
+        from htcondor2.htchirp import HTChirp
+
+        return HTChirp()
+    except Exception as exc:  # noqa: BLE001 - a missing or broken chirp must not stop the job
+        print(f"job: no chirp ({exc}); progress stays out of the job ad", file=sys.stderr)
+        return None
+
+
 def _join_parts(parts: Workdir, count: int, result_file: Path) -> int:
     tables = [pq.read_table(parts.result_path(part)) for part in range(count)]
     table = pa.concat_tables(tables)
@@ -87,11 +172,21 @@ def run_job(shard: int, shard_file: Path, result_file: Path, *, manifest_file: P
         raise WorkdirError(f"cannot read {manifest_file}: {exc}") from None
     parts = Workdir(PARTS_DIR)
     count = _prepare_parts(parts, manifest, shard, shard_file, part_rows)
+    progress = Progress(shard, manifest.shard(shard).rows)
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)  # HTCondor sets it to request_cpus
-    worker = ShardWorker(parts, threads=threads)
+
+    def on_event(event: dict) -> None:
+        if event.get("event") == "progress":
+            progress.update(event["passages"])
+        elif event.get("event") == "ready":
+            progress.model_ready()
+
+    worker = ShardWorker(parts, threads=threads, on_event=on_event)
     for part in range(count):
+        progress.part_started()
         outcome = worker.run(part)
         worker.wait()
+        progress.part_done(part, count, outcome.rows, outcome.skipped)
         remaining = count - part - 1
         if (checkpoint_after and remaining and not outcome.skipped
                 and time.monotonic() - started >= checkpoint_after):
@@ -99,7 +194,8 @@ def run_job(shard: int, shard_file: Path, result_file: Path, *, manifest_file: P
             print(f"shard {shard}: checkpoint after part {part + 1} of {count}", file=sys.stderr)
             return checkpoint_exit_code
     rows = _join_parts(parts, count, result_file)
-    print(f"shard {shard}: {rows} passages -> {result_file}", file=sys.stderr)
+    print(f"shard {shard}: {rows:,} passages -> {result_file} ({progress.computed:,} embedded "
+          f"by this start at {progress.rate():,.0f} passages/s)", file=sys.stderr)
     return 0
 
 

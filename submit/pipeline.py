@@ -1,14 +1,24 @@
-"""The inference DAG that `infer-corpus submit` writes into WORKDIR/condor/ and submits.
+"""The DAGs that `infer-corpus submit` writes into WORKDIR/condor/ and submits.
 
-    partition  (access point: checks the inputs are unchanged, records this run's settings)
+A workdir whose inputs are not partitioned yet, given `--input`, gets `partition.dag`: the
+partition as one CPU job (its inputs in, the shards, rejects and manifest back, put in place
+by its POST script). Once the workdir is partitioned, the same command writes `pipeline.dag`:
+
+    check      (access point: the recorded inputs are unchanged; records this run's settings)
         -> shard-00000 ... shard-NNNNN   (one GPU job per unfinished shard; POST validates)
-        -> index   (access point: loads the validated results into the search index)
+        -> index   (a CPU job: builds the embedded index from the shards and results; POST
+                    puts it in place)
+           or, with Elasticsearch: load-000 ... load-NNN (CPU jobs, each bulk-loading a group
+                    of shards into the new index as soon as its shards are done) -> swap
+                    (access point: checks the count and moves the alias once)
     FINAL report   (access point: `infer-corpus status`, written to report.txt, always runs)
 
-Shard jobs read their shard and the manifest through HTCondor file transfer (from the workdir,
-or from an osdf:// / pelican:// URL under a name that includes the partition key, since cached
-objects never change), and send the result back to condor/incoming/. The POST script moves a
-result into results/ only when it checks out, so a bad result is retried instead of loaded.
+`condor.local_steps` runs the partition and the index on the access point instead (local
+universe), for small runs. Shard jobs read their shard and the manifest through HTCondor file
+transfer (from the workdir, or from an osdf:// / pelican:// URL under a name that includes the
+partition key, since cached objects never change), and send the result back to
+condor/incoming/. The POST script moves a result into results/ only when it checks out, so a
+bad result is retried instead of loaded.
 """
 
 from __future__ import annotations
@@ -29,28 +39,38 @@ import yaml
 
 from inference.config import InferenceConfig
 from inference.config_loader import ConfigError
-from inference.errors import EXIT_USAGE
+from inference.errors import EXIT_USAGE, UsageError
 from inference.manifest import Manifest
 from inference.partition import partition_key
+from inference.readers import expand_inputs
 from inference.workdir import Workdir
 
-from .config import CondorConfig
-from .htcondor import (CondorError, Dag, Node, Script, access_point_commands, job_commands,
-                       lint_dag, read_node_status, require_not_running, submit_dag,
-                       transfer_source, write_dag, write_job_script, write_submit)
+from .config import CondorConfig, StepResourcesConfig
+from .htcondor import (CondorError, Dag, Node, Script, access_point_commands, condor_arguments,
+                       gpu_commands, job_commands, lint_dag, query_queue, read_node_status,
+                       require_not_running, submit_dag, transfer_source, write_dag,
+                       write_job_script, write_submit)
 
 CONDOR_DIR = "condor"
 DAG_FILE = "pipeline.dag"
+PARTITION_DAG = "partition.dag"
 STATUS_FILE = "pipeline.status"
+PARTITION_STATUS = "partition.status"
 SUBMITTED_FILE = "submitted.json"
+INPUTS_FILE = "partition-inputs.txt"
 JOB_SCRIPT = "run-shard.sh"
+STEP_SCRIPT = "run-step.sh"
 GPU_CATEGORY = "gpu"
 EXIT_BAD_INPUT = EXIT_USAGE  # a shard job or POST script exits with it when retrying cannot help
+RUN_ATTRIBUTE = "InferCorpusRun"  # every job's ad names its workdir: `status` finds them by it
+PROGRESS_ATTRIBUTES = ("ShardPassagesDone", "ShardPassagesTotal", "ShardPassagesPerSecond")
+JOB_STATES = {1: "idle", 2: "running", 3: "removed", 4: "completed", 5: "held",
+              6: "transferring output", 7: "suspended"}
 
 
 @dataclass
 class PipelineFiles:
-    """What `write_pipeline` wrote, and what the DAG will do."""
+    """What `write_pipeline` or `write_partition_dag` wrote, and what the DAG will do."""
 
     dag: Path
     shard_jobs: list[int]
@@ -58,6 +78,7 @@ class PipelineFiles:
     staged: int
     files: list[str]
     problems: list[str] = field(default_factory=list)
+    load_jobs: int = 0
 
 
 def condor_dir(workdir: Workdir) -> Path:
@@ -73,6 +94,19 @@ def shard_object_name(manifest: Manifest, shard: int) -> str:
     """A shard's name under a data URL: new content always gets a new name, because caches
     (OSDF, Pelican) treat an object name as immutable."""
     return f"shard-{shard:05d}.{manifest.partition_key}.parquet"
+
+
+def load_groups(shards: int, jobs: int) -> list[tuple[int, int]]:
+    """Shards 0..shards-1 in at most `jobs` contiguous groups of near-equal size, as
+    (first, last) pairs: what each Elasticsearch load job sends."""
+    jobs = max(1, min(jobs, shards))
+    size, extra = divmod(shards, jobs)
+    groups, first = [], 0
+    for job in range(jobs):
+        last = first + size + (job < extra) - 1
+        groups.append((first, last))
+        first = last + 1
+    return groups if shards else []
 
 
 def _no_space(path: Path, what: str) -> str:
@@ -117,9 +151,23 @@ def _write_job_script(path: Path, c: CondorConfig) -> None:
         f'-m submit.job --shard "$1" --shard-file "$2" --result-file "$3"{checkpoint}')
 
 
+def _site_attributes(c: CondorConfig) -> dict[str, str]:
+    commands = {}
+    for name, value in c.site_attributes.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(f"condor.site_attributes: {name!r} is not a ClassAd attribute name")
+        commands[f"MY.{name}"] = _classad_literal(value)
+    return commands
+
+
+def _run_attribute(root: Path) -> dict[str, str]:
+    return {f"MY.{RUN_ATTRIBUTE}": _classad_literal(str(root))}
+
+
 def _shard_submit(workdir: Workdir, c: CondorConfig) -> dict[str, str]:
     r = c.resources
-    inputs = ["$(shard_input)", str(workdir.root.resolve() / "manifest.json"),
+    root = workdir.root.resolve()
+    inputs = ["$(shard_input)", str(root / "manifest.json"),
               *(transfer_source(i) for i in c.extra_inputs)]
     commands = {
         **job_commands(c, JOB_SCRIPT, "$(shard) $(shard_file) $(result_file)", inputs),
@@ -129,25 +177,20 @@ def _shard_submit(workdir: Workdir, c: CondorConfig) -> dict[str, str]:
         "output": "logs/shard-$(shard).out",
         "error": "logs/shard-$(shard).err",
         "log": "pipeline.log",
-        "request_gpus": str(r.request_gpus),
+        **gpu_commands(r),
         "request_cpus": str(r.request_cpus),
         "request_memory": r.request_memory,
         "request_disk": r.request_disk,
     }
-    if r.request_gpus and r.gpus_minimum_capability:
-        commands["gpus_minimum_capability"] = r.gpus_minimum_capability
-    if r.request_gpus and r.gpus_minimum_memory:
-        commands["gpus_minimum_memory"] = r.gpus_minimum_memory
     if r.requirements:
         commands["requirements"] = r.requirements
     if c.checkpoint_minutes:
         commands["checkpoint_exit_code"] = str(c.checkpoint_exit_code)
         commands["transfer_checkpoint_files"] = "parts"
-    for name, value in c.site_attributes.items():
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ConfigError(f"condor.site_attributes: {name!r} is not a ClassAd attribute name")
-        commands[f"MY.{name}"] = _classad_literal(value)
-    return commands
+        commands["MY.is_resumable"] = "true"  # CHTC: a checkpointing job may run past 72 h
+    if c.want_io_proxy:
+        commands["want_io_proxy"] = "true"  # chirp: the job publishes its progress in its ad
+    return {**commands, **_site_attributes(c), **_run_attribute(root)}
 
 
 def _classad_literal(value: bool | int | str) -> str:
@@ -161,7 +204,8 @@ def _classad_literal(value: bool | int | str) -> str:
     return classad2.quote(value)
 
 
-def _local_submit(args: list[str], name: str, output: str | None = None) -> dict[str, str]:
+def _local_submit(args: list[str], name: str, root: Path,
+                  output: str | None = None) -> dict[str, str]:
     """A step that runs on the access point itself, with the Python that wrote the DAG."""
     return {
         **access_point_commands(args),
@@ -169,30 +213,125 @@ def _local_submit(args: list[str], name: str, output: str | None = None) -> dict
         "output": output or f"logs/{name}.out",
         "error": f"logs/{name}.err",
         "log": "pipeline.log",
+        **_run_attribute(root),
     }
 
 
-def write_pipeline(workdir: Workdir, config: InferenceConfig,
-                   condor: CondorConfig) -> PipelineFiles:
-    """Write WORKDIR/condor/: the DAG, its submit files and the job script; lint the DAG."""
-    manifest = _check_partition(workdir, config)
+def _step_submit(c: CondorConfig, r: StepResourcesConfig, name: str, args: list[str],
+                 inputs: list[str], outputs: str, root: Path,
+                 getenv: str | None = None) -> dict[str, str]:
+    """A CPU step as a job (`python -m infer_corpus ARGS` in an empty scratch directory):
+    `inputs` come in by file transfer; `outputs` (a folder, or "" for nothing) go back to
+    condor/incoming/, where the step's POST script takes them."""
+    out = condor_dir(Workdir(root)).resolve()
+    commands = {
+        **job_commands(c, str(out / STEP_SCRIPT),
+                       condor_arguments(["-m", "infer_corpus", *args]), inputs),
+        "initialdir": "incoming",  # what comes back lands here; other paths are relative to it
+        "transfer_output_files": outputs,
+        "output": f"../logs/{name}.out",
+        "error": f"../logs/{name}.err",
+        "log": "../pipeline.log",
+        "request_cpus": str(r.request_cpus),
+        "request_memory": r.request_memory,
+        "request_disk": r.request_disk,
+        **_run_attribute(root),
+    }
+    if r.requirements:
+        commands["requirements"] = r.requirements
+    if getenv:
+        commands["getenv"] = getenv
+    return commands
+
+
+def _settings(config: InferenceConfig, condor: CondorConfig) -> dict[str, Any]:
+    return {**config.to_dict(), "condor": dataclasses.asdict(condor)}
+
+
+def _prepare(workdir: Workdir, config: InferenceConfig, condor: CondorConfig,
+             dag_file: str) -> tuple[Path, Path, Path]:
+    """Checks and files every DAG shares: the software, paths without spaces, no DAG of
+    this workdir running; condor/ with logs/ and incoming/, config.yaml (the settings the
+    DAG's steps run with) and run-step.sh. Returns (workdir, condor dir, config file),
+    absolute."""
     if not (condor.container_image or condor.venv_tarball or condor.python):
         raise ConfigError("condor: say what software the jobs run: container_image (docker://,"
                           " osdf:// or a .sif path), venv_tarball, or python (an interpreter "
                           "with infer-corpus installed that the execute nodes can run)")
     root = Path(_no_space(workdir.root.resolve(), "the workdir"))
     _no_space(Path(sys.executable), "the Python interpreter")
-    out = condor_dir(workdir)
-    require_not_running(out / DAG_FILE)
+    out = condor_dir(workdir).resolve()
+    for name in (DAG_FILE, PARTITION_DAG):
+        require_not_running(out / name)
     for sub in ("logs", "incoming"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    config_file = out / "config.yaml"
+    config_file.write_text("# the settings this DAG runs with (written by infer-corpus submit)\n"
+                           + yaml.safe_dump(_settings(config, condor), sort_keys=False),
+                           encoding="utf-8")
+    write_job_script(out / STEP_SCRIPT, condor,
+                     "A CPU step of `infer-corpus submit` (partition, index, an Elasticsearch "
+                     "load):\nPython runs the job's arguments in the job's scratch directory.",
+                     '"$@"')
+    return root, out, config_file
+
+
+def _index_settings(config: InferenceConfig) -> dict[str, Any]:
+    """The run's `index` section (retrieval's), as plain data."""
+    return config.to_dict().get("index") or {}
+
+
+def _index_nodes(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
+                 manifest: Manifest, root: Path, out: Path,
+                 shard_nodes: dict[int, str]) -> tuple[list[Node], list[tuple], list[str]]:
+    """The nodes that load the results into the index, their edges, and their files."""
+    all_shards = list(shard_nodes.values())
+    index = _index_settings(config)
+    key_env = index.get("api_key_env") if index.get("backend") == "elasticsearch" else None
+    if c.local_steps:
+        write_submit(out / "index.sub", _local_submit(
+            ["infer_corpus", "index", "--workdir", str(root)], "index", root))
+        return [Node("index", "index.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT)], \
+            [(all_shards or ["check"], ["index"])], ["index.sub"]
+    if index.get("backend") != "elasticsearch":
+        write_submit(out / "index.sub", _step_submit(
+            c, c.index_resources, "index", ["index", "--workdir", "."],
+            [str(root / "manifest.json"), str(root / "shards"), str(root / "results")],
+            "index", root))
+        post = Script(sys.executable, ["-m", "submit.steps", "index", "--workdir", str(root),
+                                       "--job-exit", "$RETURN"])
+        return [Node("index", "index.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT,
+                     post=post)], [(all_shards or ["check"], ["index"])], ["index.sub"]
+    write_submit(out / "load.sub", _step_submit(
+        c, c.load_resources, "load-$(group)",
+        ["index", "--workdir", ".", "--shards", "$(shards)", "--no-swap"],
+        ["$(group_dir)/"], "", root, getenv=key_env))
+    write_submit(out / "swap.sub", _local_submit(
+        ["infer_corpus", "index", "--workdir", str(root), "--swap-only"], "swap", root))
+    nodes, edges = [], []
+    for group, (first, last) in enumerate(load_groups(len(manifest.shards), c.load_jobs)):
+        name = f"load-{group:03d}"
+        nodes.append(Node(
+            name, "load.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT,
+            vars={"group": f"{group:03d}", "shards": f"{first}-{last}",
+                  "group_dir": str(out / "load" / f"group-{group:03d}")},
+            pre=Script(sys.executable, ["-m", "submit.steps", "stage-load", "--workdir",
+                                        str(root), "--group", str(group), "--shards",
+                                        f"{first}-{last}"])))
+        parents = [shard_nodes[n] for n in range(first, last + 1) if n in shard_nodes]
+        edges.append((parents or ["check"], [name]))
+    nodes.append(Node("swap", "swap.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT))
+    edges.append(([n.name for n in nodes if n.name != "swap"] or ["check"], ["swap"]))
+    return nodes, edges, ["load.sub", "swap.sub"]
+
+
+def write_pipeline(workdir: Workdir, config: InferenceConfig,
+                   condor: CondorConfig) -> PipelineFiles:
+    """Write WORKDIR/condor/pipeline.dag, its submit files and job scripts; lint the DAG."""
+    manifest = _check_partition(workdir, config)
+    root, out, config_file = _prepare(workdir, config, condor, DAG_FILE)
     key = manifest.result_key(config)
     pending = [e.shard for e in manifest.shards if not workdir.result_is_current(e, key)]
-
-    config_file = out.resolve() / "config.yaml"  # the partition node runs in the DAG's directory
-    settings = {**config.to_dict(), "condor": dataclasses.asdict(condor)}
-    config_file.write_text("# the settings this DAG runs with (written by infer-corpus submit)\n"
-                           + yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
     _write_job_script(out / JOB_SCRIPT, condor)
 
     staged = 0
@@ -215,71 +354,146 @@ def write_pipeline(workdir: Workdir, config: InferenceConfig,
                                        + "\n".join(stage_lines) + "\n", encoding="utf-8")
 
     inputs = [item["path"] for item in manifest.inputs]
-    write_submit(out / "partition.sub", _local_submit(
+    write_submit(out / "check.sub", _local_submit(
         ["infer_corpus", "partition", "--workdir", str(root), "--config", str(config_file),
-         "--input", *inputs], "partition"))
+         "--input", *inputs], "check", root))
     write_submit(out / "shard.sub", _shard_submit(workdir, condor))
-    write_submit(out / "index.sub", _local_submit(
-        ["infer_corpus", "index", "--workdir", str(root)], "index"))
     write_submit(out / "report.sub", _local_submit(
-        ["infer_corpus", "status", "--workdir", str(root)], "report", output="report.txt"))
+        ["infer_corpus", "status", "--workdir", str(root)], "report", root,
+        output="report.txt"))
 
-    nodes = [Node("partition", "partition.sub")]
+    nodes = [Node("check", "check.sub")]
+    shard_nodes = {}
     for shard in pending:
+        shard_nodes[shard] = f"shard-{shard:05d}"
         nodes.append(Node(
-            f"shard-{shard:05d}", "shard.sub", vars=shard_vars[shard], category=GPU_CATEGORY,
+            shard_nodes[shard], "shard.sub", vars=shard_vars[shard], category=GPU_CATEGORY,
             retry=condor.retries, retry_unless_exit=EXIT_BAD_INPUT,
             post=Script(sys.executable, ["-m", "submit.validate", "--workdir", str(root),
                                          "--shard", str(shard), "--job-exit", "$RETURN"])))
+    index_nodes, index_edges, index_files = _index_nodes(workdir, config, condor, manifest,
+                                                         root, out, shard_nodes)
     # DAGMan takes the FINAL node's outcome as the whole DAG's: the report fails (after writing
     # report.txt) unless every other node succeeded, so a failed shard is not a successful DAG
-    nodes += [Node("index", "index.sub"),
-              Node("report", "report.sub", kind="FINAL",
-                   post=Script("/usr/bin/test", ["$DAG_STATUS", "-eq", "0"]))]
-    shard_names = [n.name for n in nodes if n.category == GPU_CATEGORY]
-    edges = ([(["partition"], shard_names), (shard_names, ["index"])] if shard_names
-             else [(["partition"], ["index"])])
+    nodes += [*index_nodes, Node("report", "report.sub", kind="FINAL",
+                                 post=Script("/usr/bin/test", ["$DAG_STATUS", "-eq", "0"]))]
+    edges = ([(["check"], list(shard_nodes.values()))] if shard_nodes else []) + index_edges
     dag = Dag(nodes=nodes, edges=edges, node_status_file=STATUS_FILE,
-              max_jobs={GPU_CATEGORY: condor.max_jobs} if condor.max_jobs and shard_names else {})
+              max_jobs={GPU_CATEGORY: condor.max_jobs} if condor.max_jobs and shard_nodes
+              else {})
     dag_path = write_dag(out / DAG_FILE, dag)
-    files = ["pipeline.dag", "partition.sub", "shard.sub", "index.sub", "report.sub",
-             JOB_SCRIPT, "config.yaml"] + (["stage.tsv"] if stage_lines else [])
+    files = ["pipeline.dag", "check.sub", "shard.sub", *index_files, "report.sub", JOB_SCRIPT,
+             STEP_SCRIPT, "config.yaml"] + (["stage.tsv"] if stage_lines else [])
     return PipelineFiles(dag=dag_path, shard_jobs=pending,
                          shards_done=len(manifest.shards) - len(pending), staged=staged,
-                         files=files, problems=lint_dag(dag_path))
+                         files=files, problems=lint_dag(dag_path),
+                         load_jobs=sum(n.name.startswith("load-") for n in index_nodes))
+
+
+def pool_inputs(patterns: list[str]) -> list[Path]:
+    """The input files a partition job gets, absolute. File transfer puts each in the job's
+    scratch directory under its own name, so two inputs may not share a name, and a
+    transfer list is split on commas, so no name may hold one."""
+    paths = [Path(os.path.abspath(path)) for path in expand_inputs(patterns)]
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if "," in str(path) or re.search(r"\s", str(path)):
+            raise ConfigError(f"input {path}: a partition job cannot take a path with a comma "
+                              "or a space; rename it, or partition on the access point")
+        if path.name in seen:
+            raise ConfigError(f"inputs {seen[path.name]} and {path} have the same file name, "
+                              "and a partition job gets its inputs side by side: rename one, "
+                              "or partition on the access point")
+        seen[path.name] = path
+    return paths
+
+
+def write_partition_dag(workdir: Workdir, config: InferenceConfig, condor: CondorConfig,
+                        inputs: list[Path]) -> PipelineFiles:
+    """Write WORKDIR/condor/partition.dag: the partition as one CPU job on the pool (or, with
+    `condor.local_steps`, on the access point); lint the DAG."""
+    root, out, config_file = _prepare(workdir, config, condor, PARTITION_DAG)
+    (out / INPUTS_FILE).write_text("".join(f"{p}\n" for p in inputs), encoding="utf-8")
+    if condor.local_steps:
+        write_submit(out / "partition.sub", _local_submit(
+            ["infer_corpus", "partition", "--workdir", str(root), "--config", str(config_file),
+             "--input", *map(str, inputs)], "partition", root))
+        node = Node("partition", "partition.sub")
+    else:
+        write_submit(out / "partition.sub", _step_submit(
+            condor, condor.partition_resources, "partition",
+            ["partition", "--workdir", "partition", "--config", config_file.name, "--input",
+             *(p.name for p in inputs)],
+            [*map(str, inputs), str(config_file)], "partition", root))
+        node = Node("partition", "partition.sub", retry=condor.retries,
+                    retry_unless_exit=EXIT_BAD_INPUT,
+                    post=Script(sys.executable, ["-m", "submit.steps", "partition", "--workdir",
+                                                 str(root), "--job-exit", "$RETURN"]))
+    dag_path = write_dag(out / PARTITION_DAG, Dag(nodes=[node],
+                                                  node_status_file=PARTITION_STATUS))
+    files = [PARTITION_DAG, "partition.sub", STEP_SCRIPT, "config.yaml", INPUTS_FILE]
+    return PipelineFiles(dag=dag_path, shard_jobs=[], shards_done=0, staged=0, files=files,
+                         problems=lint_dag(dag_path))
 
 
 def submit_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConfig, *,
-                    dry_run: bool) -> dict[str, Any]:
-    """Write the DAG; unless `dry_run`, submit it. Returns a summary for the CLI.
+                    dry_run: bool, inputs: list[str] | None = None) -> dict[str, Any]:
+    """Write the DAG the workdir needs next; unless `dry_run`, submit it. Returns a summary
+    for the CLI.
 
+    A workdir without a finished partition, given `inputs`, gets the partition DAG; a
+    partitioned one gets the pipeline DAG (`inputs`, if given, must be the partition's).
     `config` is the run's whole config (its sections all go into the DAG's config.yaml, for
-    the partition node); `condor` is its `condor` section."""
-    written = write_pipeline(workdir, config, condor)
+    the partition and check steps); `condor` is its `condor` section."""
+    partitioned = workdir.has_manifest() and workdir.manifest().partitioned
+    if inputs and not partitioned:
+        written = write_partition_dag(workdir, config, condor, pool_inputs(inputs))
+    else:
+        if inputs:
+            recorded = {item["path"] for item in workdir.manifest().inputs}
+            given = {os.path.abspath(p) for p in expand_inputs(inputs)}
+            if given != recorded:
+                raise UsageError(f"{workdir.root} holds a partition of other inputs: leave "
+                                 "out --input, or use a new --workdir")
+        elif not partitioned:
+            workdir.manifest().require_partitioned()  # the error says what to run first
+        written = write_pipeline(workdir, config, condor)
     if written.problems:
         raise CondorError("the written DAG has problems:\n  " + "\n  ".join(written.problems))
     cluster = None
     if not dry_run:
+        index = _index_settings(config)
+        key_env = index.get("api_key_env") if index.get("backend") == "elasticsearch" else None
         cluster = submit_dag(written.dag, batch_name=condor.batch_name
-                             or f"infer-corpus {workdir.root.resolve().name}")
+                             or f"infer-corpus {workdir.root.resolve().name}",
+                             getenv=[key_env] if key_env else None)
         (condor_dir(workdir) / SUBMITTED_FILE).write_text(json.dumps(
-            {"cluster": cluster, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n",
-            encoding="utf-8")
+            {"cluster": cluster, "dag": written.dag.name,
+             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n", encoding="utf-8")
     return {
-        "dag": str(written.dag), "shard_jobs": len(written.shard_jobs),
-        "shards_done": written.shards_done, "staged": written.staged,
-        "files": written.files, "dry_run": dry_run, "cluster": cluster,
+        "dag": str(written.dag), "partition_job": written.dag.name == PARTITION_DAG,
+        "shard_jobs": len(written.shard_jobs), "shards_done": written.shards_done,
+        "load_jobs": written.load_jobs, "staged": written.staged, "files": written.files,
+        "dry_run": dry_run, "cluster": cluster,
     }
 
 
 def dag_status(workdir: Workdir) -> dict[str, Any]:
-    """Where the DAG stands, from DAGMan's node status file (and whether it was submitted)."""
+    """Where the workdir's newest DAG stands, from DAGMan's node status file, and while it
+    runs, its jobs in the queue with their progress (when condor_q answers)."""
     out = condor_dir(workdir)
+    dags = [out / name for name in (DAG_FILE, PARTITION_DAG) if (out / name).is_file()]
+    dag = max(dags, key=lambda p: p.stat().st_mtime_ns) if dags else out / DAG_FILE
     submitted_file = out / SUBMITTED_FILE
     submitted = (json.loads(submitted_file.read_text(encoding="utf-8"))
                  if submitted_file.is_file() else None)
-    report: dict[str, Any] = {"dag": str(out / DAG_FILE), "submitted": submitted}
-    status = read_node_status(out / STATUS_FILE)
+    if submitted and submitted.get("dag", DAG_FILE) != dag.name:
+        submitted = None  # that submission was the other DAG's
+    report: dict[str, Any] = {"dag": str(dag), "submitted": submitted}
+    if dag.with_name(dag.name + ".lock").exists():
+        report.update(_queue(workdir))
+    status = read_node_status(out / (PARTITION_STATUS if dag.name == PARTITION_DAG
+                                     else STATUS_FILE))
     if status is None:
         report["state"] = "waiting for DAGMan" if submitted else "not submitted"
         return report
@@ -296,3 +510,25 @@ def dag_status(workdir: Workdir) -> dict[str, Any]:
         "failed": [n["Node"] for n in nodes if n["state"] == "error"],
     })
     return report
+
+
+def _queue(workdir: Workdir) -> dict[str, Any]:
+    """{"jobs": [...]} from the schedd: the DAG's jobs in the queue, with the progress shard
+    jobs publish through chirp; {"queue_error": why} when condor_q cannot tell."""
+    if not shutil.which("condor_q"):
+        return {"queue_error": "condor_q is not on the PATH"}
+    constraint = f"{RUN_ATTRIBUTE} == {_classad_literal(str(workdir.root.resolve()))}"
+    try:
+        ads = query_queue(constraint, ["ClusterId", "ProcId", "DAGNodeName", "JobStatus",
+                                       "RemoteHost", *PROGRESS_ATTRIBUTES], timeout=30)
+    except CondorError as exc:
+        return {"queue_error": str(exc)}
+    jobs = []
+    for ad in sorted(ads, key=lambda a: (a.get("DAGNodeName") or "", a.get("ProcId", 0))):
+        jobs.append({
+            "node": ad.get("DAGNodeName"), "job": f"{ad.get('ClusterId')}.{ad.get('ProcId')}",
+            "state": JOB_STATES.get(ad.get("JobStatus"), "unknown"), "host": ad.get("RemoteHost"),
+            "passages_done": ad.get("ShardPassagesDone"),
+            "passages_total": ad.get("ShardPassagesTotal"),
+            "passages_per_second": ad.get("ShardPassagesPerSecond")})
+    return {"jobs": jobs}

@@ -598,7 +598,12 @@ class _Job:
     ad: classad2.ClassAd
 
     def get(self, key: str, default: str = "") -> str:
-        return self.description.expand(key).strip() if key in self.description else default
+        if key not in self.description:
+            return default
+        try:
+            return self.description.expand(key).strip()
+        except KeyError:  # the bindings' expand() of an empty value, e.g. no output files
+            return ""
 
     def path(self, key: str, base: Path) -> Path | None:
         value = self.get(key)

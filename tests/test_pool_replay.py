@@ -8,6 +8,7 @@ import contextlib
 import gzip
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -137,21 +138,42 @@ def cranfield_articles(tmp_path_factory) -> Path:
 
 def test_readme_flow_with_a_relative_workdir_builds_the_same_index_as_a_local_run(
         cranfield_articles, tmp_path):
+    """The README's flow, typed in the user's folder: `submit --input` partitions in a CPU job
+    (inputs in, shards and manifest back); the same command again writes the GPU DAG, whose
+    index is built by a CPU job from the shards and results file transfer brings."""
     user = cranfield_articles
     pool_config(user / "my-pool.yaml", **{"shards.passages_per_shard": 40})
-    cli("partition", "--input", "articles/*.jsonl.gz", "--workdir", "run1",
-        "--config", "my-pool.yaml", cwd=user)
-    cli("submit", "--workdir", "run1", "--config", "my-pool.yaml", "--dry-run", cwd=user)
+    submit = ["submit", "--input", "articles/*.jsonl.gz", "--workdir", "run1",
+              "--config", "my-pool.yaml", "--dry-run"]
+    cli(*submit, cwd=user)
     condor = user / "run1" / "condor"
+    assert (condor / "partition.dag").is_file() and not (user / "run1" / "manifest.json").exists()
+    command = readme_dag_command()
+    run = Pool(tmp_path / "pool-1").submit_dag(command.replace("pipeline.dag", "partition.dag"),
+                                               cwd=user)
+    assert run.status == "succeeded", run.summary()
+    sandbox = run.starts("partition")[0].sandbox
+    assert {"part-1.jsonl.gz", "config.yaml", "partition"} <= {p.name for p in sandbox.iterdir()}
+    assert not (sandbox / "manifest.json").exists()  # the job's workdir is its own folder
+    manifest = json.loads((user / "run1" / "manifest.json").read_text())
+    assert manifest["partition"]["state"] == "done" and len(manifest["shards"]) == 2
+    assert manifest["inputs"][0]["path"] == str(user / "articles" / "part-1.jsonl.gz")
+    assert (user / "run1" / "rejects" / "rejects.jsonl").is_file()
+    assert not (condor / "incoming" / "partition").exists()
+
+    cli(*submit, cwd=user)  # partitioned now: the GPU DAG
     missing = [p for p in generated_paths(condor) if not Path(p).exists()]
     assert not missing, f"the generated files name paths that do not exist: {missing}"
-
-    run = Pool(tmp_path / "pool").submit_dag(readme_dag_command(), cwd=user)
+    run = Pool(tmp_path / "pool-2").submit_dag(command, cwd=user)
     assert run.status == "succeeded" and run.exit_code == 0, run.summary()
     assert [n for n, r in run.nodes.items() if r.status != "done"] == []
     assert len([n for n in run.nodes if n.startswith("shard-")]) == 2
     shard_sandbox = run.starts("shard-00000")[0].sandbox
     assert not (shard_sandbox / "shards").exists()  # only what file transfer brought
+    index_sandbox = run.starts("index")[0].sandbox
+    assert {"manifest.json", "shards", "results", "index"} <= \
+        {p.name for p in index_sandbox.iterdir()}
+    assert (user / "run1" / "index" / "current.json").is_file()
     assert "2 done" in (condor / "report.txt").read_text()
 
     cli("run", "--input", "articles/*.jsonl.gz", "--workdir", "local",
@@ -178,14 +200,29 @@ def test_checkpointed_and_rejected_shards_end_with_the_local_result(demo_local, 
     assert count == 1
     script.write_text(text)
 
+    pool = Pool(tmp_path / "pool")
+    seen: dict[str, str] = {}  # what condor_q and `infer-corpus status` show at a job's end
+
     def damage(job: JobRun, sandbox: Path) -> None:
         if job.node == "shard-00001" and job.retry == 0:
             result = sandbox / "result-00001.parquet"
             result.write_bytes(result.read_bytes()[: result.stat().st_size // 2])
+        if job.node == "shard-00000" and job.exit_code == 0:
+            seen["condor_q"] = subprocess.run(
+                [str(pool.root / "bin" / "condor_q"), "-af", "DAGNodeName", "ShardPassagesDone",
+                 "ShardPassagesTotal"], capture_output=True, text=True, check=True).stdout
+            seen["status"] = cli("status", "--workdir", str(workdir))
 
-    run = Pool(tmp_path / "pool", after_exit=damage).submit_dag(
-        "condor_submit_dag pipeline.dag", cwd=condor)
+    pool.after_exit = damage
+    with pytest.MonkeyPatch.context() as env:  # condor_q on the PATH, as on an access point
+        env.setenv("PATH", f"{pool.root / 'bin'}:{os.environ.get('PATH', '')}")
+        run = pool.submit_dag("condor_submit_dag pipeline.dag", cwd=condor)
     assert run.status == "succeeded", run.summary()
+    # chirp: the job published its progress in its ad, which condor_q and status read
+    assert "shard-00000 40 40" in seen["condor_q"]
+    assert re.search(r"shard-00000 \(\d+\.0\) on slot1_1@\S+: 40 of 40 passages, [\d,]+ "
+                     r"passages/s", seen["status"]), seen["status"]
+    assert "job: host " in (condor / "logs" / "shard-0.err").read_text()
     assert [j.exit_code for j in run.starts("shard-00000")] == [85, 0]  # 40 rows: 36 + 4
     restarted = run.starts("shard-00000")[1].sandbox
     assert (restarted / "parts").is_dir() and (restarted / "shard-00000.parquet").is_file()

@@ -8,6 +8,7 @@ import io
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import classad2
@@ -22,12 +23,16 @@ from submit.pipeline import shard_object_name
 
 CONFIG = str(ROOT / "configs" / "condor-gpu.yaml")
 SMALL = ["--set", "shards.passages_per_shard=30"]
+# machine ads as condor_gpu_discovery describes GPUs: MaxSupportedVersion is the CUDA version
+# the node's driver supports (major * 1000 + minor * 10); driver 580 supports CUDA 13.0
 H100 = """[ Cpus = 16; Memory = 131072; Disk = 500000000; GPUs = 1; AvailableGPUs = { G1 };
   G1 = [ Id = "GPU-1"; DeviceName = "NVIDIA H100 80GB HBM3"; Capability = 9.0;
-         GlobalMemoryMb = 81559 ]; Requirements = true ]"""
+         GlobalMemoryMb = 81559; DriverVersion = 13.0; MaxSupportedVersion = 13000 ];
+  Requirements = true ]"""
 T4 = """[ Cpus = 16; Memory = 131072; Disk = 500000000; GPUs = 1; AvailableGPUs = { G2 };
   G2 = [ Id = "GPU-2"; DeviceName = "Tesla T4"; Capability = 7.5;
-         GlobalMemoryMb = 15095 ]; Requirements = true ]"""
+         GlobalMemoryMb = 15095; DriverVersion = 13.0; MaxSupportedVersion = 13000 ];
+  Requirements = true ]"""
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +83,20 @@ def test_dry_run_writes_a_clean_dag(workdir):
     assert summary["dag"] == str(dag.resolve())
     assert lint_dag(dag) == []
     text = dag.read_text()
-    for line in ["NODE_STATUS_FILE pipeline.status 30", "JOB partition partition.sub",
+    for line in ["NODE_STATUS_FILE pipeline.status 30", "JOB check check.sub",
                  "JOB index index.sub", "FINAL report report.sub", "MAXJOBS gpu 50",
                  "CATEGORY shard-00002 gpu", "RETRY shard-00001 3 UNLESS-EXIT 2",
-                 "PARENT partition CHILD shard-00000 shard-00001 shard-00002",
+                 "RETRY index 3 UNLESS-EXIT 2",
+                 "PARENT check CHILD shard-00000 shard-00001 shard-00002",
                  "PARENT shard-00000 shard-00001 shard-00002 CHILD index"]:
         assert line in text, line
     post = re.search(r"SCRIPT POST shard-00001 (\S+) (.*)", text)
     assert Path(post.group(1)).is_file()
     assert post.group(2) == (f"-m submit.validate --workdir {workdir.resolve()} --shard 1 "
                              "--job-exit $RETURN")
-    for name in ["partition.sub", "shard.sub", "index.sub", "report.sub"]:
+    assert f"SCRIPT POST index {sys.executable} -m submit.steps index --workdir " \
+        f"{workdir.resolve()} --job-exit $RETURN" in text
+    for name in ["check.sub", "shard.sub", "index.sub", "report.sub"]:
         htcondor2.Submit((condor / name).read_text())  # parses
     script = condor / "run-shard.sh"
     assert script.stat().st_mode & stat.S_IXUSR
@@ -108,7 +116,7 @@ def test_each_shard_job_gets_its_own_files(workdir):
     submit(workdir, "--dry-run")
     condor = workdir / "condor"
     nodes = dag_nodes(condor / "pipeline.dag")
-    assert sorted(nodes) == ["index", "partition", "shard-00000", "shard-00001", "shard-00002"]
+    assert sorted(nodes) == ["check", "index", "shard-00000", "shard-00001", "shard-00002"]
     for n in range(3):
         job = node_job(condor, "shard.sub", nodes[f"shard-{n:05d}"])
         inputs = [i.strip() for i in job.expand("transfer_input_files").split(",")]
@@ -125,10 +133,113 @@ def test_each_shard_job_gets_its_own_files(workdir):
     assert job["checkpoint_exit_code"] == "85" and job["transfer_checkpoint_files"] == "parts"
     assert job["MY.WantGPULab"] == "true" and job["MY.GPUJobLength"] == '"short"'
     assert classad2.ExprTree(job["MY.GPUJobLength"]).eval() == "short"
-    partition = node_job(condor, "partition.sub", {})
-    assert partition["universe"] == "local"
-    assert "infer_corpus partition --workdir" in partition["arguments"]
-    assert str(condor.resolve() / "config.yaml") in partition["arguments"]
+    check = node_job(condor, "check.sub", {})
+    assert check["universe"] == "local"
+    assert "infer_corpus partition --workdir" in check["arguments"]
+    assert str(condor.resolve() / "config.yaml") in check["arguments"]
+
+
+def test_shard_jobs_are_what_a_chtc_gpu_user_expects(workdir):
+    """CUDA 13.0 torch: a driver for CUDA 13.0 and capability 7.5+; checkpointing jobs marked
+    resumable; a chirp proxy for live progress; every job's ad names its workdir."""
+    submit(workdir, "--dry-run")
+    job = node_job(workdir / "condor", "shard.sub", {})
+    assert job["gpus_minimum_runtime"] == "13.0" and job["gpus_minimum_capability"] == "7.5"
+    assert job["MY.is_resumable"] == "true" and job["want_io_proxy"] == "true"
+    assert classad2.ExprTree(job["MY.InferCorpusRun"]).eval() == str(workdir.resolve())
+    ad = job_match_ad(job)
+    assert ad["GPUsMinRuntime"] == 13000 and ad["GPUsMinCapability"] == 7.5
+    assert "MaxSupportedVersion >= GPUsMinRuntime" in str(ad["RequireGPUs"])
+    script = (workdir / "condor" / "run-shard.sh").read_text()
+    for line in ['export HOME="$SCRATCH"', 'HF_HOME="$XDG_CACHE_HOME/huggingface"',
+                 'TORCH_HOME="$XDG_CACHE_HOME/torch"', "nvidia-smi -L"]:
+        assert line in script, line
+    submit(workdir, "--dry-run", "--set", "condor.checkpoint_minutes=0",
+           "--set", "condor.want_io_proxy=false")
+    job = node_job(workdir / "condor", "shard.sub", {})
+    assert "MY.is_resumable" not in job and "want_io_proxy" not in job
+
+
+def test_the_index_is_a_cpu_job_that_gets_the_shards_and_results(workdir):
+    submit(workdir, "--dry-run", "--set", "condor.index_resources.request_memory=48GB")
+    condor = workdir / "condor"
+    job = node_job(condor, "index.sub", {})
+    root = workdir.resolve()
+    assert job["universe"] == "container" and job["request_memory"] == "48GB"
+    assert job["transfer_input_files"].split(",") == [
+        str(root / "manifest.json"), str(root / "shards"), str(root / "results")]
+    assert job["initialdir"] == "incoming" and job["transfer_output_files"] == "index"
+    assert job["executable"] == str(condor.resolve() / "run-step.sh")
+    assert job["arguments"] == '"-m infer_corpus index --workdir ."'
+    assert "request_gpus" not in job
+    submit(workdir, "--dry-run", "--set", "condor.local_steps=true")
+    job = node_job(condor, "index.sub", {})
+    assert job["universe"] == "local" and "index --workdir " + str(root) in job["arguments"]
+    assert "SCRIPT POST index" not in (condor / "pipeline.dag").read_text()
+
+
+def test_elasticsearch_loads_in_parallel_jobs_and_swaps_the_alias_once(workdir, tmp_path,
+                                                                       monkeypatch):
+    es = ["--set", "index.backend=elasticsearch", "--set", "index.url=http://es:9200",
+          "--set", "condor.load_jobs=2"]
+    summary = last_json(submit(workdir, "--dry-run", "--json", *es).stdout)
+    assert summary["load_jobs"] == 2
+    condor = workdir / "condor"
+    dag = condor / "pipeline.dag"
+    text = dag.read_text()
+    assert lint_dag(dag) == []
+    for line in ["JOB load-000 load.sub", "JOB load-001 load.sub", "JOB swap swap.sub",
+                 "PARENT shard-00000 shard-00001 CHILD load-000",
+                 "PARENT shard-00002 CHILD load-001", "PARENT load-000 load-001 CHILD swap",
+                 "RETRY load-001 3 UNLESS-EXIT 2"]:
+        assert line in text, line
+    assert "JOB index" not in text
+    assert f"SCRIPT PRE load-000 {sys.executable} -m submit.steps stage-load --workdir " \
+        f"{workdir.resolve()} --group 0 --shards 0-1" in text
+    nodes = dag_nodes(dag)
+    for group, shards in (("000", "0-1"), ("001", "2-2")):
+        job = node_job(condor, "load.sub", nodes[f"load-{group}"])
+        assert job.expand("arguments") == ('"-m infer_corpus index --workdir . --shards '
+                                           f'{shards} --no-swap"')
+        assert job.expand("transfer_input_files") == f"{condor.resolve()}/load/group-{group}/"
+        assert job["transfer_output_files"] == "" and job["getenv"] == "ES_API_KEY"
+        assert job["request_disk"] == "50GB"  # condor.load_resources: one group's files
+    swap = node_job(condor, "swap.sub", {})
+    assert swap["universe"] == "local" and swap["arguments"].endswith('--swap-only"')
+    stub = tmp_path / "condor_dagman"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    monkeypatch.chdir(condor)
+    assert "-Dag pipeline.dag" in htcondor2.Submit.from_dag("pipeline.dag", {
+        "dagman": str(stub), "force": True})["arguments"]
+
+
+def test_an_unpartitioned_workdir_with_inputs_gets_a_partition_job(tmp_path):
+    from inference.demo import demo_corpus_path
+
+    demo = demo_corpus_path().resolve()
+    workdir = tmp_path / "pool-run"
+    args = ["submit", "--workdir", str(workdir), "--config", CONFIG, *SMALL, "--dry-run",
+            "--json", "--input", str(demo)]
+    summary = last_json(run_cli(*args).stdout)
+    condor = workdir / "condor"
+    assert summary["partition_job"]
+    assert summary["dag"] == str((condor / "partition.dag").resolve())
+    assert lint_dag(condor / "partition.dag") == []
+    job = node_job(condor, "partition.sub", {})
+    assert job["universe"] == "container" and job["request_cpus"] == "16"
+    assert job["transfer_input_files"].split(",") == [str(demo),
+                                                      str((condor / "config.yaml").resolve())]
+    assert job["arguments"] == ('"-m infer_corpus partition --workdir partition --config '
+                                f'config.yaml --input {demo.name}"')
+    assert job["transfer_output_files"] == "partition" and job["initialdir"] == "incoming"
+    assert "SCRIPT POST partition" in (condor / "partition.dag").read_text()
+    assert not (workdir / "manifest.json").exists()
+    twin = tmp_path / "twin" / demo.name
+    twin.parent.mkdir()
+    twin.write_bytes(demo.read_bytes())
+    proc = run_cli(*args, str(twin), check=False)
+    assert proc.returncode == 2 and "have the same file name" in proc.stderr
 
 
 def test_gpu_jobs_match_an_h100_but_not_a_small_t4(workdir):
@@ -137,8 +248,14 @@ def test_gpu_jobs_match_an_h100_but_not_a_small_t4(workdir):
     assert classad2.parseOne(H100).matches(job)
     assert not classad2.parseOne(T4).matches(job)
     submit(workdir, "--dry-run")  # the sample's 14 GB: a "16 GB" T4 (15,095 MB) qualifies
-    assert classad2.parseOne(T4).matches(job_match_ad(node_job(workdir / "condor",
-                                                               "shard.sub", {})))
+    job = job_match_ad(node_job(workdir / "condor", "shard.sub", {}))
+    assert classad2.parseOne(T4).matches(job)
+    # torch's CUDA 13.0 build: not on a driver for CUDA 12.4, nor on a V100 (capability 7.0)
+    old_driver = H100.replace("DriverVersion = 13.0; MaxSupportedVersion = 13000",
+                              "DriverVersion = 12.4; MaxSupportedVersion = 12040")
+    assert not classad2.parseOne(old_driver).matches(job)
+    assert not classad2.parseOne(H100.replace("Capability = 9.0", "Capability = 7.0")
+                                 ).matches(job)
 
 
 def test_dagman_accepts_the_dag(workdir, tmp_path, monkeypatch):
@@ -201,6 +318,10 @@ def test_submit_without_a_schedd_says_what_to_do(workdir):
     (["--set", "condor.resources.gpus_minimum_memory=lots"], "not a quantity"),
     (["--set", "condor.max_job=3"], "unknown config key condor.max_job"),
     (["--set", "condor.site_attributes.Bad-Name=1"], "not a ClassAd attribute name"),
+    (["--set", "condor.resources.gpus_minimum_runtime=cuda13"], "must look like 13.0"),
+    (["--set", "condor.partition_resources.request_disk=big"],
+     "condor.partition_resources.request_disk: 'big' is not a quantity"),
+    (["--input", "/no/such/articles.jsonl"], "no such file"),
 ])
 def test_bad_settings_are_one_line_errors(workdir, args, message):
     proc = submit(workdir, "--dry-run", *args, check=False)
@@ -250,4 +371,29 @@ def test_status_reads_the_node_status_file(workdir):
     assert dag["nodes"] == {"done": 2, "submitted": 1, "not_ready": 1, "error": 1}
     assert dag["failed"] == ["shard-00001"] and dag["retries"] == 1
     assert report["shard_total"] == 3  # the manifest's view is still there
-    assert "condor DAG: submitted" in text and "failed nodes: shard-00001" in text
+    assert "condor DAG pipeline.dag: submitted" in text and "failed nodes: shard-00001" in text
+
+
+def test_status_of_a_running_dag_without_condor_q_still_reports(workdir, tmp_path):
+    """While the DAG runs (its lock exists) status asks condor_q for the jobs' progress; on a
+    machine without condor_q it says so and reports the rest."""
+    submit(workdir, "--dry-run")
+    lock = workdir / "condor" / "pipeline.dag.lock"
+    lock.write_text("")
+    try:
+        env = {"PATH": str(tmp_path)}  # no condor_q on it
+        report = last_json(run_cli("status", "--workdir", str(workdir), "--json",
+                                   env=env).stdout)
+        text = run_cli("status", "--workdir", str(workdir), env=env).stdout
+    finally:
+        lock.unlink()
+    assert report["condor"]["queue_error"] == "condor_q is not on the PATH"
+    assert "jobs in the queue: unknown (condor_q is not on the PATH)" in text
+    assert report["shard_total"] == 3
+
+
+def test_default_yaml_lists_the_condor_defaults():
+    from infer_corpus.config import load_config
+    from submit.config import CondorConfig
+
+    assert load_config(ROOT / "configs" / "default.yaml").condor == CondorConfig()

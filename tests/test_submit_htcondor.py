@@ -9,18 +9,25 @@ import classad2
 import htcondor2
 import pytest
 
-from submit.htcondor import (CondorError, Dag, Node, Script, condor_arguments, job_match_ad,
-                             lint_dag, quantity, read_node_status, submit_dag, write_dag,
-                             write_submit)
+from submit.config import CondorResourcesConfig
+from submit.htcondor import (CondorError, Dag, Node, Script, condor_arguments,
+                             cuda_version_code, gpu_commands, job_match_ad, lint_dag, quantity,
+                             read_node_status, submit_dag, write_dag, write_submit)
 
+# as condor_gpu_discovery advertises GPUs; MaxSupportedVersion: the CUDA version the driver
+# supports (major * 1000 + minor * 10): driver 580 supports 13.0, driver 550 12.4
 H100 = """[ Cpus = 16; Memory = 131072; Disk = 500000000; GPUs = 1;
   AvailableGPUs = { GPUs_GPU_4a5b }; Requirements = true;
   GPUs_GPU_4a5b = [ Id = "GPU-4a5b"; DeviceName = "NVIDIA H100 80GB HBM3";
-                    Capability = 9.0; GlobalMemoryMb = 81559 ] ]"""
+                    Capability = 9.0; GlobalMemoryMb = 81559; DriverVersion = 13.0;
+                    MaxSupportedVersion = 13000 ] ]"""
+H100_CUDA_12 = H100.replace("DriverVersion = 13.0", "DriverVersion = 12.4").replace(
+    "MaxSupportedVersion = 13000", "MaxSupportedVersion = 12040")
 T4 = """[ Cpus = 16; Memory = 131072; Disk = 500000000; GPUs = 1;
   AvailableGPUs = { GPUs_GPU_77aa }; Requirements = true;
   GPUs_GPU_77aa = [ Id = "GPU-77aa"; DeviceName = "Tesla T4";
-                    Capability = 7.5; GlobalMemoryMb = 15095 ] ]"""
+                    Capability = 7.5; GlobalMemoryMb = 15095; DriverVersion = 13.0;
+                    MaxSupportedVersion = 13000 ] ]"""
 
 
 def stub_dagman(tmp: Path) -> str:
@@ -134,18 +141,21 @@ def test_names_dagman_cannot_take_are_refused(tmp_path):
         write_dag(tmp_path / "x.dag", Dag([Node("a", "a.sub"), Node("a", "a.sub")]))
 
 
-def _gpu_job(tmp: Path, memory: str, capability: str = "7.0") -> htcondor2.Submit:
+def _gpu_job(tmp: Path, memory: str, capability: str = "7.0",
+             runtime: str | None = None) -> htcondor2.Submit:
     return write_submit(tmp / "gpu.sub", {
         "executable": "/bin/true", "request_gpus": "1", "gpus_minimum_memory": memory,
         "gpus_minimum_capability": capability, "request_cpus": "4",
         "request_memory": "16GB", "request_disk": "20GB",
-        "requirements": "(TARGET.Cpus >= 2)"})
+        "requirements": "(TARGET.Cpus >= 2)",
+        **({"gpus_minimum_runtime": runtime} if runtime else {})})
 
 
 def test_gpu_requirements_match_machine_ads(tmp_path):
     h100, t4 = classad2.parseOne(H100), classad2.parseOne(T4)
     job = job_match_ad(_gpu_job(tmp_path, "32GB"))
-    assert "(GlobalMemoryMb >= 32768)" in str(job["RequireGPUs"])
+    assert job["GPUsMinMemory"] == 32768 and "GlobalMemoryMb >= GPUsMinMemory" in str(
+        job["RequireGPUs"])
     assert h100.matches(job)
     assert not t4.matches(job)  # 16 GB T4 when 32 GB is asked
     assert t4.matches(job_match_ad(_gpu_job(tmp_path, "12GB")))
@@ -154,6 +164,33 @@ def test_gpu_requirements_match_machine_ads(tmp_path):
     assert not small.matches(job)  # host memory: request_memory 16GB
     few = classad2.parseOne(H100.replace("Cpus = 16", "Cpus = 1"))
     assert not few.matches(job)  # the description's own requirements (and request_cpus)
+
+
+def test_the_cuda_runtime_requirement_matches_the_driver(tmp_path):
+    """gpus_minimum_runtime as condor_submit turns it into the job ad: GPUsMinRuntime, encoded
+    as the GPUs' MaxSupportedVersion is, and a RequireGPUs clause comparing the two."""
+    job = job_match_ad(_gpu_job(tmp_path, "14GB", capability="7.5", runtime="13.0"))
+    assert job["GPUsMinRuntime"] == 13000 and job["GPUsMinCapability"] == 7.5
+    assert job["GPUsMinMemory"] == 14336
+    assert str(job["RequireGPUs"]) == ("Capability >= GPUsMinCapability && GlobalMemoryMb >= "
+                                       "GPUsMinMemory && MaxSupportedVersion >= GPUsMinRuntime")
+    assert classad2.parseOne(H100).matches(job) and classad2.parseOne(T4).matches(job)
+    assert not classad2.parseOne(H100_CUDA_12).matches(job)
+    assert classad2.parseOne(H100_CUDA_12).matches(job_match_ad(
+        _gpu_job(tmp_path, "14GB", runtime="12.4")))
+    assert [cuda_version_code(v) for v in ("13.0", "13", "12.6", "12040")] == \
+        [13000, 13000, 12060, 12040]
+    with pytest.raises(ValueError, match="CUDA version"):
+        cuda_version_code("13.x")
+
+
+def test_gpu_commands_come_from_the_resources_section():
+    assert gpu_commands(CondorResourcesConfig()) == {
+        "request_gpus": "1", "gpus_minimum_capability": "7.5", "gpus_minimum_memory": "14GB",
+        "gpus_minimum_runtime": "13.0"}
+    assert gpu_commands(CondorResourcesConfig(), gpu_memory="40GB")["gpus_minimum_memory"] \
+        == "40GB"
+    assert gpu_commands(CondorResourcesConfig(request_gpus=0)) == {"request_gpus": "0"}
 
 
 def test_quantities_follow_htcondor_units():

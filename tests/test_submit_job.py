@@ -4,6 +4,7 @@ POST script (a result enters results/ only when it checks out)."""
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from conftest import run_cli
 from inference.schema import result_schema
 from inference.workdir import Workdir
-from submit.job import run_job
+from submit.job import Progress, run_job
 from submit.pipeline import incoming_path
 from submit.validate import accept
 
@@ -108,7 +109,9 @@ def test_job_script_unpacks_the_venv_and_runs_the_job(workdir, tmp_path):
     """run-shard.sh as HTCondor starts it, with a packed venv whose python records its call."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "python").write_text('#!/bin/sh\necho "$@" > called.txt\n')
+    (venv / "bin" / "python").write_text(
+        '#!/bin/sh\necho "$@" > called.txt\n'
+        'echo "$HOME $TMPDIR $XDG_CACHE_HOME $HF_HOME $TORCH_HOME" > env.txt\n')
     (venv / "bin" / "python").chmod(0o755)
     tarball = tmp_path / "env.tar.gz"
     subprocess.run(["tar", "-czf", str(tarball), "-C", str(venv), "."], check=True)
@@ -120,12 +123,38 @@ def test_job_script_unpacks_the_venv_and_runs_the_job(workdir, tmp_path):
     shutil.copy(tarball, sandbox)
     proc = subprocess.run([str(workdir.root / "condor" / "run-shard.sh"), "2",
                            "shard-00002.parquet", "result-00002.parquet"],
-                          cwd=sandbox, capture_output=True, text=True)
+                          cwd=sandbox, capture_output=True, text=True,
+                          env={"_CONDOR_SCRATCH_DIR": str(sandbox)})  # what the starter sets
     assert proc.returncode == 0, proc.stderr
+    # caches and temporary files stay in the scratch directory; host and GPUs are logged
+    assert (sandbox / "env.txt").read_text().split() == [
+        str(sandbox), f"{sandbox}/.tmp", f"{sandbox}/.cache", f"{sandbox}/.cache/huggingface",
+        f"{sandbox}/.cache/torch"]
+    assert (sandbox / ".tmp").is_dir() and (sandbox / ".cache").is_dir()
+    assert "job: host " in proc.stderr and "nvidia-smi" in proc.stderr
     assert (sandbox / "called.txt").read_text().split() == [
         "-m", "submit.job", "--shard", "2", "--shard-file", "shard-00002.parquet",
         "--result-file", "result-00002.parquet", "--checkpoint-after", "1800",
         "--checkpoint-exit-code", "85"]
+
+
+def test_progress_without_a_reachable_chirp_server_never_fails_the_job(tmp_path, monkeypatch,
+                                                                      capsys):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / ".chirp.config"
+    config.write_text(f"127.0.0.1 {port} cookie\n")
+    monkeypatch.setenv("_CONDOR_CHIRP_CONFIG", str(config))
+    progress = Progress(3, 100, interval=0)
+    assert progress.chirp is None and "no chirp" in capsys.readouterr().err
+    progress.part_started()
+    progress.update(40)
+    progress.part_done(0, 2, 50, skipped=False)
+    assert progress.before == 50 and progress.computed == 50
+    assert "shard 3: part 1 of 2: 50 passages in" in capsys.readouterr().err
+    monkeypatch.delenv("_CONDOR_CHIRP_CONFIG")
+    assert Progress(3, 100).chirp is None  # no chirp proxy: nothing to try
 
 
 @pytest.mark.slow

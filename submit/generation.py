@@ -1,0 +1,336 @@
+"""Batch generation on HTCondor: the DAG, its job and its POST check.
+
+`infer-corpus submit --generation` writes WORKDIR/condor-generate/:
+
+    gen-MODEL-00000 ... gen-MODEL-NNNNN   one GPU job per prompt shard and model whose outputs
+                                          are missing or stale; each model has its own submit
+                                          file, asking for a GPU with the memory it needs
+                                          (`generation.models.KEY.gpu_memory`; an endpoint's
+                                          jobs ask for no GPU); SCRIPT POST checks the output
+    FINAL report   (access point: `infer-corpus generate report`; fails the DAG unless every
+                   job succeeded)
+
+A job (`python -m submit.generation job ...`) gets its prompt shard and the generation
+manifest by file transfer and runs the same worker as `infer-corpus generate`. With
+`condor.checkpoint_minutes`, it exits with `condor.checkpoint_exit_code` at the first row
+checkpoint past that time; HTCondor saves the checkpoint file (`transfer_checkpoint_files`)
+and restarts the job, which continues from it. The POST script (`python -m submit.generation
+post ...`) moves an output into generations/MODEL/ only when it checks out; otherwise it keeps
+it as `*.rejected`, logs why in logs/validate.log, and exits 1 so DAGMan retries the node.
+
+Exit codes as for shard jobs (docs/condor.md): 0 done, 1 failed (retry), 2 bad input (no
+retry), the checkpoint code, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from inference.config_loader import ConfigError
+from inference.errors import UsageError, WorkdirError, run_command
+from inference.generate import (FINISH_REASONS, GenerationWorker, ModelRun, checkpoint_path,
+                                manifest_path, output_keys, output_path, pending, prepare,
+                                require_manifest, shard_rows)
+from inference.prompts import prompt_shard_path
+from inference.schema import check_schema_version
+from inference.workdir import Workdir
+
+from .config import CondorConfig
+from .htcondor import (CondorError, Dag, Node, Script, access_point_commands, job_commands,
+                       lint_dag, quantity, require_not_running, submit_dag, transfer_source,
+                       write_dag, write_job_script, write_submit)
+from .job import BadInput
+from .pipeline import EXIT_BAD_INPUT, GPU_CATEGORY, _classad_literal
+from .validate import ResultError
+
+CONDOR_DIR = "condor-generate"
+DAG_FILE = "generate.dag"
+STATUS_FILE = "generate.status"
+JOB_SCRIPT = "run-generate.sh"
+
+
+@dataclass
+class GenerationFiles:
+    """What `write_generation_dag` wrote, and the jobs its DAG runs."""
+
+    dag: Path
+    jobs: dict[str, list[int]]
+    files: list[str]
+    problems: list[str] = field(default_factory=list)
+
+
+def condor_dir(workdir: Workdir) -> Path:
+    return workdir.root / CONDOR_DIR
+
+
+def incoming_name(model: str, shard: int) -> str:
+    return f"{model}.{shard:05d}.parquet"
+
+
+def incoming_path(workdir: Workdir, model: str, shard: int) -> Path:
+    """Where a job's output lands before its POST script checks it."""
+    return condor_dir(workdir) / "incoming" / incoming_name(model, shard)
+
+
+def _job_submit(workdir: Workdir, model: str, gpu_memory: str, c: CondorConfig
+                ) -> dict[str, str]:
+    r = c.resources
+    gpus = r.request_gpus if quantity(gpu_memory, "M") > 0 else 0
+    inputs = ["$(prompts_input)", str(manifest_path(workdir.root).resolve()),
+              *(transfer_source(i) for i in c.extra_inputs)]
+    incoming = condor_dir(workdir).resolve() / "incoming"
+    commands = {
+        **job_commands(c, JOB_SCRIPT, f"{model} $(shard) $(prompts_file) $(output_file)",
+                       inputs),
+        "transfer_output_files": "$(output_file)",
+        "transfer_output_remaps": f'"$(output_file) = {incoming}/$(output_file)"',
+        "output": f"logs/{model}-$(shard).out",
+        "error": f"logs/{model}-$(shard).err",
+        "log": "generate.log",
+        "request_gpus": str(gpus),
+        "request_cpus": str(r.request_cpus),
+        "request_memory": r.request_memory,
+        "request_disk": r.request_disk,
+    }
+    if gpus:
+        commands["gpus_minimum_memory"] = gpu_memory
+        if r.gpus_minimum_capability:
+            commands["gpus_minimum_capability"] = r.gpus_minimum_capability
+    if r.requirements:
+        commands["requirements"] = r.requirements
+    if c.checkpoint_minutes:
+        commands["checkpoint_exit_code"] = str(c.checkpoint_exit_code)
+        commands["transfer_checkpoint_files"] = "$(checkpoint_file)"
+    for name, value in c.site_attributes.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(f"condor.site_attributes: {name!r} is not a ClassAd attribute name")
+        commands[f"MY.{name}"] = _classad_literal(value)
+    return commands
+
+
+def write_generation_dag(workdir: Workdir, config: Any, condor: CondorConfig) -> GenerationFiles:
+    """Record this config's models in the generation manifest (the prompts must be prepared),
+    then write WORKDIR/condor-generate/: the DAG, a submit file per model, the job script."""
+    if not (condor.container_image or condor.venv_tarball or condor.python):
+        raise ConfigError("condor: say what software the jobs run: container_image (docker://,"
+                          " osdf:// or a .sif path), venv_tarball, or python (an interpreter "
+                          "with infer-corpus installed that the execute nodes can run)")
+    root = workdir.root.resolve()
+    if re.search(r"\s", str(root)) or re.search(r"\s", sys.executable):
+        raise ConfigError(f"the workdir {root} or the Python interpreter {sys.executable} "
+                          "contains a space, which DAGMan scripts cannot take")
+    out = condor_dir(workdir)
+    require_not_running(out / DAG_FILE)
+    require_manifest(workdir.root)  # prompts first: `infer-corpus generate --prepare`
+    with workdir.lock():
+        data = prepare(workdir, config)
+    jobs = {model: shards for model, shards in pending(workdir, data).items() if shards}
+    for sub in ("logs", "incoming"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    c = condor
+    checkpoint = (f" --checkpoint-after {c.checkpoint_minutes * 60}"
+                  f" --checkpoint-exit-code {c.checkpoint_exit_code}"
+                  if c.checkpoint_minutes else "")
+    write_job_script(
+        out / JOB_SCRIPT, c,
+        "One job of `infer-corpus submit --generation`: one model over one prompt shard.\n"
+        "Arguments: MODEL SHARD PROMPTS_FILE OUTPUT_FILE. Exit codes: docs/condor.md.",
+        '-m submit.generation job --model "$1" --shard "$2" --prompts-file "$3" '
+        f'--output-file "$4"{checkpoint}')
+    files = [DAG_FILE, JOB_SCRIPT, "report.sub"]
+    nodes = []
+    specs = config.generation.models
+    for model, shards in jobs.items():
+        submit_file = f"gen-{model}.sub"
+        gpu_memory = specs[model].gpu_memory if specs[model].backend != "openai" else "0"
+        write_submit(out / submit_file, _job_submit(workdir, model, gpu_memory, c))
+        files.append(submit_file)
+        for shard in shards:
+            name = incoming_name(model, shard)
+            nodes.append(Node(
+                f"gen-{model}-{shard:05d}", submit_file, category=GPU_CATEGORY,
+                vars={"shard": str(shard),
+                      "prompts_input": str(prompt_shard_path(root, shard)),
+                      "prompts_file": prompt_shard_path(root, shard).name,
+                      "output_file": name,
+                      "checkpoint_file": checkpoint_path(Path(name)).name},
+                retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT,
+                post=Script(sys.executable, ["-m", "submit.generation", "post", "--workdir",
+                                             str(root), "--model", model, "--shard", str(shard),
+                                             "--job-exit", "$RETURN"])))
+    write_submit(out / "report.sub", {
+        **access_point_commands(["infer_corpus", "generate", "report", "--workdir", str(root)]),
+        "getenv": "true", "output": "report.txt", "error": "logs/report.err",
+        "log": "generate.log"})
+    nodes.append(Node("report", "report.sub", kind="FINAL",
+                      post=Script("/usr/bin/test", ["$DAG_STATUS", "-eq", "0"])))
+    dag = Dag(nodes=nodes, node_status_file=STATUS_FILE,
+              max_jobs={GPU_CATEGORY: c.max_jobs} if c.max_jobs and jobs else {})
+    path = write_dag(out / DAG_FILE, dag)
+    return GenerationFiles(dag=path, jobs=jobs, files=files, problems=lint_dag(path))
+
+
+def submit_generation(workdir: Workdir, config: Any, condor: CondorConfig, *,
+                      dry_run: bool) -> dict[str, Any]:
+    """Write the generation DAG; unless `dry_run`, submit it. Returns a summary for the CLI."""
+    written = write_generation_dag(workdir, config, condor)
+    if written.problems:
+        raise CondorError("the written DAG has problems:\n  " + "\n  ".join(written.problems))
+    cluster = None
+    if not dry_run:
+        cluster = submit_dag(written.dag, batch_name=condor.batch_name
+                             or f"infer-corpus generate {workdir.root.resolve().name}")
+    return {"dag": str(written.dag), "jobs": sum(map(len, written.jobs.values())),
+            "models": {m: len(s) for m, s in written.jobs.items()}, "files": written.files,
+            "dry_run": dry_run, "cluster": cluster}
+
+
+# ---------------------------------------------------------------- the job
+
+
+def run_job(model: str, shard: int, prompts_file: Path, output_file: Path, *,
+            manifest_file: Path, checkpoint_after: float = 0,
+            checkpoint_exit_code: int = 85) -> int:
+    """Generate one shard in the job's scratch directory; returns 0, or the checkpoint code
+    when it stopped at a checkpoint (HTCondor restarts it there)."""
+    try:
+        data = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WorkdirError(f"cannot read {manifest_file}: {exc}") from None
+    run = ModelRun.from_manifest(data, model)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0)  # HTCondor sets it to request_cpus
+    worker = GenerationWorker(run, threads)
+    try:
+        outcome = worker.run_shard(shard, prompts_file, shard_rows(data, shard), output_file,
+                                   stop_after=checkpoint_after)
+    finally:
+        worker.close()
+    if outcome.state == "checkpointed":
+        print(f"{model} shard {shard}: checkpoint after {outcome.generated} rows",
+              file=sys.stderr)
+        return checkpoint_exit_code
+    print(f"{model} shard {shard}: {outcome.rows} rows ({outcome.errors} row errors) -> "
+          f"{output_file}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- the POST check
+
+
+def check_output(workdir: Workdir, model: str, shard: int) -> int:
+    """Raise ResultError unless the incoming output of (model, shard) is sound; its rows."""
+    data = require_manifest(workdir.root)
+    entry = (data.get("models") or {}).get(model)
+    if entry is None:
+        raise WorkdirError(f"model {model!r} is not in the generation manifest")
+    rows = shard_rows(data, shard)
+    path = incoming_path(workdir, model, shard)
+    if not path.is_file():
+        raise ResultError(f"the job sent back no output ({path.name} is missing)")
+    try:
+        check_schema_version(pq.read_schema(path), "generation", path.name)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise ResultError(f"unreadable output: {exc}") from None
+    keys = output_keys(path)
+    if keys is None or keys[0] != entry["generation_key"] or keys[1] != entry["label_key"]:
+        raise ResultError(f"generation/label key {keys[:2] if keys else None} does not match "
+                          f"this study's ({entry['generation_key']}, {entry['label_key']})")
+    if keys[2] != rows:
+        raise ResultError(f"{keys[2]} rows, the prompt shard has {rows}")
+    try:
+        table = pq.read_table(path, columns=["row_id", "output", "finish_reason"])
+        ids = pq.read_table(prompt_shard_path(workdir.root, shard), columns=["row_id"])
+    except (OSError, pa.ArrowException) as exc:
+        raise ResultError(f"cannot read rows: {exc}") from None
+    if not table.column("row_id").equals(ids.column("row_id")):
+        raise ResultError("row ids differ from the prompt shard's (or are in another order)")
+    reasons = set(table.column("finish_reason").to_pylist())
+    if not reasons <= set(FINISH_REASONS):
+        raise ResultError(f"unknown finish reasons {sorted(reasons - set(FINISH_REASONS))}")
+    no_text = pc.and_(pc.is_null(table.column("output")),
+                      pc.not_equal(table.column("finish_reason"), "error"))
+    if pc.any(no_text).as_py():
+        raise ResultError("a row without output is not marked as an error")
+    return rows
+
+
+def _log(workdir: Workdir, line: str) -> None:
+    logs = condor_dir(workdir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "validate.log", "a", encoding="utf-8") as handle:
+        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+
+def accept(workdir: Workdir, model: str, shard: int, job_exit: int) -> int:
+    """The POST script's decision as an exit code (see the module docstring)."""
+    if job_exit != 0:
+        _log(workdir, f"{model} shard {shard}: job exited with {job_exit}")
+        return job_exit if 0 < job_exit < 256 else 1
+    path = incoming_path(workdir, model, shard)
+    try:
+        rows = check_output(workdir, model, shard)
+    except ResultError as exc:
+        _log(workdir, f"{model} shard {shard}: rejected: {exc}")
+        if path.is_file():
+            os.replace(path, path.with_name(path.name + ".rejected"))
+        return 1
+    target = output_path(workdir.root, model, shard)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    _log(workdir, f"{model} shard {shard}: accepted {rows} rows")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m submit.generation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="step", required=True)
+    job = sub.add_parser("job", help="generate one prompt shard with one model (a job)")
+    job.add_argument("--model", required=True)
+    job.add_argument("--shard", type=int, required=True)
+    job.add_argument("--prompts-file", type=Path, required=True)
+    job.add_argument("--output-file", type=Path, required=True)
+    job.add_argument("--manifest", type=Path, default=Path("manifest.json"))
+    job.add_argument("--checkpoint-after", type=float, default=0, metavar="SECONDS",
+                     help="exit with the checkpoint code at the first row checkpoint after "
+                     "this many seconds (0: never)")
+    job.add_argument("--checkpoint-exit-code", type=int, default=85)
+    post = sub.add_parser("post", help="check a job's output and move it into place")
+    post.add_argument("--workdir", required=True)
+    post.add_argument("--model", required=True)
+    post.add_argument("--shard", type=int, required=True)
+    post.add_argument("--job-exit", type=int, required=True,
+                      help="the job's exit code (DAGMan's $RETURN)")
+    args = parser.parse_args(argv)
+    if args.step == "post":
+        return run_command("submit.generation", lambda: accept(
+            Workdir(args.workdir), args.model, args.shard, args.job_exit))
+
+    def body() -> int:
+        try:
+            return run_job(args.model, args.shard, args.prompts_file, args.output_file,
+                           manifest_file=args.manifest, checkpoint_after=args.checkpoint_after,
+                           checkpoint_exit_code=args.checkpoint_exit_code)
+        except UsageError as exc:  # named as the exit code's meaning in the job's stderr
+            raise BadInput(str(exc)) from None
+
+    code = run_command("submit.generation", body)
+    if code not in (0, args.checkpoint_exit_code) and not args.output_file.exists():
+        args.output_file.touch()  # lets HTCondor end the job with its exit code (no hold)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
