@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,15 @@ def _die_with_parent() -> None:
     """In a worker, before exec: be sent SIGTERM when the executor dies (even by SIGKILL),
     instead of running on with nobody to read its progress."""
     _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # loaded before the fork: no locks here
+
+
+def _disk_full(workdir: Workdir) -> str:
+    """Why a worker may have died without a word: its log could not be written either."""
+    try:
+        free = shutil.disk_usage(workdir.root).free
+    except OSError:
+        return ""
+    return f"no space left on the disk holding {workdir.root}" if free < (1 << 20) else ""
 
 
 def _last_error(log: Path) -> str:
@@ -138,7 +148,7 @@ def run_workers(workdir: Workdir, shards: list[int], config: InferenceConfig,
             code = proc.wait()
             if code != 0:
                 log_path = workdir.logs_dir / f"worker-{index}.log"
-                reason = _last_error(log_path)
+                reason = _last_error(log_path) or _disk_full(workdir)
                 failures.append(
                     f"worker {index} (shards {assignments[index]}) exited with {code}"
                     + (f": {reason}" if reason else "") + f"; see {log_path}"
