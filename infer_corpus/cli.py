@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from inference import __version__
 from inference.demo import demo_corpus_path
-from inference.errors import run_command
+from inference.errors import UsageError, run_command
 from inference.readers import InputError
 from inference.workdir import Workdir
 from retrieval.config import BACKENDS
@@ -111,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "then an alias swap). Loading the same results again is a no-op.")
     index.add_argument("--workdir", required=True)
     _index_args(index)
+    index.add_argument("--shards", metavar="A-B", help="elasticsearch: load only shards A..B "
+                       "into the new index (one job of a parallel load); with --no-swap")
+    index.add_argument("--no-swap", action="store_true",
+                       help="elasticsearch: load, but leave the alias where it is")
+    index.add_argument("--swap-only", action="store_true", help="elasticsearch: load nothing; "
+                       "check that the new index holds every passage, then move the alias")
     index.add_argument("--json", action="store_true", help="print one JSON object")
 
     search = sub.add_parser("search", help="search a workdir's index",
@@ -140,13 +147,54 @@ def build_parser() -> argparse.ArgumentParser:
         "submit", help="write (and submit) the HTCondor DAG: one GPU job per shard",
         description="Write DIR/condor/: a DAG (partition check -> one GPU job per unfinished "
         "shard, each result validated by a POST script -> index, then a final report), its "
-        "submit files and job script, all from the config's `condor` section; lint it, then "
-        "submit it to the local schedd unless --dry-run. Needs a partitioned workdir.")
-    submit.add_argument("--workdir", required=True, help="a partitioned run directory")
+        "submit files and job scripts, all from the config's `condor` section; lint it, then "
+        "submit it to the local schedd unless --dry-run. A workdir that is not partitioned "
+        "yet, given --input, gets a DAG that partitions it on the pool: run the same command "
+        "again when it is done.")
+    submit.add_argument("--workdir", required=True, help="a run directory")
+    submit.add_argument("--input", dest="inputs", action="extend", nargs="+", default=[],
+                        metavar="PATH", help="partition these inputs in a CPU job on the pool "
+                        "first (files, directories or globs, as for `partition`)")
     _config_args(submit)
     submit.add_argument("--dry-run", action="store_true",
                         help="only write and check the files; submit nothing")
+    submit.add_argument("--generation", action="store_true",
+                        help="write DIR/condor-generate/ instead: one GPU job per prompt shard "
+                        "and model of `infer-corpus generate --prepare` (see docs/condor.md)")
     submit.add_argument("--json", action="store_true", help="end with one JSON summary line")
+
+    generate = sub.add_parser(
+        "generate", help="run prompts through LLMs: prompt shards x models, resumably",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Batch generation over a prompt set (--prompts) or over the workdir's "
+        "passages through generation.template, with every model under generation.models.\n\n"
+        "  generate [run]   prepare the prompts, then generate every missing (model, shard)\n"
+        "  generate shard   one model over some shards: the work one HTCondor job does\n"
+        "  generate report  label rates per model and prompt group: CSV, Markdown, PNG\n\n"
+        "Outputs: WORKDIR/generations/MODEL/shard-N.parquet. A killed run continues where its "
+        "checkpoints end; `infer-corpus submit --generation` runs it on HTCondor.")
+    generate.add_argument("action", nargs="?", default="run", choices=["run", "shard", "report"])
+    generate.add_argument("--workdir", required=True, help="run directory (created if missing)")
+    generate.add_argument("--prompts", dest="inputs", action="extend", nargs="+", default=[],
+                          metavar="PATH", help="prompt set files, directories or globs: "
+                          ".jsonl, .jsonl.gz, .csv, .csv.gz, .parquet (an id, the prompt, "
+                          "any metadata columns)")
+    generate.add_argument("--template", help="prompt each passage of the workdir's corpus "
+                          "with this Jinja2 template, e.g. 'List the minerals named in: "
+                          "{{ text }}' (sets generation.template)")
+    _config_args(generate)
+    generate.add_argument("--model", dest="models", action="append", metavar="KEY",
+                          help="only this model of generation.models (repeatable)")
+    generate.add_argument("--prepare", action="store_true", help="only prepare the prompts "
+                          "and record the models (for `infer-corpus submit --generation`)")
+    generate.add_argument("--force", action="store_true",
+                          help="replace a workdir's prompts that came from other inputs")
+    generate.add_argument("--shard", dest="shards", type=int, action="append", metavar="N",
+                          help="shard: prompt shard number (repeatable)")
+    generate.add_argument("--threads", type=int, default=0, help="CPU threads (default: all)")
+    generate.add_argument("--events", action="store_true",
+                          help="shard: print progress as JSON lines")
+    generate.add_argument("--json", action="store_true", help="end with one JSON summary line")
 
     status = sub.add_parser("status", help="shard states and counts of a workdir (and its DAG)")
     status.add_argument("--workdir", required=True)
@@ -236,8 +284,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from inference.status import workdir_status
 
     workdir = Workdir(args.workdir)
-    report = workdir_status(workdir)
-    if (workdir.root / "condor").is_dir():  # the DAG's state, when the workdir has one
+    has_dag = (workdir.root / "condor").is_dir()
+    report = (workdir_status(workdir) if workdir.has_manifest() or not has_dag
+              else {"workdir": str(workdir.root), "partition": {}})
+    if has_dag:  # the DAG's state (and its jobs', while it runs)
         from submit.pipeline import dag_status
 
         report["condor"] = dag_status(workdir)
@@ -247,7 +297,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     p = report["partition"]
     if p.get("state") != "done":
         print(f"workdir {args.workdir}: partition unfinished (still running, or interrupted: "
-              "run the same partition or run command again)")
+              "run the same partition, run or submit command again)")
+        if "condor" in report:
+            _print_dag_status(report["condor"])
         return 0
     print(f"workdir {args.workdir}: partition {p['state']}, "
           f"{p.get('articles', 0):,} articles, {p.get('passages', 0):,} passages, "
@@ -265,33 +317,58 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_dag_status(dag: dict[str, Any]) -> None:
+    name = Path(dag["dag"]).name
     if "nodes" not in dag:
-        print(f"condor DAG: {dag['state']} ({dag['dag']})")
-        return
-    nodes = ", ".join(f"{n} {state}" for state, n in dag["nodes"].items())
-    print(f"condor DAG: {dag['state']}; nodes: {nodes}; retries {dag['retries']}, "
-          f"held jobs {dag['held']}")
-    if dag["failed"]:
-        print(f"  failed nodes: {', '.join(dag['failed'])} (logs in {Path(dag['dag']).parent}"
-              "/logs/)")
+        print(f"condor DAG {name}: {dag['state']} ({dag['dag']})")
+    else:
+        nodes = ", ".join(f"{n} {state}" for state, n in dag["nodes"].items())
+        print(f"condor DAG {name}: {dag['state']}; nodes: {nodes}; retries {dag['retries']}, "
+              f"held jobs {dag['held']}")
+        if dag["failed"]:
+            print(f"  failed nodes: {', '.join(dag['failed'])} (logs in "
+                  f"{Path(dag['dag']).parent}/logs/)")
+    if dag.get("queue_error"):
+        print(f"  jobs in the queue: unknown ({dag['queue_error']})")
+    jobs = dag.get("jobs") or []
+    rates = [j["passages_per_second"] for j in jobs
+             if j["state"] == "running" and j["passages_per_second"] is not None]
+    if jobs:
+        states = ", ".join(f"{n} {state}" for state, n in
+                           Counter(j["state"] for j in jobs).items())
+        print(f"  jobs in the queue: {states}"
+              + (f"; {sum(rates):,.0f} passages/s in all" if rates else ""))
+    for job in jobs:
+        if job["state"] == "running":
+            progress = ("" if job["passages_done"] is None else
+                        f": {job['passages_done']:,} of {job['passages_total'] or 0:,} passages"
+                        f", {job['passages_per_second'] or 0:,.0f} passages/s")
+            print(f"    {job['node']} ({job['job']}) on {job['host'] or '?'}{progress}")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from submit.pipeline import submit_pipeline
 
     config = load_config(args.config, args.overrides)
+    if args.generation:
+        return _submit_generation(args, config)
     summary = submit_pipeline(Workdir(args.workdir), config, config.condor,
-                              dry_run=args.dry_run)
+                              dry_run=args.dry_run, inputs=args.inputs)
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"wrote {summary['dag']}: partition -> {summary['shard_jobs']} shard jobs -> index, "
-          f"final report ({summary['shards_done']} shards already done); lint: ok")
+    if summary["partition_job"]:
+        print(f"wrote {summary['dag']}: the partition as a job; lint: ok. When it is done, "
+              "run this command again: it writes the DAG of the GPU jobs")
+    else:
+        loads = (f"{summary['load_jobs']} Elasticsearch load jobs -> alias swap"
+                 if summary["load_jobs"] else "index")
+        print(f"wrote {summary['dag']}: check -> {summary['shard_jobs']} shard jobs -> {loads}, "
+              f"final report ({summary['shards_done']} shards already done); lint: ok")
     if summary["staged"]:
         print(f"staged {summary['staged']} shards for the jobs' data URL (see stage.tsv)")
     again = f"infer-corpus submit --workdir {args.workdir}" + "".join(
         f" {flag} {value}" for flag, value in [("--config", args.config)] if value) + "".join(
-        f" --set {o}" for o in args.overrides)
+        f" --set {o}" for o in args.overrides) + "".join(f" --input {i}" for i in args.inputs)
     if args.dry_run:
         print(f"dry run: nothing submitted. Review {Path(summary['dag']).parent}/, then "
               f"submit with:\n  {again}")
@@ -301,18 +378,145 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    workdir = Workdir(args.workdir)
+    if args.action == "shard":
+        return _generate_shards(args, workdir)
+    if args.action == "report":
+        from inference.generation_report import write_report
+
+        report = write_report(workdir)
+        if args.json:
+            print(json.dumps(report))
+        else:
+            print(Path(report["markdown"]).read_text(encoding="utf-8").rstrip())
+            print(f"\nwrote {report['csv']}, {report['markdown']}, {report['png']}")
+        return 0
+    from inference import generate
+
+    overrides = list(args.overrides)
+    if args.template is not None:
+        overrides.append(f"generation.template={json.dumps(args.template)}")
+    config = load_config(args.config, overrides)
+    if args.prepare:
+        with workdir.lock():
+            data = generate.prepare(workdir, config, args.inputs, force=args.force)
+            todo = generate.pending(workdir, data, args.models)
+        summary = {**data["prompts"]["counts"], "prompt_source": data["prompts"]["source"],
+                   "models": list(todo), "pending": todo, "workdir": str(workdir.root)}
+    else:
+        summary = generate.run_study(workdir, config, args.inputs, force=args.force,
+                                     models=args.models, threads=args.threads)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    reasons = ", ".join(f"{r}: {n:,}" for r, n in summary["reject_reasons"].items())
+    print(f"prompts    {summary['prompts']:>10,}   ({summary['prompt_source']}; duplicates "
+          f"dropped: {summary['duplicate_rows'] + summary['duplicate_prompts']:,})")
+    print(f"rejected   {summary['rejected']:>10,}" + (f"   ({reasons})" if reasons else ""))
+    if args.prepare:
+        for model, shards in summary["pending"].items():
+            print(f"model {model}: {len(shards)} of {summary['shards']} shards to generate")
+    else:
+        print(f"models     {len(summary['models']):>10,}   ({', '.join(summary['models'])})")
+        print(f"shards run {summary['shards_run']:>10,}   {summary['rows_generated']:,} rows, "
+              f"{summary['output_tokens']:,} output tokens, {summary['errors']:,} row errors, "
+              f"in {summary['seconds']:.1f} s")
+        print(f"outputs in {workdir.root}/generations/; label rates: infer-corpus generate "
+              f"report --workdir {args.workdir}")
+    if summary["rejected"]:
+        print(f"rejected rows and reasons: {workdir.root}/rejects/prompts.jsonl")
+    return 0
+
+
+def _generate_shards(args: argparse.Namespace, workdir: Workdir) -> int:
+    from inference import generate
+    from inference.prompts import prompt_shard_path
+
+    if not args.shards or not args.models or len(args.models) != 1:
+        raise UsageError("generate shard needs one --model KEY and at least one --shard N")
+    data = generate.require_manifest(workdir.root)
+    run = generate.ModelRun.from_manifest(data, args.models[0])
+    rows = {shard: generate.shard_rows(data, shard) for shard in args.shards}
+
+    def emit(event: dict[str, Any]) -> None:
+        if args.events:
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+
+    worker = generate.GenerationWorker(run, args.threads, emit)
+    try:
+        outcomes = [worker.run_shard(shard, prompt_shard_path(workdir.root, shard), rows[shard],
+                                     generate.output_path(workdir.root, run.key, shard))
+                    for shard in args.shards]
+    finally:
+        worker.close()
+    if args.json:
+        print(json.dumps({"shards": [o.__dict__ for o in outcomes]}))
+    elif not args.events:
+        for o in outcomes:
+            print(f"{o.model} shard {o.shard}: {o.state}, {o.generated:,} rows generated, "
+                  f"{o.errors:,} row errors")
+    return 0
+
+
+def _submit_generation(args: argparse.Namespace, config: Any) -> int:
+    from submit.generation import submit_generation
+
+    summary = submit_generation(Workdir(args.workdir), config, config.condor,
+                                dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    models = ", ".join(f"{m}: {n}" for m, n in summary["models"].items()) or "none"
+    print(f"wrote {summary['dag']}: {summary['jobs']} generation jobs ({models}), final "
+          "report; lint: ok")
+    if args.dry_run:
+        print(f"dry run: nothing submitted. Review {Path(summary['dag']).parent}/")
+    else:
+        print(f"submitted: DAGMan job {summary['cluster']}. Follow it with condor_q -dag "
+              f"-nobatch; outputs arrive in {args.workdir}/generations/")
+    return 0
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from retrieval import build
 
     workdir = Workdir(args.workdir)
-    with workdir.lock():
-        result = build(workdir, args.backend, args.es_url)
+    if args.shards or args.no_swap or args.swap_only:
+        result = _index_part(workdir, args)
+    else:
+        with workdir.lock():
+            result = build(workdir, args.backend, args.es_url)
     if args.json:
         print(json.dumps(result.__dict__))
     else:
         state = "built" if result.built else "already current"
         print(f"index {state}: {result.passages:,} passages ({result.path})")
     return 0
+
+
+def _index_part(workdir: Workdir, args: argparse.Namespace) -> Any:
+    """One step of a parallel Elasticsearch load: some shards without the alias swap, or the
+    swap alone (the DAG's load and swap nodes)."""
+    from retrieval.backends import index_config
+    from retrieval.elasticsearch import connect, load_elasticsearch
+    from submit.steps import shard_range
+
+    if args.swap_only and (args.shards or args.no_swap):
+        raise UsageError("--swap-only loads nothing: leave out --shards and --no-swap")
+    if args.shards and not args.no_swap:
+        raise UsageError("--shards loads part of the index: add --no-swap (the alias moves "
+                         "once every part is loaded, with --swap-only)")
+    settings = index_config(workdir, args.backend, args.es_url)
+    if settings.backend != "elasticsearch":
+        raise UsageError("--shards, --no-swap and --swap-only are for the elasticsearch "
+                         "backend; the embedded index is built in one process")
+    shards = shard_range(args.shards) if args.shards else None
+    return load_elasticsearch(workdir, connect(settings.url, settings.api_key_env),
+                              settings.name, url=settings.url,
+                              api_key_env=settings.api_key_env, retries=settings.retries,
+                              shards=[] if args.swap_only else shards, swap=args.swap_only)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -350,7 +554,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "partition": cmd_partition, "shard": cmd_shard,
             "index": cmd_index, "search": cmd_search, "eval": cmd_eval, "status": cmd_status,
-            "submit": cmd_submit}
+            "submit": cmd_submit, "generate": cmd_generate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 """The whole config file of `infer-corpus` and `qa-api`: every package's section in one place.
 
-Each package owns its section (inference's fields, passages, shards, model, predictions and
-executor; `index` from retrieval; `qa` from the QA service; `condor` from the submit layer);
-this class composes them so one YAML file configures a run end to end, and an unknown key in
-any section is an error.
+Each package owns its section (inference's fields, passages, shards, model, predictions,
+executor and generation; `index` from retrieval; `qa` from the QA service; `condor` from the
+submit layer); this class composes them so one YAML file configures a run end to end, and an
+unknown key in any section is an error.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from inference.config import InferenceConfig
 from inference.config_loader import ConfigError, load
+from inference.generation_config import GenerationConfig
 from qa_api.config import QAConfig
 from retrieval.config import IndexConfig
 from submit.config import CondorConfig
@@ -27,6 +28,7 @@ class Config(InferenceConfig):
     condor: CondorConfig = field(default_factory=CondorConfig)
     qa: QAConfig = field(default_factory=QAConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
