@@ -165,7 +165,7 @@ def top_hits(workdir: Path) -> list[list[str]]:
         proc = cli("search", "--workdir", str(workdir), query, "--json")
         if proc.returncode != 0:
             return [[f"error: {proc.stderr.strip()}"]]
-        out.append([hit["passage"]["passage_id"] for hit in json.loads(proc.stdout)["hits"]])
+        out.append([hit["passage_id"] for hit in json.loads(proc.stdout)["hits"]])
     return out
 
 
