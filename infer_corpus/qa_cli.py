@@ -64,6 +64,7 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
     from qa_api.app import QAService, create_app
+    from qa_api.guard import head_timeout_protocol
 
     try:
         service = QAService(args.workdir, config.qa)
@@ -77,7 +78,8 @@ def serve(args: argparse.Namespace) -> int:
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"qa-api: serving {args.workdir} ({len(service.topics)} topics); "
           f"open http://{shown}:{args.port}/ for the form, /docs for the API", flush=True)
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning",
+                http=head_timeout_protocol(config.qa.read_timeout_seconds))
     return 0
 
 

@@ -1,15 +1,28 @@
-"""The ReAct agent: the LLM thinks, searches, reads what it found, and answers with citations.
+"""The agent: answers with citations from an LLM over a search tool, or extractively.
 
-The loop is explicit: each step the model writes `Thought:`, then `Action: search[query]` or
-`Final Answer: ...`; the agent runs the search and replies with an `Observation:` listing the
-passages it found, numbered [1], [2], ... across the whole conversation. Steps and time are
-bounded. Small models often write malformed steps, so replies are parsed tolerantly (other tool
-names, `Action Input:` lines, `Finish[...]`, missing brackets) and a model that still fails
-gets an extractive answer instead, with the reason in `fallback`.
+Two ways to use a model, chosen per model in the config (`qa.models.NAME.mode`):
 
-Citations can only point at retrieved passages: numbers in the answer that name no retrieved
-passage are removed, and an answer left with no citation (or with nothing but citations) is
-not accepted. A search the model already made is not run again: it is told to answer.
+- `react`: the loop is explicit. Each step the model writes `Thought:`, then `Action:
+  search[query]` or `Final Answer: ...`; the agent runs the search and replies with an
+  `Observation:` listing what it found. Steps and time are bounded. Small models often write
+  malformed steps, so replies are parsed tolerantly (other tool names, `Action Input:` lines,
+  `Finish[...]`, missing brackets).
+- `grounded`: one step. The agent searches for the question, shows the model what in the
+  passages found answers it (the sentences an extractive answer would quote, under their
+  articles' numbers) and asks for a cited answer (or "The indexed articles do not answer
+  this."). Small models manage one such step where they lose their way in a loop.
+
+Sources are articles: citation [n] is the n-th article retrieved, with every passage of it
+that was found listed under it. Citations can only point at retrieved articles: numbers in an
+answer that name none are removed, and an answer left with no citation (or with nothing but
+citations) is not accepted. An answer is held to the passages: a sentence citing an article
+that does not say it (fewer than SUPPORTED_SHARE of its content words there) gets the answer
+refused; an uncited sentence cites the article that says it, or is dropped. Article text never
+cites: the model is shown passages without their own markers and ReAct labels, and markers an
+answer copies from a passage are dropped (`citations`). A reply that is not accepted is in the trace with the reason; a model that
+fails gets an extractive answer instead, with the reason in `fallback`. When the retrieved
+passages do not answer the question (`extractive.select` finds no relevant sentence), the
+answer says so plainly and cites nothing; in grounded mode the model is then not asked.
 """
 
 from __future__ import annotations
@@ -22,14 +35,21 @@ from typing import Any
 
 from retrieval import QueryError
 
-from .extractive import extractive_answer
+from .citations import CITATION, drop_quoted, for_model, keep_citations
+from .config import MODES
+from .extractive import DECLINE, Embed, Sentence, select, supported
 from .llms import ChatLLM, LLMError
 
 SearchTool = Callable[[str], list[dict[str, Any]]]
 EXTRACTIVE = "extractive"
-OBSERVATION_CHARS = 320
+OBSERVATION_CHARS = 320  # of each passage, in a ReAct observation
 STOP = ["Observation:"]
+GROUNDED_STOP = ["\nQuestion:", "\nPassages:"]
 MIN_ANSWER_WORDS = 3
+SUPPORTED_SHARE = 0.6  # of a cited text's content words, found in the passages it cites
+REPLY_CHARS = 500  # of a refused reply, in the trace
+# A hit's own fields; the rest (title, authors, year, url, topic, ...) describe its article.
+PASSAGE_FIELDS = ("passage_id", "ordinal", "text", "score", "bm25", "dense")
 
 SYSTEM_PROMPT = ("You answer questions by searching research articles. Always reply with a "
                  "Thought and then either Action: search[query] or Final Answer: with "
@@ -50,8 +70,24 @@ _ACTION = re.compile(r"^\W*action\s*\d*\s*:\s*(.*)$", re.IGNORECASE | re.MULTILI
 _ACTION_INPUT = re.compile(r"^\W*action\s*input\s*\d*\s*:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
 _BARE_SEARCH = re.compile(r"\bsearch\s*\[([^\]\n]+)\]?", re.IGNORECASE)
 _TOOL_CALL = re.compile(r"^(\w+)?\s*[\[(]\s*(.*?)\s*[\])]?\s*$")
-_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+GROUNDED_PROMPT = ("You answer questions from the numbered research passages you are given. "
+                   "Answer in one to three sentences using only the passages, and cite each "
+                   "sentence's passage by its number, like [1]. If the passages do not answer "
+                   f"the question, reply exactly: {DECLINE}")
+GROUNDED_EXAMPLE = [
+    {"role": "user", "content": "Passages:\n[1] Air bubbles in polar ice (2019): Bubbles "
+                                "trapped in ice preserve samples of the past atmosphere.\n"
+                                "[2] Lithium brines (2021): Lithium is pumped from salar "
+                                "brines.\n\nQuestion: How do ice cores store old air?"},
+    {"role": "assistant", "content": "Bubbles trapped in polar ice keep samples of the past "
+                                     "atmosphere [1]."},
+]
+
 _WORDS = re.compile(r"[^\W\d_]{2,}")
+_SENTENCE = re.compile(r"(?<=[.!?\]])\s+(?=[A-Z0-9\"'(])")
+_END = re.compile(r"([.!?]*)$")
+_CLOSED = re.compile(r"[.!?\]]\W*$")
+_ANSWER_LABEL = re.compile(r"^\W*(?:final\s*)?answer\s*:\s*", re.IGNORECASE)
 _THOUGHT_PREFIX = re.compile(r"^\W*thought\s*\d*\s*:\s*", re.IGNORECASE)
 
 
@@ -105,29 +141,23 @@ def _clean_query(query: str) -> str:
     return query.strip().strip("\"'`[]()").strip()
 
 
-def keep_citations(answer: str, count: int) -> tuple[str, list[int]]:
-    """The answer with citations of passages 1..count only, and the numbers cited."""
-    cited: list[int] = []
-
-    def replace(match: re.Match[str]) -> str:
-        numbers = [int(n) for n in re.findall(r"\d+", match.group(1)) if 1 <= int(n) <= count]
-        cited.extend(n for n in numbers if n not in cited)
-        return "".join(f"[{n}]" for n in numbers)
-
-    text = _CITATION.sub(replace, answer)
-    return re.sub(r"\s+([.,;:])", r"\1", re.sub(r"[ \t]{2,}", " ", text)).strip(), cited
-
-
 class Agent:
-    """Answers one question at a time with a model (or extractively) over a search tool."""
+    """Answers one question at a time with a model (or extractively, `llm` None) over a search
+    tool; `embed` gives the sentence vectors of extractive answers and of the relevance check
+    (`Searcher.embed`, through a `SentenceVectors` cache in the server)."""
 
     def __init__(self, search: SearchTool, llm: ChatLLM | None, model: str,
-                 max_steps: int, max_seconds: float) -> None:
+                 max_steps: int, max_seconds: float, *, embed: Embed,
+                 mode: str = "react") -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.search_tool = search
         self.llm = llm
         self.model = model
         self.max_steps = max_steps
         self.max_seconds = max_seconds
+        self.embed = embed
+        self.mode = mode
 
     def run(self, question: str) -> dict[str, Any]:
         """The final result of `events`."""
@@ -150,8 +180,9 @@ class _Run:
         self.agent = agent
         self.question = question
         self.started = time.perf_counter()
-        self.sources: list[dict[str, Any]] = []
-        self.numbers: dict[str, int] = {}
+        self.articles: list[dict[str, Any]] = []  # citation [n] is articles[n - 1]
+        self.numbers: dict[str, int] = {}  # article id -> n
+        self.passages: list[tuple[int, dict[str, Any]]] = []  # (n, passage), as retrieved
         self.searched: set[str] = set()
         self.trace: list[dict[str, Any]] = []
         self.search_seconds = 0.0
@@ -159,6 +190,7 @@ class _Run:
         self.llm_calls = 0
         self.answer = ""
         self.cited: list[int] = []
+        self.answered_by = EXTRACTIVE
         self.fallback: str | None = None
 
     def _step(self, kind: str, text: str, **extra: Any) -> dict[str, Any]:
@@ -169,64 +201,164 @@ class _Run:
     def steps(self) -> Iterator[dict[str, Any]]:
         if self.agent.llm is None:
             yield from self._extractive(None)
-            return
+        elif self.agent.mode == "grounded":
+            yield from self._grounded(self.agent.llm)
+        else:
+            yield from self._react(self.agent.llm)
+
+    def _remaining(self) -> float:
+        return self.agent.max_seconds - (time.perf_counter() - self.started)
+
+    def _complete(self, llm: ChatLLM, messages: list[dict[str, str]], stop: list[str]) -> str:
+        started = time.perf_counter()
+        try:
+            return llm.complete(messages, stop, self._remaining())
+        finally:
+            self.llm_seconds += time.perf_counter() - started
+            self.llm_calls += 1
+
+    def _react(self, llm: ChatLLM) -> Iterator[dict[str, Any]]:
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, *EXAMPLE,
                     {"role": "user", "content": f"Question: {self.question}"}]
         for _ in range(self.agent.max_steps):
-            remaining = self.agent.max_seconds - (time.perf_counter() - self.started)
-            if remaining <= 0:
+            if self._remaining() <= 0:
                 yield from self._extractive(f"the model ran out of time "
                                             f"({self.agent.max_seconds:g} s)")
                 return
-            started = time.perf_counter()
             try:
-                text = self.agent.llm.complete(messages, STOP, remaining)
+                text = self._complete(llm, messages, STOP)
             except LLMError as exc:
                 yield from self._extractive(str(exc))
                 return
-            finally:
-                self.llm_seconds += time.perf_counter() - started
-                self.llm_calls += 1
             reply = parse_reply(text)
             if reply.thought:
                 yield self._step("thought", reply.thought)
+            said = f"Thought: {reply.thought}\nAction: search[{reply.search}]"
             if reply.search and reply.search.lower() in self.searched:
                 observation = ("You already searched for that. Answer now: Final Answer: ... "
                                "citing the passages above by number, like [1].")
                 yield self._step("observation", observation)
-                said = f"Thought: {reply.thought}\nAction: search[{reply.search}]"
             elif reply.search:
                 self.searched.add(reply.search.lower())
                 yield self._step("action", f"search[{reply.search}]", query=reply.search)
                 observation, numbers = self._search(reply.search)
                 yield self._step("observation", observation, sources=numbers)
-                said = f"Thought: {reply.thought}\nAction: search[{reply.search}]"
-            elif reply.answer and self.sources:
-                answer, cited = keep_citations(reply.answer, len(self.sources))
-                if cited and len(_WORDS.findall(_CITATION.sub("", answer))) >= MIN_ANSWER_WORDS:
-                    self.answer, self.cited = answer, cited
-                    yield self._step("answer", answer, sources=cited)
+            elif reply.answer and self.articles:
+                answer, cited, problem = self._check(reply.answer)
+                if problem is None:
+                    yield self._accepted(answer, cited, reply.answer)
                     return
-                observation = ("Your answer cites no passage. Answer again and cite the "
-                               "passages you used by number, like [1]." if not cited else
-                               "Your answer says nothing. Answer the question in a sentence "
-                               "and cite the passages you used, like [1].")
-                yield self._step("observation", observation)
+                observation = (f"Your answer {problem}. Answer again and cite the passages "
+                               "you used by number, like [1].")
+                yield self._refused(observation, text)
                 said = text.strip()
             else:
                 observation = ("Search first: reply with Action: search[your query]."
                                if reply.answer else "I could not read that. Reply with "
                                "Action: search[query] or Final Answer: ... with citations.")
-                # what the model wrote, so a verbose trace shows why its step was refused
-                yield self._step("observation", observation, reply=text.strip()[:500])
+                yield self._refused(observation, text)
                 said = text.strip() or "(no reply)"
             messages += [{"role": "assistant", "content": said},
                          {"role": "user", "content": f"Observation: {observation}"}]
         yield from self._extractive(
             f"the model gave no cited final answer in {self.agent.max_steps} steps")
 
+    def _grounded(self, llm: ChatLLM) -> Iterator[dict[str, Any]]:
+        """One search for the question; the model gets what in it answers the question (the
+        sentences an extractive answer would quote, with their articles' numbers) and
+        writes the answer in one reply. Measured on the SmolLM2 model, this focus beat showing
+        it the whole passages (benchmarks/qa_quality.py)."""
+        yield self._step("action", f"search[{self.question}]", query=self.question)
+        found, numbers = self._search(self.question)
+        chosen = self._select()
+        evidence = self._evidence(chosen)
+        yield self._step("observation", evidence or found, sources=numbers)
+        if not chosen:  # nothing relevant: the model is not asked
+            yield from self._extractive(None, chosen)
+            return
+        messages = [{"role": "system", "content": GROUNDED_PROMPT}, *GROUNDED_EXAMPLE,
+                    {"role": "user", "content": f"Passages:\n{evidence}\n\n"
+                                                f"Question: {self.question}"}]
+        try:
+            text = self._complete(llm, messages, GROUNDED_STOP)
+        except LLMError as exc:
+            yield from self._extractive(str(exc), chosen)
+            return
+        reply = _ANSWER_LABEL.sub("", text.strip())
+        if DECLINE.lower().rstrip(".") in reply.lower() and not CITATION.search(reply):
+            self.answer, self.answered_by = DECLINE, self.agent.model
+            yield self._step("answer", DECLINE, sources=[])
+            return
+        answer, cited, problem = self._check(reply)
+        if problem is None:
+            yield self._accepted(answer, cited, reply)
+            return
+        yield from self._extractive(f"the model's answer {problem}", chosen, reply=text)
+
+    def _evidence(self, chosen: list[Sentence]) -> str:
+        """The chosen sentences as the model reads them: a line per article, by number."""
+        said: dict[int, list[str]] = {}
+        for sentence in chosen:
+            said.setdefault(self.passages[sentence.passage][0], []).append(
+                for_model(sentence.text))
+        return "\n".join(f"{self._heading(n)}: {' '.join(texts)}"
+                         for n, texts in sorted(said.items()))
+
+    def _heading(self, number: int) -> str:
+        """[n] Title (year), as the model sees an article."""
+        article = self.articles[number - 1]
+        year = f" ({article['year']})" if article.get("year") else ""
+        return f"[{number}] {for_model(article.get('title') or '') or 'Untitled'}{year}"
+
+    def _check(self, text: str) -> tuple[str, list[int], str | None]:
+        """A model's answer held to the passages: its own citations of retrieved articles only;
+        a sentence it left uncited cites the article whose passages hold it, or goes (what no
+        passage says is not an answer from the articles). Also the numbers cited and what is
+        wrong with the answer (None: nothing)."""
+        answer, _ = keep_citations(drop_quoted(text, self._quotable()), len(self.articles))
+        kept = []
+        sentences = _SENTENCE.split(answer)
+        if len(sentences) > 1 and not _CLOSED.search(sentences[-1]):
+            sentences.pop()  # cut off by the token limit: not a claim of the model's
+        for sentence in sentences:
+            said = CITATION.sub("", sentence)
+            numbers = [int(n) for n in re.findall(r"\d+", " ".join(CITATION.findall(sentence)))]
+            if numbers and not all(supported(said, self._text_of(n), SUPPORTED_SHARE)
+                                   for n in numbers):
+                return answer, [], "cites a source for what its passages do not say"
+            if not numbers:
+                holding = [n for n in range(1, len(self.articles) + 1)
+                           if supported(said, self._text_of(n), SUPPORTED_SHARE)]
+                if not holding or not _WORDS.search(said):
+                    continue
+                sentence = _END.sub(f" [{holding[0]}]\\1", sentence.rstrip(), count=1)
+            kept.append(sentence)
+        answer, cited = keep_citations(" ".join(kept), len(self.articles))
+        if not cited:
+            return answer, cited, "cites no passage"
+        if len(_WORDS.findall(CITATION.sub("", answer))) < MIN_ANSWER_WORDS:
+            return answer, cited, "says nothing but citations"
+        return answer, cited, None
+
+    def _accepted(self, answer: str, cited: list[int], wrote: str) -> dict[str, Any]:
+        """The model's answer as accepted; when checking it changed it, with what it wrote."""
+        self.answer, self.cited, self.answered_by = answer, cited, self.agent.model
+        extra = {} if answer == wrote.strip() else {"reply": wrote.strip()[:REPLY_CHARS]}
+        return self._step("answer", answer, sources=cited, **extra)
+
+    def _text_of(self, number: int) -> str:
+        """Article `number`'s title and the passages of it that were found."""
+        article = self.articles[number - 1]
+        return " ".join([article.get("title") or "", *(p["text"] for p in article["passages"])])
+
+    def _refused(self, observation: str, reply: str) -> dict[str, Any]:
+        """An observation that refuses a reply, with the model's own text for the trace."""
+        return self._step("observation", observation, reply=reply.strip()[:REPLY_CHARS])
+
     def _search(self, query: str) -> tuple[str, list[int]]:
-        """Run the search tool; new passages get the next numbers."""
+        """Run the search tool: the passages it found for the model to read, grouped by article
+        (at most OBSERVATION_CHARS of each), and the articles' numbers; a new article gets the
+        next."""
         started = time.perf_counter()
         try:
             hits = self.agent.search_tool(query)
@@ -236,45 +368,68 @@ class _Run:
             self.search_seconds += time.perf_counter() - started
         if not hits:
             return "No passage matched that search. Try other words.", []
-        lines, numbers = [], []
+        found: dict[int, list[str]] = {}
         for hit in hits:
-            number = self.numbers.get(hit["passage_id"])
-            if number is None:
-                self.sources.append(hit)
-                number = self.numbers[hit["passage_id"]] = len(self.sources)
-            numbers.append(number)
-            year = f" ({hit['year']})" if hit.get("year") else ""
-            text = " ".join(hit["text"].split())
-            if len(text) > OBSERVATION_CHARS:
-                text = text[:OBSERVATION_CHARS].rsplit(" ", 1)[0] + " ..."
-            lines.append(f"[{number}] {hit.get('title') or 'Untitled'}{year}: {text}")
-        return "\n".join(lines), numbers
+            found.setdefault(self._add(hit), []).append(
+                _cut(for_model(hit["text"]), OBSERVATION_CHARS))
+        return ("\n".join(f"{self._heading(n)}: {' ... '.join(texts)}"
+                          for n, texts in found.items()), list(found))
 
-    def _extractive(self, reason: str | None) -> Iterator[dict[str, Any]]:
+    def _add(self, hit: dict[str, Any]) -> int:
+        """File a hit under its article (numbered on first sight); the article's number."""
+        key = str(hit.get("article_id") or hit["passage_id"])
+        number = self.numbers.get(key)
+        if number is None:
+            self.articles.append({**{k: v for k, v in hit.items() if k not in PASSAGE_FIELDS},
+                                  "passages": []})
+            number = self.numbers[key] = len(self.articles)
+        article = self.articles[number - 1]
+        if all(p["passage_id"] != hit["passage_id"] for p in article["passages"]):
+            passage = {k: hit[k] for k in PASSAGE_FIELDS if k in hit}
+            article["passages"].append(passage)
+            self.passages.append((number, passage))
+        return number
+
+    def _quotable(self) -> list[str]:
+        """The retrieved titles and texts as written, markers included: what a model's answer
+        may quote from."""
+        return [*(a.get("title") or "" for a in self.articles),
+                *(p["text"] for _, p in self.passages)]
+
+    def _select(self) -> list[Sentence]:
+        return select(self.question, [(str(n), p["text"]) for n, p in self.passages],
+                      self.agent.embed)
+
+    def _extractive(self, reason: str | None, chosen: list[Sentence] | None = None,
+                    reply: str | None = None) -> Iterator[dict[str, Any]]:
         """The extractive answer over what was retrieved (searching for the question itself
-        when nothing was); `reason` says why the model's answer is not used."""
+        when nothing was); `reason` says why the model's answer is not used, `reply` is the
+        model's refused text."""
         self.fallback = reason
+        self.answered_by = EXTRACTIVE
         if reason:
-            yield self._step("fallback", f"Extractive answer instead: {reason}.")
-        if not self.sources:
+            extra = {"reply": reply.strip()[:REPLY_CHARS]} if reply is not None else {}
+            yield self._step("fallback", f"Extractive answer instead: {reason}.", **extra)
+        if not self.passages:
             yield self._step("action", f"search[{self.question}]", query=self.question)
             observation, numbers = self._search(self.question)
             yield self._step("observation", observation, sources=numbers)
-        answer = extractive_answer(self.question, [s["text"] for s in self.sources])
-        self.answer, self.cited = keep_citations(answer, len(self.sources))
-        if not self.answer:
-            self.answer = "None of the retrieved passages answers this question."
+        if chosen is None:
+            chosen = self._select()
+        answer = " ".join(f"{s.text} [{self.passages[s.passage][0]}]" for s in chosen)
+        self.answer, self.cited = keep_citations(answer, len(self.articles))
+        if not self.cited:
+            self.answer = DECLINE
         yield self._step("answer", self.answer, sources=self.cited)
 
     def result(self) -> dict[str, Any]:
-        sources = [{"n": n, **source, "cited": n in self.cited}
-                   for n, source in enumerate(self.sources, start=1)]
-        answered_by = EXTRACTIVE if self.agent.llm is None or self.fallback else self.agent.model
+        sources = [{"n": n, **article, "cited": n in self.cited}
+                   for n, article in enumerate(self.articles, start=1)]
         return {
             "question": self.question,
             "answer": self.answer,
             "model": self.agent.model,
-            "answered_by": answered_by,
+            "answered_by": self.answered_by,
             "fallback": self.fallback,
             "sources": sources,
             "trace": self.trace,
@@ -285,3 +440,7 @@ class _Run:
                 "total_ms": round((time.perf_counter() - self.started) * 1000, 1),
             },
         }
+
+
+def _cut(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[:chars].rsplit(" ", 1)[0] + " ..."

