@@ -30,7 +30,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +48,12 @@ from inference.schema import check_schema_version
 from inference.workdir import Workdir
 
 from .config import CondorConfig
-from .htcondor import (CondorError, Dag, Node, Script, access_point_commands, job_commands,
-                       lint_dag, quantity, require_not_running, submit_dag, transfer_source,
-                       write_dag, write_job_script, write_submit)
+from .htcondor import (CondorError, Dag, Node, Script, access_point_commands,
+                       checkpoint_commands, gpu_commands, job_commands, lint_dag, quantity,
+                       require_not_running, resource_commands, site_attribute_commands,
+                       submit_dag, transfer_source, write_dag, write_job_script, write_submit)
 from .job import BadInput
-from .pipeline import EXIT_BAD_INPUT, GPU_CATEGORY, _classad_literal
+from .pipeline import EXIT_BAD_INPUT, GPU_CATEGORY
 from .validate import ResultError
 
 CONDOR_DIR = "condor-generate"
@@ -99,24 +100,11 @@ def _job_submit(workdir: Workdir, model: str, gpu_memory: str, c: CondorConfig
         "output": f"logs/{model}-$(shard).out",
         "error": f"logs/{model}-$(shard).err",
         "log": "generate.log",
-        "request_gpus": str(gpus),
-        "request_cpus": str(r.request_cpus),
-        "request_memory": r.request_memory,
-        "request_disk": r.request_disk,
+        **gpu_commands(replace(r, request_gpus=gpus), gpu_memory),
+        **resource_commands(r),
+        **checkpoint_commands(c, "$(checkpoint_file)"),
+        **site_attribute_commands(c.site_attributes),
     }
-    if gpus:
-        commands["gpus_minimum_memory"] = gpu_memory
-        if r.gpus_minimum_capability:
-            commands["gpus_minimum_capability"] = r.gpus_minimum_capability
-    if r.requirements:
-        commands["requirements"] = r.requirements
-    if c.checkpoint_minutes:
-        commands["checkpoint_exit_code"] = str(c.checkpoint_exit_code)
-        commands["transfer_checkpoint_files"] = "$(checkpoint_file)"
-    for name, value in c.site_attributes.items():
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ConfigError(f"condor.site_attributes: {name!r} is not a ClassAd attribute name")
-        commands[f"MY.{name}"] = _classad_literal(value)
     return commands
 
 

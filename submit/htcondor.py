@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inference.config_loader import ConfigError
 from inference.errors import Failure
 from inference.workdir import atomic_path
 
@@ -165,6 +166,46 @@ def gpu_commands(r: CondorResourcesConfig, gpu_memory: str | None = None) -> dic
         if value:
             commands[name] = value
     return commands
+
+
+def resource_commands(r: Any) -> dict[str, str]:
+    """A job's CPU, memory and disk requests and its extra `requirements` (any resources
+    section: GPU jobs', CPU steps', training's)."""
+    commands = {"request_cpus": str(r.request_cpus), "request_memory": r.request_memory,
+                "request_disk": r.request_disk}
+    if r.requirements:
+        commands["requirements"] = r.requirements
+    return commands
+
+
+def classad_literal(value: bool | int | str) -> str:
+    """A YAML value as a ClassAd literal: true, 12, "short"."""
+    import classad2
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return classad2.quote(value)
+
+
+def site_attribute_commands(attributes: dict[str, bool | int | str]) -> dict[str, str]:
+    """`condor.site_attributes` (e.g. +WantGPULab, +GPUJobLength) as `MY.NAME` commands."""
+    commands = {}
+    for name, value in attributes.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(f"condor.site_attributes: {name!r} is not a ClassAd attribute name")
+        commands[f"MY.{name}"] = classad_literal(value)
+    return commands
+
+
+def checkpoint_commands(c: Any, files: str) -> dict[str, str]:
+    """A job that checkpoints: it exits with `checkpoint_exit_code` and HTCondor saves `files`
+    and restarts it; `is_resumable` lets CHTC run such a job past 72 hours."""
+    if not c.checkpoint_minutes:
+        return {}
+    return {"checkpoint_exit_code": str(c.checkpoint_exit_code),
+            "transfer_checkpoint_files": files, "MY.is_resumable": "true"}
 
 
 def access_point_commands(module_args: list[str]) -> dict[str, str]:

@@ -46,10 +46,11 @@ from inference.readers import expand_inputs
 from inference.workdir import Workdir
 
 from .config import CondorConfig, StepResourcesConfig
-from .htcondor import (CondorError, Dag, Node, Script, access_point_commands, condor_arguments,
-                       gpu_commands, job_commands, lint_dag, query_queue, read_node_status,
-                       require_not_running, submit_dag, transfer_source, write_dag,
-                       write_job_script, write_submit)
+from .htcondor import (CondorError, Dag, Node, Script, access_point_commands,
+                       checkpoint_commands, classad_literal, condor_arguments, gpu_commands,
+                       job_commands, lint_dag, query_queue, read_node_status,
+                       require_not_running, resource_commands, site_attribute_commands,
+                       submit_dag, transfer_source, write_dag, write_job_script, write_submit)
 
 CONDOR_DIR = "condor"
 DAG_FILE = "pipeline.dag"
@@ -151,17 +152,8 @@ def _write_job_script(path: Path, c: CondorConfig) -> None:
         f'-m submit.job --shard "$1" --shard-file "$2" --result-file "$3"{checkpoint}')
 
 
-def _site_attributes(c: CondorConfig) -> dict[str, str]:
-    commands = {}
-    for name, value in c.site_attributes.items():
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ConfigError(f"condor.site_attributes: {name!r} is not a ClassAd attribute name")
-        commands[f"MY.{name}"] = _classad_literal(value)
-    return commands
-
-
 def _run_attribute(root: Path) -> dict[str, str]:
-    return {f"MY.{RUN_ATTRIBUTE}": _classad_literal(str(root))}
+    return {f"MY.{RUN_ATTRIBUTE}": classad_literal(str(root))}
 
 
 def _shard_submit(workdir: Workdir, c: CondorConfig) -> dict[str, str]:
@@ -178,30 +170,12 @@ def _shard_submit(workdir: Workdir, c: CondorConfig) -> dict[str, str]:
         "error": "logs/shard-$(shard).err",
         "log": "pipeline.log",
         **gpu_commands(r),
-        "request_cpus": str(r.request_cpus),
-        "request_memory": r.request_memory,
-        "request_disk": r.request_disk,
+        **resource_commands(r),
+        **checkpoint_commands(c, "parts"),
     }
-    if r.requirements:
-        commands["requirements"] = r.requirements
-    if c.checkpoint_minutes:
-        commands["checkpoint_exit_code"] = str(c.checkpoint_exit_code)
-        commands["transfer_checkpoint_files"] = "parts"
-        commands["MY.is_resumable"] = "true"  # CHTC: a checkpointing job may run past 72 h
     if c.want_io_proxy:
         commands["want_io_proxy"] = "true"  # chirp: the job publishes its progress in its ad
-    return {**commands, **_site_attributes(c), **_run_attribute(root)}
-
-
-def _classad_literal(value: bool | int | str) -> str:
-    """A site attribute's YAML value as a ClassAd literal: true, 12, "short"."""
-    import classad2
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    return classad2.quote(value)
+    return {**commands, **site_attribute_commands(c.site_attributes), **_run_attribute(root)}
 
 
 def _local_submit(args: list[str], name: str, root: Path,
@@ -232,13 +206,9 @@ def _step_submit(c: CondorConfig, r: StepResourcesConfig, name: str, args: list[
         "output": f"../logs/{name}.out",
         "error": f"../logs/{name}.err",
         "log": "../pipeline.log",
-        "request_cpus": str(r.request_cpus),
-        "request_memory": r.request_memory,
-        "request_disk": r.request_disk,
+        **resource_commands(r),
         **_run_attribute(root),
     }
-    if r.requirements:
-        commands["requirements"] = r.requirements
     if getenv:
         commands["getenv"] = getenv
     return commands
@@ -517,7 +487,7 @@ def _queue(workdir: Workdir) -> dict[str, Any]:
     jobs publish through chirp; {"queue_error": why} when condor_q cannot tell."""
     if not shutil.which("condor_q"):
         return {"queue_error": "condor_q is not on the PATH"}
-    constraint = f"{RUN_ATTRIBUTE} == {_classad_literal(str(workdir.root.resolve()))}"
+    constraint = f"{RUN_ATTRIBUTE} == {classad_literal(str(workdir.root.resolve()))}"
     try:
         ads = query_queue(constraint, ["ClusterId", "ProcId", "DAGNodeName", "JobStatus",
                                        "RemoteHost", *PROGRESS_ATTRIBUTES], timeout=30)

@@ -44,10 +44,10 @@ GENERATED = ["row_id", "prompt_hash", "output", "finish_reason", "prompt_tokens"
 LONG = "Please summarise the following: " + " ".join(["the quick brown fox jumps"] * 14)
 H100 = """[ Cpus = 16; Memory = 131072; Disk = 500000000; GPUs = 1; AvailableGPUs = { G1 };
   G1 = [ Id = "GPU-1"; DeviceName = "NVIDIA H100 80GB HBM3"; Capability = 9.0;
-         GlobalMemoryMb = 81559 ]; Requirements = true ]"""
+         GlobalMemoryMb = 81559; MaxSupportedVersion = 13000 ]; Requirements = true ]"""
 T4 = """[ Cpus = 16; Memory = 131072; Disk = 500000000; GPUs = 1; AvailableGPUs = { G2 };
   G2 = [ Id = "GPU-2"; DeviceName = "Tesla T4"; Capability = 7.5;
-         GlobalMemoryMb = 15095 ]; Requirements = true ]"""
+         GlobalMemoryMb = 15095; MaxSupportedVersion = 13000 ]; Requirements = true ]"""
 
 
 def cli(*args: str, check: bool = True) -> tuple[int, str, str]:
