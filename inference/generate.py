@@ -326,7 +326,8 @@ class GenerationWorker:
                         [r for r, _ in kept], [h for _, h in kept], [done[r] for r, _ in kept])),
                         tmp)
                 self.on_event({"event": "checkpoint", "model": self.run.key, "shard": shard,
-                               "rows": len(done), "of": rows})
+                               "rows": len(done), "of": rows, "generated": outcome.generated,
+                               "output_tokens": outcome.output_tokens})
                 if (stop_after and start + step < len(todo)
                         and time.monotonic() - started >= stop_after):
                     outcome.state = "checkpointed"
@@ -466,6 +467,28 @@ def pending(workdir: Workdir, data: dict[str, Any], models: list[str] | None = N
                   if output_state(output_path(root, key, s["shard"]), s["rows"],
                                   data["models"][key]) != "done"]
             for key in chosen}
+
+
+def study_status(root: Path) -> dict[str, Any] | None:
+    """The study in `root`, if any: its prompts, and per model how many prompt shards are done,
+    need relabelling, are partial (a checkpoint holds some rows) or pending."""
+    data = read_manifest(root)
+    if data is None:
+        return None
+    prompts = data.get("prompts") or {}
+    if prompts.get("state") != "done":
+        return {"prompts": {"state": prompts.get("state", "pending")}, "models": {}}
+    shards = prompts["shards"]
+    models = {}
+    for key, entry in (data.get("models") or {}).items():
+        states = [output_state(output_path(root, key, s["shard"]), s["rows"], entry)
+                  for s in shards]
+        models[key] = {**{state: states.count(state)
+                          for state in ("done", "relabel", "partial", "pending")},
+                       "rows_done": sum(s["rows"] for s, state in zip(shards, states)
+                                        if state == "done")}
+    return {"prompts": {"state": "done", **prompts.get("counts", {}), "shards": len(shards)},
+            "models": models}
 
 
 def run_study(workdir: Workdir, config: Any, patterns: list[str] | None = None, *,

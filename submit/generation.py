@@ -14,7 +14,10 @@ A job (`python -m submit.generation job ...`) gets its prompt shard and the gene
 manifest by file transfer and runs the same worker as `infer-corpus generate`. With
 `condor.checkpoint_minutes`, it exits with `condor.checkpoint_exit_code` at the first row
 checkpoint past that time; HTCondor saves the checkpoint file (`transfer_checkpoint_files`)
-and restarts the job, which continues from it. The POST script (`python -m submit.generation
+and restarts the job, which continues from it. At each row checkpoint the job logs its rows
+and output tokens/s and, with `condor.want_io_proxy`, publishes them in its job ad
+(`GenerationRowsDone`, `GenerationRowsTotal`, `GenerationTokensPerSecond`), which
+`infer-corpus status` shows beside the DAG's state. The POST script (`python -m submit.generation
 post ...`) moves an output into generations/MODEL/ only when it checks out; otherwise it keeps
 it as `*.rejected`, logs why in logs/validate.log, and exits 1 so DAGMan retries the node.
 
@@ -48,8 +51,10 @@ from inference.schema import check_schema_version
 from inference.workdir import Workdir
 
 from .config import CondorConfig
+from .chirp import JobAd
 from .htcondor import (CondorError, Dag, Node, Script, access_point_commands,
-                       checkpoint_commands, gpu_commands, job_commands, lint_dag, quantity,
+                       checkpoint_commands, classad_literal, dag_report, gpu_commands,
+                       job_commands, lint_dag, quantity, record_submission,
                        require_not_running, resource_commands, site_attribute_commands,
                        submit_dag, transfer_source, write_dag, write_job_script, write_submit)
 from .job import BadInput
@@ -60,6 +65,10 @@ CONDOR_DIR = "condor-generate"
 DAG_FILE = "generate.dag"
 STATUS_FILE = "generate.status"
 JOB_SCRIPT = "run-generate.sh"
+STUDY_ATTRIBUTE = "InferCorpusStudy"  # every job's ad names its workdir: `status` finds them
+PROGRESS_ATTRIBUTES = {"rows_done": "GenerationRowsDone",  # status's key: the job ad's
+                       "rows_total": "GenerationRowsTotal",
+                       "tokens_per_second": "GenerationTokensPerSecond"}
 
 
 @dataclass
@@ -104,7 +113,10 @@ def _job_submit(workdir: Workdir, model: str, gpu_memory: str, c: CondorConfig
         **resource_commands(r),
         **checkpoint_commands(c, "$(checkpoint_file)"),
         **site_attribute_commands(c.site_attributes),
+        f"MY.{STUDY_ATTRIBUTE}": classad_literal(str(workdir.root.resolve())),
     }
+    if c.want_io_proxy:
+        commands["want_io_proxy"] = "true"  # chirp: the job publishes its progress in its ad
     return commands
 
 
@@ -180,12 +192,46 @@ def submit_generation(workdir: Workdir, config: Any, condor: CondorConfig, *,
     if not dry_run:
         cluster = submit_dag(written.dag, batch_name=condor.batch_name
                              or f"infer-corpus generate {workdir.root.resolve().name}")
+        record_submission(written.dag, cluster)
     return {"dag": str(written.dag), "jobs": sum(map(len, written.jobs.values())),
             "models": {m: len(s) for m, s in written.jobs.items()}, "files": written.files,
             "dry_run": dry_run, "cluster": cluster}
 
 
+def generation_status(workdir: Workdir) -> dict[str, Any]:
+    """Where the generation DAG stands, and while it runs, its jobs with their progress."""
+    out = condor_dir(workdir)
+    return dag_report(out / DAG_FILE, out / STATUS_FILE, STUDY_ATTRIBUTE,
+                      str(workdir.root.resolve()), PROGRESS_ATTRIBUTES)
+
+
 # ---------------------------------------------------------------- the job
+
+
+class Progress:
+    """Rows done and output tokens/s of a job, on stderr at each row checkpoint and in the job
+    ad (GenerationRowsDone, GenerationRowsTotal, GenerationTokensPerSecond)."""
+
+    def __init__(self, model: str, shard: int) -> None:
+        self.label = f"{model} shard {shard}"
+        self.started = time.monotonic()
+        self.ad = JobAd(self.label)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event["event"] == "ready":  # loading the model is not generating
+            self.started = time.monotonic()
+        elif event["event"] == "checkpoint":
+            seconds = max(time.monotonic() - self.started, 1e-9)
+            rate = event["output_tokens"] / seconds
+            print(f"{self.label}: {event['rows']:,} of {event['of']:,} rows "
+                  f"({event['generated']:,} by this start, {rate:,.1f} output tokens/s)",
+                  file=sys.stderr)
+            self.ad.publish({"GenerationRowsDone": str(event["rows"]),
+                             "GenerationRowsTotal": str(event["of"]),
+                             "GenerationTokensPerSecond": f"{rate:.1f}"},
+                            force=event["rows"] == event["of"])
+
+
 
 
 def run_job(model: str, shard: int, prompts_file: Path, output_file: Path, *,
@@ -199,7 +245,7 @@ def run_job(model: str, shard: int, prompts_file: Path, output_file: Path, *,
         raise WorkdirError(f"cannot read {manifest_file}: {exc}") from None
     run = ModelRun.from_manifest(data, model)
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)  # HTCondor sets it to request_cpus
-    worker = GenerationWorker(run, threads)
+    worker = GenerationWorker(run, threads, on_event=Progress(model, shard))
     try:
         outcome = worker.run_shard(shard, prompts_file, shard_rows(data, shard), output_file,
                                    stop_after=checkpoint_after)

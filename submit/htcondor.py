@@ -18,7 +18,8 @@ Generic: nothing here knows about shards. The pieces:
 - `submit_dag(path)`: submission through the `htcondor2` bindings, with a `CondorError` that says
   what to do when no schedd can be reached.
 - `read_node_status(path)`: DAGMan's NODE_STATUS_FILE as plain dicts; `query_queue(...)`: job
-  ads from the schedd through `condor_q -json`.
+  ads from the schedd through `condor_q -json`; `dag_report(...)`: both, for `infer-corpus
+  status` (with `record_submission`, which notes the DAGMan job of a submitted DAG).
 - `gpu_commands(resources)`: the GPU requests of a job; `job_match_ad(submit)`: the matchmaking
   part of the job ad condor_submit would build (resource requests and the GPU constraint), so
   requirements can be checked against machine ads offline.
@@ -30,9 +31,11 @@ import contextlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -584,6 +587,69 @@ def read_node_status(path: Path) -> dict[str, Any] | None:
         elif kind == "StatusEnd":
             report["end"] = values
     return report
+
+
+JOB_STATES = {1: "idle", 2: "running", 3: "removed", 4: "completed", 5: "held",
+              6: "transferring output", 7: "suspended"}
+SUBMITTED_FILE = "submitted.json"
+
+
+def record_submission(dag: Path, cluster: int) -> None:
+    """Note beside the DAG which DAGMan job runs it, for `infer-corpus status`."""
+    (dag.parent / SUBMITTED_FILE).write_text(json.dumps(
+        {"cluster": cluster, "dag": dag.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        + "\n", encoding="utf-8")
+
+
+def dag_report(dag: Path, status_file: Path, attribute: str, value: str,
+               progress: dict[str, str]) -> dict[str, Any]:
+    """Where a DAG stands, from DAGMan's node status file, and while it runs (its `.lock`
+    exists), its jobs in the queue: those whose ad has `attribute == value`, each with the
+    `progress` attributes its job publishes through chirp (report key -> ad attribute)."""
+    submitted_file = dag.parent / SUBMITTED_FILE
+    submitted = (json.loads(submitted_file.read_text(encoding="utf-8"))
+                 if submitted_file.is_file() else None)
+    if submitted and submitted.get("dag", dag.name) != dag.name:
+        submitted = None  # that submission was another DAG's
+    report: dict[str, Any] = {"dag": str(dag), "submitted": submitted}
+    if dag.with_name(dag.name + ".lock").exists():
+        report.update(_queued_jobs(attribute, value, progress))
+    status = read_node_status(status_file)
+    if status is None:
+        report["state"] = "waiting for DAGMan" if submitted else "not submitted"
+        return report
+    nodes = status["nodes"]
+    counts = Counter(n["state"] for n in nodes)
+    report.update({
+        "state": status["dag"].get("state", "unknown"),
+        "updated": status["end"].get("EndTime") or status["dag"].get("Timestamp"),
+        "nodes": {state: counts[state] for state in
+                  ("done", "submitted", "pre", "post", "ready", "not_ready", "error", "futile")
+                  if counts[state]},
+        "held": status["dag"].get("JobProcsHeld", 0),
+        "retries": sum(n.get("RetryCount", 0) for n in nodes),
+        "failed": [n["Node"] for n in nodes if n["state"] == "error"],
+    })
+    return report
+
+
+def _queued_jobs(attribute: str, value: str, progress: dict[str, str]) -> dict[str, Any]:
+    """{"jobs": [...]} from the schedd, or {"queue_error": why} when condor_q cannot tell."""
+    if not shutil.which("condor_q"):
+        return {"queue_error": "condor_q is not on the PATH"}
+    try:
+        ads = query_queue(f"{attribute} == {classad_literal(value)}",
+                          ["ClusterId", "ProcId", "DAGNodeName", "JobStatus", "RemoteHost",
+                           *progress.values()], timeout=30)
+    except CondorError as exc:
+        return {"queue_error": str(exc)}
+    jobs = []
+    for ad in sorted(ads, key=lambda a: (a.get("DAGNodeName") or "", a.get("ProcId", 0))):
+        jobs.append({
+            "node": ad.get("DAGNodeName"), "job": f"{ad.get('ClusterId')}.{ad.get('ProcId')}",
+            "state": JOB_STATES.get(ad.get("JobStatus"), "unknown"), "host": ad.get("RemoteHost"),
+            **{key: ad.get(name) for key, name in progress.items()}})
+    return {"jobs": jobs}
 
 
 def _plain(value: Any) -> Any:

@@ -38,9 +38,10 @@ from inference.manifest import Manifest, ShardEntry
 from inference.workdir import Workdir, WorkdirError, atomic_path
 from inference.worker import ShardWorker
 
+from .chirp import PUBLISH_INTERVAL, JobAd
+
 PARTS_DIR = "parts"
 PART_ROWS = 10_000
-PROGRESS_INTERVAL = 30.0  # seconds between job-ad updates while a part runs
 
 
 class BadInput(UsageError):
@@ -76,16 +77,15 @@ def _prepare_parts(parts: Workdir, manifest: Manifest, shard: int, shard_file: P
 
 
 class Progress:
-    """Passages done and passages/s, logged per part and published through chirp."""
+    """Passages done and passages/s, logged per part and published in the job ad."""
 
-    def __init__(self, shard: int, total: int, interval: float = PROGRESS_INTERVAL) -> None:
-        self.shard, self.total, self.interval = shard, total, interval
+    def __init__(self, shard: int, total: int, interval: float = PUBLISH_INTERVAL) -> None:
+        self.shard, self.total = shard, total
         self.before = 0  # passages of the parts finished before the current one
         self.computed = 0  # passages embedded by this start of the job
         self.started: float | None = None  # when this start began embedding
         self.part_began = 0.0
-        self.sent = 0.0
-        self.chirp = _chirp_client()
+        self.ad = JobAd(f"shard {shard}", interval)
 
     def part_started(self) -> None:
         self.part_began = time.monotonic()
@@ -99,10 +99,12 @@ class Progress:
             self.started = self.part_began
 
     def update(self, passages_in_part: int, *, force: bool = False) -> None:
-        if self.chirp is None or not (force or time.monotonic() - self.sent >= self.interval):
-            return
-        self.sent = time.monotonic()
-        self._publish(self.before + passages_in_part, self.computed + passages_in_part)
+        if force or self.ad.due():
+            computed = self.computed + passages_in_part
+            self.ad.publish({"ShardPassagesDone": str(self.before + passages_in_part),
+                             "ShardPassagesTotal": str(self.total),
+                             "ShardPassagesPerSecond": f"{self.rate(computed):.1f}"},
+                            force=True)
 
     def part_done(self, part: int, count: int, rows: int, skipped: bool) -> None:
         seconds = time.monotonic() - self.part_began
@@ -124,32 +126,6 @@ class Progress:
         seconds since it began embedding."""
         seconds = time.monotonic() - self.started if self.started is not None else 0.0
         return (self.computed if computed is None else computed) / seconds if seconds else 0.0
-
-    def _publish(self, done: int, computed: int) -> None:
-        try:
-            with self.chirp:
-                self.chirp.set_job_attr_delayed("ShardPassagesDone", str(done))
-                self.chirp.set_job_attr_delayed("ShardPassagesTotal", str(self.total))
-                self.chirp.set_job_attr_delayed("ShardPassagesPerSecond",
-                                                f"{self.rate(computed):.1f}")
-        except Exception as exc:  # noqa: BLE001 - progress is best effort: never fail the job
-            print(f"shard {self.shard}: chirp failed ({exc}); progress stays out of the job ad",
-                  file=sys.stderr)
-            self.chirp = None
-
-
-def _chirp_client():  # type: ignore[no-untyped-def]
-    """A chirp connection to the job's starter, or None: only when HTCondor set up a chirp
-    proxy (`want_io_proxy`), and never an error."""
-    if not os.environ.get("_CONDOR_CHIRP_CONFIG"):
-        return None
-    try:
-        from htcondor2.htchirp import HTChirp
-
-        return HTChirp()
-    except Exception as exc:  # noqa: BLE001 - a missing or broken chirp must not stop the job
-        print(f"job: no chirp ({exc}); progress stays out of the job ad", file=sys.stderr)
-        return None
 
 
 def _join_parts(parts: Workdir, count: int, result_file: Path) -> int:

@@ -24,13 +24,10 @@ bad result is retried instead of loaded.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
 import sys
-import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +44,8 @@ from inference.workdir import Workdir
 
 from .config import CondorConfig, StepResourcesConfig
 from .htcondor import (CondorError, Dag, Node, Script, access_point_commands,
-                       checkpoint_commands, classad_literal, condor_arguments, gpu_commands,
-                       job_commands, lint_dag, query_queue, read_node_status,
+                       checkpoint_commands, classad_literal, condor_arguments, dag_report,
+                       gpu_commands, job_commands, lint_dag, record_submission,
                        require_not_running, resource_commands, site_attribute_commands,
                        submit_dag, transfer_source, write_dag, write_job_script, write_submit)
 
@@ -57,16 +54,15 @@ DAG_FILE = "pipeline.dag"
 PARTITION_DAG = "partition.dag"
 STATUS_FILE = "pipeline.status"
 PARTITION_STATUS = "partition.status"
-SUBMITTED_FILE = "submitted.json"
 INPUTS_FILE = "partition-inputs.txt"
 JOB_SCRIPT = "run-shard.sh"
 STEP_SCRIPT = "run-step.sh"
 GPU_CATEGORY = "gpu"
 EXIT_BAD_INPUT = EXIT_USAGE  # a shard job or POST script exits with it when retrying cannot help
 RUN_ATTRIBUTE = "InferCorpusRun"  # every job's ad names its workdir: `status` finds them by it
-PROGRESS_ATTRIBUTES = ("ShardPassagesDone", "ShardPassagesTotal", "ShardPassagesPerSecond")
-JOB_STATES = {1: "idle", 2: "running", 3: "removed", 4: "completed", 5: "held",
-              6: "transferring output", 7: "suspended"}
+PROGRESS_ATTRIBUTES = {"passages_done": "ShardPassagesDone",  # status's key: the job ad's
+                       "passages_total": "ShardPassagesTotal",
+                       "passages_per_second": "ShardPassagesPerSecond"}
 
 
 @dataclass
@@ -152,7 +148,7 @@ def _write_job_script(path: Path, c: CondorConfig) -> None:
         f'-m submit.job --shard "$1" --shard-file "$2" --result-file "$3"{checkpoint}')
 
 
-def _run_attribute(root: Path) -> dict[str, str]:
+def run_attribute_commands(root: Path) -> dict[str, str]:
     return {f"MY.{RUN_ATTRIBUTE}": classad_literal(str(root))}
 
 
@@ -175,7 +171,7 @@ def _shard_submit(workdir: Workdir, c: CondorConfig) -> dict[str, str]:
     }
     if c.want_io_proxy:
         commands["want_io_proxy"] = "true"  # chirp: the job publishes its progress in its ad
-    return {**commands, **site_attribute_commands(c.site_attributes), **_run_attribute(root)}
+    return {**commands, **site_attribute_commands(c.site_attributes), **run_attribute_commands(root)}
 
 
 def _local_submit(args: list[str], name: str, root: Path,
@@ -187,7 +183,7 @@ def _local_submit(args: list[str], name: str, root: Path,
         "output": output or f"logs/{name}.out",
         "error": f"logs/{name}.err",
         "log": "pipeline.log",
-        **_run_attribute(root),
+        **run_attribute_commands(root),
     }
 
 
@@ -207,7 +203,7 @@ def _step_submit(c: CondorConfig, r: StepResourcesConfig, name: str, args: list[
         "error": f"../logs/{name}.err",
         "log": "../pipeline.log",
         **resource_commands(r),
-        **_run_attribute(root),
+        **run_attribute_commands(root),
     }
     if getenv:
         commands["getenv"] = getenv
@@ -437,9 +433,7 @@ def submit_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorCon
         cluster = submit_dag(written.dag, batch_name=condor.batch_name
                              or f"infer-corpus {workdir.root.resolve().name}",
                              getenv=[key_env] if key_env else None)
-        (condor_dir(workdir) / SUBMITTED_FILE).write_text(json.dumps(
-            {"cluster": cluster, "dag": written.dag.name,
-             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n", encoding="utf-8")
+        record_submission(written.dag, cluster)
     return {
         "dag": str(written.dag), "partition_job": written.dag.name == PARTITION_DAG,
         "shard_jobs": len(written.shard_jobs), "shards_done": written.shards_done,
@@ -449,56 +443,11 @@ def submit_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorCon
 
 
 def dag_status(workdir: Workdir) -> dict[str, Any]:
-    """Where the workdir's newest DAG stands, from DAGMan's node status file, and while it
-    runs, its jobs in the queue with their progress (when condor_q answers)."""
+    """Where the workdir's newest DAG (partition or pipeline) stands, and while it runs, its
+    jobs in the queue with the progress shard jobs publish."""
     out = condor_dir(workdir)
     dags = [out / name for name in (DAG_FILE, PARTITION_DAG) if (out / name).is_file()]
     dag = max(dags, key=lambda p: p.stat().st_mtime_ns) if dags else out / DAG_FILE
-    submitted_file = out / SUBMITTED_FILE
-    submitted = (json.loads(submitted_file.read_text(encoding="utf-8"))
-                 if submitted_file.is_file() else None)
-    if submitted and submitted.get("dag", DAG_FILE) != dag.name:
-        submitted = None  # that submission was the other DAG's
-    report: dict[str, Any] = {"dag": str(dag), "submitted": submitted}
-    if dag.with_name(dag.name + ".lock").exists():
-        report.update(_queue(workdir))
-    status = read_node_status(out / (PARTITION_STATUS if dag.name == PARTITION_DAG
-                                     else STATUS_FILE))
-    if status is None:
-        report["state"] = "waiting for DAGMan" if submitted else "not submitted"
-        return report
-    nodes = status["nodes"]
-    counts = Counter(n["state"] for n in nodes)
-    report.update({
-        "state": status["dag"].get("state", "unknown"),
-        "updated": status["end"].get("EndTime") or status["dag"].get("Timestamp"),
-        "nodes": {state: counts[state] for state in
-                  ("done", "submitted", "pre", "post", "ready", "not_ready", "error", "futile")
-                  if counts[state]},
-        "held": status["dag"].get("JobProcsHeld", 0),
-        "retries": sum(n.get("RetryCount", 0) for n in nodes),
-        "failed": [n["Node"] for n in nodes if n["state"] == "error"],
-    })
-    return report
-
-
-def _queue(workdir: Workdir) -> dict[str, Any]:
-    """{"jobs": [...]} from the schedd: the DAG's jobs in the queue, with the progress shard
-    jobs publish through chirp; {"queue_error": why} when condor_q cannot tell."""
-    if not shutil.which("condor_q"):
-        return {"queue_error": "condor_q is not on the PATH"}
-    constraint = f"{RUN_ATTRIBUTE} == {classad_literal(str(workdir.root.resolve()))}"
-    try:
-        ads = query_queue(constraint, ["ClusterId", "ProcId", "DAGNodeName", "JobStatus",
-                                       "RemoteHost", *PROGRESS_ATTRIBUTES], timeout=30)
-    except CondorError as exc:
-        return {"queue_error": str(exc)}
-    jobs = []
-    for ad in sorted(ads, key=lambda a: (a.get("DAGNodeName") or "", a.get("ProcId", 0))):
-        jobs.append({
-            "node": ad.get("DAGNodeName"), "job": f"{ad.get('ClusterId')}.{ad.get('ProcId')}",
-            "state": JOB_STATES.get(ad.get("JobStatus"), "unknown"), "host": ad.get("RemoteHost"),
-            "passages_done": ad.get("ShardPassagesDone"),
-            "passages_total": ad.get("ShardPassagesTotal"),
-            "passages_per_second": ad.get("ShardPassagesPerSecond")})
-    return {"jobs": jobs}
+    status = out / (PARTITION_STATUS if dag.name == PARTITION_DAG else STATUS_FILE)
+    return dag_report(dag, status, RUN_ATTRIBUTE, str(workdir.root.resolve()),
+                      PROGRESS_ATTRIBUTES)

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,9 @@ import classad2
 import htcondor2
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from condor_replay import JobRun, Pool
 from conftest import ROOT, last_json, write_jsonl
 from infer_corpus.cli import main
 from inference.causal_lm import resolve_local_model
@@ -33,7 +36,7 @@ from inference.generate import checkpoint_path, output_path
 from inference.llm_backends import vllm_visible_devices
 from inference.models import ModelError
 from inference.workdir import Workdir
-from submit.generation import accept, incoming_path, run_job
+from submit.generation import accept
 from submit.htcondor import job_match_ad, lint_dag
 
 SMOL = ["--set", "generation.max_new_tokens=8", "--set", "generation.checkpoint_rows=4",
@@ -325,46 +328,80 @@ def test_two_models_over_one_prompt_set_make_a_report(study, tiny_model):
     assert Path(report["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_job_checkpoints_resumes_and_passes_its_post_check(tiny_model, tmp_path,
-                                                               monkeypatch):
-    """The HTCondor job exits with the checkpoint code after every row checkpoint and is
-    restarted from the checkpoint file, as HTCondor does; it ends with the outputs of one
-    uninterrupted local run, which the POST script accepts."""
-    write_jsonl(tmp_path / "p.jsonl", [{"id": f"r{i}", "prompt": f"Tell me about {i} cats"}
-                                       for i in range(7)])
-    workdir = tmp_path / "w"
-    tiny = f"generation.models={{tiny: {{model: '{tiny_model}', batch_size: 2}}}}"
-    settings = ["--set", tiny, "--set", "generation.max_new_tokens=6",
-                "--set", "generation.checkpoint_rows=2"]
-    cli("generate", "--threads", "1", "--workdir", str(workdir), "--prompts", str(tmp_path / "p.jsonl"),
-        *settings)
-    sandbox = tmp_path / "sandbox"  # what file transfer puts in the job's scratch directory
-    sandbox.mkdir()
-    shutil.copy(workdir / "prompts" / "shard-00000.parquet", sandbox)
-    shutil.copy(workdir / "generations" / "manifest.json", sandbox)
-    monkeypatch.chdir(sandbox)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as HTCondor sets it (request_cpus)
-    codes = []
-    while not codes or codes[-1] == 85:
-        codes.append(run_job("tiny", 0, Path("shard-00000.parquet"), Path("tiny.00000.parquet"),
-                             manifest_file=Path("manifest.json"), checkpoint_after=1e-6))
-        if codes[-1] == 85:
-            assert Path("tiny.00000.checkpoint.parquet").is_file()
-    assert codes == [85, 85, 85, 0]
-    expected = pq.read_table(output_path(workdir, "tiny", 0), columns=GENERATED)
-    assert pq.read_table("tiny.00000.parquet", columns=GENERATED).equals(expected)
+def test_the_generation_dag_runs_on_the_pool_as_locally(tiny_model, tmp_path):
+    """The README's study flow with a relative workdir, the DAG replayed as HTCondor runs it
+    (tests/condor_replay.py): each job in an empty sandbox with only its prompt shard and the
+    manifest, exiting with the checkpoint code at every row checkpoint and restarted from the
+    checkpoint file; shard 1's first output arrives damaged, its POST script rejects it and the
+    retry brings a good one; the jobs publish their progress, which condor_q and `infer-corpus
+    status` show; the outputs are those of a local run, and the FINAL node writes the report."""
+    user = tmp_path / "user"
+    user.mkdir()
+    write_jsonl(user / "prompts.jsonl", [{"id": f"r{i}", "prompt": f"Tell me about {i} cats",
+                                         "group": "ab"[i % 2]} for i in range(7)])
+    config = yaml.safe_load((ROOT / "configs" / "condor-gpu.yaml").read_text())
+    config["condor"].update(container_image=None, python=sys.executable)
+    config["condor"]["resources"]["request_cpus"] = 1
+    config["generation"] = {"models": {"tiny": {"model": str(tiny_model), "batch_size": 2}},
+                            "max_new_tokens": 6, "checkpoint_rows": 2, "rows_per_shard": 4}
+    (user / "my-pool.yaml").write_text(yaml.safe_dump(config))
+    study = ["--workdir", "study1", "--config", "my-pool.yaml"]
+    with contextlib.chdir(user):
+        cli("generate", "--prepare", "--prompts", "prompts.jsonl", *study)
+        cli("submit", "--generation", *study, "--dry-run")
+        cli("generate", "--threads", "1", "--prompts", "prompts.jsonl", "--workdir", "local",
+            "--config", "my-pool.yaml")
+    condor = user / "study1" / "condor-generate"
+    script = condor / "run-generate.sh"
+    # the config's checkpoint interval is in minutes: make the job checkpoint at every chance
+    text, count = re.subn(r"--checkpoint-after \S+", "--checkpoint-after 0.000001",
+                          script.read_text())
+    assert count == 1
+    script.write_text(text)
 
-    study = Workdir(workdir)
-    incoming = incoming_path(study, "tiny", 0)
-    incoming.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pq.read_table("tiny.00000.parquet").slice(0, 5), incoming)
-    assert accept(study, "tiny", 0, job_exit=0) == 1  # 5 rows of 7: retried
-    assert incoming.with_name(incoming.name + ".rejected").is_file()
-    shutil.copy("tiny.00000.parquet", incoming)
-    assert accept(study, "tiny", 0, job_exit=0) == 0
-    assert not incoming.exists()
-    assert pq.read_table(output_path(workdir, "tiny", 0), columns=GENERATED).equals(expected)
-    assert accept(study, "tiny", 0, job_exit=2) == 2  # bad input: no retry
+    pool = Pool(tmp_path / "pool")
+    seen: dict[str, str] = {}
+
+    def damage(job: JobRun, sandbox: Path) -> None:
+        if job.node == "gen-tiny-00001" and job.retry == 0 and job.exit_code == 0:
+            output = sandbox / "tiny.00001.parquet"
+            output.write_bytes(output.read_bytes()[: output.stat().st_size // 2])
+        if job.node == "gen-tiny-00000" and job.exit_code == 0:
+            seen["condor_q"] = subprocess.run(
+                [str(pool.root / "bin" / "condor_q"), "-af", "DAGNodeName",
+                 "GenerationRowsDone", "GenerationRowsTotal"],
+                capture_output=True, text=True, check=True).stdout
+            seen["status"] = cli("status", "--workdir", str(user / "study1"))[1]
+
+    pool.after_exit = damage
+    with pytest.MonkeyPatch.context() as env:  # condor_q on the PATH, as on an access point
+        env.setenv("PATH", f"{pool.root / 'bin'}:{os.environ.get('PATH', '')}")
+        run = pool.submit_dag("condor_submit_dag generate.dag", cwd=condor)
+    assert run.status == "succeeded", run.summary()
+    assert [j.exit_code for j in run.starts("gen-tiny-00000")] == [85, 0]  # 4 rows: 2 + 2
+    first = run.starts("gen-tiny-00000")[0].sandbox
+    assert sorted(p.name for p in first.glob("*.parquet")) == [
+        "shard-00000.parquet", "tiny.00000.checkpoint.parquet"]  # only what transfer brought
+    assert run.nodes["gen-tiny-00001"].retries == 1
+    log = (condor / "logs" / "validate.log").read_text()
+    assert "tiny shard 1: rejected: unreadable output" in log
+    assert "tiny shard 1: accepted 3 rows" in log
+    # the restart continued from the checkpoint: it generated only the last 2 rows
+    assert "tiny shard 0: 4 of 4 rows (2 by this start" in \
+        (condor / "logs" / "tiny-0.err").read_text()
+    # chirp: the job published its progress in its ad, which condor_q and status read
+    assert "gen-tiny-00000 4 4" in seen["condor_q"], seen["condor_q"]
+    assert re.search(r"gen-tiny-00000 \(\d+\.0\) on slot\S+: 4 of 4 rows, [\d,.]+ output "
+                     r"tokens/s", seen["status"]), seen["status"]
+    for shard in (0, 1):
+        ours = pq.read_table(output_path(user / "study1", "tiny", shard), columns=GENERATED)
+        assert ours.equals(pq.read_table(output_path(user / "local", "tiny", shard),
+                                         columns=GENERATED))
+    assert "tiny" in (condor / "report.txt").read_text()
+    status = json.loads(cli("status", "--workdir", str(user / "study1"), "--json")[1])
+    assert status["generation"]["models"]["tiny"] == {
+        "done": 2, "relabel": 0, "partial": 0, "pending": 0, "rows_done": 7}
+    assert accept(Workdir(user / "study1"), "tiny", 0, job_exit=2) == 2  # bad input: no retry
 
 
 def test_the_generation_dag_parses_and_asks_for_enough_gpu_memory(study, tmp_path):

@@ -147,14 +147,14 @@ def test_progress_without_a_reachable_chirp_server_never_fails_the_job(tmp_path,
     config.write_text(f"127.0.0.1 {port} cookie\n")
     monkeypatch.setenv("_CONDOR_CHIRP_CONFIG", str(config))
     progress = Progress(3, 100, interval=0)
-    assert progress.chirp is None and "no chirp" in capsys.readouterr().err
+    assert progress.ad.chirp is None and "no chirp" in capsys.readouterr().err
     progress.part_started()
     progress.update(40)
     progress.part_done(0, 2, 50, skipped=False)
     assert progress.before == 50 and progress.computed == 50
     assert "shard 3: part 1 of 2: 50 passages in" in capsys.readouterr().err
     monkeypatch.delenv("_CONDOR_CHIRP_CONFIG")
-    assert Progress(3, 100).chirp is None  # no chirp proxy: nothing to try
+    assert Progress(3, 100).ad.chirp is None  # no chirp proxy: nothing to try
 
 
 @pytest.mark.slow
