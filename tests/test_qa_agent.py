@@ -209,17 +209,25 @@ def test_an_unanswerable_question_is_declined_without_citations(embed: Embed) ->
     assert not any(s["cited"] for s in result["sources"]) and len(result["sources"]) == 2
 
 
-def test_the_question_set_is_grounded_in_the_demo_corpus() -> None:
-    """The benchmark's questions: enough of each kind, and every key fact of an answerable
-    one (one of its alternatives) stated in its gold article."""
+@pytest.mark.parametrize("name, answerable_min, unanswerable_min", [
+    ("qa_questions.jsonl", 40, 10), ("qa_questions_heldout.jsonl", 25, 8)])
+def test_the_question_sets_are_grounded_in_the_demo_corpus(name, answerable_min,
+                                                           unanswerable_min) -> None:
+    """The benchmark's question sets: enough of each kind, no question in both, and every key
+    fact of an answerable one (one of its alternatives) stated in its gold article."""
     has_fact = benchmark_module().has_fact
-    path = Path(str(resources.files("qa_api") / "data" / "qa_questions.jsonl"))
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    data = resources.files("qa_api") / "data"
+    rows = [json.loads(line) for line in (data / name).read_text().splitlines()]
     articles = {a["id"]: f"{a['title']} {a['abstract']}" for a in map(
         json.loads, demo_corpus_path().read_text().splitlines())}
     answerable = [r for r in rows if r["article"]]
-    assert len(answerable) >= 40 and len(rows) - len(answerable) >= 10
+    assert len(answerable) >= answerable_min
+    assert len(rows) - len(answerable) >= unanswerable_min
     assert len({r["id"] for r in rows}) == len({r["question"] for r in rows}) == len(rows)
+    if name != "qa_questions.jsonl":
+        shipped = (data / "qa_questions.jsonl").read_text().splitlines()
+        asked = {json.loads(line)["question"].lower() for line in shipped}
+        assert not asked & {r["question"].lower() for r in rows}
     for row in answerable:
         assert row["facts"] and all(has_fact(articles[row["article"]], fact)
                                     for fact in row["facts"]), row["id"]
