@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         "shard, each result validated by a POST script -> index, then a final report), its "
         "submit files and job scripts, all from the config's `condor` section; lint it, then "
         "submit it to the local schedd unless --dry-run. A workdir that is not partitioned "
-        "yet, given --input, gets a DAG that partitions it on the pool: run the same command "
-        "again when it is done.")
+        "yet, given --input, gets partition.dag instead: it partitions the inputs in a CPU "
+        "job on the pool, then writes pipeline.dag on the access point and runs it as a "
+        "sub-DAG, so one submission takes the corpus from inputs to index.")
     submit.add_argument("--workdir", required=True, help="a run directory")
     submit.add_argument("--input", dest="inputs", action="extend", nargs="+", default=[],
                         metavar="PATH", help="partition these inputs in a CPU job on the pool "
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(submit)
     submit.add_argument("--dry-run", action="store_true",
                         help="only write and check the files; submit nothing")
+    submit.add_argument("--from-partition-dag", action="store_true",
+                        help="what partition.dag runs once its partition job is done: write "
+                        "pipeline.dag (no submission: partition.dag runs it as a sub-DAG)")
     submit.add_argument("--generation", action="store_true",
                         help="write DIR/condor-generate/ instead: one GPU job per prompt shard "
                         "and model of `infer-corpus generate --prepare` (see docs/condor.md)")
@@ -390,13 +394,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.generation:
         return _submit_generation(args, config)
     summary = submit_pipeline(Workdir(args.workdir), config, config.condor,
-                              dry_run=args.dry_run, inputs=args.inputs)
+                              dry_run=args.dry_run or args.from_partition_dag,
+                              inputs=args.inputs, from_partition_dag=args.from_partition_dag)
     if args.json:
         print(json.dumps(summary))
         return 0
     if summary["partition_job"]:
-        print(f"wrote {summary['dag']}: the partition as a job; lint: ok. When it is done, "
-              "run this command again: it writes the DAG of the GPU jobs")
+        print(f"wrote {summary['dag']}: the partition as a job, then (written when it is "
+              "done) pipeline.dag as its sub-DAG; lint: ok")
     else:
         loads = (f"{summary['load_jobs']} Elasticsearch load jobs -> alias swap"
                  if summary["load_jobs"] else "index")
@@ -407,7 +412,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     again = f"infer-corpus submit --workdir {args.workdir}" + "".join(
         f" {flag} {value}" for flag, value in [("--config", args.config)] if value) + "".join(
         f" --set {o}" for o in args.overrides) + "".join(f" --input {i}" for i in args.inputs)
-    if args.dry_run:
+    if args.from_partition_dag:
+        print("partition.dag runs it next")
+    elif args.dry_run:
         print(f"dry run: nothing submitted. Review {Path(summary['dag']).parent}/, then "
               f"submit with:\n  {again}")
     else:

@@ -46,7 +46,7 @@ from inference.workdir import atomic_path
 
 from .config import CondorResourcesConfig, JobSoftware
 
-NODE_KINDS = ("JOB", "FINAL", "PROVISIONER")
+NODE_KINDS = ("JOB", "FINAL", "PROVISIONER", "SUBDAG")  # SUBDAG: SUBDAG EXTERNAL
 NODE_STATES = {0: "not_ready", 1: "ready", 2: "pre", 3: "submitted", 4: "post", 5: "done",
                6: "error", 7: "futile"}
 
@@ -280,7 +280,8 @@ def dag_text(dag: Dag) -> str:
     if dag.node_status_file:
         lines.append(f"NODE_STATUS_FILE {dag.node_status_file} {dag.status_interval}")
     for node in dag.nodes:
-        lines.append(f"\n{node.kind} {node.name} {node.submit_file}")
+        kind = "SUBDAG EXTERNAL" if node.kind == "SUBDAG" else node.kind
+        lines.append(f"\n{kind} {node.name} {node.submit_file}")
         if node.vars:
             lines.append(f"VARS {node.name} " + " ".join(
                 f"{k}={_quote_var(v)}" for k, v in node.vars.items()))
@@ -324,7 +325,7 @@ def _write_text(path: Path, text: str, mode: int | None = None) -> None:
 
 
 _NODE_KEYWORDS = {"JOB", "FINAL", "PROVISIONER", "SERVICE"}
-_KNOWN_KEYWORDS = _NODE_KEYWORDS | {
+_KNOWN_KEYWORDS = _NODE_KEYWORDS | {"SUBDAG",
     "PARENT", "RETRY", "SCRIPT", "VARS", "CATEGORY", "MAXJOBS", "NODE_STATUS_FILE", "CONFIG",
     "ABORT-DAG-ON", "PRIORITY", "DOT", "JOBSTATE_LOG", "SET_JOB_ATTR", "PRE_SKIP", "DONE",
     "ENV", "SAVE_POINT_FILE", "REJECT",
@@ -351,6 +352,7 @@ def lint_dag(path: Path) -> list[str]:
     categories: set[str] = set()
     throttled: list[tuple[int, str]] = []
     scripts: list[tuple[int, str]] = []
+    subdags: list[tuple[int, str, Path]] = []
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -363,6 +365,15 @@ def lint_dag(path: Path) -> list[str]:
         keyword = words[0].upper()
         if keyword not in _KNOWN_KEYWORDS:
             problems.append(f"{where}: unknown DAG command {words[0]!r}")
+        elif keyword == "SUBDAG":
+            if len(words) < 4 or words[1].upper() != "EXTERNAL":
+                problems.append(f"{where}: SUBDAG EXTERNAL needs a node name and a DAG file")
+                continue
+            if words[2] in nodes:
+                problems.append(f"{where}: node {words[2]} is defined twice")
+            nodes[words[2]] = words[3]
+            directory = words[words.index("DIR") + 1] if "DIR" in words[4:-1] else "."
+            subdags.append((number, words[2], base / directory / words[3]))
         elif keyword in _NODE_KEYWORDS:
             if len(words) < 3:
                 problems.append(f"{where}: {keyword} needs a node name and a submit file")
@@ -416,6 +427,13 @@ def lint_dag(path: Path) -> list[str]:
         if name != "ALL_NODES" and name not in nodes:
             problems.append(f"{path.name}:{number}: {command} names node {name!r}, "
                             "which no JOB defines")
+    pre_scripts = {name for number, command, name in refs if command == "SCRIPT PRE"}
+    for number, name, dag_file in subdags:  # DAGMan reads a sub-DAG only when it starts it
+        if dag_file.is_file():
+            problems += [f"{path.name}:{number}: {p}" for p in lint_dag(dag_file)]
+        elif name not in pre_scripts:
+            problems.append(f"{path.name}:{number}: sub-DAG {dag_file} does not exist, and no "
+                            f"PRE script of {name} writes it")
     for number, category in throttled:
         if category not in categories:
             problems.append(f"{path.name}:{number}: MAXJOBS {category}: no node is in "
@@ -467,7 +485,7 @@ def _parse_script(words: list[str], where: str, refs: list, scripts: list,
         rest = rest[3:]
     if len(rest) < 3 or rest[0].upper() not in ("PRE", "POST", "HOLD"):
         return [f"{where}: SCRIPT needs PRE, POST or HOLD, a node and an executable"]
-    refs.append((number, "SCRIPT", rest[1]))
+    refs.append((number, f"SCRIPT {rest[0].upper()}", rest[1]))
     scripts.append((number, rest[2]))
     return []
 
@@ -602,14 +620,15 @@ def record_submission(dag: Path, cluster: int) -> None:
 
 
 def dag_report(dag: Path, status_file: Path, attribute: str, value: str,
-               progress: dict[str, str]) -> dict[str, Any]:
+               progress: dict[str, str], parents: tuple[str, ...] = ()) -> dict[str, Any]:
     """Where a DAG stands, from DAGMan's node status file, and while it runs (its `.lock`
     exists), its jobs in the queue: those whose ad has `attribute == value`, each with the
-    `progress` attributes its job publishes through chirp (report key -> ad attribute)."""
+    `progress` attributes its job publishes through chirp (report key -> ad attribute).
+    `parents`: DAGs beside it that run it as a sub-DAG (their submission is its)."""
     submitted_file = dag.parent / SUBMITTED_FILE
     submitted = (json.loads(submitted_file.read_text(encoding="utf-8"))
                  if submitted_file.is_file() else None)
-    if submitted and submitted.get("dag", dag.name) != dag.name:
+    if submitted and submitted.get("dag", dag.name) not in (dag.name, *parents):
         submitted = None  # that submission was another DAG's
     report: dict[str, Any] = {"dag": str(dag), "submitted": submitted}
     if dag.with_name(dag.name + ".lock").exists():

@@ -2,7 +2,10 @@
 
 A workdir whose inputs are not partitioned yet, given `--input`, gets `partition.dag`: the
 partition as one CPU job (its inputs in, the shards, rejects and manifest back, put in place
-by its POST script). Once the workdir is partitioned, the same command writes `pipeline.dag`:
+by its POST script), then `pipeline.dag` as a sub-DAG (SUBDAG EXTERNAL), which the sub-DAG
+node's PRE script writes on the access point once the shards exist (`infer-corpus submit
+--from-partition-dag`; DAGMan reads a sub-DAG's file only when it starts it). A partitioned
+workdir gets `pipeline.dag` directly:
 
     check      (access point: the recorded inputs are unchanged; records this run's settings)
         -> shard-00000 ... shard-NNNNN   (one GPU job per unfinished shard; POST validates)
@@ -215,11 +218,11 @@ def _settings(config: InferenceConfig, condor: CondorConfig) -> dict[str, Any]:
 
 
 def _prepare(workdir: Workdir, config: InferenceConfig, condor: CondorConfig,
-             dag_file: str) -> tuple[Path, Path, Path]:
+             running: tuple[str, ...] = ()) -> tuple[Path, Path, Path]:
     """Checks and files every DAG shares: the software, paths without spaces, no DAG of
-    this workdir running; condor/ with logs/ and incoming/, config.yaml (the settings the
-    DAG's steps run with) and run-step.sh. Returns (workdir, condor dir, config file),
-    absolute."""
+    this workdir running (but those in `running`: the partition DAG writes the pipeline DAG
+    it runs next); condor/ with logs/ and incoming/, config.yaml (the settings the DAG's
+    steps run with) and run-step.sh. Returns (workdir, condor dir, config file), absolute."""
     if not (condor.container_image or condor.venv_tarball or condor.python):
         raise ConfigError("condor: say what software the jobs run: container_image (docker://,"
                           " osdf:// or a .sif path), venv_tarball, or python (an interpreter "
@@ -228,7 +231,8 @@ def _prepare(workdir: Workdir, config: InferenceConfig, condor: CondorConfig,
     _no_space(Path(sys.executable), "the Python interpreter")
     out = condor_dir(workdir).resolve()
     for name in (DAG_FILE, PARTITION_DAG):
-        require_not_running(out / name)
+        if name not in running:
+            require_not_running(out / name)
     for sub in ("logs", "incoming"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     config_file = out / "config.yaml"
@@ -291,11 +295,13 @@ def _index_nodes(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
     return nodes, edges, ["load.sub", "swap.sub"]
 
 
-def write_pipeline(workdir: Workdir, config: InferenceConfig,
-                   condor: CondorConfig) -> PipelineFiles:
-    """Write WORKDIR/condor/pipeline.dag, its submit files and job scripts; lint the DAG."""
+def write_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConfig, *,
+                   from_partition_dag: bool = False) -> PipelineFiles:
+    """Write WORKDIR/condor/pipeline.dag, its submit files and job scripts; lint the DAG.
+    `from_partition_dag`: written by the PRE script of partition.dag's sub-DAG node."""
     manifest = _check_partition(workdir, config)
-    root, out, config_file = _prepare(workdir, config, condor, DAG_FILE)
+    root, out, config_file = _prepare(workdir, config, condor,
+                                      (PARTITION_DAG,) if from_partition_dag else ())
     key = manifest.result_key(config)
     pending = [e.shard for e in manifest.shards if not workdir.result_is_current(e, key)]
     _write_job_script(out / JOB_SCRIPT, condor)
@@ -378,7 +384,7 @@ def write_partition_dag(workdir: Workdir, config: InferenceConfig, condor: Condo
                         inputs: list[Path]) -> PipelineFiles:
     """Write WORKDIR/condor/partition.dag: the partition as one CPU job on the pool (or, with
     `condor.local_steps`, on the access point); lint the DAG."""
-    root, out, config_file = _prepare(workdir, config, condor, PARTITION_DAG)
+    root, out, config_file = _prepare(workdir, config, condor)
     (out / INPUTS_FILE).write_text("".join(f"{p}\n" for p in inputs), encoding="utf-8")
     if condor.local_steps:
         write_submit(out / "partition.sub", _local_submit(
@@ -395,15 +401,22 @@ def write_partition_dag(workdir: Workdir, config: InferenceConfig, condor: Condo
                     retry_unless_exit=EXIT_BAD_INPUT,
                     post=Script(sys.executable, ["-m", "submit.steps", "partition", "--workdir",
                                                  str(root), "--job-exit", "$RETURN"]))
-    dag_path = write_dag(out / PARTITION_DAG, Dag(nodes=[node],
-                                                  node_status_file=PARTITION_STATUS))
+    # then the GPU DAG, as a sub-DAG: its PRE script writes pipeline.dag on the access
+    # point once the shards exist (DAGMan reads a sub-DAG's file only when it starts it)
+    pipeline = Node("pipeline", DAG_FILE, kind="SUBDAG", pre=Script(sys.executable, [
+        "-m", "infer_corpus", "submit", "--workdir", str(root), "--config", str(config_file),
+        "--from-partition-dag"]))
+    dag_path = write_dag(out / PARTITION_DAG, Dag(
+        nodes=[node, pipeline], edges=[(["partition"], ["pipeline"])],
+        node_status_file=PARTITION_STATUS))
     files = [PARTITION_DAG, "partition.sub", STEP_SCRIPT, "config.yaml", INPUTS_FILE]
     return PipelineFiles(dag=dag_path, shard_jobs=[], shards_done=0, staged=0, files=files,
                          problems=lint_dag(dag_path))
 
 
 def submit_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConfig, *,
-                    dry_run: bool, inputs: list[str] | None = None) -> dict[str, Any]:
+                    dry_run: bool, inputs: list[str] | None = None,
+                    from_partition_dag: bool = False) -> dict[str, Any]:
     """Write the DAG the workdir needs next; unless `dry_run`, submit it. Returns a summary
     for the CLI.
 
@@ -423,7 +436,8 @@ def submit_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorCon
                                  "out --input, or use a new --workdir")
         elif not partitioned:
             workdir.manifest().require_partitioned()  # the error says what to run first
-        written = write_pipeline(workdir, config, condor)
+        written = write_pipeline(workdir, config, condor,
+                                 from_partition_dag=from_partition_dag)
     if written.problems:
         raise CondorError("the written DAG has problems:\n  " + "\n  ".join(written.problems))
     cluster = None
@@ -450,4 +464,4 @@ def dag_status(workdir: Workdir) -> dict[str, Any]:
     dag = max(dags, key=lambda p: p.stat().st_mtime_ns) if dags else out / DAG_FILE
     status = out / (PARTITION_STATUS if dag.name == PARTITION_DAG else STATUS_FILE)
     return dag_report(dag, status, RUN_ATTRIBUTE, str(workdir.root.resolve()),
-                      PROGRESS_ATTRIBUTES)
+                      PROGRESS_ATTRIBUTES, parents=(PARTITION_DAG,))

@@ -22,6 +22,11 @@ What it does, as HTCondor does it:
   always runs; as in DAGMan its success or failure is the DAG's, whatever happened before.
   A PROVISIONER node's job starts first; the other nodes wait until its job ad has
   `ProvisionerState == 2` (set through chirp); the DAG ends when its job ends too.
+- SUBDAG EXTERNAL (with DIR, NOOP, DONE): as DAGMan's default lazy submission, the inner DAG
+  file is read only when the node runs, after its PRE script (which may write it); it is
+  replayed with the same pool, `-usedagdir` passed down, its own `.lock`, and its DAGMan's
+  exit code as the node's `$RETURN`. Its jobs and scripts join the outer run's lists; its
+  nodes are in `NodeResult.subdag`.
 - Queue statements: `queue`, `queue N`, `queue VARS from FILE` / `in` / `matching` (item data
   from `Submit.itemdata()`, read in the node's directory): one job (proc) per item, all of them
   running at once, with `$(Process)`, `$(ProcId)`, `$(Cluster)`, `$(ClusterId)` and the item's
@@ -61,7 +66,7 @@ universes, preemption and eviction (a test injects damage through `Pool(after_ex
 `when_to_transfer_output = ON_EXIT_OR_EVICT` / `ON_SUCCESS`, `preserve_relative_paths`,
 periodic expressions and job policy (`on_exit_hold`, `max_retries`, ...), rescue DAGs, the node
 status file, the job event log (created empty, never written), DAGMan's `-maxidle`/`-maxpre`,
-SUBDAG, SPLICE, INCLUDE, SERVICE nodes, PRE_SKIP, DEFER, and submission failures other than
+SPLICE, INCLUDE, SERVICE nodes, PRE_SKIP, DEFER, and submission failures other than
 the checks above.
 """
 
@@ -120,6 +125,7 @@ class DagNode:
     submit_file: str
     kind: str = "JOB"
     directory: str = "."
+    subdag: bool = False  # SUBDAG EXTERNAL: submit_file is the DAG file
     noop: bool = False
     done: bool = False
     vars: dict[str, str] = field(default_factory=dict)
@@ -161,8 +167,13 @@ def parse_dag(path: Path) -> DagFile:
             continue
         key = words[0].upper()
         where = f"{path.name}:{number}"
-        if key in ("JOB", "NODE", "FINAL", "PROVISIONER"):
-            node = DagNode(words[1], words[2], kind="JOB" if key == "NODE" else key)
+        if key == "SUBDAG":
+            if len(words) < 4 or words[1].upper() != "EXTERNAL":
+                raise ValueError(f"{where}: SUBDAG EXTERNAL name file")
+            words = words[1:]  # from here on like JOB name file ...
+        if key in ("JOB", "NODE", "FINAL", "PROVISIONER", "SUBDAG"):
+            node = DagNode(words[1], words[2], kind="JOB" if key in ("NODE", "SUBDAG") else key,
+                           subdag=key == "SUBDAG")
             rest = [w.upper() for w in words[3:]]
             if "DIR" in rest:
                 node.directory = words[3 + rest.index("DIR") + 1]
@@ -322,6 +333,7 @@ class NodeResult:
     value: int | None = None  # what decided the node: POST's exit, else the job's, else PRE's
     error: str | None = None
     cluster: int | None = None  # of the last submission
+    subdag: DagRun | None = None  # a SUBDAG EXTERNAL node's last run of its DAG
 
 
 @dataclass
@@ -523,7 +535,8 @@ class Pool:
             raise SubmitFailed(f"{lock} exists: DAGMan is running this DAG")
         lock.write_text(f"{DAGMAN_CLUSTER}\n")
         try:
-            return _Replay(self, parse_dag(dag_path), node_dir, dagman_env).run()
+            return _Replay(self, parse_dag(dag_path), node_dir, dagman_env,
+                           usedagdir="-UseDagDir" in dagman_args).run()
         finally:
             lock.unlink(missing_ok=True)
             self.close()
@@ -616,8 +629,10 @@ class _Job:
 
 
 class _Replay:
-    def __init__(self, pool: Pool, dag: DagFile, node_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, pool: Pool, dag: DagFile, node_dir: Path, env: dict[str, str], *,
+                 usedagdir: bool = False) -> None:
         self.pool, self.dag, self.node_dir, self.env = pool, dag, node_dir, env
+        self.usedagdir = usedagdir
         self.results = {name: NodeResult(name) for name in dag.nodes}
         self.jobs: list[JobRun] = []
         self.scripts: list[ScriptRun] = []
@@ -784,6 +799,8 @@ class _Replay:
         """Submit the node's cluster and run its procs; the node's $RETURN (None if removed)."""
         if node.noop:
             return 0
+        if node.subdag:
+            return self._subdag(node, directory)
         cluster = self.results[node.name].cluster = self.pool._new_cluster()
         try:
             jobs = self._expand(node, directory, retry, cluster, macros)
@@ -798,6 +815,44 @@ class _Replay:
         if any(c is None for c in codes):
             return None
         return next((c for c in codes if c != 0), 0)
+
+    def _subdag(self, node: DagNode, directory: Path) -> int | None:
+        """A SUBDAG EXTERNAL node, as DAGMan runs it by default (lazily): only now, after the
+        node's PRE script, is its DAG file read (`condor_submit_dag -no_submit`, with
+        -usedagdir passed down), and the inner DAGMan's exit code is the node's $RETURN."""
+        result = self.results[node.name]
+        result.cluster = self.pool._new_cluster()
+        dag_path = directory / node.submit_file
+        options = {"Force": True, "DagmanPath": shutil.which("true") or "/bin/true"}
+        if self.usedagdir:
+            options["UseDagDir"] = True
+        try:
+            with contextlib.chdir(directory):
+                if not dag_path.is_file():
+                    raise SubmitFailed(f"{node.submit_file} does not exist in {directory}")
+                htcondor2.Submit.from_dag(node.submit_file, options)
+            inner = parse_dag(dag_path)
+        except (SubmitFailed, ValueError, RuntimeError, OSError) as exc:
+            result.error = f"submit failed: {exc}"
+            return -1001
+        lock = dag_path.with_name(dag_path.name + ".lock")
+        if lock.exists():
+            result.error = f"submit failed: {lock} exists: DAGMan is running this DAG"
+            return -1001
+        lock.write_text(f"{result.cluster}\n")
+        try:
+            run = _Replay(self.pool, inner, dag_path.parent if self.usedagdir else directory,
+                          self.env, usedagdir=self.usedagdir).run()
+        finally:
+            lock.unlink(missing_ok=True)
+        result.subdag = run
+        with self.lock:
+            self.jobs += run.jobs
+            self.scripts += run.scripts
+            self.holds += run.holds
+        if run.exit_code is None:
+            raise Held(f"its sub-DAG {node.submit_file} stalled: {'; '.join(run.holds)}")
+        return run.exit_code
 
     def _expand(self, node: DagNode, directory: Path, retry: int, cluster: int,
                 macros: dict[str, str]) -> list[_Job]:

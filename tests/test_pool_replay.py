@@ -138,9 +138,10 @@ def cranfield_articles(tmp_path_factory) -> Path:
 
 def test_readme_flow_with_a_relative_workdir_builds_the_same_index_as_a_local_run(
         cranfield_articles, tmp_path):
-    """The README's flow, typed in the user's folder: `submit --input` partitions in a CPU job
-    (inputs in, shards and manifest back); the same command again writes the GPU DAG, whose
-    index is built by a CPU job from the shards and results file transfer brings."""
+    """The README's flow, typed in the user's folder: one `submit --input` partitions in a CPU
+    job (inputs in, shards and manifest back), then the partition DAG's sub-DAG node writes
+    the GPU DAG on the access point and runs it: shard jobs, then the index built by a CPU job
+    from the shards and results file transfer brings."""
     user = cranfield_articles
     pool_config(user / "my-pool.yaml", **{"shards.passages_per_shard": 40})
     submit = ["submit", "--input", "articles/*.jsonl.gz", "--workdir", "run1",
@@ -148,10 +149,11 @@ def test_readme_flow_with_a_relative_workdir_builds_the_same_index_as_a_local_ru
     cli(*submit, cwd=user)
     condor = user / "run1" / "condor"
     assert (condor / "partition.dag").is_file() and not (user / "run1" / "manifest.json").exists()
+    assert not (condor / "pipeline.dag").exists()  # written once the shards exist
     command = readme_dag_command()
-    run = Pool(tmp_path / "pool-1").submit_dag(command.replace("pipeline.dag", "partition.dag"),
-                                               cwd=user)
-    assert run.status == "succeeded", run.summary()
+    run = Pool(tmp_path / "pool").submit_dag(command.replace("pipeline.dag", "partition.dag"),
+                                             cwd=user)
+    assert run.status == "succeeded" and run.exit_code == 0, run.summary()
     sandbox = run.starts("partition")[0].sandbox
     assert {"part-1.jsonl.gz", "config.yaml", "partition"} <= {p.name for p in sandbox.iterdir()}
     assert not (sandbox / "manifest.json").exists()  # the job's workdir is its own folder
@@ -161,13 +163,14 @@ def test_readme_flow_with_a_relative_workdir_builds_the_same_index_as_a_local_ru
     assert (user / "run1" / "rejects" / "rejects.jsonl").is_file()
     assert not (condor / "incoming" / "partition").exists()
 
-    cli(*submit, cwd=user)  # partitioned now: the GPU DAG
+    pre = next(s for s in run.scripts if s.node == "pipeline" and s.when == "PRE")
+    assert pre.exit_code == 0 and "partition.dag runs it next" in pre.output, pre.output
     missing = [p for p in generated_paths(condor) if not Path(p).exists()]
     assert not missing, f"the generated files name paths that do not exist: {missing}"
-    run = Pool(tmp_path / "pool-2").submit_dag(command, cwd=user)
-    assert run.status == "succeeded" and run.exit_code == 0, run.summary()
-    assert [n for n, r in run.nodes.items() if r.status != "done"] == []
-    assert len([n for n in run.nodes if n.startswith("shard-")]) == 2
+    pipeline = run.nodes["pipeline"].subdag
+    assert pipeline is not None and pipeline.status == "succeeded", pipeline.summary()
+    assert [n for n, r in pipeline.nodes.items() if r.status != "done"] == []
+    assert len([n for n in pipeline.nodes if n.startswith("shard-")]) == 2
     shard_sandbox = run.starts("shard-00000")[0].sandbox
     assert not (shard_sandbox / "shards").exists()  # only what file transfer brought
     index_sandbox = run.starts("index")[0].sandbox
@@ -182,6 +185,29 @@ def test_readme_flow_with_a_relative_workdir_builds_the_same_index_as_a_local_ru
     assert_same_embeddings(user / "run1", user / "local")
     query = json.loads(CRANFIELD.joinpath("queries.jsonl").read_text().splitlines()[0])["text"]
     assert search_ids(user / "run1", query) == search_ids(user / "local", query)
+
+
+def test_a_partition_dag_whose_partition_fails_never_writes_the_gpu_dag(demo_path, tmp_path):
+    """Every partition the job sends back is damaged: its POST script rejects it, the retry
+    fares no better, the partition node fails, and the sub-DAG node never runs its PRE
+    script, so no GPU DAG is written and the DAG ends failed."""
+    user = tmp_path / "user"
+    user.mkdir()
+    pool_config(user / "my-pool.yaml", **{"condor.retries": 1})
+    cli("submit", "--input", str(demo_path), "--workdir", "run1", "--config", "my-pool.yaml",
+        "--dry-run", cwd=user)
+
+    def damage(job: JobRun, sandbox: Path) -> None:
+        (sandbox / "partition" / "manifest.json").unlink(missing_ok=True)
+
+    run = Pool(tmp_path / "pool", after_exit=damage).submit_dag(
+        "condor_submit_dag -usedagdir run1/condor/partition.dag", cwd=user)
+    assert run.status == "failed" and run.exit_code == 1, run.summary()
+    assert run.nodes["partition"].status == "failed" and run.nodes["partition"].retries == 1
+    assert run.nodes["pipeline"].status == "futile"
+    assert not [s for s in run.scripts if s.node == "pipeline"]
+    assert not (user / "run1" / "condor" / "pipeline.dag").exists()
+    assert "rejected" in (user / "run1" / "condor" / "logs" / "validate.log").read_text()
 
 
 def test_checkpointed_and_rejected_shards_end_with_the_local_result(demo_local, tmp_path):
