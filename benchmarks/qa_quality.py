@@ -41,11 +41,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qa_api.citations import cited_pieces  # noqa: E402  (after the path is set)
+from qa_api.agent import SUPPORTED_SHARE  # noqa: E402  (after the path is set)
+from qa_api.citations import cited_pieces  # noqa: E402
 from qa_api.extractive import supported  # noqa: E402
 
 QUESTIONS = ROOT / "qa_api" / "data" / "qa_questions.jsonl"  # package data of qa_api
-SUPPORTED_SHARE = 0.8
 
 
 def normalise(text: str) -> str:

