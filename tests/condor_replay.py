@@ -227,6 +227,16 @@ def parse_dag(path: Path) -> DagFile:
     return DagFile(nodes, max_jobs, config)
 
 
+def checkpoint_at_once(script: Path, arguments: str = "--checkpoint-after 0.000001") -> None:
+    """Make a written job script checkpoint at its first chance: the config's interval is in
+    minutes (`condor.checkpoint_minutes`), too long for a test. `arguments` replace its
+    `--checkpoint-after S`."""
+    text, count = re.subn(r"--checkpoint-after \S+", arguments, script.read_text())
+    if count != 1:
+        raise ValueError(f"{script} has no --checkpoint-after to replace")
+    script.write_text(text)
+
+
 # --- submit-file values ----------------------------------------------------------------------
 
 def split_arguments(value: str) -> list[str]:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from condor_replay import JobRun, Pool
+from condor_replay import JobRun, Pool, checkpoint_at_once
 from conftest import ROOT, last_json, write_jsonl
 from infer_corpus.cli import main
 from inference.causal_lm import resolve_local_model
@@ -352,12 +352,7 @@ def test_the_generation_dag_runs_on_the_pool_as_locally(tiny_model, tmp_path):
         cli("generate", "--threads", "1", "--prompts", "prompts.jsonl", "--workdir", "local",
             "--config", "my-pool.yaml")
     condor = user / "study1" / "condor-generate"
-    script = condor / "run-generate.sh"
-    # the config's checkpoint interval is in minutes: make the job checkpoint at every chance
-    text, count = re.subn(r"--checkpoint-after \S+", "--checkpoint-after 0.000001",
-                          script.read_text())
-    assert count == 1
-    script.write_text(text)
+    checkpoint_at_once(condor / "run-generate.sh")  # at every row checkpoint
 
     pool = Pool(tmp_path / "pool")
     seen: dict[str, str] = {}

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from condor_replay import JobRun, Pool
+from condor_replay import JobRun, Pool, checkpoint_at_once
 from conftest import CRANFIELD, ROOT
 
 README = ROOT / "README.md"
@@ -219,12 +219,8 @@ def test_checkpointed_and_rejected_shards_end_with_the_local_result(demo_local, 
     cli("partition", "--demo", "--workdir", str(workdir), "--config", str(config))
     cli("submit", "--workdir", str(workdir), "--config", str(config), "--dry-run")
     condor = workdir / "condor"
-    script = condor / "run-shard.sh"
-    # the config's checkpoint interval is in minutes: make the job checkpoint after every part
-    text, count = re.subn(r"--checkpoint-after \S+", "--checkpoint-after 0.001 --part-rows 36",
-                          script.read_text())
-    assert count == 1
-    script.write_text(text)
+    # checkpoint after every part
+    checkpoint_at_once(condor / "run-shard.sh", "--checkpoint-after 0.001 --part-rows 36")
 
     pool = Pool(tmp_path / "pool")
     seen: dict[str, str] = {}  # what condor_q and `infer-corpus status` show at a job's end
