@@ -151,9 +151,21 @@ def test_readme_flow_with_a_relative_workdir_builds_the_same_index_as_a_local_ru
     assert (condor / "partition.dag").is_file() and not (user / "run1" / "manifest.json").exists()
     assert not (condor / "pipeline.dag").exists()  # written once the shards exist
     command = readme_dag_command()
-    run = Pool(tmp_path / "pool").submit_dag(command.replace("pipeline.dag", "partition.dag"),
-                                             cwd=user)
+    pool = Pool(tmp_path / "pool")
+    seen: dict[str, str] = {}
+
+    def status_while_running(job: JobRun, sandbox: Path) -> None:
+        if job.node == "shard-00000":  # the sub-DAG runs: status shows it, and its jobs
+            seen["status"] = cli("status", "--workdir", "run1", cwd=user)
+
+    pool.after_exit = status_while_running
+    with pytest.MonkeyPatch.context() as env:  # condor_q on the PATH, as on an access point
+        env.setenv("PATH", f"{pool.root / 'bin'}:{os.environ.get('PATH', '')}")
+        run = pool.submit_dag(command.replace("pipeline.dag", "partition.dag"), cwd=user)
     assert run.status == "succeeded" and run.exit_code == 0, run.summary()
+    assert "condor DAG pipeline.dag" in seen["status"], seen["status"]
+    assert re.search(r"shard-00000 \(\d+\.0\) on \S+: \d+ of 40 passages", seen["status"]), \
+        seen["status"]
     sandbox = run.starts("partition")[0].sandbox
     assert {"part-1.jsonl.gz", "config.yaml", "partition"} <= {p.name for p in sandbox.iterdir()}
     assert not (sandbox / "manifest.json").exists()  # the job's workdir is its own folder
