@@ -20,6 +20,8 @@ from conftest import last_json
 from test_train import ROOT, train_cli, write_spec
 
 from submit.htcondor import lint_dag
+from submit.train.condor import write_workers_submit
+from submit.train.multinode import read_run
 
 
 def train_here(capsys, *args: str) -> tuple[int, str, str]:
@@ -213,6 +215,12 @@ def test_multinode_dag_dry_run_and_pre_script_with_stubbed_condor_q(demo_run, tm
     assert "--rdzv-endpoint=10.0.0.7:29517" in workers["arguments"]
     assert "is_host=false" in workers["arguments"] and "--nnodes=2:4" in workers["arguments"]
     assert workers["requirements"] == '(TARGET.Machine =!= "gpu-node-7.example.org")'
+    spec = read_run(run_dir)  # the spec's own requirements hold for the workers too
+    spec.condor.requirements = "OpSysMajorVer == 9"
+    write_workers_submit(run_dir, spec, "10.0.0.7:29517", "gpu-node-7.example.org")
+    assert _parse(dag.parent / "workers.sub")["requirements"] == \
+        '(OpSysMajorVer == 9) && (TARGET.Machine =!= "gpu-node-7.example.org")'
+    assert _parse(dag.parent / "rank0.sub").get("requirements") is None
     with contextlib.chdir(dag.parent):
         assert len(list(workers.itemdata())) == 3  # up to 4 nodes: rank 0 + 3 workers
     assert lint_dag(dag) == []

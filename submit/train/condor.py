@@ -30,8 +30,8 @@ from typing import Any
 
 from inference.workdir import atomic_path
 from submit.htcondor import Dag, Node, Script, access_point_commands, condor_arguments, \
-    dag_text, job_commands, lint_dag, require_not_running, submit_dag, write_job_script, \
-    write_submit
+    dag_text, job_commands, lint_dag, require_not_running, resource_commands, submit_dag, \
+    write_job_script, write_submit
 
 from . import TrainError
 from .multinode import DATASET, RUN_FILE, MultinodeSpec, read_run, torchrun_args
@@ -60,9 +60,7 @@ def _job(condor_dir: Path, settings: CondorSettings, arguments: list[str],
     (`_write_job_script` has written its executable)."""
     commands = {**job_commands(settings, str(condor_dir / JOB_SCRIPT),
                                condor_arguments(arguments), inputs),
-                "request_cpus": str(settings.request_cpus),
-                "request_memory": settings.request_memory,
-                "request_disk": settings.request_disk}
+                **resource_commands(settings)}
     if settings.request_gpus:
         commands["request_gpus"] = str(settings.request_gpus)
     commands.update({k: str(v) for k, v in settings.extra.items()})
@@ -188,9 +186,11 @@ def write_workers_submit(run_dir: Path, spec: MultinodeSpec, endpoint: str,
     arguments = torchrun_args(".", endpoint, spec.nodes, spec.nproc_per_node, spec.name,
                               is_host=False)
     path = run_dir / "condor" / "workers.sub"
+    away = f'(TARGET.Machine =!= "{rank0_machine}")'
     _write(path, {
         **_multinode_job(run_dir, spec, arguments),
-        "requirements": f'(TARGET.Machine =!= "{rank0_machine}")',
+        "requirements": (f"({spec.condor.requirements}) && {away}"
+                         if spec.condor.requirements else away),
         "output": "condor/worker-$(worker).out", "error": "condor/worker-$(worker).err",
     }, itemdata=[{"worker": str(n)} for n in range(1, spec.max_nodes)])
     return path

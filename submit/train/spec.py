@@ -27,6 +27,7 @@ class CondorSettings(JobSoftware):
     request_memory: str = "2GB"
     request_disk: str = "2GB"
     request_gpus: int = 0
+    requirements: str | None = None  # a ClassAd expression the machine must meet
     wave_size: int = 0  # trials per job cluster; the evaluation runs between waves (0 = one)
     checkpoint_every: int = 0  # epochs per job run before exiting to checkpoint (0 = never)
     extra: dict[str, bool | int | float | str] = field(default_factory=dict)  # e.g. +Site
