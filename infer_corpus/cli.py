@@ -341,8 +341,9 @@ def _print_status(name: str, report: dict[str, Any]) -> None:
             print(f"generation: prompts {prompts['state']} (run the same `infer-corpus "
                   "generate` command again)")
         else:
-            print(f"generation: {prompts.get('prompts', 0):,} prompts in {prompts['shards']} "
-                  f"shards, {prompts.get('rejected', 0):,} rejected")
+            shards = prompts["shards"]
+            print(f"generation: {prompts.get('prompts', 0):,} prompts in {shards} "
+                  f"shard{'' if shards == 1 else 's'}, {prompts.get('rejected', 0):,} rejected")
         for model, states in study["models"].items():
             counts = ", ".join(f"{states[s]} {s}" for s in ("done", "relabel", "partial",
                                                             "pending") if states[s])
