@@ -428,12 +428,14 @@ def lint_dag(path: Path) -> list[str]:
             problems.append(f"{path.name}:{number}: {command} names node {name!r}, "
                             "which no JOB defines")
     pre_scripts = {name for number, command, name in refs if command == "SCRIPT PRE"}
-    for number, name, dag_file in subdags:  # DAGMan reads a sub-DAG only when it starts it
-        if dag_file.is_file():
-            problems += [f"{path.name}:{number}: {p}" for p in lint_dag(dag_file)]
-        elif name not in pre_scripts:
+    for number, name, dag_file in subdags:  # DAGMan reads a sub-DAG only when it starts it,
+        if name in pre_scripts:  # so a PRE script may write it (and whoever writes it lints it)
+            continue
+        if not dag_file.is_file():
             problems.append(f"{path.name}:{number}: sub-DAG {dag_file} does not exist, and no "
                             f"PRE script of {name} writes it")
+        elif dag_file.resolve() != path.resolve():
+            problems += [f"{path.name}:{number}: {p}" for p in lint_dag(dag_file)]
     for number, category in throttled:
         if category not in categories:
             problems.append(f"{path.name}:{number}: MAXJOBS {category}: no node is in "

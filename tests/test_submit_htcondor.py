@@ -10,7 +10,7 @@ import htcondor2
 import pytest
 
 from submit.config import CondorResourcesConfig
-from submit.htcondor import (CondorError, Dag, Node, Script, condor_arguments,
+from submit.htcondor import (CondorError, Dag, Node, Script, condor_arguments, dag_text,
                              cuda_version_code, gpu_commands, job_match_ad, lint_dag, quantity,
                              read_node_status, submit_dag, write_dag, write_submit)
 
@@ -130,6 +130,24 @@ def test_lint_finds_what_dagman_would_reject(tmp_path):
                      "RETRY takes", "script /no/such/script does not exist",
                      "FINAL node f cannot be a PARENT or CHILD", "cycle"]:
         assert expected in problems, expected
+
+
+def test_lint_follows_sub_dags_unless_a_pre_script_writes_them(tmp_path):
+    write_submit(tmp_path / "ok.sub", {"executable": "/bin/true"})
+    (tmp_path / "inner.dag").write_text("JOB x missing.sub\n")
+    (tmp_path / "outer.dag").write_text("\n".join([
+        "JOB a ok.sub", "SUBDAG EXTERNAL inner inner.dag", "SUBDAG EXTERNAL later later.dag",
+        "SCRIPT PRE later /bin/true", "SUBDAG EXTERNAL gone gone.dag", "SUBDAG inner2 x.dag",
+        "PARENT a CHILD inner later", ""]))
+    problems = lint_dag(tmp_path / "outer.dag")
+    assert problems == [
+        "outer.dag:6: SUBDAG EXTERNAL needs a node name and a DAG file",
+        "outer.dag:2: inner.dag:1: submit file " + str(tmp_path / "missing.sub")
+        + " does not exist",
+        f"outer.dag:5: sub-DAG {tmp_path / 'gone.dag'} does not exist, and no PRE script of "
+        "gone writes it"]
+    assert dag_text(Dag([Node("p", "pipeline.dag", kind="SUBDAG")])).startswith(
+        "SUBDAG EXTERNAL p pipeline.dag\n")
 
 
 def test_names_dagman_cannot_take_are_refused(tmp_path):
