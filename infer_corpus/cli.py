@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--workdir", required=True, help="a run directory")
     submit.add_argument("--input", dest="inputs", action="extend", nargs="+", default=[],
                         metavar="PATH", help="partition these inputs in a CPU job on the pool "
-                        "first (files, directories or globs, as for `partition`)")
+                        "first (files, directories or globs, as for `partition`); with "
+                        "--generation, the prompt set, prepared on the access point")
     _config_args(submit)
     submit.add_argument("--dry-run", action="store_true",
                         help="only write and check the files; submit nothing")
@@ -510,7 +511,7 @@ def _submit_generation(args: argparse.Namespace, config: Any) -> int:
     from submit.generation import submit_generation
 
     summary = submit_generation(Workdir(args.workdir), config, config.condor,
-                                dry_run=args.dry_run)
+                                dry_run=args.dry_run, inputs=args.inputs)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -520,8 +521,9 @@ def _submit_generation(args: argparse.Namespace, config: Any) -> int:
     if args.dry_run:
         print(f"dry run: nothing submitted. Review {Path(summary['dag']).parent}/")
     else:
-        print(f"submitted: DAGMan job {summary['cluster']}. Follow it with condor_q -dag "
-              f"-nobatch; outputs arrive in {args.workdir}/generations/")
+        print(f"submitted: DAGMan job {summary['cluster']}. Follow it with:\n"
+              f"  infer-corpus status --workdir {args.workdir}   (outputs arrive in "
+              f"{args.workdir}/generations/)")
     return 0
 
 

@@ -114,8 +114,9 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
 def require_manifest(root: Path) -> dict[str, Any]:
     data = read_manifest(root)
     if data is None or (data.get("prompts") or {}).get("state") != "done":
-        raise WorkdirError(f"{root} has no prepared prompts: run `infer-corpus generate` "
-                           "(with --prompts FILE, or a generation.template) first")
+        raise WorkdirError(f"{root} has no prepared prompts: give the prompt set (`infer-"
+                           "corpus generate --prompts FILE`, or `submit --generation --input "
+                           "FILE`), or set generation.template")
     return data
 
 

@@ -120,9 +120,12 @@ def _job_submit(workdir: Workdir, model: str, gpu_memory: str, c: CondorConfig
     return commands
 
 
-def write_generation_dag(workdir: Workdir, config: Any, condor: CondorConfig) -> GenerationFiles:
-    """Record this config's models in the generation manifest (the prompts must be prepared),
-    then write WORKDIR/condor-generate/: the DAG, a submit file per model, the job script."""
+def write_generation_dag(workdir: Workdir, config: Any, condor: CondorConfig,
+                         inputs: list[str] | None = None) -> GenerationFiles:
+    """Prepare the prompts (from `inputs`, a prompt set, or generation.template over the
+    workdir's passages; without either, those prepared before), record this config's models
+    in the generation manifest, then write WORKDIR/condor-generate/: the DAG, a submit file
+    per model, the job script."""
     if not (condor.container_image or condor.venv_tarball or condor.python):
         raise ConfigError("condor: say what software the jobs run: container_image (docker://,"
                           " osdf:// or a .sif path), venv_tarball, or python (an interpreter "
@@ -133,9 +136,10 @@ def write_generation_dag(workdir: Workdir, config: Any, condor: CondorConfig) ->
                           "contains a space, which DAGMan scripts cannot take")
     out = condor_dir(workdir)
     require_not_running(out / DAG_FILE)
-    require_manifest(workdir.root)  # prompts first: `infer-corpus generate --prepare`
+    if not (inputs or config.generation.template):
+        require_manifest(workdir.root)  # the prompts prepared before
     with workdir.lock():
-        data = prepare(workdir, config)
+        data = prepare(workdir, config, inputs or None)
     jobs = {model: shards for model, shards in pending(workdir, data).items() if shards}
     for sub in ("logs", "incoming"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -183,9 +187,9 @@ def write_generation_dag(workdir: Workdir, config: Any, condor: CondorConfig) ->
 
 
 def submit_generation(workdir: Workdir, config: Any, condor: CondorConfig, *,
-                      dry_run: bool) -> dict[str, Any]:
+                      dry_run: bool, inputs: list[str] | None = None) -> dict[str, Any]:
     """Write the generation DAG; unless `dry_run`, submit it. Returns a summary for the CLI."""
-    written = write_generation_dag(workdir, config, condor)
+    written = write_generation_dag(workdir, config, condor, inputs)
     if written.problems:
         raise CondorError("the written DAG has problems:\n  " + "\n  ".join(written.problems))
     cluster = None

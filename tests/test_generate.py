@@ -347,8 +347,7 @@ def test_the_generation_dag_runs_on_the_pool_as_locally(tiny_model, tmp_path):
     (user / "my-pool.yaml").write_text(yaml.safe_dump(config))
     study = ["--workdir", "study1", "--config", "my-pool.yaml"]
     with contextlib.chdir(user):
-        cli("generate", "--prepare", "--prompts", "prompts.jsonl", *study)
-        cli("submit", "--generation", *study, "--dry-run")
+        cli("submit", "--generation", "--input", "prompts.jsonl", *study, "--dry-run")
         cli("generate", "--threads", "1", "--prompts", "prompts.jsonl", "--workdir", "local",
             "--config", "my-pool.yaml")
     condor = user / "study1" / "condor-generate"
