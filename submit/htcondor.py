@@ -28,6 +28,7 @@ Generic: nothing here knows about shards. The pieces:
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import re
 import shlex
@@ -311,9 +312,16 @@ def dag_text(dag: Dag) -> str:
 
 
 def write_dag(path: Path, dag: Dag) -> Path:
-    """Write the DAG file (submit files are written separately with `write_submit`)."""
+    """Write the DAG file (submit files are written separately with `write_submit`).
+
+    Writing a DAG anew removes its old rescue DAGs (`NAME.rescueNNN`): every DAG here is
+    written from what is still to do, and DAGMan would otherwise apply an old run's DONE
+    marks to the new DAG's nodes of the same names (a shard whose settings changed would be
+    skipped)."""
     path = Path(path)
     _write_text(path, dag_text(dag))
+    for rescue in path.parent.glob(f"{glob.escape(path.name)}.rescue[0-9][0-9][0-9]"):
+        rescue.unlink(missing_ok=True)
     return path
 
 
@@ -533,8 +541,9 @@ def submit_dag(path: Path, *, batch_name: str | None = None,
                getenv: list[str] | None = None) -> int:
     """Submit a DAG to the local schedd; returns the DAGMan job's cluster id.
 
-    Runs from the DAG's directory, so relative paths in it mean what they say. Submitting
-    again after a failure picks up DAGMan's rescue DAG: finished nodes are not rerun.
+    Runs from the DAG's directory, so relative paths in it mean what they say. A DAG
+    submitted again as it is picks up DAGMan's rescue DAG (finished nodes are not rerun); one
+    written anew has none (`write_dag`) and leaves out finished work itself.
     `getenv` names environment variables DAGMan passes on to node jobs that ask for them
     (`condor_submit_dag -include_env`), such as an API key's.
     """

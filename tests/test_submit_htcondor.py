@@ -150,6 +150,15 @@ def test_lint_follows_sub_dags_unless_a_pre_script_writes_them(tmp_path):
         "SUBDAG EXTERNAL p pipeline.dag\n")
 
 
+def test_writing_a_dag_anew_removes_its_old_rescue_dags(tmp_path):
+    """An old run's DONE marks must not apply to the new DAG's nodes of the same names."""
+    for name in ("pipeline.dag.rescue001", "pipeline.dag.rescue002", "other.dag.rescue001"):
+        (tmp_path / name).write_text("DONE shard-00000\n")
+    write_dag(tmp_path / "pipeline.dag", Dag([Node("shard-00000", "shard.sub")]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.dag.rescue001",
+                                                          "pipeline.dag"]
+
+
 def test_names_dagman_cannot_take_are_refused(tmp_path):
     with pytest.raises(ValueError, match="space"):
         write_dag(tmp_path / "x.dag", Dag([Node("a", "a.sub", post=Script("/bin/my script"))]))
