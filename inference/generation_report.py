@@ -83,28 +83,26 @@ def write_report(workdir: Workdir) -> dict[str, Any]:
         writer = csv.DictWriter(handle, ["model", "group", "rows", "category", "count", "rate"])
         writer.writeheader()
         writer.writerows(rows)
-    _markdown(md_path, counts, models, groups, categories, missing)
-    _plot(png_path, counts, models, groups, categories)
+    _markdown(md_path, rows, categories, missing)
+    _plot(png_path, rows, models, groups, categories)
     return {"csv": str(csv_path), "markdown": str(md_path), "png": str(png_path),
             "models": models, "groups": groups[:-1], "categories": categories,
             "missing": missing, "rates": rows}
 
 
-def _markdown(path: Path, counts: dict, models: list[str], groups: list[str],
-              categories: list[str], missing: dict[str, int]) -> None:
+def _markdown(path: Path, rows: list[dict[str, Any]], categories: list[str],
+              missing: dict[str, int]) -> None:
+    """The rates as a table: a line per model and group (`rows` holds one per category)."""
     lines = ["# Generation report", "",
              "Share of outputs per label, for each model and prompt group (n: outputs).", "",
              "| model | group | n | " + " | ".join(categories) + " |",
              "|---|---|---|" + "---|" * len(categories)]
-    for model in models:
-        for group in groups:
-            counter = counts.get((model, group))
-            if not counter:
-                continue
-            total = sum(counter.values())
-            cells = [f"{100 * counter[c] / total:.1f}%" for c in categories]
-            name = f"**{group}**" if group == ALL else group
-            lines.append(f"| {model} | {name} | {total} | " + " | ".join(cells) + " |")
+    for start in range(0, len(rows), max(1, len(categories))):
+        cell = rows[start:start + len(categories)]
+        model, group, total = cell[0]["model"], cell[0]["group"], cell[0]["rows"]
+        rates = [f"{100 * r['count'] / total:.1f}%" for r in cell]
+        name = f"**{group}**" if group == ALL else group
+        lines.append(f"| {model} | {name} | {total} | " + " | ".join(rates) + " |")
     waiting = {m: n for m, n in missing.items() if n}
     if waiting:
         lines += ["", "Not generated yet: " + ", ".join(f"{m}: {n} prompts"
@@ -113,7 +111,7 @@ def _markdown(path: Path, counts: dict, models: list[str], groups: list[str],
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _plot(path: Path, counts: dict, models: list[str], groups: list[str],
+def _plot(path: Path, rows: list[dict[str, Any]], models: list[str], groups: list[str],
           categories: list[str]) -> None:
     """One panel per label: its rate per prompt group, a bar per model."""
     import matplotlib
@@ -126,13 +124,10 @@ def _plot(path: Path, counts: dict, models: list[str], groups: list[str],
                                                  + 0.3 * len(models) * panels, 3.6),
                              squeeze=False, sharey=True)
     width = 0.8 / max(1, len(models))
+    rate = {(r["model"], r["group"], r["category"]): r["count"] / r["rows"] for r in rows}
     for ax, category in zip(axes[0], categories or ["(no outputs)"]):
         for m, model in enumerate(models):
-            rates = []
-            for group in groups:
-                counter = counts.get((model, group)) or Counter()
-                total = sum(counter.values())
-                rates.append(counter[category] / total if total else 0.0)
+            rates = [rate.get((model, group, category), 0.0) for group in groups]
             ax.bar([g + m * width - 0.4 + width / 2 for g in range(len(groups))], rates,
                    width, label=model)
         ax.set_title(category)

@@ -59,7 +59,7 @@ from .htcondor import (CondorError, Dag, Node, Script, access_point_commands,
                        submit_dag, transfer_source, write_dag, write_job_script, write_submit)
 from .job import BadInput
 from .pipeline import EXIT_BAD_INPUT, GPU_CATEGORY
-from .validate import ResultError
+from .validate import ResultError, accept_file
 
 CONDOR_DIR = "condor-generate"
 DAG_FILE = "generate.dag"
@@ -304,31 +304,12 @@ def check_output(workdir: Workdir, model: str, shard: int) -> int:
     return rows
 
 
-def _log(workdir: Workdir, line: str) -> None:
-    logs = condor_dir(workdir) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / "validate.log", "a", encoding="utf-8") as handle:
-        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
-
-
 def accept(workdir: Workdir, model: str, shard: int, job_exit: int) -> int:
     """The POST script's decision as an exit code (see the module docstring)."""
-    if job_exit != 0:
-        _log(workdir, f"{model} shard {shard}: job exited with {job_exit}")
-        return job_exit if 0 < job_exit < 256 else 1
-    path = incoming_path(workdir, model, shard)
-    try:
-        rows = check_output(workdir, model, shard)
-    except ResultError as exc:
-        _log(workdir, f"{model} shard {shard}: rejected: {exc}")
-        if path.is_file():
-            os.replace(path, path.with_name(path.name + ".rejected"))
-        return 1
-    target = output_path(workdir.root, model, shard)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(path, target)
-    _log(workdir, f"{model} shard {shard}: accepted {rows} rows")
-    return 0
+    return accept_file(condor_dir(workdir), f"{model} shard {shard}", job_exit,
+                       incoming_path(workdir, model, shard),
+                       output_path(workdir.root, model, shard),
+                       lambda: f"{check_output(workdir, model, shard)} rows")
 
 
 def main(argv: list[str] | None = None) -> int:

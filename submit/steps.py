@@ -41,7 +41,7 @@ from inference.manifest import Manifest
 from inference.workdir import Workdir, write_json_atomic
 
 from .pipeline import INPUTS_FILE, condor_dir
-from .validate import _log
+from .validate import log_decision
 
 
 class StepError(UsageError):
@@ -107,14 +107,14 @@ def _access_point_inputs(manifest: Manifest, workdir: Workdir) -> list[dict]:
 def accept_partition(workdir: Workdir, job_exit: int) -> int:
     """The partition node's POST decision as an exit code (see the module docstring)."""
     if job_exit != 0:
-        _log(workdir, f"partition: job exited with {job_exit}")
+        log_decision(condor_dir(workdir), f"partition: job exited with {job_exit}")
         return job_exit if 0 < job_exit < 256 else 1
     received = _incoming(workdir, "partition")
     try:
         manifest = check_partition(received)
         inputs = _access_point_inputs(manifest, workdir)
     except (StepError, OSError) as exc:
-        _log(workdir, f"partition: rejected: {exc}")
+        log_decision(condor_dir(workdir), f"partition: rejected: {exc}")
         shutil.rmtree(received, ignore_errors=True)
         return 1
     with workdir.lock():
@@ -126,7 +126,7 @@ def accept_partition(workdir: Workdir, job_exit: int) -> int:
         _replace_dir(empty, workdir.results_dir)  # results of another partition: stale
         write_json_atomic(workdir.manifest_path, {**manifest.data, "inputs": inputs})
     shutil.rmtree(received, ignore_errors=True)
-    _log(workdir, f"partition: accepted {len(manifest.shards)} shards, "
+    log_decision(condor_dir(workdir), f"partition: accepted {len(manifest.shards)} shards, "
                   f"{manifest.passages:,} passages")
     return 0
 
@@ -134,12 +134,13 @@ def accept_partition(workdir: Workdir, job_exit: int) -> int:
 def accept_index(workdir: Workdir, job_exit: int) -> int:
     """The index node's POST decision as an exit code (see the module docstring)."""
     if job_exit != 0:
-        _log(workdir, f"index: job exited with {job_exit}")
+        log_decision(condor_dir(workdir), f"index: job exited with {job_exit}")
         return job_exit if 0 < job_exit < 256 else 1
     received = _incoming(workdir, "index")
     entries = sorted(received.iterdir()) if received.is_dir() else []
     if not any(e.is_dir() for e in entries) or not any(e.is_file() for e in entries):
-        _log(workdir, "index: rejected: the job sent back no index folder with a build in it")
+        log_decision(condor_dir(workdir), "index: rejected: the job sent back no index folder "
+                     "with a build in it")
         shutil.rmtree(received, ignore_errors=True)
         return 1
     target = workdir.root / "index"
@@ -154,7 +155,7 @@ def accept_index(workdir: Workdir, job_exit: int) -> int:
         if old.name not in names and not old.name.startswith("."):
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     shutil.rmtree(received, ignore_errors=True)
-    _log(workdir, f"index: accepted {', '.join(sorted(names))}")
+    log_decision(condor_dir(workdir), f"index: accepted {', '.join(sorted(names))}")
     return 0
 
 
@@ -182,7 +183,8 @@ def stage_load(workdir: Workdir, group: int, shards: list[int]) -> int:
         manifest.shard(shard)  # exists
         for source in (workdir.shard_path(shard), workdir.result_path(shard)):
             if not source.is_file():
-                _log(workdir, f"load {group}: shard {shard} has no {source.parent.name} file")
+                log_decision(condor_dir(workdir), f"load {group}: shard {shard} has no "
+                             f"{source.parent.name} file")
                 raise StepError(f"{source} does not exist")
             link = target / source.parent.name / source.name
             try:

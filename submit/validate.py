@@ -17,6 +17,8 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -67,31 +69,40 @@ def check_result(workdir: Workdir, shard: int) -> int:
     return meta.num_rows
 
 
-def _log(workdir: Workdir, line: str) -> None:
-    logs = condor_dir(workdir) / "logs"
+def log_decision(dag_dir: Path, line: str) -> None:
+    """A POST script's decision, appended to DAG_DIR/logs/validate.log."""
+    logs = dag_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "validate.log", "a", encoding="utf-8") as handle:
         handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
 
 
+def accept_file(dag_dir: Path, label: str, job_exit: int, incoming: Path, target: Path,
+                check: Callable[[], str]) -> int:
+    """A POST script's decision on the file a job sent back, as its exit code: the job's own
+    failure passed on; 1 (retry) when `check` raises ResultError, the file kept as
+    `*.rejected`; else 0, the file moved to `target`. `check` says what was accepted."""
+    if job_exit != 0:
+        log_decision(dag_dir, f"{label}: job exited with {job_exit}")
+        return job_exit if 0 < job_exit < 256 else 1
+    try:
+        accepted = check()
+    except ResultError as exc:
+        log_decision(dag_dir, f"{label}: rejected: {exc}")
+        if incoming.is_file():
+            os.replace(incoming, incoming.with_name(incoming.name + ".rejected"))
+        return 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(incoming, target)
+    log_decision(dag_dir, f"{label}: accepted {accepted}")
+    return 0
+
+
 def accept(workdir: Workdir, shard: int, job_exit: int) -> int:
     """The POST script's decision as an exit code (see the module docstring)."""
-    if job_exit != 0:
-        _log(workdir, f"shard {shard}: job exited with {job_exit}")
-        return job_exit if 0 < job_exit < 256 else 1
-    path = incoming_path(workdir, shard)
-    try:
-        rows = check_result(workdir, shard)
-    except ResultError as exc:
-        _log(workdir, f"shard {shard}: rejected: {exc}")
-        if path.is_file():
-            os.replace(path, path.with_name(path.name + ".rejected"))
-        return 1
-    target = workdir.result_path(shard)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(path, target)
-    _log(workdir, f"shard {shard}: accepted {rows} passages")
-    return 0
+    return accept_file(condor_dir(workdir), f"shard {shard}", job_exit,
+                       incoming_path(workdir, shard), workdir.result_path(shard),
+                       lambda: f"{check_result(workdir, shard)} passages")
 
 
 def main(argv: list[str] | None = None) -> int:
