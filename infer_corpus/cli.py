@@ -25,6 +25,8 @@ from retrieval.config import BACKENDS
 
 from .config import load_config
 
+MAX_WORKERS = 1024  # processes on one machine: more is a typo
+
 DESCRIPTION = """\
 Shard a document corpus into Parquet, embed and classify every passage, resumably.
 
@@ -88,10 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     part = sub.add_parser("partition", help="validate, split and shard the inputs",
                           description="Stream the inputs, quarantine bad rows to rejects/, "
-                          "split articles into passages, drop duplicates, write shards.")
+                          "split articles into passages, drop duplicates, write shards. The "
+                          "inputs are cut into parts of about shards.part_bytes (large JSONL "
+                          "files by line ranges, Parquet by row groups) that are partitioned "
+                          "in parallel; the result is the same for any number of workers.")
     _input_args(part)
     part.add_argument("--workdir", required=True, help="run directory (created if missing)")
     _config_args(part)
+    part.add_argument("--workers", type=int, metavar="N",
+                      help="processes that partition parts in parallel (default: one per CPU)")
     part.add_argument("--json", action="store_true", help="end with one JSON summary line")
 
     shard = sub.add_parser("shard", help="embed and classify one or more shards",
@@ -221,7 +228,9 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(summary))
         return
     lines = [
-        f"articles   {summary['articles']:>10,}",
+        f"articles   {summary['articles']:>10,}   kept",
+        f"duplicates {summary.get('duplicate_articles', 0):>10,}   articles seen before, "
+        "dropped",
         f"passages   {summary['passages']:>10,}"
         f"   (duplicates dropped: {summary.get('duplicate_passages', 0):,})",
         f"rejected   {summary['rejected']:>10,}"
@@ -260,7 +269,10 @@ def cmd_partition(args: argparse.Namespace) -> int:
     from inference.partition import partition
 
     config = load_config(args.config, args.overrides)
-    result = partition(_inputs(args), Workdir(args.workdir), config, force=args.force)
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be from 1 to {MAX_WORKERS}")
+    result = partition(_inputs(args), Workdir(args.workdir), config, force=args.force,
+                       workers=args.workers)
     summary = {**result.to_dict(), "partitioned": not result.skipped, "workdir": args.workdir}
     _print_summary(summary, args.json)
     return 0

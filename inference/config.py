@@ -40,6 +40,7 @@ class PassagesConfig:
     min_words: int = 100
     max_words: int = 250
     max_field_chars: int = 1_000_000
+    max_line_bytes: int = 64 << 20  # an input line over this is a reject, never read whole
 
 
 @dataclass
@@ -48,6 +49,8 @@ class ShardsConfig:
 
     passages_per_shard: int = 50_000
     tokenize: bool = False
+    # inputs are partitioned in parts of about this many bytes, in parallel (see parts.py)
+    part_bytes: int = 128 << 20
 
 
 @dataclass
@@ -115,6 +118,10 @@ class InferenceConfig:
         p = self.passages
         if not 1 <= p.min_words <= p.max_words:
             raise ConfigError("passages: need 1 <= min_words <= max_words")
+        if p.max_line_bytes < 1024:
+            raise ConfigError("passages.max_line_bytes must be at least 1024")
+        if self.shards.part_bytes < 1024:
+            raise ConfigError("shards.part_bytes must be at least 1024")
         if p.max_field_chars < 1:
             raise ConfigError("passages.max_field_chars must be positive")
         if self.shards.passages_per_shard < 1:

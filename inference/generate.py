@@ -41,7 +41,7 @@ from .config_loader import build
 from .errors import UsageError, WorkdirError
 from .generation_config import GenerationConfig, GenerationModelConfig
 from .llm_backends import Backend, Generation, make_backend, messages
-from .partition import fingerprint_inputs
+from .parts import fingerprint_inputs
 from .prompts import partition_prompts, passage_prompts, prompt_shard_path, prompts_entry, \
     read_prompt_shard
 from .schema import SCHEMA_VERSION, check_schema_version

@@ -1,47 +1,68 @@
 """The partitioner: validate, quarantine bad rows, split into passages, dedup, write shards.
 
-It streams its input: memory holds one shard's passages plus the de-duplication tables, which
-grow by about 250 bytes per article (about 550 MB for a million articles). Its output is deterministic: the same inputs and
-settings give byte-for-byte the same shards and ids, which is what makes restarts safe.
+It runs as map and reduce, so that no process holds or reads the whole corpus:
+1. plan: the inputs are cut into parts (whole files, line ranges of large JSONL files, row
+   groups of large Parquet files; see `parts`);
+2. map: each part is partitioned on its own, in parallel (`partition_map.map_part`): every
+   candidate passage, with the keys de-duplication decides on;
+3. merge: one process decides from those keys alone which copies are kept (`dedup`);
+4. write: each part's kept passages become its shards, in parallel, and its rejects ledger.
+The result does not depend on the number of workers: the passages, their ids, the rejects
+ledger and the counts are those of one pass over the inputs in order, and the shards are
+fixed by the inputs and settings (a part's shards are its own). Each map and write needs
+memory for one batch of rows and its part's keys (24 bytes a passage); the merge holds every
+part's keys. On the pool, each map and write is a CPU job and the merge is one more
+(submit/pipeline.py). Finished parts survive an interruption: a re-run maps only the others.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 import shutil
 import time
 from collections import Counter
-from contextlib import closing, nullcontext
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from .version import __version__
 from .config import InferenceConfig
-from .passages import split_passages
-from .readers import RawRow, expand_inputs, input_format, read_rows
-from .records import Rejected, content_digest, to_article
-from .schema import SCHEMA_VERSION, SHARD_SCHEMA
+from .dedup import PartKeys, decide
+from .devices import usable_cpus
+from .errors import Failure, UsageError
+from .partition_map import DONE, map_part, part_name, write_part
+from .parts import Part, fingerprint_inputs, plan, plan_record
+from .readers import expand_inputs
+from .schema import SCHEMA_VERSION
 from .tokenize import ShardTokenizer
-from .workdir import Workdir, WorkdirError, atomic_path
+from .version import __version__
+from .workdir import Workdir, WorkdirError, atomic_path, write_json_atomic
 
 PARTITION_SECTIONS = ("fields", "passages", "shards")
+STAGE = "parts"  # WORKDIR/parts/: the plan, and each part's map output until the end
+PLAN = "plan.json"
+MERGE = "merge"
+WRITTEN = "written.json"
+__all__ = ["PartitionSummary", "fingerprint_inputs", "partition", "partition_key"]
 
 
 @dataclass
 class PartitionSummary:
-    articles: int = 0
+    articles: int = 0  # kept: duplicates are counted apart
     passages: int = 0
     rejected: int = 0
     duplicate_passages: int = 0
     duplicate_articles: int = 0
     shards: int = 0
+    parts: int = 0
     reject_reasons: dict[str, int] = field(default_factory=dict)
     skipped: bool = False
     seconds: float = 0.0
@@ -54,27 +75,10 @@ class PartitionSummary:
             "duplicate_passages": self.duplicate_passages,
             "duplicate_articles": self.duplicate_articles,
             "shards": self.shards,
+            "parts": self.parts,
             "reject_reasons": dict(self.reject_reasons),
             "seconds": round(self.seconds, 3),
         }
-
-
-def fingerprint_inputs(paths: list[Path], previous: list[dict[str, Any]] | None) -> list[dict]:
-    """Size, mtime and SHA-256 of each input; an unchanged size+mtime reuses the stored hash."""
-    known = {item["path"]: item for item in previous or []}
-    prints = []
-    for path in paths:
-        stat = path.stat()
-        key = os.path.abspath(path)
-        old = known.get(key)
-        if old and old["size"] == stat.st_size and old["mtime_ns"] == stat.st_mtime_ns:
-            digest = old["sha256"]
-        else:
-            with open(path, "rb") as handle:
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        prints.append({"path": key, "format": input_format(path), "size": stat.st_size,
-                       "mtime_ns": stat.st_mtime_ns, "sha256": digest})
-    return prints
 
 
 def partition_key(config: InferenceConfig, inputs: list[dict[str, Any]]) -> str:
@@ -89,83 +93,53 @@ def partition_key(config: InferenceConfig, inputs: list[dict[str, Any]]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-class _ShardWriter:
-    """Buffers passages and writes one zstd Parquet shard each time the buffer is full."""
-
-    def __init__(self, workdir: Workdir, size: int, tokenizer: ShardTokenizer | None) -> None:
-        self.workdir = workdir
-        self.size = size
-        self.tokenizer = tokenizer
-        self.shards: list[dict[str, Any]] = []
-        self._reset()
-
-    def _reset(self) -> None:
-        self.columns: dict[str, list[Any]] = {name: [] for name in SHARD_SCHEMA.names}
-        self.appenders = [self.columns[name].append for name in SHARD_SCHEMA.names[:-1]]
-
-    def add(self, row: tuple) -> None:
-        """One passage, its values in SHARD_SCHEMA order (without input_ids)."""
-        for column, value in zip(self.appenders, row):
-            column(value)
-        if len(self.columns["passage_id"]) >= self.size:
-            self.flush()
-
-    def flush(self) -> None:
-        rows = len(self.columns["passage_id"])
-        if not rows:
-            return
-        if self.tokenizer is not None:
-            self.columns["input_ids"] = self.tokenizer.encode(
-                self.columns["title"], self.columns["text"]
-            ).to_arrow()
-        else:
-            self.columns["input_ids"] = [None] * rows
-        table = pa.Table.from_pydict(self.columns, schema=SHARD_SCHEMA)
-        shard = len(self.shards)
-        final = self.workdir.shard_path(shard)
-        with atomic_path(final) as tmp:
-            pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
-        self.shards.append({"shard": shard, "file": str(final.relative_to(self.workdir.root)),
-                            "rows": rows, "state": "pending"})
-        self._reset()
 
 
-def _clear_outputs(workdir: Workdir) -> None:
-    for folder in (workdir.shards_dir, workdir.results_dir, workdir.rejects_dir):
-        if folder.exists():
-            shutil.rmtree(folder)
-    workdir.create()
-
-
-def partition(
-    patterns: list[str],
-    workdir: Workdir,
-    config: InferenceConfig,
-    *,
-    force: bool = False,
-    progress: bool | None = None,
-) -> PartitionSummary:
-    """Partition the inputs into `workdir`, or do nothing when it already holds this partition."""
+def partition(patterns: list[str], workdir: Workdir, config: InferenceConfig, *,
+              force: bool = False, progress: bool | None = None,
+              workers: int | None = None) -> PartitionSummary:
+    """Partition the inputs into `workdir`, or do nothing when it already holds this
+    partition. `workers`: processes for the map and write steps (default: one per CPU)."""
     with workdir.lock():
-        return _partition(patterns, workdir, config, force=force, progress=progress)
+        started = time.perf_counter()
+        parts = prepare(patterns, workdir, config, force=force)
+        if isinstance(parts, PartitionSummary):
+            parts.seconds = time.perf_counter() - started
+            return parts
+        workers = max(1, min(workers or usable_cpus(), len(parts) or 1))
+        stage = workdir.root / STAGE
+        todo = [p for p in parts if not _mapped(stage, p)]
+        with tqdm(desc="partition", unit=" rows", disable=None if progress is None
+                  else not progress, mininterval=0.5) as bar:
+            _each(workers, _map_task, [(p, config, stage) for p in todo], bar.update)
+        merged = merge(stage, parts, config.shards.passages_per_shard)
+        todo = [p for p in parts if not (stage / part_name(p.index) / WRITTEN).is_file()]
+        _each(workers, _write_task, [
+            (p, stage, config, workdir.shards_dir, merged["parts"][p.index]["first_shard"],
+             workers == 1) for p in todo])
+        summary = finish(workdir, config, parts, merged)
+        summary.seconds = time.perf_counter() - started
+        return summary
 
 
-def _partition(patterns: list[str], workdir: Workdir, config: InferenceConfig, *, force: bool,
-               progress: bool | None) -> PartitionSummary:
-    started = time.perf_counter()
+def prepare(patterns: list[str], workdir: Workdir, config: InferenceConfig, *,
+            force: bool) -> list[Part] | PartitionSummary:
+    """The plan's parts, with the workdir made ready to receive them (marked unfinished, old
+    shards, results and rejects removed; map outputs of the same plan kept); or the skipped
+    summary, when the workdir already holds this partition."""
     paths = expand_inputs(patterns)
     manifest = workdir.manifest() if workdir.has_manifest() else None
-    inputs = fingerprint_inputs(paths, manifest.inputs if manifest else None)
+    stage = workdir.root / STAGE
+    previous = _read_json(stage / PLAN)
+    inputs, parts = plan(paths, config.shards.part_bytes, previous.get("plan"))
     key = partition_key(config, inputs)
     if manifest and manifest.partitioned:
         if manifest.partition_key == key:
             # model settings may change; results check them
             workdir.write_manifest({**manifest.data, "config": config.to_dict()})
-            stats = {k: v for k, v in manifest.partition.items() if k != "state"}
-            summary = PartitionSummary(**stats)
-            summary.skipped = True
-            summary.seconds = time.perf_counter() - started
-            return summary
+            stats = {k: v for k, v in manifest.partition.items()
+                     if k in PartitionSummary.__dataclass_fields__}
+            return PartitionSummary(**stats, skipped=True)
         if not force:
             raise WorkdirError(
                 f"{workdir.root} already holds a partition of other inputs or settings; "
@@ -175,88 +149,156 @@ def _partition(patterns: list[str], workdir: Workdir, config: InferenceConfig, *
     # From here until the final manifest, the workdir holds no finished partition.
     workdir.write_manifest({"format": "infer-corpus.manifest", "partition_key": key,
                             "inputs": inputs, "partition": {"state": "running"}, "shards": []})
-    _clear_outputs(workdir)
-    tokenizer = ShardTokenizer.load(config) if config.shards.tokenize else None
-    summary = PartitionSummary()
+    for folder in (workdir.shards_dir, workdir.results_dir, workdir.rejects_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+    if previous.get("key") != key:
+        shutil.rmtree(stage, ignore_errors=True)  # map outputs of another plan
+    else:
+        shutil.rmtree(stage / MERGE, ignore_errors=True)
+        for written in stage.glob(f"part-*/{WRITTEN}"):
+            written.unlink()  # their shards were just removed
+    workdir.create()
+    write_json_atomic(stage / PLAN, {"key": key, "plan": plan_record(
+        inputs, parts, config.shards.part_bytes)})
+    return parts
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _mapped(stage: Path, part: Part) -> bool:
+    """The part's map output is there, whole, and made from the part's bytes."""
+    return _read_json(stage / part_name(part.index) / DONE).get("sha256") == part.sha256
+
+
+def _map_task(part: Part, config: InferenceConfig, stage: Path,
+              on_rows: Callable[[int], None] | None = None) -> int:
+    return map_part(part, config, stage / part_name(part.index), on_rows=on_rows)["rows"]
+
+
+def _write_task(part: Part, stage: Path, config: InferenceConfig, shards_dir: Path,
+                first_shard: int, alone: bool) -> None:
+    """Write one part's shards; `alone`: the only process, so the tokenizer (if any) may use
+    a process per core."""
+    mapped = stage / part_name(part.index)
+    tokenizer = ShardTokenizer.load(config) if alone and config.shards.tokenize else None
+    try:
+        shards = write_part(part, mapped, stage / MERGE / f"{part_name(part.index)}.npz",
+                            config, shards_dir, first_shard, tokenizer=tokenizer)
+    finally:
+        if tokenizer is not None:
+            tokenizer.close()
+    write_json_atomic(mapped / WRITTEN, {"shards": shards})
+
+
+def _each(workers: int, task: Callable[..., int | None], jobs: list[tuple],
+          on_rows: Callable[[int], None] | None = None) -> None:
+    """Run `task(*job)` for every job: in this process when `workers` is 1 (the task
+    reports its rows to `on_rows` as it goes), else in that many processes (each task's
+    returned rows are reported as it finishes)."""
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            task(*job, on_rows) if on_rows is not None else task(*job)
+        return
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            for rows in pool.map(task, *zip(*jobs)):
+                if on_rows is not None and rows:
+                    on_rows(rows)
+    except BrokenProcessPool:
+        raise Failure("a partition worker process died (killed, or out of memory): run the "
+                      "same command again; finished parts are kept") from None
+
+
+def merge(stage: Path, parts: list[Part], passages_per_shard: int) -> dict[str, Any]:
+    """Decide, from every mapped part's keys, which articles and passages are kept, and
+    number each part's shards; writes each part's decisions and the counts to
+    STAGE/merge/ (and returns the counts)."""
+    folder = stage / MERGE
+    keys, maps = [], []
+    for part in parts:
+        mapped = stage / part_name(part.index)
+        done = _read_json(mapped / DONE)
+        if not done:
+            raise PartitionError(f"part {part.index} ({part.source}) has no finished map "
+                                 f"output in {mapped}")
+        if done.get("sha256") != part.sha256:
+            raise PartitionError(f"part {part.index} ({part.source}) was mapped from other "
+                                 "bytes than the plan's: run the partition again")
+        try:
+            keys.append(PartKeys.load(mapped / "keys.npz"))
+        except (OSError, ValueError, KeyError) as exc:
+            raise PartitionError(f"part {part.index}: damaged map output {mapped}/keys.npz "
+                                 f"({exc})") from None
+        if len(keys[-1].passage_digests) != done.get("passages") or \
+                len(keys[-1].article_ids) != done.get("articles"):
+            raise PartitionError(f"part {part.index}: {mapped}/keys.npz does not hold the "
+                                 f"articles and passages its {DONE} counts")
+        maps.append(done)
+    counts, first = [], 0
+    for part, done, decided in zip(parts, maps, decide(keys)):
+        with atomic_path(folder / f"{part_name(part.index)}.npz") as tmp, \
+                open(tmp, "wb") as handle:
+            np.savez(handle, keep=decided.keep, clashes=decided.clashes)
+        kept = int(decided.keep.sum())
+        shards = -(-kept // passages_per_shard)
+        counts.append({"part": part.index, "rows": done["rows"], "articles": decided.articles,
+                       "passages": kept, "duplicate_articles": decided.duplicate_articles,
+                       "duplicate_passages": decided.duplicate_passages,
+                       "rejected": done["rejected"] + len(decided.clashes),
+                       "reject_reasons": dict(Counter(done["reject_reasons"])
+                                              + Counter({"duplicate_id": len(decided.clashes)})),
+                       "first_shard": first, "shards": shards})
+        first += shards
+    merged = {"passages_per_shard": passages_per_shard, "parts": counts}
+    write_json_atomic(folder / "merge.json", merged)
+    return merged
+
+
+class PartitionError(UsageError):
+    """A part's map output is missing, damaged, or was made from other bytes."""
+
+
+def finish(workdir: Workdir, config: InferenceConfig, parts: list[Part],
+           merged: dict[str, Any]) -> PartitionSummary:
+    """Gather the written parts: the rejects ledger in input order, then the manifest."""
+    stage = workdir.root / STAGE
+    summary = PartitionSummary(parts=len(parts))
     reasons: Counter[str] = Counter()
-    seen_passages: set[bytes] = set()
-    seen_articles: dict[str, bytes] = {}
-    writer = _ShardWriter(workdir, config.shards.passages_per_shard, tokenizer)
-    p = config.passages
-    rejects_path = workdir.rejects_dir / "rejects.jsonl"
-
-    with atomic_path(rejects_path) as rejects_tmp, open(rejects_tmp, "wb") as rejects, tqdm(
-        desc="partition", unit=" rows", disable=None if progress is None else not progress,
-        mininterval=0.5,
-    ) as bar, closing(tokenizer) if tokenizer is not None else nullcontext():
-
-        def reject(row: RawRow, reason: str, detail: str) -> None:
-            summary.rejected += 1
-            reasons[reason] += 1
-            rejects.write(orjson.dumps({"source": row.source, "line": row.line,
-                                        "reason": reason, "detail": detail, "raw": row.raw}))
-            rejects.write(b"\n")
-
-        for path in paths:
-            count = 0
-            for count, row in enumerate(read_rows(path), start=1):
-                if count % 2048 == 0:
-                    bar.update(2048)
-                if row.record is None:
-                    reject(row, row.reason or "unreadable", row.detail or "")
-                    continue
-                try:
-                    article = to_article(row.record, config.fields, p.max_field_chars)
-                except Rejected as exc:
-                    row.raw = orjson.dumps(row.record, default=str).decode()[:500]
-                    reject(row, exc.reason, exc.detail)
-                    continue
-                earlier = seen_articles.get(article.article_id)
-                if earlier is not None:
-                    if earlier == article.digest[:8]:
-                        summary.articles += 1
-                        summary.duplicate_articles += 1
-                        continue
-                    row.raw = orjson.dumps(row.record, default=str).decode()[:500]
-                    reject(row, "duplicate_id",
-                           f"id {article.article_id!r} is already used by another article")
-                    continue
-                seen_articles[article.article_id] = article.digest[:8]
-                summary.articles += 1
-                if article.words <= p.max_words:
-                    texts = [article.text]  # most abstracts: one passage, or title only
-                else:
-                    texts = split_passages(article.text, p.min_words, p.max_words)
-                for ordinal, text in enumerate(texts):
-                    if len(texts) == 1:  # the passage is the article: same digest
-                        digest = article.digest[:16]
-                    else:
-                        digest = content_digest(article.title, text)[:16]
-                    if digest in seen_passages:
-                        summary.duplicate_passages += 1
-                        continue
-                    seen_passages.add(digest)
-                    summary.passages += 1
-                    writer.add((f"{article.article_id}#{ordinal}", article.article_id, ordinal,
-                                article.title, text, article.authors, article.year,
-                                article.url, article.topic, row.source))
-            bar.update(count % 2048)
-        writer.flush()
-        rejects.flush()
-
-    summary.shards = len(writer.shards)
-    summary.reject_reasons = dict(sorted(reasons.items()))
-    summary.seconds = time.perf_counter() - started
+    shards: list[dict[str, Any]] = []
+    with atomic_path(workdir.rejects_dir / "rejects.jsonl") as tmp, open(tmp, "wb") as ledger:
+        for part, counts in zip(parts, merged["parts"]):
+            mapped = stage / part_name(part.index)
+            written = _read_json(mapped / WRITTEN) if (mapped / WRITTEN).is_file() else None
+            if written is None:
+                raise PartitionError(f"part {part.index} ({part.source}) has no written shards")
+            for entry in written["shards"]:
+                shards.append({**entry, "file": f"shards/{entry['file']}"})
+            with open(mapped / "ledger.jsonl", "rb") as rejects:
+                shutil.copyfileobj(rejects, ledger)
+            for name in ("articles", "passages", "rejected", "duplicate_articles",
+                         "duplicate_passages"):
+                setattr(summary, name, getattr(summary, name) + counts[name])
+            reasons.update(counts["reject_reasons"])
+    summary.shards = len(shards)
+    summary.reject_reasons = dict(sorted((k, v) for k, v in reasons.items() if v))
     workdir.write_manifest({
         "format": "infer-corpus.manifest",
         "schema_version": SCHEMA_VERSION,
         "code_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "partition_key": key,
+        "partition_key": workdir.manifest().partition_key,
         "config": config.to_dict(),
-        "tokenizer": ShardTokenizer.identity(config) if tokenizer else None,
-        "inputs": inputs,
+        "tokenizer": ShardTokenizer.identity(config) if config.shards.tokenize else None,
+        "inputs": workdir.manifest().inputs,
         "partition": {"state": "done", **summary.to_dict()},
-        "shards": writer.shards,
+        "shards": shards,
     })
+    for folder in [stage / MERGE, *stage.glob("part-*")]:
+        shutil.rmtree(folder, ignore_errors=True)
     return summary

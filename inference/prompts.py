@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from .config_loader import ConfigError
 from .generation_config import GenerationConfig
-from .partition import fingerprint_inputs
+from .parts import fingerprint_inputs
 from .readers import RawRow, expand_inputs, read_rows
 from .records import Rejected
 from .schema import SCHEMA_VERSION, SHARD_SCHEMA, check_schema_version

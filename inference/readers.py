@@ -33,6 +33,7 @@ SUFFIXES = {
     ".parquet": "parquet",
 }
 RAW_PREVIEW_CHARS = 500
+MAX_LINE_BYTES = 64 << 20  # a longer line is a reject, never read whole (passages.max_line_bytes)
 
 
 class InputError(UsageError):
@@ -86,17 +87,77 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     return [Path(p) for p in unique]
 
 
-def read_rows(path: Path) -> Iterator[RawRow]:
-    """Yield every record of one input file, whatever its format."""
+@dataclass(frozen=True)
+class Span:
+    """Which records of a file to read: a byte range cut at line boundaries (JSONL), or a
+    range of row groups (Parquet); `first` is the line (row) number of its first record, so
+    every record keeps the number it has in the whole file. The default is the whole file."""
+
+    start: int = 0
+    end: int | None = None  # exclusive; None: to the end of the file
+    first: int = 1
+
+
+WHOLE = Span()
+
+
+def read_rows(path: Path, span: Span = WHOLE, *,
+              max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[RawRow]:
+    """Yield every record of one input file (or of its `span`), whatever its format."""
     fmt = input_format(path)
     if fmt == "jsonl":
-        yield from _read_jsonl(path)
+        yield from _read_jsonl(path, span, max_line_bytes)
     elif fmt == "csv":
-        yield from _read_csv(path)
+        if span != WHOLE:
+            raise InputError(f"{path}: a CSV file is read whole (quoted fields may hold line "
+                             "breaks, so it cannot be cut without reading it from its start)")
+        yield from _read_csv(path, max_line_bytes)
     elif fmt == "parquet":
-        yield from _read_parquet(path)
+        yield from _read_parquet(path, span)
     else:  # expand_inputs filters these out; kept for direct callers
         raise InputError(f"{path}: unsupported input format")
+
+
+class _ByteRange(io.RawIOBase):
+    """The bytes [start, end) of an open file, as a file of their own."""
+
+    def __init__(self, handle: io.BufferedIOBase, start: int, end: int | None) -> None:
+        handle.seek(start)
+        self.handle = handle
+        self.left = None if end is None else end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)
+        if self.left is not None:
+            view = view[: max(0, min(len(view), self.left))]
+        if not len(view):
+            return 0
+        count = self.handle.readinto(view) or 0
+        if self.left is not None:
+            self.left -= count
+        return count
+
+
+def _lines(handle: io.BufferedIOBase, limit: int) -> Iterator[tuple[bytes | None, int]]:
+    """(line, size) for each line; a line over `limit` bytes comes as (None, size) and is
+    skipped in pieces, never held whole."""
+    while True:
+        line = handle.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit:
+            yield line, len(line)
+            continue
+        size = len(line)
+        while not line.endswith(b"\n"):
+            line = handle.readline(1 << 20)
+            if not line:
+                break
+            size += len(line)
+        yield None, size
 
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
@@ -115,12 +176,23 @@ def _preview(data: bytes | str) -> str:
     return data[:RAW_PREVIEW_CHARS]
 
 
-def _read_jsonl(path: Path) -> Iterator[RawRow]:
+def _too_long(source: str, line_no: int, size: int, limit: int) -> RawRow:
+    return RawRow(source, line_no, None, "line_too_long",
+                  f"line of {size:,} bytes (limit {limit:,}: passages.max_line_bytes)")
+
+
+def _read_jsonl(path: Path, span: Span, max_line_bytes: int) -> Iterator[RawRow]:
     source = str(path)
-    line_no = 0
+    line_no = span.first - 1
     try:
-        with _open_binary(path) as handle:
-            for line_no, line in enumerate(handle, start=1):
+        with _open_binary(path) as raw:
+            handle = raw if span == WHOLE else io.BufferedReader(
+                _ByteRange(raw, span.start, span.end), 1 << 20)
+            for line_no, (line, size) in enumerate(_lines(handle, max_line_bytes),
+                                                   start=span.first):
+                if line is None:
+                    yield _too_long(source, line_no, size, max_line_bytes)
+                    continue
                 if line_no == 1 and line.startswith(BOM):  # written by some Windows tools
                     line = line[len(BOM):]
                 if not line.strip():
@@ -147,16 +219,31 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
                      f"file could not be read past this point: {exc}")
 
 
-def _read_csv(path: Path) -> Iterator[RawRow]:
+def _read_csv(path: Path, max_line_bytes: int) -> Iterator[RawRow]:
     source = str(path)
     csv.field_size_limit(2**31 - 1)  # over-long fields are judged by the partitioner's limit
     line_no = 0
+    too_long: list[int] = []  # sizes of lines the parser was given as blank
+
+    def lines(text: io.TextIOWrapper) -> Iterator[str]:
+        """The text's lines, a line over the limit (in characters) as a blank one."""
+        while line := text.readline(max_line_bytes + 1):
+            if len(line) <= max_line_bytes or line.endswith(("\n", "\r")):
+                yield line
+                continue
+            size = len(line.encode("utf-8", "surrogateescape"))
+            while line and not line.endswith(("\n", "\r")):
+                line = text.readline(1 << 20)
+                size += len(line.encode("utf-8", "surrogateescape"))
+            too_long.append(size)
+            yield "\n"
+
     try:
         with _open_binary(path) as binary:
             # utf-8-sig: a byte-order mark goes before the CSV parser sees a quoted header
             text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape",
                                     newline="")
-            reader = csv.reader(text)
+            reader = csv.reader(lines(text))
             try:
                 header = next(reader)
             except StopIteration:
@@ -170,6 +257,9 @@ def _read_csv(path: Path) -> Iterator[RawRow]:
                     break
                 except csv.Error as exc:
                     yield RawRow(source, line_no, None, "malformed_row", f"CSV error: {exc}")
+                    continue
+                if too_long:
+                    yield _too_long(source, line_no, too_long.pop(), max_line_bytes)
                     continue
                 if not values or (len(values) == 1 and not values[0].strip()):
                     continue
@@ -197,12 +287,13 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
-def _read_parquet(path: Path, batch_rows: int = 8192) -> Iterator[RawRow]:
+def _read_parquet(path: Path, span: Span, batch_rows: int = 8192) -> Iterator[RawRow]:
     source = str(path)
-    row_no = 0
+    row_no = span.first - 1
     try:
         parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=batch_rows):
+        groups = range(span.start, parquet.num_row_groups if span.end is None else span.end)
+        for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(groups)):
             for record in batch.to_pylist():
                 row_no += 1
                 yield RawRow(source, row_no, record)
