@@ -53,6 +53,7 @@ import orjson
 GENERATOR_VERSION = 2
 TARGET_ARTICLES_PER_S = 10_000
 TARGET_PEAK_RSS_MB = 2_048
+TARGET_SPEEDUP = 1.7  # 2 workers over 1 on 2 cores
 CHUNK = 8192  # articles generated per vectorised chunk
 
 # ---------------------------------------------------------------------------------------------
@@ -330,12 +331,14 @@ def partition_command() -> list[str]:
     return [sys.executable, "-m", "infer_corpus"]
 
 
-def run_partition(corpus: Path, run_dir: Path, overrides: list[str], timeout: float) -> dict:
-    """Run the partitioner as a child process on a fresh workdir; time it and read its peak RSS."""
+def run_partition(corpus: Path, run_dir: Path, overrides: list[str], timeout: float,
+                  workers: int) -> dict:
+    """Run the partitioner as a child process on a fresh workdir; time it and read its peak RSS
+    (the largest of its own and its worker processes')."""
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an unchanged, finished partition would be skipped, not redone
     cmd = [*partition_command(), "partition", "--input", str(corpus), "--workdir", str(run_dir),
-           "--force", "--json"]
+           "--force", "--json", "--workers", str(workers)]
     for item in overrides:
         cmd += ["--set", item]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -402,8 +405,44 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not measure the read+parse floor")
     parser.add_argument("--keep", action="store_true",
                         help="keep the partition's workdir (shards) afterwards")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="N",
+                        help="run the partition with each of these worker counts (default: "
+                        "1 2); the first is the baseline of the speed-up")
+    parser.add_argument("--merge-passages", type=int, nargs="*", default=[1_000_000, 4_000_000],
+                        metavar="N", help="also time the merge alone on N synthetic passage "
+                        "keys (10 per article), with its peak memory (default: 1M and 4M)")
     parser.add_argument("--json", action="store_true", help="end with one JSON summary line")
     return parser
+
+
+def measure_merge(passages: int, seed: int = 0) -> dict:
+    """The merge's time and peak memory on `passages` synthetic keys in 16 parts (10
+    passages an article, 1% of passages repeated): what the capacity model scales to 180M."""
+    import tracemalloc
+
+    from inference.dedup import PartKeys, decide
+
+    rng = np.random.default_rng(seed)
+    articles = max(1, passages // 10)
+    parts = []
+    for count in np.diff(np.linspace(0, articles, 17).astype(int)):
+        ids = rng.integers(0, 2**63, size=(count, 2), dtype=np.uint64)
+        digests = rng.integers(0, 2**63, size=(count * 10, 2), dtype=np.uint64)
+        repeats = rng.random(len(digests)) < 0.01
+        digests[repeats] = digests[rng.integers(0, len(digests), int(repeats.sum()))]
+        parts.append(PartKeys(ids, ids[:, :1].copy(), digests,
+                              np.repeat(np.arange(count, dtype=np.int32), 10)))
+    keys_mb = sum(a.nbytes for p in parts for a in vars(p).values()) / 2**20
+    tracemalloc.start()
+    started = time.perf_counter()
+    decisions = decide(parts)
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    kept = sum(int(d.keep.sum()) for d in decisions)
+    return {"passages": articles * 10, "seconds": round(seconds, 3),
+            "passages_per_s": round(articles * 10 / seconds), "keys_mb": round(keys_mb, 1),
+            "peak_extra_mb": round(peak, 1), "kept": kept}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,24 +468,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"baseline: read + orjson.loads {baseline_n:,} lines in {baseline_s:.2f} s",
               file=sys.stderr, flush=True)
 
-    print(f"partition: {' '.join(partition_command())} partition ... "
-          f"(timeout {args.timeout:.0f} s)",
-          file=sys.stderr, flush=True)
-    run = run_partition(corpus, workdir / "run", args.overrides, args.timeout)
-    summary = run["summary"] or {}
-    if run["timed_out"] or run["returncode"] != 0 or not summary:
-        why = (f"timed out after {run['seconds']:.0f} s" if run["timed_out"]
-               else f"exited {run['returncode']}")
-        print(f"partition failed: {why}\n{run['stderr'][-4000:]}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"error": why, "seconds": round(run["seconds"], 2),
-                              "peak_rss_mb": round(run["peak_rss_mb"], 1)}))
-        return 1
-    if not args.keep:
-        shutil.rmtree(workdir / "run", ignore_errors=True)
+    runs = []
+    for workers in args.workers:
+        print(f"partition: {' '.join(partition_command())} partition --workers {workers} ... "
+              f"(timeout {args.timeout:.0f} s)", file=sys.stderr, flush=True)
+        run = run_partition(corpus, workdir / "run", args.overrides, args.timeout, workers)
+        summary = run["summary"] or {}
+        if run["timed_out"] or run["returncode"] != 0 or not summary:
+            why = (f"timed out after {run['seconds']:.0f} s" if run["timed_out"]
+                   else f"exited {run['returncode']}")
+            print(f"partition failed: {why}\n{run['stderr'][-4000:]}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"error": why, "seconds": round(run["seconds"], 2),
+                                  "peak_rss_mb": round(run["peak_rss_mb"], 1)}))
+            return 1
+        if not args.keep:
+            shutil.rmtree(workdir / "run", ignore_errors=True)
+        runs.append({"workers": workers, "seconds": round(run["seconds"], 3),
+                     "articles_per_s": round(int(summary.get("articles", 0)) / run["seconds"], 1),
+                     "peak_rss_mb": round(run["peak_rss_mb"], 1), "parts": summary.get("parts"),
+                     "cpu_user_s": round(run["user_s"], 2), "summary": summary})
+    for run_ in runs:
+        run_["speedup"] = round(runs[0]["seconds"] / run_["seconds"], 3)
+    merges = []
+    for passages in args.merge_passages:
+        print(f"merge: {passages:,} synthetic passage keys ...", file=sys.stderr, flush=True)
+        merges.append(measure_merge(passages))
+    run = {"seconds": runs[0]["seconds"], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+           "user_s": runs[0]["cpu_user_s"], "sys_s": 0.0}
+    summary = runs[0]["summary"]
+    best = max(runs, key=lambda r: r["articles_per_s"])
 
     articles = int(summary.get("articles", 0))
-    seconds = run["seconds"]
+    seconds = best["seconds"]
     rate = articles / seconds if seconds else 0.0
     baseline_rate = baseline_n / baseline_s if baseline_s else None
     ratio = rate / baseline_rate if baseline_rate else None
@@ -458,20 +512,21 @@ def main(argv: list[str] | None = None) -> int:
         "rejected": summary.get("rejected"),
         "duplicate_passages": summary.get("duplicate_passages"),
         "shards": summary.get("shards"),
+        "parts": summary.get("parts"),
         "partitioned": summary.get("partitioned"),
         "seconds": round(seconds, 3),
-        "partition_internal_seconds": summary.get("seconds"),
-        "cpu_user_s": round(run["user_s"], 2),
-        "cpu_sys_s": round(run["sys_s"], 2),
         "articles_per_s": round(rate, 1),
         "passages_per_s": round((summary.get("passages") or 0) / seconds, 1) if seconds else None,
         "mb_per_s": round(stats["bytes"] / 1e6 / seconds, 2) if seconds else None,
         "peak_rss_mb": round(run["peak_rss_mb"], 1),
+        "runs": [{k: v for k, v in r.items() if k != "summary"} for r in runs],
+        "merge": merges,
         "baseline_articles_per_s": round(baseline_rate, 1) if baseline_rate else None,
         "baseline_seconds": round(baseline_s, 3) if baseline_rate else None,
         "ratio": round(ratio, 4) if ratio is not None else None,
         "target_articles_per_s": TARGET_ARTICLES_PER_S,
         "target_peak_rss_mb": TARGET_PEAK_RSS_MB,
+        "target_speedup_2_workers": TARGET_SPEEDUP,
         "articles_per_s_pass": rate_ok,
         "peak_rss_pass": rss_ok,
         "pass": rate_ok and rss_ok,
@@ -494,10 +549,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{stats['share_over_250_words']:.1%} over 250, max {stats['abstract_words_max']}; "
         f"{stats['title_only']:,} title-only; "
         + ("cached" if cached else f"generated in {stats['generation_seconds']:.1f} s"),
-        f"  partition   {seconds:8.2f} s wall  {rate:>12,.0f} articles/s  "
-        f"({result['passages_per_s']:,.0f} passages/s, {result['mb_per_s']:.1f} MB/s; "
-        f"cpu {run['user_s']:.1f} s user + {run['sys_s']:.1f} s sys)",
     ]
+    for r in runs:
+        lines.append(
+            f"  partition   {r['seconds']:8.2f} s wall  {r['articles_per_s']:>12,.0f} articles/s"
+            f"  with {r['workers']} worker(s), {r['parts']} parts; speed-up {r['speedup']:.2f}x "
+            f"over {runs[0]['workers']}; peak RSS of any process {r['peak_rss_mb']:,.0f} MB")
+    for m in merges:
+        lines.append(
+            f"  merge       {m['seconds']:8.2f} s       {m['passages_per_s']:>12,.0f} passages/s"
+            f"  on {m['passages']:,} synthetic keys ({m['keys_mb']:,.0f} MB of keys, "
+            f"{m['peak_extra_mb']:,.0f} MB more at its peak)")
     if baseline_rate:
         lines.append(f"  baseline    {baseline_s:8.2f} s       {baseline_rate:>12,.0f} articles/s  "
                      "(read lines + orjson.loads, in-process)")
@@ -506,6 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         f"  throughput  {rate:,.0f} articles/s vs target >= {TARGET_ARTICLES_PER_S:,}: "
         f"{mark(rate_ok)}",
+        *([f"  speed-up    {runs[1]['speedup']:.2f}x with {runs[1]['workers']} workers vs "
+           f"target >= {TARGET_SPEEDUP}: {mark(runs[1]['speedup'] >= TARGET_SPEEDUP)}"]
+          if len(runs) > 1 and runs[1]["workers"] == 2 and runs[0]["workers"] == 1 else []),
         f"  peak RSS    {run['peak_rss_mb']:,.0f} MB vs target < {TARGET_PEAK_RSS_MB:,} MB: "
         f"{mark(rss_ok)}",
     ]

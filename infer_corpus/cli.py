@@ -101,6 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="processes that partition parts in parallel (default: one per CPU)")
     part.add_argument("--json", action="store_true", help="end with one JSON summary line")
 
+    step = sub.add_parser(
+        "partition-step", help="one job of a partition on the pool (what partition.dag runs)",
+        description="A step of `partition` as one job of partition.dag, in the job's scratch "
+        "directory: `map` one part of the plan into part-N/, `merge` the mapped parts' keys "
+        "into merge/, or `write` one part's shards into written-N/. `submit --input` writes "
+        "the DAG that runs these; they are not meant to be typed.")
+    step.add_argument("step", choices=["map", "merge", "write"])
+    step.add_argument("--plan", required=True, metavar="FILE", help="the partition's plan.json")
+    step.add_argument("--part", type=int, metavar="N", help="map, write: the part")
+    step.add_argument("--input", dest="input_file", metavar="FILE",
+                      help="map: the part's input file")
+    step.add_argument("--keys", metavar="DIR", default="keys",
+                      help="merge: the folder of the mapped parts' keys (default keys)")
+    step.add_argument("--merge", metavar="DIR", default="merge",
+                      help="write: the folder of the merge's part-N.npz and merge.json "
+                      "(default merge)")
+    _config_args(step)
+
     shard = sub.add_parser("shard", help="embed and classify one or more shards",
                            description="Compute embeddings and predictions for shards of a "
                            "partitioned workdir: the command one HTCondor job runs. A finished "
@@ -275,6 +293,24 @@ def cmd_partition(args: argparse.Namespace) -> int:
                        workers=args.workers)
     summary = {**result.to_dict(), "partitioned": not result.skipped, "workdir": args.workdir}
     _print_summary(summary, args.json)
+    return 0
+
+
+def cmd_partition_step(args: argparse.Namespace) -> int:
+    from inference.partition import map_job, merge_job, write_job
+
+    config = load_config(args.config, args.overrides)
+    plan = Path(args.plan)
+    if args.step == "merge":
+        out = merge_job(plan, Path(args.keys), config)
+    elif args.part is None or (args.step == "map" and not args.input_file):
+        raise UsageError(f"partition-step {args.step} needs --part N"
+                         + (" and --input FILE" if args.step == "map" else ""))
+    elif args.step == "map":
+        out = map_job(plan, args.part, Path(args.input_file), config)
+    else:
+        out = write_job(plan, args.part, Path(args.merge), config)
+    print(f"partition-step {args.step}: wrote {out}/")
     return 0
 
 
@@ -612,7 +648,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "partition": cmd_partition, "shard": cmd_shard,
+COMMANDS = {"run": cmd_run, "partition": cmd_partition, "partition-step": cmd_partition_step,
+            "shard": cmd_shard,
             "index": cmd_index, "search": cmd_search, "eval": cmd_eval, "status": cmd_status,
             "submit": cmd_submit, "generate": cmd_generate}
 

@@ -49,8 +49,10 @@ from .workdir import Workdir, WorkdirError, atomic_path, write_json_atomic
 PARTITION_SECTIONS = ("fields", "passages", "shards")
 STAGE = "parts"  # WORKDIR/parts/: the plan, and each part's map output until the end
 PLAN = "plan.json"
-MERGE = "merge"
+KEYS = "keys"  # STAGE/keys/part-N.npz and .json: what the merge reads of each mapped part
+MERGE = "merge"  # STAGE/merge/: the merge's decisions, part-N.npz, and counts, merge.json
 WRITTEN = "written.json"
+LEDGER = "ledger.jsonl"
 __all__ = ["PartitionSummary", "fingerprint_inputs", "partition", "partition_key"]
 
 
@@ -112,7 +114,7 @@ def partition(patterns: list[str], workdir: Workdir, config: InferenceConfig, *,
         with tqdm(desc="partition", unit=" rows", disable=None if progress is None
                   else not progress, mininterval=0.5) as bar:
             _each(workers, _map_task, [(p, config, stage) for p in todo], bar.update)
-        merged = merge(stage, parts, config.shards.passages_per_shard)
+        merged = merge(stage / KEYS, parts, config.shards.passages_per_shard, stage / MERGE)
         todo = [p for p in parts if not (stage / part_name(p.index) / WRITTEN).is_file()]
         _each(workers, _write_task, [
             (p, stage, config, workdir.shards_dir, merged["parts"][p.index]["first_shard"],
@@ -173,12 +175,26 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _mapped(stage: Path, part: Part) -> bool:
     """The part's map output is there, whole, and made from the part's bytes."""
-    return _read_json(stage / part_name(part.index) / DONE).get("sha256") == part.sha256
+    return _read_json(stage / KEYS / f"{part_name(part.index)}.json").get("sha256") \
+        == part.sha256
+
+
+def publish_keys(stage: Path, index: int) -> None:
+    """Give the merge a mapped part's keys: STAGE/keys/part-N.npz, then part-N.json (its
+    counts, which mark the part mapped)."""
+    mapped, keys = stage / part_name(index), stage / KEYS
+    keys.mkdir(parents=True, exist_ok=True)
+    for source, name in (("keys.npz", f"{part_name(index)}.npz"),
+                         (DONE, f"{part_name(index)}.json")):
+        with atomic_path(keys / name) as tmp:
+            shutil.copyfile(mapped / source, tmp)
 
 
 def _map_task(part: Part, config: InferenceConfig, stage: Path,
               on_rows: Callable[[int], None] | None = None) -> int:
-    return map_part(part, config, stage / part_name(part.index), on_rows=on_rows)["rows"]
+    rows = map_part(part, config, stage / part_name(part.index), on_rows=on_rows)["rows"]
+    publish_keys(stage, part.index)
+    return rows
 
 
 def _write_task(part: Part, stage: Path, config: InferenceConfig, shards_dir: Path,
@@ -189,7 +205,8 @@ def _write_task(part: Part, stage: Path, config: InferenceConfig, shards_dir: Pa
     tokenizer = ShardTokenizer.load(config) if alone and config.shards.tokenize else None
     try:
         shards = write_part(part, mapped, stage / MERGE / f"{part_name(part.index)}.npz",
-                            config, shards_dir, first_shard, tokenizer=tokenizer)
+                            config, shards_dir, first_shard, mapped / LEDGER,
+                            tokenizer=tokenizer)
     finally:
         if tokenizer is not None:
             tokenizer.close()
@@ -215,30 +232,31 @@ def _each(workers: int, task: Callable[..., int | None], jobs: list[tuple],
                       "same command again; finished parts are kept") from None
 
 
-def merge(stage: Path, parts: list[Part], passages_per_shard: int) -> dict[str, Any]:
-    """Decide, from every mapped part's keys, which articles and passages are kept, and
-    number each part's shards; writes each part's decisions and the counts to
-    STAGE/merge/ (and returns the counts)."""
-    folder = stage / MERGE
+def merge(keys_dir: Path, parts: list[Part], passages_per_shard: int,
+          folder: Path) -> dict[str, Any]:
+    """Decide, from every mapped part's keys (in `keys_dir`: part-N.npz and part-N.json),
+    which articles and passages are kept, and number each part's shards; writes each part's
+    decisions and the counts (merge.json, written last) into `folder`, and returns the
+    counts."""
     keys, maps = [], []
     for part in parts:
-        mapped = stage / part_name(part.index)
-        done = _read_json(mapped / DONE)
+        name = part_name(part.index)
+        done = _read_json(keys_dir / f"{name}.json")
         if not done:
             raise PartitionError(f"part {part.index} ({part.source}) has no finished map "
-                                 f"output in {mapped}")
+                                 f"output: {keys_dir / name}.json is missing or damaged")
         if done.get("sha256") != part.sha256:
             raise PartitionError(f"part {part.index} ({part.source}) was mapped from other "
                                  "bytes than the plan's: run the partition again")
         try:
-            keys.append(PartKeys.load(mapped / "keys.npz"))
-        except (OSError, ValueError, KeyError) as exc:
-            raise PartitionError(f"part {part.index}: damaged map output {mapped}/keys.npz "
-                                 f"({exc})") from None
+            keys.append(PartKeys.load(keys_dir / f"{name}.npz"))
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise PartitionError(f"part {part.index}: damaged map output "
+                                 f"{keys_dir / name}.npz ({exc})") from None
         if len(keys[-1].passage_digests) != done.get("passages") or \
                 len(keys[-1].article_ids) != done.get("articles"):
-            raise PartitionError(f"part {part.index}: {mapped}/keys.npz does not hold the "
-                                 f"articles and passages its {DONE} counts")
+            raise PartitionError(f"part {part.index}: {keys_dir / name}.npz does not hold "
+                                 "the articles and passages the map counted")
         maps.append(done)
     counts, first = [], 0
     for part, done, decided in zip(parts, maps, decide(keys)):
@@ -279,7 +297,7 @@ def finish(workdir: Workdir, config: InferenceConfig, parts: list[Part],
                 raise PartitionError(f"part {part.index} ({part.source}) has no written shards")
             for entry in written["shards"]:
                 shards.append({**entry, "file": f"shards/{entry['file']}"})
-            with open(mapped / "ledger.jsonl", "rb") as rejects:
+            with open(mapped / LEDGER, "rb") as rejects:
                 shutil.copyfileobj(rejects, ledger)
             for name in ("articles", "passages", "rejected", "duplicate_articles",
                          "duplicate_passages"):
@@ -299,6 +317,89 @@ def finish(workdir: Workdir, config: InferenceConfig, parts: list[Part],
         "partition": {"state": "done", **summary.to_dict()},
         "shards": shards,
     })
-    for folder in [stage / MERGE, *stage.glob("part-*")]:
+    for folder in [stage / MERGE, stage / KEYS, *stage.glob("part-*")]:
         shutil.rmtree(folder, ignore_errors=True)
     return summary
+
+
+# The partition as jobs on a pool (submit/pipeline.py writes the DAG; submit/steps.py moves
+# what each job sends back into the workdir). Each job runs in an empty scratch directory
+# holding only its transferred files.
+
+def load_plan(plan_file: Path) -> tuple[str, list[Part]]:
+    """The partition key and the parts of a written plan (STAGE/plan.json)."""
+    data = _read_json(plan_file)
+    try:
+        return data["key"], [Part.from_dict(item) for item in data["plan"]["parts"]]
+    except (KeyError, TypeError) as exc:
+        raise PartitionError(f"{plan_file} is not a partition plan ({exc})") from None
+
+
+def map_job(plan_file: Path, index: int, input_file: Path, config: InferenceConfig) -> Path:
+    """Map part `index` from `input_file` (the part's bytes: the whole input, its row
+    groups, or the line range cut out of it) into ./part-N/; returns that folder."""
+    _, parts = load_plan(plan_file)
+    part = _part(parts, index)
+    if part.format == "jsonl" and not part.whole:  # the job holds the range alone
+        part = Part(**{**part.to_dict(), "start": 0, "end": None})
+    out = Path(part_name(index))
+    map_part(part, config, out, input_path=input_file)
+    return out
+
+
+def merge_job(plan_file: Path, keys_dir: Path, config: InferenceConfig) -> Path:
+    """The merge from the mapped parts' keys in `keys_dir`, into ./merge/."""
+    _, parts = load_plan(plan_file)
+    merge(keys_dir, parts, config.shards.passages_per_shard, Path(MERGE))
+    return Path(MERGE)
+
+
+def write_job(plan_file: Path, index: int, merge_dir: Path, config: InferenceConfig) -> Path:
+    """Write part `index`'s shards from ./part-N/ and the merge's decisions (part-N.npz and
+    merge.json in `merge_dir`) into ./written-N/ (shards/, ledger.jsonl, then
+    written.json); returns that folder."""
+    _, parts = load_plan(plan_file)
+    part = _part(parts, index)
+    merged = _read_json(merge_dir / "merge.json")
+    if len(merged.get("parts", [])) != len(parts):
+        raise PartitionError(f"{merge_dir / 'merge.json'} is missing or not this plan's")
+    out = Path(f"written-{index:05d}")
+    shutil.rmtree(out, ignore_errors=True)
+    tokenizer = ShardTokenizer.load(config) if config.shards.tokenize else None
+    try:
+        shards = write_part(part, Path(part_name(index)),
+                            merge_dir / f"{part_name(index)}.npz", config, out / "shards",
+                            merged["parts"][index]["first_shard"], out / LEDGER,
+                            tokenizer=tokenizer)
+    finally:
+        if tokenizer is not None:
+            tokenizer.close()
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / WRITTEN, {"shards": shards})
+    return out
+
+
+def _part(parts: list[Part], index: int) -> Part:
+    if not 0 <= index < len(parts):
+        raise PartitionError(f"part {index} does not exist: the plan has parts "
+                             f"0..{len(parts) - 1}")
+    return parts[index]
+
+
+def finish_pending(workdir: Workdir, config: InferenceConfig) -> PartitionSummary | None:
+    """Finish a partition whose parts were mapped, merged and written by jobs: the ledger
+    and the manifest (on the access point, after the last write job). None when the
+    workdir holds no such partition (finished already, or never planned)."""
+    with workdir.lock():
+        stage = workdir.root / STAGE
+        if not (stage / PLAN).is_file() or (workdir.has_manifest()
+                                            and workdir.manifest().partitioned):
+            return None
+        key, parts = load_plan(stage / PLAN)
+        if workdir.manifest().partition_key != key:
+            raise PartitionError(f"{stage / PLAN} is not the plan of the partition in "
+                                 f"{workdir.root}: submit the partition again")
+        merged = _read_json(stage / MERGE / "merge.json")
+        if len(merged.get("parts", [])) != len(parts):
+            raise PartitionError(f"{workdir.root}: the partition's merge has not finished")
+        return finish(workdir, config, parts, merged)

@@ -173,11 +173,11 @@ def _words(values: list[bytes], width: int) -> np.ndarray:
 
 
 def write_part(part: Part, mapped: Path, decisions: Path, config: InferenceConfig,
-               shards_dir: Path, first_shard: int, *,
+               shards_dir: Path, first_shard: int, ledger: Path, *,
                tokenizer: ShardTokenizer | None = None) -> list[dict[str, Any]]:
     """Write a mapped part's kept passages as shards `first_shard`, ... into `shards_dir` and
-    its ledger as `mapped`/ledger.jsonl; returns the shards' manifest entries (file: the
-    name in `shards_dir`)."""
+    its rejects to `ledger`; returns the shards' manifest entries (file: the name in
+    `shards_dir`)."""
     decided = np.load(decisions)
     keep, clashes = decided["keep"], decided["clashes"]
     size = config.shards.passages_per_shard
@@ -209,7 +209,7 @@ def write_part(part: Part, mapped: Path, decisions: Path, config: InferenceConfi
                     writer = None
     if done != len(keep):
         raise ValueError(f"{mapped}: {done} passages, the merge decided on {len(keep)}")
-    _write_ledger(part, mapped, clashes)
+    _write_ledger(part, mapped, clashes, ledger)
     return shards
 
 
@@ -223,7 +223,7 @@ def _shard_rows(table: pa.Table, tokenizer: ShardTokenizer | None) -> pa.Table:
     return table.append_column(SHARD_SCHEMA.field("input_ids"), ids).cast(SHARD_SCHEMA)
 
 
-def _write_ledger(part: Part, mapped: Path, clashes: np.ndarray) -> None:
+def _write_ledger(part: Part, mapped: Path, clashes: np.ndarray, target: Path) -> None:
     """The part's rejects in line order: the map's, and each article whose id an earlier,
     different article holds."""
     def mapped_rejects() -> Iterator[tuple[int, bytes]]:
@@ -240,7 +240,7 @@ def _write_ledger(part: Part, mapped: Path, clashes: np.ndarray) -> None:
                 "detail": f"id {article_id!r} is already used by another article",
                 "raw": raw}) + b"\n"
 
-    with atomic_path(mapped / "ledger.jsonl") as tmp, open(tmp, "wb") as ledger:
+    with atomic_path(target) as tmp, open(tmp, "wb") as ledger:
         if not len(clashes):
             with open(mapped / "rejects.jsonl", "rb") as rejects:
                 shutil.copyfileobj(rejects, ledger)

@@ -41,7 +41,9 @@ from inference.config import InferenceConfig
 from inference.config_loader import ConfigError
 from inference.errors import EXIT_USAGE, UsageError
 from inference.manifest import Manifest
-from inference.partition import partition_key
+from inference.partition import (KEYS, MERGE, PLAN, STAGE, finish_pending, partition_key,
+                                 prepare)
+from inference.partition_map import part_name
 from inference.readers import expand_inputs
 from inference.workdir import Workdir
 
@@ -49,15 +51,15 @@ from .config import CondorConfig, StepResourcesConfig
 from .htcondor import (CondorError, Dag, Node, Script, access_point_commands,
                        checkpoint_commands, classad_literal, condor_arguments, dag_report,
                        gpu_commands, job_commands, lint_dag, record_submission,
-                       require_not_running, resource_commands, site_attribute_commands,
-                       submit_dag, transfer_source, write_dag, write_job_script, write_submit)
+                       quantity, require_not_running, resource_commands,
+                       site_attribute_commands, submit_dag, transfer_source, write_dag,
+                       write_job_script, write_submit)
 
 CONDOR_DIR = "condor"
 DAG_FILE = "pipeline.dag"
 PARTITION_DAG = "partition.dag"
 STATUS_FILE = "pipeline.status"
 PARTITION_STATUS = "partition.status"
-INPUTS_FILE = "partition-inputs.txt"
 JOB_SCRIPT = "run-shard.sh"
 STEP_SCRIPT = "run-step.sh"
 GPU_CATEGORY = "gpu"
@@ -79,6 +81,7 @@ class PipelineFiles:
     files: list[str]
     problems: list[str] = field(default_factory=list)
     load_jobs: int = 0
+    partition_jobs: int = 0
 
 
 def condor_dir(workdir: Workdir) -> Path:
@@ -362,56 +365,149 @@ def write_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConf
                          load_jobs=sum(n.name.startswith("load-") for n in index_nodes))
 
 
-def pool_inputs(patterns: list[str]) -> list[Path]:
-    """The input files a partition job gets, absolute. File transfer puts each in the job's
-    scratch directory under its own name, so two inputs may not share a name, and a
-    transfer list is split on commas, so no name may hold one."""
-    paths = [Path(os.path.abspath(path)) for path in expand_inputs(patterns)]
-    seen: dict[str, Path] = {}
-    for path in paths:
-        if "," in str(path) or re.search(r"\s", str(path)):
-            raise ConfigError(f"input {path}: a partition job cannot take a path with a comma "
-                              "or a space; rename it, or partition on the access point")
-        if path.name in seen:
-            raise ConfigError(f"inputs {seen[path.name]} and {path} have the same file name, "
-                              "and a partition job gets its inputs side by side: rename one, "
-                              "or partition on the access point")
-        seen[path.name] = path
-    return paths
+def _transferable(path: str) -> str:
+    """A path a job's transfer list can hold: file transfer splits the list on commas."""
+    if "," in path or re.search(r"\s", path):
+        raise ConfigError(f"input {path}: a partition job cannot take a path with a comma or "
+                          "a space; rename it, or partition on the access point")
+    return path
+
+
+# What a partition job needs, by the bytes it handles (measured by
+# benchmarks/partition_throughput.py: a map process peaked at 395 MB on a 122 MB part, the
+# merge at about 60 bytes a passage); within the config's partition_resources, as caps.
+STEP_BASE_MB = 1024
+BYTES_PER_PASSAGE = 1000  # assumed for sizing the merge before the passages are known
+MERGE_BYTES_PER_PASSAGE = 80  # keys (24 B an article's share plus 16 B a passage) and sorting
+
+
+def _sized(r: StepResourcesConfig, memory_mb: float, disk_mb: float,
+           cpus: int = 1) -> dict[str, str]:
+    """The requests of one partition job, as node VARS: what its work needs, capped by the
+    config's requests."""
+    memory = min(int(memory_mb), quantity(r.request_memory, "M"))
+    disk = min(int(disk_mb), quantity(r.request_disk, "K") // 1024)
+    return {"request_cpus": str(min(cpus, r.request_cpus)), "request_memory": f"{memory}MB",
+            "request_disk": f"{disk}MB"}
+
+
+def _cpu_step(c: CondorConfig, name: str, args: list[str], inputs: list[str],
+              outputs: str, root: Path) -> dict[str, str]:
+    """A partition job whose requests come from its node's VARS (see `_sized`)."""
+    sized = StepResourcesConfig(request_cpus="$(request_cpus)",  # type: ignore[arg-type]
+                                request_memory="$(request_memory)",
+                                request_disk="$(request_disk)",
+                                requirements=c.partition_resources.requirements)
+    return _step_submit(c, sized, name, args, inputs, outputs, root)
 
 
 def write_partition_dag(workdir: Workdir, config: InferenceConfig, condor: CondorConfig,
-                        inputs: list[Path]) -> PipelineFiles:
-    """Write WORKDIR/condor/partition.dag: the partition as one CPU job on the pool (or, with
-    `condor.local_steps`, on the access point); lint the DAG."""
+                        inputs: list[str]) -> PipelineFiles:
+    """Write WORKDIR/condor/partition.dag: the partition as map, merge and write jobs on the
+    pool (or, with `condor.local_steps`, as one step on the access point); lint the DAG.
+
+    The plan is made here, on the access point (it reads each input once): one map job per
+    part (a line range of a large JSONL file is cut out by the node's PRE script, so the job
+    gets only its bytes), then one merge job on the parts' keys, then one write job per part;
+    each node's POST script checks what came back and moves it into the workdir. The sub-DAG
+    node's PRE script finishes the partition (the rejects ledger, the manifest) and writes
+    pipeline.dag."""
     root, out, config_file = _prepare(workdir, config, condor)
-    (out / INPUTS_FILE).write_text("".join(f"{p}\n" for p in inputs), encoding="utf-8")
+    for path in inputs:
+        _transferable(os.path.abspath(path))
     if condor.local_steps:
         write_submit(out / "partition.sub", _local_submit(
             ["infer_corpus", "partition", "--workdir", str(root), "--config", str(config_file),
-             "--input", *map(str, inputs)], "partition", root))
-        node = Node("partition", "partition.sub")
+             "--input", *(os.path.abspath(p) for p in inputs)], "partition", root))
+        nodes, last = [Node("partition", "partition.sub")], ["partition"]
+        edges: list[tuple[list[str], list[str]]] = []
+        files = ["partition.sub"]
     else:
-        write_submit(out / "partition.sub", _step_submit(
-            condor, condor.partition_resources, "partition",
-            ["partition", "--workdir", "partition", "--config", config_file.name, "--input",
-             *(p.name for p in inputs)],
-            [*map(str, inputs), str(config_file)], "partition", root))
-        node = Node("partition", "partition.sub", retry=condor.retries,
-                    retry_unless_exit=EXIT_BAD_INPUT,
-                    post=Script(sys.executable, ["-m", "submit.steps", "partition", "--workdir",
-                                                 str(root), "--job-exit", "$RETURN"]))
+        nodes, edges, last = _partition_jobs(workdir, config, condor, inputs, root, out,
+                                             config_file)
+        files = ["map.sub", "merge.sub", "write.sub"]
     # then the GPU DAG, as a sub-DAG: its PRE script writes pipeline.dag on the access
     # point once the shards exist (DAGMan reads a sub-DAG's file only when it starts it)
     pipeline = Node("pipeline", DAG_FILE, kind="SUBDAG", pre=Script(sys.executable, [
         "-m", "infer_corpus", "submit", "--workdir", str(root), "--config", str(config_file),
         "--from-partition-dag"]))
     dag_path = write_dag(out / PARTITION_DAG, Dag(
-        nodes=[node, pipeline], edges=[(["partition"], ["pipeline"])],
+        nodes=[*nodes, pipeline], edges=[*edges, (last, ["pipeline"])],
         node_status_file=PARTITION_STATUS))
-    files = [PARTITION_DAG, "partition.sub", STEP_SCRIPT, "config.yaml", INPUTS_FILE]
+    files = [PARTITION_DAG, *files, STEP_SCRIPT, "config.yaml"]
     return PipelineFiles(dag=dag_path, shard_jobs=[], shards_done=0, staged=0, files=files,
-                         problems=lint_dag(dag_path))
+                         problems=lint_dag(dag_path),
+                         partition_jobs=sum(n.name != "partition" for n in nodes))
+
+
+def _partition_jobs(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
+                    inputs: list[str], root: Path, out: Path, config_file: Path
+                    ) -> tuple[list[Node], list[tuple[list[str], list[str]]], list[str]]:
+    """The map, merge and write nodes (see `write_partition_dag`) and their edges."""
+    with workdir.lock():
+        parts = prepare(inputs, workdir, config, force=True)
+    if not isinstance(parts, list):  # the same partition is there: nothing to redo
+        parts = []
+    stage = (root / STAGE).resolve()
+    plan = str(stage / PLAN)
+    r = c.partition_resources
+    mb = 1 << 20
+    step = [sys.executable, "-m", "submit.steps"]
+    write_submit(out / "map.sub", _cpu_step(
+        c, "map-$(part)", ["partition-step", "map", "--plan", PLAN, "--part", "$(part)",
+                           "--input", "$(input_name)", "--config", config_file.name],
+        ["$(input)", plan, str(config_file)], "part-$(part)", root))
+    write_submit(out / "merge.sub", _cpu_step(
+        c, "merge", ["partition-step", "merge", "--plan", PLAN, "--keys", KEYS, "--config",
+                     config_file.name],
+        [str(stage / KEYS), plan, str(config_file)], MERGE, root))
+    write_submit(out / "write.sub", _cpu_step(
+        c, "write-$(part)", ["partition-step", "write", "--plan", PLAN, "--part", "$(part)",
+                             "--merge", ".", "--config", config_file.name],
+        [str(stage / "$(part_dir)"), str(stage / MERGE / "$(part_dir).npz"),
+         str(stage / MERGE / "merge.json"), plan, str(config_file)],
+        "written-$(part)", root))
+    nodes, maps, writes = [], [], []
+    total = sum(p.size for p in parts)
+    tokenizing = config.shards.tokenize
+    for part in parts:
+        number = f"{part.index:05d}"
+        source = _transferable(part.path)
+        pre = None
+        if part.format == "jsonl" and not part.whole:
+            source = str(out / "cut" / f"{part_name(part.index)}.jsonl")
+            pre = Script(*step[:1], [*step[1:], "cut-part", "--workdir", str(root), "--part",
+                                     str(part.index)])
+        size_mb = part.size / mb
+        maps.append(f"map-{number}")
+        nodes.append(Node(
+            maps[-1], "map.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT, pre=pre,
+            vars={"part": number, "input": source, "input_name": Path(source).name,
+                  **_sized(r, 512 + 2 * size_mb, 1024 + 3 * size_mb)},
+            post=Script(*step[:1], [*step[1:], "map", "--workdir", str(root), "--part",
+                                    str(part.index), "--job-exit", "$RETURN"])))
+    passages = total / BYTES_PER_PASSAGE
+    nodes.append(Node(
+        "merge", "merge.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT,
+        vars=_sized(r, STEP_BASE_MB + passages * MERGE_BYTES_PER_PASSAGE / mb,
+                    STEP_BASE_MB + 2 * passages * 40 / mb),
+        post=Script(*step[:1], [*step[1:], "merge", "--workdir", str(root), "--job-exit",
+                                "$RETURN"])))
+    for part in parts:
+        number = f"{part.index:05d}"
+        size_mb = part.size / mb
+        cpus = r.request_cpus if tokenizing else 1
+        writes.append(f"write-{number}")
+        nodes.append(Node(
+            writes[-1], "write.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT,
+            vars={"part": number, "part_dir": part_name(part.index),
+                  **_sized(r, STEP_BASE_MB + 512 * (cpus - 1), 1024 + 3 * size_mb, cpus)},
+            post=Script(*step[:1], [*step[1:], "write", "--workdir", str(root), "--part",
+                                    str(part.index), "--job-exit", "$RETURN"])))
+    edges = [(maps, ["merge"])] if maps else []
+    if writes:
+        edges.append((["merge"], writes))
+    return nodes, edges, writes or ["merge"]
 
 
 def submit_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConfig, *,
@@ -424,9 +520,11 @@ def submit_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorCon
     partitioned one gets the pipeline DAG (`inputs`, if given, must be the partition's).
     `config` is the run's whole config (its sections all go into the DAG's config.yaml, for
     the partition and check steps); `condor` is its `condor` section."""
+    if from_partition_dag:
+        finish_pending(workdir, config)  # what the partition's jobs made, gathered
     partitioned = workdir.has_manifest() and workdir.manifest().partitioned
     if inputs and not partitioned:
-        written = write_partition_dag(workdir, config, condor, pool_inputs(inputs))
+        written = write_partition_dag(workdir, config, condor, inputs)
     else:
         if inputs:
             recorded = {item["path"] for item in workdir.manifest().inputs}
@@ -450,6 +548,7 @@ def submit_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorCon
         record_submission(written.dag, cluster)
     return {
         "dag": str(written.dag), "partition_job": written.dag.name == PARTITION_DAG,
+        "partition_jobs": written.partition_jobs,
         "shard_jobs": len(written.shard_jobs), "shards_done": written.shards_done,
         "load_jobs": written.load_jobs, "staged": written.staged, "files": written.files,
         "dry_run": dry_run, "cluster": cluster,

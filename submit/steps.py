@@ -1,14 +1,19 @@
 """The access point's side of the CPU steps that run as jobs: their PRE and POST scripts.
 
-    python -m submit.steps partition --workdir DIR --job-exit $RETURN     (POST, partition.dag)
-    python -m submit.steps index --workdir DIR --job-exit $RETURN         (POST, index node)
-    python -m submit.steps stage-load --workdir DIR --group G --shards A-B    (PRE, load-G)
+    python -m submit.steps cut-part --workdir DIR --part N                  (PRE, map-N)
+    python -m submit.steps map --workdir DIR --part N --job-exit $RETURN    (POST, map-N)
+    python -m submit.steps merge --workdir DIR --job-exit $RETURN           (POST, merge)
+    python -m submit.steps write --workdir DIR --part N --job-exit $RETURN  (POST, write-N)
+    python -m submit.steps index --workdir DIR --job-exit $RETURN           (POST, index node)
+    python -m submit.steps stage-load --workdir DIR --group G --shards A-B  (PRE, load-G)
 
-A partition job partitions its inputs in its scratch directory into a workdir named
-`partition` that comes back to condor/incoming/partition/; its POST script checks it (a
-finished partition whose shard files hold the rows the manifest lists), moves its shards and
-rejects into the workdir, clears the results of any earlier partition, and writes the manifest
-last, with the access point's paths of the inputs in place of the job's.
+The partition's jobs (partition.dag; see inference/partition.py): a map job gets one part's
+bytes (a line range of a large JSONL file is cut into condor/cut/ by its PRE script first)
+and sends back `part-N/`; its POST script checks that it was made from the plan's bytes and
+holds the keys it counts, then moves it into WORKDIR/parts/ and gives its keys to the merge.
+The merge job sends back `merge/` (each part's decisions and the counts), checked against the
+mapped parts. A write job sends back `written-N/`: its shards, checked against the merge's
+count, go into WORKDIR/shards/, its rejects ledger beside its part.
 
 An index job builds the embedded index in its scratch directory; its `index` folder comes back
 to condor/incoming/index/ and replaces the workdir's: its folders (the build) are moved in
@@ -33,14 +38,19 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from inference.dedup import PartKeys
 from inference.errors import UsageError, run_command
-from inference.manifest import Manifest
-from inference.workdir import Workdir, write_json_atomic
+from inference.partition import (KEYS, LEDGER, MERGE, PLAN, STAGE, WRITTEN, load_plan,
+                                 publish_keys)
+from inference.partition_map import DONE, part_name
+from inference.parts import Part
+from inference.workdir import Workdir, atomic_path
 
-from .pipeline import INPUTS_FILE, condor_dir
+from .pipeline import condor_dir
 from .validate import log_decision
 
 
@@ -63,71 +73,132 @@ def _replace_dir(source: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def check_partition(received: Path) -> Manifest:
-    """The received workdir's manifest, when it is a finished partition whose shard files
-    hold the rows it lists; StepError otherwise."""
-    try:
-        manifest = Manifest(json.loads((received / "manifest.json").read_text("utf-8")),
-                            received / "manifest.json")
-    except (OSError, ValueError) as exc:
-        raise StepError(f"no readable manifest came back ({exc})") from None
-    if not manifest.partitioned:
-        raise StepError("the partition it sent back did not finish")
-    for entry in manifest.shards:
-        path = received / entry.file
-        try:
-            rows = pq.read_metadata(path).num_rows
-        except (OSError, pa.ArrowException) as exc:
-            raise StepError(f"shard {entry.shard}: unreadable {entry.file} ({exc})") from None
-        if rows != entry.rows:
-            raise StepError(f"shard {entry.shard}: {rows} rows, the manifest says {entry.rows}")
-    if not (received / "rejects" / "rejects.jsonl").is_file():
-        raise StepError("no rejects/rejects.jsonl came back")
-    return manifest
+def _plan(workdir: Workdir) -> list[Part]:
+    return load_plan(workdir.root / STAGE / PLAN)[1]
 
 
-def _access_point_inputs(manifest: Manifest, workdir: Workdir) -> list[dict]:
-    """The manifest's inputs as the access point has them: the job hashed its own copies, so
-    the path (and the mtime, where the size agrees) become the access point file's, and the
-    next partition check does not hash them again."""
-    paths = (condor_dir(workdir) / INPUTS_FILE).read_text(encoding="utf-8").split("\n")
-    by_name = {Path(p).name: Path(p) for p in paths if p}
-    inputs = []
-    for item in manifest.inputs:
-        path = by_name.get(Path(item["path"]).name)
-        if path is None:
-            raise StepError(f"input {item['path']} is not one the DAG sent")
-        stat = path.stat()
-        same_size = stat.st_size == item["size"]
-        inputs.append({**item, "path": str(path),
-                       "mtime_ns": stat.st_mtime_ns if same_size else item["mtime_ns"]})
-    return inputs
+def cut_part(workdir: Workdir, index: int) -> int:
+    """The map node's PRE script for a line range of a large JSONL file: copy the range to
+    condor/cut/part-N.jsonl, which the job gets instead of the whole file."""
+    part = _plan(workdir)[index]
+    target = condor_dir(workdir) / "cut" / f"{part_name(index)}.jsonl"
+    with atomic_path(target) as tmp, open(part.path, "rb") as source, open(tmp, "wb") as out:
+        left = (part.end or 0) - part.start
+        position = part.start
+        while left > 0:
+            sent = os.copy_file_range(source.fileno(), out.fileno(), left, position)
+            if not sent:
+                raise StepError(f"{part.path} ends before byte {part.end}: it changed since "
+                                "the partition was planned")
+            left -= sent
+            position += sent
+    return 0
 
 
-def accept_partition(workdir: Workdir, job_exit: int) -> int:
-    """The partition node's POST decision as an exit code (see the module docstring)."""
-    if job_exit != 0:
-        log_decision(condor_dir(workdir), f"partition: job exited with {job_exit}")
-        return job_exit if 0 < job_exit < 256 else 1
-    received = _incoming(workdir, "partition")
-    try:
-        manifest = check_partition(received)
-        inputs = _access_point_inputs(manifest, workdir)
-    except (StepError, OSError) as exc:
-        log_decision(condor_dir(workdir), f"partition: rejected: {exc}")
-        shutil.rmtree(received, ignore_errors=True)
-        return 1
-    with workdir.lock():
-        workdir.create()
-        _replace_dir(received / "shards", workdir.shards_dir)
-        _replace_dir(received / "rejects", workdir.rejects_dir)
-        empty = workdir.results_dir.with_name(f".results-new-{os.getpid()}")
-        empty.mkdir()
-        _replace_dir(empty, workdir.results_dir)  # results of another partition: stale
-        write_json_atomic(workdir.manifest_path, {**manifest.data, "inputs": inputs})
+def _reject(workdir: Workdir, what: str, received: Path, why: object) -> int:
+    log_decision(condor_dir(workdir), f"{what}: rejected: {why}")
     shutil.rmtree(received, ignore_errors=True)
-    log_decision(condor_dir(workdir), f"partition: accepted {len(manifest.shards)} shards, "
-                  f"{manifest.passages:,} passages")
+    return 1
+
+
+def _job_failed(workdir: Workdir, what: str, job_exit: int) -> int | None:
+    if job_exit == 0:
+        return None
+    log_decision(condor_dir(workdir), f"{what}: job exited with {job_exit}")
+    return job_exit if 0 < job_exit < 256 else 1
+
+
+def accept_map(workdir: Workdir, index: int, job_exit: int) -> int:
+    """The map node's POST decision as an exit code (see the module docstring)."""
+    what = f"map {index}"
+    if (failed := _job_failed(workdir, what, job_exit)) is not None:
+        return failed
+    received = _incoming(workdir, part_name(index))
+    try:
+        part = _plan(workdir)[index]
+        done = json.loads((received / DONE).read_text("utf-8"))
+        if done.get("sha256") != part.sha256:
+            raise StepError("it was made from other bytes than the plan's part")
+        keys = PartKeys.load(received / "keys.npz")
+        if (len(keys.article_ids), len(keys.passage_digests)) != (done["articles"],
+                                                                  done["passages"]):
+            raise StepError("its keys do not hold the articles and passages it counts")
+        rows = pq.read_metadata(received / "passages.parquet").num_rows
+        if rows != done["passages"]:
+            raise StepError(f"passages.parquet holds {rows} passages, it counts "
+                            f"{done['passages']}")
+    except (StepError, OSError, ValueError, KeyError, pa.ArrowException) as exc:
+        return _reject(workdir, what, received, exc)
+    stage = workdir.root / STAGE
+    _replace_dir(received, stage / part_name(index))
+    publish_keys(stage, index)
+    (condor_dir(workdir) / "cut" / f"{part_name(index)}.jsonl").unlink(missing_ok=True)
+    log_decision(condor_dir(workdir), f"{what}: accepted {done['rows']:,} rows, "
+                 f"{done['passages']:,} candidate passages")
+    return 0
+
+
+def accept_merge(workdir: Workdir, job_exit: int) -> int:
+    """The merge node's POST decision as an exit code (see the module docstring)."""
+    if (failed := _job_failed(workdir, "merge", job_exit)) is not None:
+        return failed
+    received = _incoming(workdir, MERGE)
+    stage = workdir.root / STAGE
+    try:
+        parts = _plan(workdir)
+        merged = json.loads((received / "merge.json").read_text("utf-8"))
+        if len(merged.get("parts", [])) != len(parts):
+            raise StepError(f"merge.json counts {len(merged.get('parts', []))} parts, the "
+                            f"plan has {len(parts)}")
+        for part, counts in zip(parts, merged["parts"]):
+            with np.load(received / f"{part_name(part.index)}.npz") as decided:
+                keep = decided["keep"]
+            mapped = json.loads((stage / KEYS / f"{part_name(part.index)}.json").read_text())
+            if len(keep) != mapped["passages"] or int(keep.sum()) != counts["passages"]:
+                raise StepError(f"part {part.index}: its decisions do not match the mapped "
+                                "part or the counts")
+    except (StepError, OSError, ValueError, KeyError) as exc:
+        return _reject(workdir, "merge", received, exc)
+    _replace_dir(received, stage / MERGE)
+    log_decision(condor_dir(workdir), f"merge: accepted {len(parts)} parts, "
+                 f"{sum(c['passages'] for c in merged['parts']):,} passages kept")
+    return 0
+
+
+def accept_write(workdir: Workdir, index: int, job_exit: int) -> int:
+    """The write node's POST decision as an exit code (see the module docstring)."""
+    what = f"write {index}"
+    if (failed := _job_failed(workdir, what, job_exit)) is not None:
+        return failed
+    received = _incoming(workdir, f"written-{index:05d}")
+    stage = workdir.root / STAGE
+    try:
+        counts = json.loads((stage / MERGE / "merge.json").read_text("utf-8"))["parts"][index]
+        shards = json.loads((received / WRITTEN).read_text("utf-8"))["shards"]
+        numbers = [entry["shard"] for entry in shards]
+        first = counts["first_shard"]
+        if numbers != list(range(first, first + counts["shards"])):
+            raise StepError(f"shards {numbers}, the merge numbered "
+                            f"{first}..{first + counts['shards'] - 1}")
+        for entry in shards:
+            rows = pq.read_metadata(received / "shards" / entry["file"]).num_rows
+            if rows != entry["rows"]:
+                raise StepError(f"{entry['file']}: {rows} rows, it lists {entry['rows']}")
+        if sum(entry["rows"] for entry in shards) != counts["passages"]:
+            raise StepError("its shards do not hold the passages the merge kept")
+        if not (received / LEDGER).is_file():
+            raise StepError(f"no {LEDGER} came back")
+    except (StepError, OSError, ValueError, KeyError, IndexError, pa.ArrowException) as exc:
+        return _reject(workdir, what, received, exc)
+    workdir.shards_dir.mkdir(parents=True, exist_ok=True)
+    for entry in shards:
+        os.replace(received / "shards" / entry["file"], workdir.shards_dir / entry["file"])
+    mapped = stage / part_name(index)
+    os.replace(received / LEDGER, mapped / LEDGER)
+    os.replace(received / WRITTEN, mapped / WRITTEN)  # last: marks the part written
+    shutil.rmtree(received, ignore_errors=True)
+    log_decision(condor_dir(workdir), f"{what}: accepted {len(shards)} shards, "
+                 f"{counts['passages']:,} passages")
     return 0
 
 
@@ -197,9 +268,11 @@ def stage_load(workdir: Workdir, group: int, shards: list[int]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m submit.steps", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["partition", "index", "stage-load"])
+    parser.add_argument("step", choices=["cut-part", "map", "merge", "write", "index",
+                                         "stage-load"])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--job-exit", type=int, help="the job's exit code (DAGMan's $RETURN)")
+    parser.add_argument("--part", type=int)
     parser.add_argument("--group", type=int)
     parser.add_argument("--shards", metavar="A-B")
     args = parser.parse_args(argv)
@@ -209,10 +282,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("stage-load needs --group and --shards")
         return run_command("submit.steps", lambda: stage_load(workdir, args.group,
                                                                shard_range(args.shards)))
+    if args.step in ("cut-part", "map", "write") and args.part is None:
+        parser.error(f"{args.step} needs --part")
+    if args.step == "cut-part":
+        return run_command("submit.steps", lambda: cut_part(workdir, args.part))
     if args.job_exit is None:
         parser.error(f"{args.step} needs --job-exit")
-    accept = accept_partition if args.step == "partition" else accept_index
-    return run_command("submit.steps", lambda: accept(workdir, args.job_exit))
+    accept = {"map": lambda: accept_map(workdir, args.part, args.job_exit),
+              "merge": lambda: accept_merge(workdir, args.job_exit),
+              "write": lambda: accept_write(workdir, args.part, args.job_exit),
+              "index": lambda: accept_index(workdir, args.job_exit)}[args.step]
+    return run_command("submit.steps", accept)
 
 
 if __name__ == "__main__":

@@ -173,3 +173,42 @@ def test_a_part_whose_input_changed_is_refused_in_one_line(tmp_path):
     with pytest.raises(PartChanged, match="changed since the partition was planned"):
         map_part(parts[0], load_config(), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_partition_killed_at_random_moments_resumes_to_the_unkilled_result(inputs, expected,
+                                                                            tmp_path):
+    """`partition --workers 2` killed (SIGKILL, its worker processes with it) at moments
+    spread over a run, in the map, the merge or the writes, then run again: nothing lost,
+    nothing counted twice, and the finished parts of the killed run are not mapped again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "infer_corpus", "partition", "--workdir",
+               str(tmp_path / "w"), "--workers", "2", "--set", "shards.part_bytes=1024",
+               "--set", "shards.passages_per_shard=40", "--json", "--input", *inputs]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    whole = time.perf_counter() - started
+    reference = result(Workdir(tmp_path / "w"))
+    rng = random.Random(3)
+    interrupted = 0
+    for attempt in range(3):
+        workdir = tmp_path / f"k{attempt}"
+        killed = [*command]
+        killed[killed.index(str(tmp_path / "w"))] = str(workdir)
+        proc = subprocess.Popen(killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(rng.uniform(0.3, 0.9) * whole)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        manifest = workdir / "manifest.json"
+        interrupted += manifest.is_file() and \
+            json.loads(manifest.read_text())["partition"]["state"] == "running"
+        out = subprocess.run(killed, check=True, capture_output=True, text=True).stdout
+        assert json.loads(out.splitlines()[-1])["articles"] == expected["counts"]["articles"]
+        assert result(Workdir(workdir)) == reference
+    assert interrupted, "no kill landed while the partition ran"
+    assert reference["passages"] == expected["passages"]

@@ -138,17 +138,20 @@ def cranfield_articles(tmp_path_factory) -> Path:
 
 def test_readme_flow_with_a_relative_workdir_builds_the_same_index_as_a_local_run(
         cranfield_articles, tmp_path):
-    """The README's flow, typed in the user's folder: one `submit --input` partitions in a CPU
-    job (inputs in, shards and manifest back), then the partition DAG's sub-DAG node writes
-    the GPU DAG on the access point and runs it: shard jobs, then the index built by a CPU job
-    from the shards and results file transfer brings."""
+    """The README's flow, typed in the user's folder: one `submit --input` partitions in CPU
+    jobs (a map job per part, the merge, a write job per part), then the partition DAG's
+    sub-DAG node finishes the partition and writes the GPU DAG on the access point and runs
+    it: shard jobs, then the index built by a CPU job from the shards and results file
+    transfer brings."""
     user = cranfield_articles
     pool_config(user / "my-pool.yaml", **{"shards.passages_per_shard": 40})
     submit = ["submit", "--input", "articles/*.jsonl.gz", "--workdir", "run1",
               "--config", "my-pool.yaml", "--dry-run"]
     cli(*submit, cwd=user)
     condor = user / "run1" / "condor"
-    assert (condor / "partition.dag").is_file() and not (user / "run1" / "manifest.json").exists()
+    assert (condor / "partition.dag").is_file()
+    assert json.loads((user / "run1" / "manifest.json").read_text())["partition"] == \
+        {"state": "running"}  # planned on the access point; its jobs do the rest
     assert not (condor / "pipeline.dag").exists()  # written once the shards exist
     command = readme_dag_command()
     pool = Pool(tmp_path / "pool")
@@ -166,18 +169,23 @@ def test_readme_flow_with_a_relative_workdir_builds_the_same_index_as_a_local_ru
     assert "condor DAG pipeline.dag" in seen["status"], seen["status"]
     assert re.search(r"shard-00000 \(\d+\.0\) on \S+: \d+ of 40 passages", seen["status"]), \
         seen["status"]
-    sandbox = run.starts("partition")[0].sandbox
-    assert {"part-1.jsonl.gz", "config.yaml", "partition"} <= {p.name for p in sandbox.iterdir()}
-    assert not (sandbox / "manifest.json").exists()  # the job's workdir is its own folder
+    sandbox = run.starts("map-00000")[0].sandbox
+    assert {p.name for p in sandbox.iterdir()} >= {"part-1.jsonl.gz", "config.yaml",
+                                                    "plan.json", "part-00000"}
+    merge_sandbox = run.starts("merge")[0].sandbox
+    assert not list(merge_sandbox.rglob("*.parquet"))  # the merge gets keys, never text
     manifest = json.loads((user / "run1" / "manifest.json").read_text())
     assert manifest["partition"]["state"] == "done" and len(manifest["shards"]) == 2
     assert manifest["inputs"][0]["path"] == str(user / "articles" / "part-1.jsonl.gz")
     assert (user / "run1" / "rejects" / "rejects.jsonl").is_file()
-    assert not (condor / "incoming" / "partition").exists()
+    assert not list((condor / "incoming").iterdir())
+    assert not (user / "run1" / "parts" / "part-00000").exists()  # gathered and cleaned
 
     pre = next(s for s in run.scripts if s.node == "pipeline" and s.when == "PRE")
     assert pre.exit_code == 0 and "partition.dag runs it next" in pre.output, pre.output
-    missing = [p for p in generated_paths(condor) if not Path(p).exists()]
+    staging = str(user / "run1" / "parts")  # the partition's own, removed when it finishes
+    missing = [p for p in generated_paths(condor)
+               if not Path(p).exists() and not p.startswith(f"{staging}/")]
     assert not missing, f"the generated files name paths that do not exist: {missing}"
     pipeline = run.nodes["pipeline"].subdag
     assert pipeline is not None and pipeline.status == "succeeded", pipeline.summary()
@@ -199,10 +207,10 @@ def test_readme_flow_with_a_relative_workdir_builds_the_same_index_as_a_local_ru
     assert search_ids(user / "run1", query) == search_ids(user / "local", query)
 
 
-def test_a_partition_dag_whose_partition_fails_never_writes_the_gpu_dag(demo_path, tmp_path):
-    """Every partition the job sends back is damaged: its POST script rejects it, the retry
-    fares no better, the partition node fails, and the sub-DAG node never runs its PRE
-    script, so no GPU DAG is written and the DAG ends failed."""
+def test_a_partition_dag_whose_map_fails_never_writes_the_gpu_dag(demo_path, tmp_path):
+    """Every map output the job sends back is damaged: its POST script rejects it, the retry
+    fares no better, the map node fails, and neither the merge nor the sub-DAG node's PRE
+    script runs, so no GPU DAG is written and the DAG ends failed."""
     user = tmp_path / "user"
     user.mkdir()
     pool_config(user / "my-pool.yaml", **{"condor.retries": 1})
@@ -210,16 +218,87 @@ def test_a_partition_dag_whose_partition_fails_never_writes_the_gpu_dag(demo_pat
         "--dry-run", cwd=user)
 
     def damage(job: JobRun, sandbox: Path) -> None:
-        (sandbox / "partition" / "manifest.json").unlink(missing_ok=True)
+        (sandbox / "part-00000" / "keys.npz").write_bytes(b"not keys")
 
     run = Pool(tmp_path / "pool", after_exit=damage).submit_dag(
         "condor_submit_dag -usedagdir run1/condor/partition.dag", cwd=user)
     assert run.status == "failed" and run.exit_code == 1, run.summary()
-    assert run.nodes["partition"].status == "failed" and run.nodes["partition"].retries == 1
-    assert run.nodes["pipeline"].status == "futile"
+    assert run.nodes["map-00000"].status == "failed" and run.nodes["map-00000"].retries == 1
+    assert run.nodes["merge"].status == "futile" and run.nodes["pipeline"].status == "futile"
+    assert not (user / "run1" / "parts" / "part-00000").exists()  # nothing half-accepted
     assert not [s for s in run.scripts if s.node == "pipeline"]
     assert not (user / "run1" / "condor" / "pipeline.dag").exists()
     assert "rejected" in (user / "run1" / "condor" / "logs" / "validate.log").read_text()
+
+
+def test_a_pool_partition_in_three_parts_equals_a_local_one_with_one_worker(tmp_path):
+    """One JSONL file of articles with duplicates, id clashes and bad rows in every third of
+    it, partitioned by partition.dag in three parts (a map job each, cut out by their PRE
+    scripts; the merge; a write job each) equals `partition --workers 1`, and one plain pass:
+    passages, ids, rejects ledger, counts, shards. The first try of map-00001 and of the merge
+    die with half their output written: their POST scripts reject it and the retries finish."""
+    from partition_reference import ledger, reference_partition
+    from test_partition_parallel import nasty_corpus
+
+    user = tmp_path / "user"
+    (user / "nasty").mkdir(parents=True)
+    files = nasty_corpus(user / "nasty")
+    text = b"".join(Path(f).read_bytes() for f in files if f.endswith(".jsonl"))
+    text += gzip.decompress(Path(files[1]).read_bytes())
+    (user / "articles.jsonl").write_bytes(text)
+    config = pool_config(user / "my-pool.yaml", **{
+        "shards.part_bytes": len(text) // 3 + 1, "shards.passages_per_shard": 40,
+        "condor.retries": 1})
+    cli("submit", "--input", "articles.jsonl", "--workdir", "run1", "--config", "my-pool.yaml",
+        "--dry-run", cwd=user)
+    dag = user / "run1" / "condor" / "partition.dag"
+    # the GPU DAG is not this test's: its node still runs its PRE script, not the sub-DAG
+    dag.write_text(re.sub(r"^(SUBDAG EXTERNAL pipeline .*)$", r"\1 NOOP", dag.read_text(),
+                          flags=re.M))
+    died: set[str] = set()
+
+    def die_half_way(job: JobRun, sandbox: Path) -> None:
+        if job.node in ("map-00001", "merge") and job.node not in died:
+            died.add(job.node)
+            if job.node == "merge":
+                (sandbox / "merge" / "part-00002.npz").unlink()
+            else:
+                (sandbox / "part-00001" / "passages.parquet").write_bytes(b"PAR1")
+
+    run = Pool(tmp_path / "pool", after_exit=die_half_way).submit_dag(
+        "condor_submit_dag -usedagdir run1/condor/partition.dag", cwd=user)
+    assert run.status == "succeeded", run.summary()
+    assert sorted(n for n in run.nodes if n.startswith(("map-", "write-"))) == [
+        "map-00000", "map-00001", "map-00002", "write-00000", "write-00001", "write-00002"]
+    assert run.nodes["map-00001"].retries == 1 and run.nodes["merge"].retries == 1
+    map_sandbox = run.starts("map-00002")[0].sandbox
+    assert (map_sandbox / "part-00002.jsonl").stat().st_size < len(text) / 2  # its third only
+    cli("partition", "--input", "articles.jsonl", "--workdir", "local", "--config",
+        str(config), "--workers", "1", cwd=user)
+
+    def partitioned(workdir: Path) -> dict:
+        manifest = json.loads((workdir / "manifest.json").read_text())
+        return {"shards": [(s["shard"], s["rows"]) for s in manifest["shards"]],
+                "counts": {k: v for k, v in manifest["partition"].items() if k != "seconds"},
+                "rejects": ledger(workdir / "rejects" / "rejects.jsonl"),
+                "passages": [row for s in manifest["shards"]
+                             for row in pq.read_table(workdir / s["file"]).drop_columns(
+                                 ["input_ids"]).to_pylist()]}
+
+    pool_run, local_run = partitioned(user / "run1"), partitioned(user / "local")
+    assert pool_run == local_run
+    with contextlib.chdir(user):
+        reference = reference_partition(["articles.jsonl"], yaml_config(config))
+    assert local_run["rejects"] == reference["rejects"]
+    assert [{k: v for k, v in p.items()} for p in local_run["passages"]] == reference["passages"]
+    assert pool_run["counts"]["duplicate_articles"] and pool_run["counts"]["rejected"]
+    assert (user / "run1" / "condor" / "pipeline.dag").is_file()
+
+
+def yaml_config(path: Path):
+    from inference.config import config_from_dict
+
+    return config_from_dict(yaml.safe_load(path.read_text()))
 
 
 def test_checkpointed_and_rejected_shards_end_with_the_local_result(demo_local, tmp_path):
