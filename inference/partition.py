@@ -110,7 +110,7 @@ def partition(patterns: list[str], workdir: Workdir, config: InferenceConfig, *,
             return parts
         workers = max(1, min(workers or usable_cpus(), len(parts) or 1))
         stage = workdir.root / STAGE
-        todo = [p for p in parts if not _mapped(stage, p)]
+        todo = [p for p in parts if not part_mapped(stage, p)]
         with tqdm(desc="partition", unit=" rows", disable=None if progress is None
                   else not progress, mininterval=0.5) as bar:
             _each(workers, _map_task, [(p, config, stage) for p in todo], bar.update)
@@ -173,7 +173,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _mapped(stage: Path, part: Part) -> bool:
+def part_mapped(stage: Path, part: Part) -> bool:
     """The part's map output is there, whole, and made from the part's bytes."""
     return _read_json(stage / KEYS / f"{part_name(part.index)}.json").get("sha256") \
         == part.sha256

@@ -41,8 +41,8 @@ from inference.config import InferenceConfig
 from inference.config_loader import ConfigError
 from inference.errors import EXIT_USAGE, UsageError
 from inference.manifest import Manifest
-from inference.partition import (KEYS, MERGE, PLAN, STAGE, finish_pending, partition_key,
-                                 prepare)
+from inference.partition import (KEYS, MERGE, PLAN, STAGE, finish_pending, part_mapped,
+                                 partition_key, prepare)
 from inference.partition_map import part_name
 from inference.readers import expand_inputs
 from inference.workdir import Workdir
@@ -379,6 +379,7 @@ def _transferable(path: str) -> str:
 STEP_BASE_MB = 1024
 BYTES_PER_PASSAGE = 1000  # assumed for sizing the merge before the passages are known
 MERGE_BYTES_PER_PASSAGE = 80  # keys (24 B an article's share plus 16 B a passage) and sorting
+TOKENIZE_PASSAGES_PER_CPU = 100_000  # shards.tokenize: a write job's CPUs, about a minute each
 
 
 def _sized(r: StepResourcesConfig, memory_mb: float, disk_mb: float,
@@ -471,6 +472,8 @@ def _partition_jobs(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
     total = sum(p.size for p in parts)
     tokenizing = config.shards.tokenize
     for part in parts:
+        if part_mapped(root / STAGE, part):
+            continue  # mapped by an earlier submission of the same partition
         number = f"{part.index:05d}"
         source = _transferable(part.path)
         pre = None
@@ -496,12 +499,14 @@ def _partition_jobs(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
     for part in parts:
         number = f"{part.index:05d}"
         size_mb = part.size / mb
-        cpus = r.request_cpus if tokenizing else 1
+        cpus = -(-part.size // (BYTES_PER_PASSAGE * TOKENIZE_PASSAGES_PER_CPU)) \
+            if tokenizing else 1
         writes.append(f"write-{number}")
         nodes.append(Node(
             writes[-1], "write.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT,
             vars={"part": number, "part_dir": part_name(part.index),
-                  **_sized(r, STEP_BASE_MB + 512 * (cpus - 1), 1024 + 3 * size_mb, cpus)},
+                  **_sized(r, STEP_BASE_MB + 512 * (max(1, cpus) - 1), 1024 + 3 * size_mb,
+                           max(1, cpus))},
             post=Script(*step[:1], [*step[1:], "write", "--workdir", str(root), "--part",
                                     str(part.index), "--job-exit", "$RETURN"])))
     edges = [(maps, ["merge"])] if maps else []

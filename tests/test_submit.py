@@ -214,7 +214,10 @@ def test_elasticsearch_loads_in_parallel_jobs_and_swaps_the_alias_once(workdir, 
         "dagman": str(stub), "force": True})["arguments"]
 
 
-def test_an_unpartitioned_workdir_with_inputs_gets_a_partition_job(tmp_path):
+def test_an_unpartitioned_workdir_with_inputs_gets_partition_jobs_sized_to_their_bytes(
+        tmp_path):
+    """The sample config on the 9 KB demo corpus: one map job, the merge and one write job,
+    each asking for what its bytes need (about 1 GB and one CPU), not the config's caps."""
     from inference.demo import demo_corpus_path
 
     demo = demo_corpus_path().resolve()
@@ -223,23 +226,36 @@ def test_an_unpartitioned_workdir_with_inputs_gets_a_partition_job(tmp_path):
             "--json", "--input", str(demo)]
     summary = last_json(run_cli(*args).stdout)
     condor = workdir / "condor"
-    assert summary["partition_job"]
+    assert summary["partition_job"] and summary["partition_jobs"] == 3
     assert summary["dag"] == str((condor / "partition.dag").resolve())
     assert lint_dag(condor / "partition.dag") == []
-    job = node_job(condor, "partition.sub", {})
-    assert job["universe"] == "container" and job["request_cpus"] == "16"
-    assert job["transfer_input_files"].split(",") == [str(demo),
-                                                      str((condor / "config.yaml").resolve())]
-    assert job["arguments"] == ('"-m infer_corpus partition --workdir partition --config '
-                                f'config.yaml --input {demo.name}"')
-    assert job["transfer_output_files"] == "partition" and job["initialdir"] == "incoming"
-    assert "SCRIPT POST partition" in (condor / "partition.dag").read_text()
-    assert not (workdir / "manifest.json").exists()
-    twin = tmp_path / "twin" / demo.name
-    twin.parent.mkdir()
-    twin.write_bytes(demo.read_bytes())
-    proc = run_cli(*args, str(twin), check=False)
-    assert proc.returncode == 2 and "have the same file name" in proc.stderr
+    nodes = dag_nodes(condor / "partition.dag")
+    assert sorted(nodes) == ["map-00000", "merge", "write-00000"]
+    stage = (workdir / "parts").resolve()
+    for name, submit_file in (("map-00000", "map.sub"), ("merge", "merge.sub"),
+                              ("write-00000", "write.sub")):
+        job = node_job(condor, submit_file, nodes[name])
+        assert job["universe"] == "container" and job["initialdir"] == "incoming"
+        assert job["request_cpus"] == "1", name
+        memory, disk = int(job["request_memory"][:-2]), int(job["request_disk"][:-2])
+        assert 512 <= memory <= 1100 and 1024 <= disk <= 1100, (name, memory, disk)
+    map_job = node_job(condor, "map.sub", nodes["map-00000"])
+    assert map_job["transfer_input_files"].split(",") == [
+        "$(input)", str(stage / "plan.json"), str((condor / "config.yaml").resolve())]
+    assert nodes["map-00000"]["input"] == str(demo)  # a whole file: no range to cut out
+    assert map_job["arguments"] == ('"-m infer_corpus partition-step map --plan plan.json '
+                                    '--part $(part) --input $(input_name) --config '
+                                    'config.yaml"')
+    assert map_job["transfer_output_files"] == "part-$(part)"
+    merge_inputs = node_job(condor, "merge.sub", {})["transfer_input_files"].split(",")
+    assert merge_inputs[0] == str(stage / "keys")  # the keys alone, never the passages
+    assert "SCRIPT POST map-00000" in (condor / "partition.dag").read_text()
+    assert workdir.joinpath("manifest.json").is_file()  # planned: the partition is running
+    big = run_cli(*args[:-2], "--set", "condor.partition_resources.request_memory=700MB",
+                  "--input", str(demo))
+    assert big.returncode == 0
+    capped = node_job(condor, "merge.sub", dag_nodes(condor / "partition.dag")["merge"])
+    assert capped["request_memory"] == "700MB"
 
 
 def test_gpu_jobs_match_an_h100_but_not_a_small_t4(workdir):
