@@ -487,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"workers": workers, "seconds": round(run["seconds"], 3),
                      "articles_per_s": round(int(summary.get("articles", 0)) / run["seconds"], 1),
                      "peak_rss_mb": round(run["peak_rss_mb"], 1), "parts": summary.get("parts"),
-                     "cpu_user_s": round(run["user_s"], 2), "summary": summary})
+                     "cpu_user_s": round(run["user_s"], 2),
+                     "step_seconds": summary.get("step_seconds"), "summary": summary})
     for run_ in runs:
         run_["speedup"] = round(runs[0]["seconds"] / run_["seconds"], 3)
     merges = []
@@ -554,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"  partition   {r['seconds']:8.2f} s wall  {r['articles_per_s']:>12,.0f} articles/s"
             f"  with {r['workers']} worker(s), {r['parts']} parts; speed-up {r['speedup']:.2f}x "
-            f"over {runs[0]['workers']}; peak RSS of any process {r['peak_rss_mb']:,.0f} MB")
+            f"over {runs[0]['workers']}; peak RSS of any process {r['peak_rss_mb']:,.0f} MB; "
+            "steps " + ", ".join(f"{k} {v:.1f} s" for k, v in (r["step_seconds"] or {}).items()))
     for m in merges:
         lines.append(
             f"  merge       {m['seconds']:8.2f} s       {m['passages_per_s']:>12,.0f} passages/s"

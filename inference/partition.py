@@ -22,7 +22,8 @@ import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class PartitionSummary:
     reject_reasons: dict[str, int] = field(default_factory=dict)
     skipped: bool = False
     seconds: float = 0.0
+    step_seconds: dict[str, float] = field(default_factory=dict)  # plan, map, merge, write
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +82,7 @@ class PartitionSummary:
             "parts": self.parts,
             "reject_reasons": dict(self.reject_reasons),
             "seconds": round(self.seconds, 3),
+            **({"step_seconds": self.step_seconds} if self.step_seconds else {}),
         }
 
 
@@ -95,8 +98,6 @@ def partition_key(config: InferenceConfig, inputs: list[dict[str, Any]]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-
-
 def partition(patterns: list[str], workdir: Workdir, config: InferenceConfig, *,
               force: bool = False, progress: bool | None = None,
               workers: int | None = None) -> PartitionSummary:
@@ -104,23 +105,31 @@ def partition(patterns: list[str], workdir: Workdir, config: InferenceConfig, *,
     partition. `workers`: processes for the map and write steps (default: one per CPU)."""
     with workdir.lock():
         started = time.perf_counter()
+        steps: dict[str, float] = {}
         parts = prepare(patterns, workdir, config, force=force)
         if isinstance(parts, PartitionSummary):
             parts.seconds = time.perf_counter() - started
             return parts
+        steps["plan"] = time.perf_counter() - started
         workers = max(1, min(workers or usable_cpus(), len(parts) or 1))
         stage = workdir.root / STAGE
         todo = [p for p in parts if not part_mapped(stage, p)]
-        with tqdm(desc="partition", unit=" rows", disable=None if progress is None
-                  else not progress, mininterval=0.5) as bar:
-            _each(workers, _map_task, [(p, config, stage) for p in todo], bar.update)
-        merged = merge(stage / KEYS, parts, config.shards.passages_per_shard, stage / MERGE)
-        todo = [p for p in parts if not (stage / part_name(p.index) / WRITTEN).is_file()]
-        _each(workers, _write_task, [
-            (p, stage, config, workdir.shards_dir, merged["parts"][p.index]["first_shard"],
-             workers == 1) for p in todo])
+        with _processes(workers) as pool:
+            with tqdm(desc="partition", unit=" rows", disable=None if progress is None
+                      else not progress, mininterval=0.5) as bar:
+                _each(pool, _map_task, [(p, config, stage) for p in todo], bar.update)
+            steps["map"] = time.perf_counter() - started - sum(steps.values())
+            merged = merge(stage / KEYS, parts, config.shards.passages_per_shard,
+                           stage / MERGE)
+            steps["merge"] = time.perf_counter() - started - sum(steps.values())
+            todo = [p for p in parts if not (stage / part_name(p.index) / WRITTEN).is_file()]
+            _each(pool, _write_task, [
+                (p, stage, config, workdir.shards_dir,
+                 merged["parts"][p.index]["first_shard"], pool is None) for p in todo])
+            steps["write"] = time.perf_counter() - started - sum(steps.values())
         summary = finish(workdir, config, parts, merged)
         summary.seconds = time.perf_counter() - started
+        summary.step_seconds = {k: round(v, 3) for k, v in steps.items()}
         return summary
 
 
@@ -213,23 +222,35 @@ def _write_task(part: Part, stage: Path, config: InferenceConfig, shards_dir: Pa
     write_json_atomic(mapped / WRITTEN, {"shards": shards})
 
 
-def _each(workers: int, task: Callable[..., int | None], jobs: list[tuple],
-          on_rows: Callable[[int], None] | None = None) -> None:
-    """Run `task(*job)` for every job: in this process when `workers` is 1 (the task
-    reports its rows to `on_rows` as it goes), else in that many processes (each task's
-    returned rows are reported as it finishes)."""
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            task(*job, on_rows) if on_rows is not None else task(*job)
+@contextmanager
+def _processes(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """`workers` processes for the map and write steps (None: this process alone). They
+    fork from a server that has imported the partitioner once, so starting one is cheap."""
+    if workers == 1:
+        yield None
         return
+    context = get_context("forkserver")
+    context.set_forkserver_preload([__name__])
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            for rows in pool.map(task, *zip(*jobs)):
-                if on_rows is not None and rows:
-                    on_rows(rows)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            yield pool
     except BrokenProcessPool:
         raise Failure("a partition worker process died (killed, or out of memory): run the "
                       "same command again; finished parts are kept") from None
+
+
+def _each(pool: ProcessPoolExecutor | None, task: Callable[..., int | None],
+          jobs: list[tuple], on_rows: Callable[[int], None] | None = None) -> None:
+    """Run `task(*job)` for every job: in this process without a pool (the task reports
+    its rows to `on_rows` as it goes), else in the pool's processes (each task's returned
+    rows are reported as it finishes)."""
+    if pool is None:
+        for job in jobs:
+            task(*job, on_rows) if on_rows is not None else task(*job)
+        return
+    for rows in pool.map(task, *zip(*jobs)) if jobs else ():
+        if on_rows is not None and rows:
+            on_rows(rows)
 
 
 def merge(keys_dir: Path, parts: list[Part], passages_per_shard: int,
