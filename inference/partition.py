@@ -168,6 +168,11 @@ def prepare(patterns: list[str], workdir: Workdir, config: InferenceConfig, *,
         shutil.rmtree(stage / MERGE, ignore_errors=True)
         for written in stage.glob(f"part-*/{WRITTEN}"):
             written.unlink()  # their shards were just removed
+        for leftover in [*stage.glob(".*.tmp-*"), *stage.glob("*/.*.tmp-*")]:
+            if leftover.is_dir():  # a killed map's: its part is mapped again
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
     workdir.create()
     write_json_atomic(stage / PLAN, {"key": key, "plan": plan_record(
         inputs, parts, config.shards.part_bytes)})

@@ -212,3 +212,28 @@ def test_a_partition_killed_at_random_moments_resumes_to_the_unkilled_result(inp
         assert result(Workdir(workdir)) == reference
     assert interrupted, "no kill landed while the partition ran"
     assert reference["passages"] == expected["passages"]
+
+
+def test_a_partition_under_a_memory_limit_survives_a_line_larger_than_the_limit(tmp_path):
+    """A 600 MB line with no newline, under a 1 GB address-space limit (a job's memory
+    limit): it becomes a line_too_long reject; it used to end in a MemoryError traceback."""
+    import resource
+    import subprocess
+    import sys
+
+    src = tmp_path / "huge.jsonl"
+    with open(src, "wb") as handle:
+        handle.write(b'{"id": "a", "title": "Fine", "abstract": "Short."}\n')
+        handle.write(b'{"id": "b", "abstract": "' + b"x" * (600 << 20))
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    proc = subprocess.run([sys.executable, "-m", "infer_corpus", "partition", "--input",
+                           str(src), "--workdir", str(tmp_path / "w"), "--json"],
+                          preexec_fn=limit, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["articles"] == 1 and summary["reject_reasons"] == {"line_too_long": 1}
+    [reject] = ledger(tmp_path / "w" / "rejects" / "rejects.jsonl")
+    assert reject["line"] == 2 and "629,145,6" in reject["detail"]
