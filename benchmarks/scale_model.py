@@ -36,11 +36,29 @@ class Figure:
     source: str
 
 
+# Figures of docs/benchmarks.md's rows, named below.
+MAP_SECONDS, WRITE_SECONDS, PLAN_SECONDS = 102.0, 22.1, 4.6
+MERGE_RATE, MERGE_BYTES = 1_308_022, (342 + 553) * 2**20 / 16_000_000
+INDEX_PIECE_RATE, INDEX_PIECE_ROW = 10_373, "row '2026-11-27, current code, vocabulary 50,000'"
+SEARCH_10M_P95_MS, SEARCH_ROW = 89.8, "10.1M passages, feedback p95"
+
 # Rates measured in docs/benchmarks.md. Where a row gives a range, the lower end is used.
-PARTITION_ARTICLES_PER_S = Figure(
-    10_869, "measured", f"{BENCH}, Partitioning: row '--n 1000000 (current code; a test run "
-    "shared the machine)', one process on a 2-core AMD EPYC")
 BENCH_PASSAGES = 1_125_098  # passages in the synthetic 1M-article corpus of both CPU benchmarks
+BENCH_INPUT_BYTES = 1_222_000_000  # its JSONL
+PARTITION_ROW = f"{BENCH}, Partitioning: parallel partition, 1 worker"
+MAP_PASSAGES_PER_S = Figure(
+    BENCH_PASSAGES / MAP_SECONDS, "measured", f"{PARTITION_ROW}: map step "
+    f"{MAP_SECONDS} s for 1M articles, one process")
+WRITE_PASSAGES_PER_S = Figure(
+    BENCH_PASSAGES / WRITE_SECONDS, "measured", f"{PARTITION_ROW}: write step "
+    f"{WRITE_SECONDS} s, one process, no token ids")
+PLAN_BYTES_PER_S = Figure(
+    BENCH_INPUT_BYTES / PLAN_SECONDS, "measured", f"{PARTITION_ROW}: plan step "
+    f"{PLAN_SECONDS} s for 1,222 MB (SHA-256 and line cuts, one process)")
+MERGE_PASSAGES_PER_S = Figure(
+    MERGE_RATE, "measured", f"{BENCH}, Partitioning: merge on 16M synthetic passage keys")
+MERGE_BYTES_PER_PASSAGE = Figure(
+    MERGE_BYTES, "measured", f"{BENCH}, Partitioning: merge on 16M keys, keys plus peak")
 BENCH_PASSAGES_PER_ARTICLE = Figure(
     BENCH_PASSAGES / 1_000_000, "measured",
     f"{BENCH}, Embedded index: '1M articles (1,125,098 passages)'")
@@ -54,13 +72,7 @@ GPU_WHOLE_PER_S = Figure(
     13_017, "measured", f"{BENCH}, GPU: H100 table, run 2, 'ours' (tokenizing in the job on "
     "16 cores; run 1: 13,703)")
 INDEX_BUILD_PER_S = Figure(
-    10_373, "measured", f"{BENCH}, Embedded index: last table, row '2026-11-27, current "
-    "code, vocabulary 50,000' (2-core EPYC)")
-BM25_P50_MS = Figure(9.5, "measured", f"{BENCH}, Embedded index: same row, bm25 p50")
-FEEDBACK_P50_MS = Figure(24.5, "measured", f"{BENCH}, Embedded index: same row, feedback p50")
-QA_SERVED_PER_S = Figure(
-    47.3, "measured", f"{BENCH}, QA API load: row '2026-11-27, later session' (102,216 "
-    "passages, 2 cores)")
+    INDEX_PIECE_RATE, "measured", f"{BENCH}, Embedded index: {INDEX_PIECE_ROW}")
 PASSAGE_TOKENS = Figure(177, "measured", f"{BENCH}, Embedding throughput: 'mean 177 tokens'")
 
 # Sizes measured on Cranfield (real abstracts) for this model: docs/scale.md says how.
@@ -70,12 +82,8 @@ SHARD_IDS_BYTES = Figure(891_601 / CRANFIELD_PASSAGES, "measured", f"{SIZES}: sh
 SHARD_TEXT_BYTES = Figure(495_089 / CRANFIELD_PASSAGES, "measured", f"{SIZES}: shard without ids")
 RESULT_BYTES = Figure(1_202_691 / CRANFIELD_PASSAGES, "measured", f"{SIZES}: result file")
 INPUT_BYTES = Figure(1_609_873 / CRANFIELD_PASSAGES, "measured", f"{SIZES}: corpus.jsonl")
-
-# CPython sizes of the partition step's de-duplication tables (a 16-byte digest in a set per
-# passage; an id -> 8-byte digest dict entry per article). At the benchmark's 1.125 passages
-# per article they give 263 bytes per article, where docs/benchmarks.md measured about 250.
-DEDUP_BYTES_PER_PASSAGE = 92
-DEDUP_BYTES_PER_ARTICLE = 160
+MAP_OUTPUT_BYTES = Figure(788_439 / CRANFIELD_PASSAGES, "measured",
+                          f"{SIZES}: a map job's output (passages, articles, keys)")
 
 DIMS = 384
 HNSW_M = 16  # Elasticsearch's default
@@ -128,12 +136,8 @@ def model(args: argparse.Namespace) -> dict[str, Any]:
         args.passages_per_shard
     passages = articles * per_article
     scale = PASSAGE_TOKENS.value / (CRANFIELD_TOKENS / CRANFIELD_PASSAGES)
-    partition_rate = PARTITION_ARTICLES_PER_S.value * BENCH_PASSAGES_PER_ARTICLE.value
-    partition_s = passages / partition_rate
-    tokenize_s = passages / TOKENIZE_PER_S.value
-    index_s = passages / INDEX_BUILD_PER_S.value
-    feedback_ms = FEEDBACK_P50_MS.value + BM25_P50_MS.value * (passages / BENCH_PASSAGES - 1)
     per_token = f"per token, scaled to {PASSAGE_TOKENS.value:.0f} tokens per passage"
+    ap_rate = args.access_point_mb_s * 1e6
 
     inputs = {
         "articles": Figure(articles, "given", "--articles"),
@@ -141,13 +145,24 @@ def model(args: argparse.Namespace) -> dict[str, Any]:
         "passages": Figure(passages, "modelled", "articles x passages per article"),
         "passages per shard": Figure(per_shard, "given",
                                      "--passages-per-shard (configs/condor-gpu.yaml)"),
+        "bytes per partition part": Figure(args.part_bytes, "given",
+                                           "--part-bytes (configs/condor-gpu.yaml)"),
+        "CPU jobs at once": Figure(args.cpu_slots, "assumed", "--cpu-slots: the pool's CPU "
+                                   "slots this run gets; not measured"),
         "overhead per GPU job (s)": Figure(
             args.job_overhead_s, "assumed", "--job-overhead-s: start, container, transfers, "
             "CUDA and model load; not measured"),
+        "overhead per CPU job (s)": Figure(
+            args.cpu_job_overhead_s, "assumed", "--cpu-job-overhead-s: start and container; "
+            "not measured"),
+        "access point transfer (MB/s)": Figure(
+            args.access_point_mb_s, "assumed", "--access-point-mb-s: what the access point "
+            "sends and receives at once; not measured"),
     }
 
     data = {}
     for name, figure in (("articles in (JSONL)", INPUT_BYTES),
+                         ("map output (passages, articles, keys)", MAP_OUTPUT_BYTES),
                          ("shards with token ids", SHARD_IDS_BYTES),
                          ("shards without ids", SHARD_TEXT_BYTES)):
         data[name] = {"bytes_per_passage": figure.value * scale,
@@ -159,13 +174,132 @@ def model(args: argparse.Namespace) -> dict[str, Any]:
     data["embeddings as float16"] = {
         "bytes_per_passage": DIMS * 2, "gb": passages * DIMS * 2 / GB, "kind": "modelled",
         "source": f"passages x {DIMS} x 2 bytes; the embedded index's matrix"}
-    dedup = articles * DEDUP_BYTES_PER_ARTICLE + passages * DEDUP_BYTES_PER_PASSAGE
-    data["partition memory (de-duplication)"] = {
-        "bytes_per_passage": dedup / passages, "gb": dedup / GB, "kind": "modelled",
-        "source": f"CPython sizes: {DEDUP_BYTES_PER_ARTICLE} B per article, "
-                  f"{DEDUP_BYTES_PER_PASSAGE} B per passage (263 B per article at "
-                  f"{BENCH}'s 1.125 passages per article; measured: about 250)"}
+    data["merge memory (one job)"] = {
+        "bytes_per_passage": MERGE_BYTES_PER_PASSAGE.value,
+        "gb": passages * MERGE_BYTES_PER_PASSAGE.value / GB, "kind": "modelled",
+        "source": f"{MERGE_BYTES_PER_PASSAGE.source}, per passage"}
 
+    es = _elasticsearch(passages, data, args.es_node_rate)
+
+    # the partition: the plan on the access point, then map jobs, the merge, write jobs
+    input_bytes = data["articles in (JSONL)"]["gb"] * GB
+    parts = math.ceil(input_bytes / args.part_bytes)
+    part_passages = passages / parts
+    plan_s = input_bytes / PLAN_BYTES_PER_S.value
+    map_job_s = args.cpu_job_overhead_s + part_passages / MAP_PASSAGES_PER_S.value
+    merge_s = args.cpu_job_overhead_s + passages / MERGE_PASSAGES_PER_S.value
+    tokenize_per_cpu = TOKENIZE_PER_S.value / 16
+    write_cpus = max(1, math.ceil(part_passages / 100_000))
+    write_job_s = {stored: args.cpu_job_overhead_s + part_passages / WRITE_PASSAGES_PER_S.value
+                   + (part_passages / (tokenize_per_cpu * write_cpus) if stored else 0.0)
+                   for stored in (True, False)}
+    map_bytes = input_bytes + data["map output (passages, articles, keys)"]["gb"] * GB
+    index_jobs = min(args.cpu_slots, math.ceil(passages / per_shard))
+    index_job_s = args.cpu_job_overhead_s + passages / index_jobs / INDEX_BUILD_PER_S.value
+
+    stages = [
+        {"stage": "plan (SHA-256, line cuts)", "where": "access point, one process", "jobs": 0,
+         "rate": PLAN_BYTES_PER_S.value / 1e6, "unit": "MB/s", "hours": plan_s / HOUR,
+         "kind": "measured", "source": PLAN_BYTES_PER_S.source},
+        {"stage": "partition: map", "where": f"{parts:,} CPU jobs", "jobs": parts,
+         "rate": MAP_PASSAGES_PER_S.value, "unit": "passages/s per job",
+         "hours": passages / MAP_PASSAGES_PER_S.value / HOUR, "kind": "measured",
+         "source": MAP_PASSAGES_PER_S.source},
+        {"stage": "partition: merge", "where": "1 CPU job", "jobs": 1,
+         "rate": MERGE_PASSAGES_PER_S.value, "unit": "passages/s",
+         "hours": passages / MERGE_PASSAGES_PER_S.value / HOUR, "kind": "measured",
+         "source": MERGE_PASSAGES_PER_S.source},
+        {"stage": "partition: write", "where": f"{parts:,} CPU jobs", "jobs": parts,
+         "rate": WRITE_PASSAGES_PER_S.value, "unit": "passages/s per job",
+         "hours": passages / WRITE_PASSAGES_PER_S.value / HOUR, "kind": "measured",
+         "source": WRITE_PASSAGES_PER_S.source},
+        {"stage": "tokenize (shards.tokenize=true)", "where": f"write jobs, {write_cpus} CPUs "
+         "each", "jobs": 0, "rate": tokenize_per_cpu, "unit": "passages/s per CPU",
+         "hours": passages / tokenize_per_cpu / HOUR, "kind": "modelled",
+         "source": f"{TOKENIZE_PER_S.source} / 16"},
+        {"stage": "embed, token ids stored", "where": "1 GPU job per shard",
+         "jobs": math.ceil(passages / per_shard), "rate": GPU_WORKER_PER_S.value,
+         "unit": "passages/s per GPU",
+         "hours": passages / GPU_WORKER_PER_S.value / HOUR, "kind": "measured",
+         "source": GPU_WORKER_PER_S.source},
+        {"stage": "embed, tokenizing in the job", "where": "1 GPU job per shard, 16 CPUs",
+         "jobs": math.ceil(passages / per_shard), "rate": GPU_WHOLE_PER_S.value,
+         "unit": "passages/s per GPU",
+         "hours": passages / GPU_WHOLE_PER_S.value / HOUR, "kind": "measured",
+         "source": GPU_WHOLE_PER_S.source},
+        {"stage": "index, embedded, in pieces", "where": f"{index_jobs:,} CPU jobs",
+         "jobs": index_jobs, "rate": INDEX_BUILD_PER_S.value, "unit": "passages/s per job",
+         "hours": passages / INDEX_BUILD_PER_S.value / HOUR, "kind": "measured",
+         "source": INDEX_BUILD_PER_S.source},
+        {"stage": "index load, Elasticsearch", "where": "parallel load jobs",
+         "jobs": int(es["load jobs"].value), "rate": es["data nodes"].value
+         * args.es_node_rate, "unit": "passages/s", "hours": es["load time (h)"].value,
+         "kind": "assumed", "source": "Elasticsearch sizing below"},
+    ]
+
+    runs = []
+    for stored in (True, False):
+        rate = GPU_WORKER_PER_S.value if stored else GPU_WHOLE_PER_S.value
+        shards_gb = data["shards with token ids" if stored else "shards without ids"]["gb"]
+        write_waves = math.ceil(parts * (write_cpus if stored else 1) / args.cpu_slots)
+        write_bytes = data["map output (passages, articles, keys)"]["gb"] * GB \
+            + shards_gb * GB
+        steps = {  # (wall of the jobs, wall of their transfers through the access point)
+            "plan": (plan_s, 0.0),
+            "map": (math.ceil(parts / args.cpu_slots) * map_job_s, map_bytes / ap_rate),
+            "merge": (merge_s, 0.0),
+            "write": (write_waves * write_job_s[stored], write_bytes / ap_rate)}
+        partition_s = sum(max(pair) for pair in steps.values())
+        gpu_bytes = (shards_gb + data["results (embeddings, labels)"]["gb"]) * GB
+        index_bytes = gpu_bytes + data["embeddings as float16"]["gb"] * GB \
+            + data["shards without ids"]["gb"] * GB
+        for gpus in args.gpus:
+            gpu = gpu_stage(passages, per_shard, gpus, rate, args.job_overhead_s)
+            stage_walls = {"partition": partition_s,
+                           "GPU jobs": max(gpu["wall_s"], gpu_bytes / ap_rate),
+                           "index": max(index_job_s, index_bytes / ap_rate)}
+            limits = {"plan (access point)": plan_s,
+                      "partition jobs": sum(steps[k][0] for k in ("map", "merge", "write")),
+                      "GPU jobs": gpu["wall_s"],
+                      "index jobs": index_job_s,
+                      "access point transfer": (map_bytes + write_bytes + gpu_bytes
+                                                + index_bytes) / ap_rate}
+            runs.append({
+                "gpus": gpus, "token_ids": "stored" if stored else "in the GPU job",
+                "gpu_rate": rate, "jobs": gpu["jobs"], "job_s": gpu["job_s"],
+                "partition_h": partition_s / HOUR, "gpu_stage_h": stage_walls["GPU jobs"] / HOUR,
+                "index_h": stage_walls["index"] / HOUR,
+                "total_h": sum(stage_walls.values()) / HOUR,
+                "with_elasticsearch_h": (partition_s + max(stage_walls["GPU jobs"],
+                                                           es["load time (h)"].value * HOUR))
+                / HOUR,
+                "gpu_hours": gpu["gpu_hours"], "gpu_slot_hours": gpu["slot_hours"],
+                "access_point_mb_s": gpu_bytes / 1e6 / stage_walls["GPU jobs"],
+                "bottleneck": max(limits, key=limits.__getitem__)})
+
+    sizes = []
+    for size in sorted({*SHARD_SIZES, per_shard}):
+        stage = [gpu_stage(passages, size, g, GPU_WORKER_PER_S.value, args.job_overhead_s)
+                 for g in args.gpus]
+        sizes.append({"passages_per_shard": size, "jobs": stage[0]["jobs"],
+                      "job_minutes": stage[0]["job_s"] / 60,
+                      "wall_h": [s["wall_s"] / HOUR for s in stage],
+                      "gpu_slot_hours": stage[0]["slot_hours"]})
+
+    search = {"feedback p95 at 10M passages (ms)": Figure(
+        SEARCH_10M_P95_MS, "measured", f"{BENCH}, Embedded index: {SEARCH_ROW}")}
+    return {"inputs": {k: asdict(v) for k, v in inputs.items()}, "stages": stages,
+            "data": data, "elasticsearch": {k: asdict(v) for k, v in es.items()},
+            "runs": runs, "shard_sizes": sizes,
+            "search": {k: asdict(v) for k, v in search.items()},
+            "partition": {"parts": parts, "part_passages": part_passages,
+                          "map_job_s": map_job_s, "merge_s": merge_s,
+                          "write_job_s": write_job_s[True], "write_cpus": write_cpus,
+                          "merge_memory_gb": data["merge memory (one job)"]["gb"]}}
+
+
+def _elasticsearch(passages: int, data: dict[str, Any], node_rate: float) -> dict[str, Figure]:
+    """The Elasticsearch cluster a corpus of `passages` needs, and its load time."""
     int8_gb = passages * (DIMS + 4) / GB
     graph_gb = passages * 4 * HNSW_M / GB
     ram_copy_gb = int8_gb + graph_gb
@@ -175,8 +309,7 @@ def model(args: argparse.Namespace) -> dict[str, Any]:
     primaries = max(math.ceil(copy_gb / ES_SHARD_TARGET_GB),
                     math.ceil(passages / ES_MAX_DOCS_PER_SHARD))
     nodes = math.ceil(ram_gb / (ES_NODE_RAM_GB - ES_HEAP_GB - ES_OS_GB))
-    es_rate = nodes * args.es_node_rate
-    es = {
+    return {
         "float32 vectors on disk (GB)": Figure(passages * DIMS * 4 / GB, "modelled",
                                                f"passages x {DIMS} x 4 bytes (kept beside the "
                                                "quantized copy)"),
@@ -201,81 +334,13 @@ def model(args: argparse.Namespace) -> dict[str, Any]:
                              f"off-heap RAM with replica / ({ES_NODE_RAM_GB} GB nodes - "
                              f"{ES_HEAP_GB} GB heap - {ES_OS_GB} GB)"),
         "bulk rate per data node (passages/s)": Figure(
-            args.es_node_rate, "assumed", "--es-node-rate; not measured: measure "
+            node_rate, "assumed", "--es-node-rate; not measured: measure "
             "`infer-corpus index --backend elasticsearch` on the cluster"),
         "load jobs": Figure(nodes * ES_CLIENTS_PER_NODE, "assumed",
                             f"{ES_CLIENTS_PER_NODE} bulk clients per data node"),
-        "load time (h)": Figure(passages / es_rate / HOUR, "modelled",
+        "load time (h)": Figure(passages / (nodes * node_rate) / HOUR, "modelled",
                                 "passages / (data nodes x bulk rate per node)"),
     }
-
-    stages = [
-        {"stage": "partition", "where": "1 CPU job (one process)", "jobs": 1,
-         "rate": partition_rate, "unit": "passages/s", "hours": partition_s / HOUR,
-         "kind": "modelled",
-         "source": f"{PARTITION_ARTICLES_PER_S.value:,.0f} articles/s x "
-                   f"{BENCH_PASSAGES_PER_ARTICLE.value:.3f} passages per article "
-                   f"({PARTITION_ARTICLES_PER_S.source}); cost taken per passage"},
-        {"stage": "tokenize (shards.tokenize=true)", "where": "same job, 16 processes",
-         "jobs": 0, "rate": TOKENIZE_PER_S.value, "unit": "passages/s", "hours": tokenize_s / HOUR,
-         "kind": "measured", "source": TOKENIZE_PER_S.source},
-        {"stage": "embed, token ids stored", "where": "1 GPU job per shard",
-         "jobs": math.ceil(passages / per_shard), "rate": GPU_WORKER_PER_S.value,
-         "unit": "passages/s per GPU",
-         "hours": passages / GPU_WORKER_PER_S.value / HOUR, "kind": "measured",
-         "source": GPU_WORKER_PER_S.source},
-        {"stage": "embed, tokenizing in the job", "where": "1 GPU job per shard, 16 CPUs",
-         "jobs": math.ceil(passages / per_shard), "rate": GPU_WHOLE_PER_S.value,
-         "unit": "passages/s per GPU",
-         "hours": passages / GPU_WHOLE_PER_S.value / HOUR, "kind": "measured",
-         "source": GPU_WHOLE_PER_S.source},
-        {"stage": "index load, embedded", "where": "1 CPU job (one process)", "jobs": 1,
-         "rate": INDEX_BUILD_PER_S.value, "unit": "passages/s", "hours": index_s / HOUR,
-         "kind": "measured",
-         "source": INDEX_BUILD_PER_S.source},
-        {"stage": "index load, Elasticsearch", "where": "parallel load jobs",
-         "jobs": int(es["load jobs"].value), "rate": es_rate, "unit": "passages/s",
-         "hours": es["load time (h)"].value,
-         "kind": "assumed", "source": "Elasticsearch sizing below"},
-        {"stage": "search, embedded index", "where": "qa-api, 2 cores", "jobs": 0,
-         "rate": feedback_ms, "unit": "ms per search (feedback p50)", "hours": 0.0,
-         "kind": "modelled",
-         "source": f"{FEEDBACK_P50_MS.value} ms at 1.1M passages plus bm25 p50 "
-                   f"{BM25_P50_MS.value} ms x (passages / 1.1M - 1): BM25 scores whole "
-                   f"posting lists ({BENCH}, Embedded index); qa-api served "
-                   f"{QA_SERVED_PER_S.value} requests/s ({QA_SERVED_PER_S.source})"},
-    ]
-
-    runs = []
-    for stored in (True, False):
-        rate = GPU_WORKER_PER_S.value if stored else GPU_WHOLE_PER_S.value
-        prep_s = partition_s + (tokenize_s if stored else 0.0)
-        moved_gb = data["results (embeddings, labels)"]["gb"] + \
-            data["shards with token ids" if stored else "shards without ids"]["gb"]
-        for gpus in args.gpus:
-            gpu = gpu_stage(passages, per_shard, gpus, rate, args.job_overhead_s)
-            parts = {"partition": prep_s, "GPU jobs": gpu["wall_s"], "index load": index_s}
-            runs.append({
-                "gpus": gpus, "token_ids": "stored" if stored else "in the GPU job",
-                "gpu_rate": rate, "jobs": gpu["jobs"], "job_s": gpu["job_s"],
-                "partition_h": prep_s / HOUR, "gpu_stage_h": gpu["wall_s"] / HOUR,
-                "index_h": index_s / HOUR, "total_h": sum(parts.values()) / HOUR,
-                "gpu_hours": gpu["gpu_hours"], "gpu_slot_hours": gpu["slot_hours"],
-                "access_point_mb_s": moved_gb * 1000 / gpu["wall_s"],
-                "bottleneck": max(parts, key=parts.__getitem__)})
-
-    sizes = []
-    for size in sorted({*SHARD_SIZES, per_shard}):
-        stage = [gpu_stage(passages, size, g, GPU_WORKER_PER_S.value, args.job_overhead_s)
-                 for g in args.gpus]
-        sizes.append({"passages_per_shard": size, "jobs": stage[0]["jobs"],
-                      "job_minutes": stage[0]["job_s"] / 60,
-                      "wall_h": [s["wall_s"] / HOUR for s in stage],
-                      "gpu_slot_hours": stage[0]["slot_hours"]})
-
-    return {"inputs": {k: asdict(v) for k, v in inputs.items()}, "stages": stages,
-            "data": data, "elasticsearch": {k: asdict(v) for k, v in es.items()},
-            "runs": runs, "shard_sizes": sizes}
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -305,13 +370,22 @@ def markdown(result: dict[str, Any], gpus: list[int]) -> str:
     out += ["", "### Elasticsearch", "", table(["quantity", "value", "kind", "source"], [
         [k, num(v["value"], 0 if float(v["value"]).is_integer() or v["value"] > 1000 else 1),
          v["kind"], v["source"]] for k, v in result["elasticsearch"].items()])]
+    p = result["partition"]
+    out += ["", "### The partition as jobs", "", table(["quantity", "value"], [
+        ["parts (map jobs, write jobs)", num(p["parts"])],
+        ["passages per part", num(p["part_passages"])],
+        ["map job (s)", num(p["map_job_s"])],
+        ["merge job (s)", num(p["merge_s"])],
+        ["write job with token ids (s)", f"{num(p['write_job_s'])} on {p['write_cpus']} CPUs"],
+        ["merge memory (GB)", num(p["merge_memory_gb"], 1)]])]
     out += ["", "### Wall time and GPU-hours", "", table(
-        ["GPUs", "token ids", "partition h", "GPU jobs h", "index load h", "total h",
-         "GPU-hours (compute)", "GPU slot-hours", "access point MB/s", "bottleneck"],
+        ["GPUs", "token ids", "partition h", "GPU jobs h", "index h", "total h",
+         "with Elasticsearch h", "GPU-hours (compute)", "GPU slot-hours", "access point MB/s",
+         "bottleneck"],
         [[num(r["gpus"]), r["token_ids"], num(r["partition_h"], 2), num(r["gpu_stage_h"], 2),
-          num(r["index_h"], 2), num(r["total_h"], 2), num(r["gpu_hours"], 2),
-          num(r["gpu_slot_hours"], 2), num(r["access_point_mb_s"]), r["bottleneck"]]
-         for r in result["runs"]])]
+          num(r["index_h"], 2), num(r["total_h"], 2), num(r["with_elasticsearch_h"], 2),
+          num(r["gpu_hours"], 2), num(r["gpu_slot_hours"], 2), num(r["access_point_mb_s"]),
+          r["bottleneck"]] for r in result["runs"]])]
     out += ["", "### Shard size (token ids stored)", "", table(
         ["passages per shard", "jobs", "minutes per job",
          *[f"GPU jobs h, {num(g)} GPUs" for g in gpus], "GPU slot-hours"],
@@ -325,7 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--articles", type=positive_int, default=18_000_000)
     parser.add_argument("--passages-per-article", type=positive_int, default=10)
-    parser.add_argument("--passages-per-shard", type=positive_int, default=50_000)
+    parser.add_argument("--passages-per-shard", type=positive_int, default=1_000_000)
+    parser.add_argument("--part-bytes", type=positive_int, default=256 << 20,
+                        help="input bytes per partition part (configs/condor-gpu.yaml)")
+    parser.add_argument("--cpu-slots", type=positive_int, default=200,
+                        help="CPU jobs of this run at once (assumed: 200)")
+    parser.add_argument("--cpu-job-overhead-s", type=positive_float, default=30.0,
+                        help="seconds each CPU job spends besides its work (assumed: 30)")
+    parser.add_argument("--access-point-mb-s", type=positive_float, default=500.0,
+                        help="MB/s the access point transfers to and from jobs (assumed: 500)")
     parser.add_argument("--gpus", type=positive_int, nargs="+", default=[10, 50, 200])
     parser.add_argument("--job-overhead-s", type=positive_float, default=60.0,
                         help="seconds each GPU job spends besides embedding (assumed: 60)")

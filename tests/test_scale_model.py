@@ -44,18 +44,29 @@ def test_gpu_figures_follow_from_the_rates(default_model: dict) -> None:
         assert r["job_s"] == pytest.approx(overhead + per_shard / r["gpu_rate"])
         assert r["gpu_slot_hours"] == pytest.approx(
             (r["jobs"] * overhead + passages / r["gpu_rate"]) / 3600)
-        assert r["gpu_stage_h"] == pytest.approx(math.ceil(r["jobs"] / r["gpus"]) * r["job_s"]
-                                                 / 3600)
-        stages = {"partition": r["partition_h"], "GPU jobs": r["gpu_stage_h"],
-                  "index load": r["index_h"]}
-        assert r["total_h"] == pytest.approx(sum(stages.values()))
-        assert r["bottleneck"] == max(stages, key=stages.__getitem__)
+        waves_h = math.ceil(r["jobs"] / r["gpus"]) * r["job_s"] / 3600
+        assert r["gpu_stage_h"] == pytest.approx(waves_h) or (  # else transfer-bound
+            r["gpu_stage_h"] > waves_h and r["access_point_mb_s"] == pytest.approx(500))
+        assert r["total_h"] == pytest.approx(r["partition_h"] + r["gpu_stage_h"] + r["index_h"])
+        # no single process sets the pace: the GPU jobs or the access point's transfers do
+        assert r["bottleneck"] in {"GPU jobs", "access point transfer"}
     stored = [r for r in runs if r["token_ids"] == "stored"]
     assert [r["gpus"] for r in stored] == [10, 50, 200]
-    assert stored[0]["gpu_stage_h"] > stored[1]["gpu_stage_h"] > stored[2]["gpu_stage_h"]
-    tokenize = next(s for s in default_model["stages"] if s["stage"].startswith("tokenize"))
-    assert stored[0]["partition_h"] == pytest.approx(
-        default_model["stages"][0]["hours"] + tokenize["hours"])
+    assert stored[0]["gpu_stage_h"] > stored[1]["gpu_stage_h"] >= stored[2]["gpu_stage_h"]
+    assert stored[2]["total_h"] <= 2 and stored[1]["total_h"] <= 3
+
+
+def test_the_partition_jobs_follow_from_the_part_size(default_model: dict) -> None:
+    p = default_model["partition"]
+    data = default_model["data"]
+    assert p["parts"] == math.ceil(data["articles in (JSONL)"]["gb"] * 1e9 / (256 << 20))
+    assert p["part_passages"] * p["parts"] == pytest.approx(180_000_000)
+    rates = {s["stage"]: s["rate"] for s in default_model["stages"]}
+    overhead = default_model["inputs"]["overhead per CPU job (s)"]["value"]
+    assert p["map_job_s"] == pytest.approx(overhead + p["part_passages"]
+                                           / rates["partition: map"])
+    assert p["merge_s"] == pytest.approx(overhead + 180_000_000 / rates["partition: merge"])
+    assert p["merge_memory_gb"] < 32  # fits the sample config's partition_resources cap
 
 
 def test_data_and_elasticsearch_sizes(default_model: dict) -> None:
@@ -96,6 +107,7 @@ def test_other_arguments() -> None:
     assert small["inputs"]["passages"]["value"] == 10_000_000
     assert [r["gpus"] for r in small["runs"]] == [5, 5]
     assert {r["jobs"] for r in small["runs"]} == {100}
+    assert small["partition"]["parts"] < 100
     assert 100_000 in [s["passages_per_shard"] for s in small["shard_sizes"]]
 
 
