@@ -312,6 +312,16 @@ def finish(workdir: Workdir, config: InferenceConfig, parts: list[Part],
            merged: dict[str, Any]) -> PartitionSummary:
     """Gather the written parts: the rejects ledger in input order, then the manifest."""
     stage = workdir.root / STAGE
+    inputs = workdir.manifest().inputs
+    for item in inputs:
+        try:
+            stat = Path(item["path"]).stat()
+            same = (stat.st_size, stat.st_mtime_ns) == (item["size"], item["mtime_ns"])
+        except OSError:
+            same = False
+        if not same:
+            raise PartitionError(f"{item['path']} changed (or went) while it was partitioned: "
+                                 "run the partition again")
     summary = PartitionSummary(parts=len(parts))
     reasons: Counter[str] = Counter()
     shards: list[dict[str, Any]] = []
@@ -339,7 +349,7 @@ def finish(workdir: Workdir, config: InferenceConfig, parts: list[Part],
         "partition_key": workdir.manifest().partition_key,
         "config": config.to_dict(),
         "tokenizer": ShardTokenizer.identity(config) if config.shards.tokenize else None,
-        "inputs": workdir.manifest().inputs,
+        "inputs": inputs,
         "partition": {"state": "done", **summary.to_dict()},
         "shards": shards,
     })

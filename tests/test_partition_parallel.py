@@ -237,3 +237,25 @@ def test_a_partition_under_a_memory_limit_survives_a_line_larger_than_the_limit(
     assert summary["articles"] == 1 and summary["reject_reasons"] == {"line_too_long": 1}
     [reject] = ledger(tmp_path / "w" / "rejects" / "rejects.jsonl")
     assert reject["line"] == 2 and "629,145,6" in reject["detail"]
+
+
+def test_an_input_that_changes_between_map_and_merge_is_refused_in_one_line(tmp_path):
+    from inference.partition import PartitionError, _map_task, finish, merge, prepare
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"d{i}", "title": f"T {i}"}) + "\n"
+                           for i in range(100)))
+    workdir = Workdir(tmp_path / "w")
+    config = load_config(None, ["shards.part_bytes=1024"])
+    parts = prepare([str(src)], workdir, config, force=False)
+    stage = workdir.root / "parts"
+    for part in parts:
+        _map_task(part, config, stage)
+    merged = merge(stage / "keys", parts, 50, stage / "merge")
+    with open(src, "a") as handle:
+        handle.write(json.dumps({"id": "late", "title": "Appended"}) + "\n")
+    with pytest.raises(PartitionError, match="changed .* while it was partitioned"):
+        finish(workdir, config, parts, merged)
+    assert workdir.manifest().partition == {"state": "running"}
+    summary = partition([str(src)], workdir, config, progress=False)  # a re-run plans anew
+    assert summary.articles == 101
