@@ -534,7 +534,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.shards or args.no_swap or args.swap_only:
         result = _index_part(workdir, args)
     else:
-        with workdir.lock():
+        with workdir.lock(existing=True):  # nothing is created in a folder that is no workdir
             result = build(workdir, args.backend, args.es_url)
     if args.json:
         print(json.dumps(result.__dict__))
