@@ -241,13 +241,14 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from inference.executor import run_pipeline
+    from inference.executor import check_models, run_pipeline
     from retrieval import build
 
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"executor.workers={args.workers}")
     config = load_config(args.config, overrides + _index_overrides(args))
+    check_models(config)  # before the lock creates the workdir
     workdir = Workdir(args.workdir)
     with workdir.lock():  # one writer from the partition to the index
         summary = run_pipeline(_inputs(args), workdir, config, force=args.force)

@@ -68,6 +68,12 @@ def test_submit_is_an_infer_corpus_command(capsys):
         ("model.name=https://example.org/model", "is a URL"),
         ("model.name={tmp}/x.txt", "is a file, not a model folder"),
         ("model.device=tpu", "model.device must be auto, cpu, cuda or cuda:N"),
+        # known before any work, without loading weights (HF_HUB_OFFLINE in the tests)
+        ("model.name=no-such-model-xyz", "'no-such-model-xyz' is not a local folder, a "
+         "packaged model (all-MiniLM-L6-v2) or in the Hugging Face cache"),
+        ("model.name={tmp}", "holds no config.json"),
+        ("model.max_seq_length=100000", "model.max_seq_length 100,000 is beyond the limit "
+         "of model 'all-MiniLM-L6-v2', 512 tokens"),
     ],
 )
 def test_run_with_a_bad_model_exits_2_in_one_line(tmp_path, setting, message):
@@ -77,6 +83,7 @@ def test_run_with_a_bad_model_exits_2_in_one_line(tmp_path, setting, message):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()  # refused before any work
 
 
 def test_run_on_cuda_without_a_gpu_exits_2_in_one_line(tmp_path):
