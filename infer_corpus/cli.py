@@ -570,9 +570,15 @@ def _index_part(workdir: Workdir, args: argparse.Namespace) -> Any:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from retrieval import DEFAULT_MODE, Searcher, open_index
+    from retrieval.search import QueryError
 
     workdir = Workdir(args.workdir)
     searcher = Searcher(workdir, index=open_index(workdir, args.backend, args.es_url))
+    if args.topic is not None:  # a typo would look like an empty result
+        topics = searcher.index.topics()
+        if args.topic not in topics:
+            raise QueryError(f"unknown topic {args.topic[:100]!r}; the index's topics: "
+                             f"{', '.join(topics) or 'none'}")
     hits = searcher.search(args.query, top_k=args.top_k, screening_top_k=args.screening_top_k,
                            mode=args.mode or DEFAULT_MODE, topic=args.topic)
     if args.json:
@@ -582,9 +588,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("no passage matches")
     for rank, hit in enumerate(hits, start=1):
         p = hit.passage
-        print(f"{rank:>2}. {hit.score:7.3f}  {p['title'] or '(untitled)'} ({p['year'] or 'n.d.'})"
-              f"  [{p['passage_id']}]")
+        print(f"{rank:>2}. {hit.score:7.3f}  {_one_line(p['title'] or '(untitled)')} "
+              f"({p['year'] or 'n.d.'})  [{_one_line(p['passage_id'])}]")
     return 0
+
+
+def _one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped (`\\n`), so that one hit
+    stays one line whatever its input's ids and titles hold."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

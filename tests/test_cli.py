@@ -112,3 +112,28 @@ def test_a_closed_stdout_ends_quietly(demo_run):
     finally:
         os.close(write)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_search_with_an_unknown_topic_exits_2_and_lists_the_topics(demo_run):
+    proc = run_cli("search", "--workdir", str(demo_run[0]), "ice", "--topic", "nope",
+                   check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "unknown topic 'nope'; the index's topics: climate-change, covid-19" in proc.stderr
+    known = run_cli("search", "--workdir", str(demo_run[0]), "ice", "--topic", "geoarchives")
+    assert known.stdout.startswith(" 1.")
+
+
+def test_a_hit_is_one_line_whatever_its_id_holds(tmp_path):
+    articles = write_jsonl(tmp_path / "a.jsonl", [
+        {"id": "line\nbreak", "title": "Glacier ice\r\ncores", "abstract": "Ice cores hold "
+         "bubbles of ancient air that record past climate."},
+        {"id": "tab\tbed", "title": "Tree rings", "abstract": "Tree rings record droughts."},
+    ])
+    workdir = tmp_path / "w"
+    run_cli("run", "--input", str(articles), "--workdir", str(workdir),
+            "--set", "predictions.kind=none", "--set", "model.max_seq_length=64")
+    out = run_cli("search", "--workdir", str(workdir), "ice cores tree rings", "--mode",
+                  "bm25").stdout
+    assert out.splitlines() == [line for line in out.splitlines() if line[:3] in (" 1.", " 2.")]
+    assert "[line\\nbreak#0]" in out and "[tab\\tbed#0]" in out
