@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -216,6 +219,20 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     return inputs
 
 
+def command_line(*args: str) -> str:
+    """An `infer-corpus` command to paste into a shell: arguments quoted (a glob stays a
+    glob for the command, not the shell), and the program as this shell can find it (on
+    the PATH, else the script beside this Python, e.g. `.venv/bin/infer-corpus`)."""
+    script = Path(sys.executable).parent / "infer-corpus"
+    program = "infer-corpus"
+    on_path = shutil.which(program)
+    if script.is_file() and not (on_path and Path(on_path).resolve() == script.resolve()):
+        relative = os.path.relpath(script)
+        program = relative if not relative.startswith("..") else str(script)
+        program = program if "/" in program else f"./{program}"
+    return shlex.join([program, *args])
+
+
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary))
@@ -233,8 +250,9 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if "shards_run" in summary:
         lines.append(f"shards run {summary['shards_run']:>10,}   in {summary['seconds']:.1f} s")
     if "indexed" in summary:
-        lines.append(f"indexed    {summary['indexed']:>10,}   passages (infer-corpus search "
-                     f"--workdir {summary['workdir']} \"QUESTION\")")
+        lines.append(f"indexed    {summary['indexed']:>10,}   passages ("
+                     + command_line("search", "--workdir", summary["workdir"], "QUESTION")
+                     + ")")
     if summary.get("rejected"):
         lines.append(f"rejected rows and reasons: {summary['workdir']}/rejects/rejects.jsonl")
     print("\n".join(lines))
@@ -412,9 +430,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"final report ({summary['shards_done']} shards already done); lint: ok")
     if summary["staged"]:
         print(f"staged {summary['staged']} shards for the jobs' data URL (see stage.tsv)")
-    again = f"infer-corpus submit --workdir {args.workdir}" + "".join(
-        f" {flag} {value}" for flag, value in [("--config", args.config)] if value) + "".join(
-        f" --set {o}" for o in args.overrides) + "".join(f" --input {i}" for i in args.inputs)
+    again = command_line("submit", "--workdir", args.workdir,
+                         *(["--config", args.config] if args.config else []),
+                         *(item for o in args.overrides for item in ("--set", o)),
+                         *(["--input", *args.inputs] if args.inputs else []))
     if args.from_partition_dag:
         print("partition.dag runs it next")
     elif args.dry_run:
@@ -422,7 +441,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"submit with:\n  {again}")
     else:
         print(f"submitted: DAGMan job {summary['cluster']}. Follow it with:\n"
-              f"  infer-corpus status --workdir {args.workdir}   (or condor_q -dag -nobatch)")
+              f"  {command_line('status', '--workdir', args.workdir)}   "
+              "(or condor_q -dag -nobatch)")
     return 0
 
 
@@ -523,7 +543,7 @@ def _submit_generation(args: argparse.Namespace, config: Any) -> int:
         print(f"dry run: nothing submitted. Review {Path(summary['dag']).parent}/")
     else:
         print(f"submitted: DAGMan job {summary['cluster']}. Follow it with:\n"
-              f"  infer-corpus status --workdir {args.workdir}   (outputs arrive in "
+              f"  {command_line('status', '--workdir', args.workdir)}   (outputs arrive in "
               f"{args.workdir}/generations/)")
     return 0
 
@@ -609,10 +629,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{report['queries']} judged queries; default mode: {report['default']}")
-    for mode, scores in report["modes"].items():
-        print(f"  {mode:<7} nDCG@10 {scores['ndcg@10']:.4f}   recall@100 {scores['recall@100']:.4f}")
+    _print_eval(report)
     return 0
+
+
+def _print_eval(report: dict[str, Any]) -> None:
+    """One row per search mode, its columns aligned whatever the modes' names."""
+    print(f"{report['queries']} judged queries; default mode: {report['default']}")
+    width = max(map(len, report["modes"]), default=0)
+    for mode, scores in report["modes"].items():
+        print(f"  {mode:<{width}}  nDCG@10 {scores['ndcg@10']:.4f}   "
+              f"recall@100 {scores['recall@100']:.4f}")
 
 
 COMMANDS = {"run": cmd_run, "partition": cmd_partition, "shard": cmd_shard,

@@ -137,3 +137,14 @@ def test_a_hit_is_one_line_whatever_its_id_holds(tmp_path):
                   "bm25").stdout
     assert out.splitlines() == [line for line in out.splitlines() if line[:3] in (" 1.", " 2.")]
     assert "[line\\nbreak#0]" in out and "[tab\\tbed#0]" in out
+
+
+def test_the_eval_table_is_aligned(capsys):
+    from infer_corpus.cli import _print_eval
+
+    scores = {"ndcg@10": 0.41234, "recall@100": 0.8}
+    _print_eval({"queries": 225, "default": "feedback",
+                 "modes": {mode: scores for mode in ("feedback", "hybrid", "rrf", "bm25")}})
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert len(rows) == 4 and len({row.index("nDCG@10") for row in rows}) == 1
+    assert len({row.index("recall@100") for row in rows}) == 1
