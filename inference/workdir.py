@@ -29,11 +29,14 @@ __all__ = ["Manifest", "ShardEntry", "Workdir", "WorkdirError", "atomic_path",
 READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
+def _why(exc: OSError) -> str:
+    return "read-only" if exc.errno == errno.EROFS else f"not writable ({exc.strerror})"
+
+
 def _read_only(folder: Path, exc: OSError) -> WorkdirError:
-    """The one-line refusal for a write that a read-only folder refused."""
-    why = "read-only" if exc.errno == errno.EROFS else f"not writable ({exc.strerror})"
-    return WorkdirError(f"workdir {folder} is {why}: readers (search, status, qa-api) work on "
-                        "it; run this command on a writable copy or another --workdir")
+    """The one-line refusal of a writer whose workdir refused the lock (or the folder)."""
+    return WorkdirError(f"workdir {folder} is {_why(exc)}: readers (search, status, qa-api) "
+                        "work on it; run this command on a writable copy or another --workdir")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -63,7 +66,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
         if DiskFullError.caused(exc):
             raise DiskFullError.writing(str(final)) from None
         if exc.errno in READ_ONLY:
-            raise _read_only(final.parent, exc) from None
+            raise WorkdirError(f"cannot write {final}: {final.parent} is {_why(exc)}") from None
         raise
     finally:
         with contextlib.suppress(OSError):
