@@ -59,15 +59,17 @@ def check_model(name: str) -> dict[str, Any]:
     folder = Path(location)
     if folder.is_dir():
         config = folder / "config.json"
-        if not config.is_file():
-            raise ModelError(f"model folder {name!r} holds no config.json: give a folder with "
-                             "a model's config.json and weights")
-        return _json(config)
+        if config.is_file():
+            return _json(config)
+        if (folder / "modules.json").is_file():  # sentence-transformers' older layout
+            return {}
+        raise ModelError(f"model folder {name!r} holds no config.json: give a folder with "
+                         "a model's config.json and weights")
     from huggingface_hub import constants, model_info, try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 
-    where = (f"model {name!r} is not a local folder, a packaged model "
-             f"(all-MiniLM-L6-v2) or in the Hugging Face cache")
+    where = (f"model {name!r} is not a local folder, a packaged model (all-MiniLM-L6-v2) "
+             "or in the Hugging Face cache")
     try:
         cached = try_to_load_from_cache(location, "config.json")
     except HFValidationError:
