@@ -13,7 +13,12 @@ Each part runs the real commands in child processes on this machine (all traffic
   disk      a partition and an index build on a tmpfs too small for them (needs root): one
             line, exit 1, and the same command on a roomy disk then finishes
   writers   two `run`s started together on one workdir: one exits 2 at once, naming the other
-  configs   bad config files and overrides: exit 2, one line each
+  configs   bad config files and overrides (a billion-laughs alias bomb, 600 levels of
+            nesting in a --set, repeated keys, NaN, absurd numbers, an unknown model): exit
+            2, one line each, within seconds
+  workdirs  a finished workdir mounted read-only (needs root): search, status and qa-api
+            work, run, partition and index refuse in one line; a file given as the workdir;
+            `index` on a folder that is no workdir leaves nothing behind
   api       bad requests to `qa-api` (bodies, types, sizes, keys) and a short load of
             concurrent clients: no status 500, no traceback in the server's output
 
@@ -276,27 +281,146 @@ BAD_CONFIGS: list[bytes] = [
     b"condor:\n  container_image: a.sif\n  venv_tarball: b.tgz\n", b"qa:\n  max_steps: 0\n",
     b"qa:\n  models:\n    x:\n      kind: magic\n", b"fields:\n  id: {a: b}\n",
     b"\t\tmodel: x\n", b"model:\n  - a\n b: 2\n", b"&a [*a]\n", b"model: !!python/object:os.system {}\n",
+    # a billion laughs: nine levels of ten aliases each, a few hundred bytes
+    b"a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
+        b"a%d: &a%d [" % (i, i) + b", ".join([b"*a%d" % (i - 1)] * 10) + b"]\n"
+        for i in range(1, 10)),
+    b"model:\n  batch_size: 8\n  batch_size: 16\n", b"generation:\n  temperature: .nan\n",
+    b"model:\n  batch_size: 1000000000000000000000000000000\n",
 ]
 BAD_OVERRIDES = ["model.batch_size=", "nonsense", "=3", "model.batch_size=[1", "qa.models.x.kind=y",
-                 "model.name=https://example.org/m", "model.name=", "executor.workers=-1"]
+                 "model.name=https://example.org/m", "model.name=", "executor.workers=-1",
+                 "model.name=" + "[" * 600 + "]" * 600, "model.name={a: 1, a: 2}",
+                 "generation.temperature=.inf", "executor.workers=100000",
+                 "model.max_seq_length=100000", "model.name=no-such-model-xyz"]
 
 
 def probe_configs(work: Path) -> dict:
     folder = work / "configs"
     folder.mkdir()
     results = []
+    slowest = 0.0
     for i, content in enumerate(BAD_CONFIGS):
         path = folder / f"bad-{i}.yaml"
         path.write_bytes(content)
+        started = time.perf_counter()
         results.append(cli("partition", "--demo", "--workdir", str(work / "cfg-w"),
-                           "--config", str(path)))
+                           "--config", str(path), timeout=120))
+        slowest = max(slowest, time.perf_counter() - started)
     for override in BAD_OVERRIDES:
-        results.append(cli("run", "--demo", "--workdir", str(work / "cfg-w2"), "--set", override))
+        started = time.perf_counter()
+        results.append(cli("run", "--demo", "--workdir", str(work / "cfg-w2"), "--set", override,
+                           timeout=120))
+        slowest = max(slowest, time.perf_counter() - started)
     good = [r for r in results if r.returncode == 2 and one_line(r) and not tracebacks(r.stderr)]
     return {"tried": len(results), "exit_2_one_line": len(good),
             "tracebacks": sum(tracebacks(r.stderr) for r in results),
+            "slowest_s": round(slowest, 1),
             "bad": [r.stderr.strip()[:300] for r in results if r not in good][:5],
-            "ok": len(good) == len(results)}
+            "ok": len(good) == len(results) and slowest < 60}
+
+
+# -- workdirs -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def read_only_view(source: Path, mount: Path):
+    """`source` bind-mounted read-only at `mount` (needs root); yields False when impossible."""
+    mount.mkdir(parents=True, exist_ok=True)
+    bound = subprocess.run(["mount", "--bind", str(source), str(mount)], capture_output=True)
+    try:
+        ok = bound.returncode == 0 and subprocess.run(
+            ["mount", "-o", "remount,ro,bind", str(mount)], capture_output=True).returncode == 0
+        yield ok
+    finally:
+        if bound.returncode == 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def serve_once(workdir: Path, log: Path) -> dict:
+    """Start qa-api on `workdir`, ask /health and one /search, stop it."""
+    import httpx
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "infer_corpus.qa_cli", "--workdir",
+                               str(workdir), "--port", str(port)], stdout=log.open("w"),
+                              stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    statuses = {}
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and server.poll() is None:
+            with contextlib.suppress(httpx.TransportError):
+                statuses["health"] = httpx.get(f"{url}/health").status_code
+                if statuses["health"] == 200:
+                    break
+            time.sleep(0.5)
+        if statuses.get("health") == 200:
+            statuses["search"] = httpx.post(f"{url}/search", json={"query": QUERIES[0]},
+                                            timeout=60).status_code
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {**statuses, "tracebacks": tracebacks(log.read_text())}
+
+
+def probe_workdirs(work: Path) -> dict:
+    from inference.demo import demo_corpus_path
+
+    demo = str(demo_corpus_path())
+    source = work / "archive"
+    cli("run", "--input", demo, "--workdir", str(source), *FAST)
+    report: dict = {}
+    with read_only_view(source, work / "read-only") as mounted:
+        ro = work / "read-only"
+        if not mounted:
+            report["read_only"] = {"skipped": "cannot bind-mount read-only here (needs root)"}
+        else:
+            readers = [cli("search", "--workdir", str(ro), query, "--json") for query in QUERIES]
+            status = cli("status", "--workdir", str(ro))
+            served = serve_once(ro, work / "qa-api-read-only.log")
+            writers = [cli(*command, "--workdir", str(ro), *extra) for command, extra in [
+                (["run", "--input", demo], FAST), (["partition", "--input", demo], FAST),
+                (["index"], [])]]
+            report["read_only"] = {
+                "searches_ok": sum(r.returncode == 0 and bool(json.loads(r.stdout)["hits"])
+                                   for r in readers),
+                "status_exit": status.returncode, "qa_api": served,
+                "writers_refused": sum(r.returncode == 2 and one_line(r)
+                                       and "is read-only" in r.stderr for r in writers),
+                "tracebacks": tracebacks(*(r.stderr for r in [*readers, status, *writers]))
+                + served["tracebacks"]}
+            r = report["read_only"]
+            r["ok"] = (r["searches_ok"] == len(QUERIES) and r["status_exit"] == 0
+                       and served.get("search") == 200 and r["writers_refused"] == 3
+                       and r["tracebacks"] == 0)
+    a_file = work / "notes.md"
+    a_file.write_text("not a workdir\n")
+    odd = [cli(*command, "--workdir", str(path), *extra)
+           for path in (a_file, a_file / "run")
+           for command, extra in [(["run", "--input", demo], FAST),
+                                  (["partition", "--input", demo], FAST), (["index"], [])]]
+    report["file_as_workdir"] = {
+        "tried": len(odd), "exit_2_one_line": sum(r.returncode == 2 and one_line(r) for r in odd),
+        "file_unchanged": a_file.read_text() == "not a workdir\n",
+        "tracebacks": tracebacks(*(r.stderr for r in odd))}
+    folder = work / "not-a-workdir"
+    folder.mkdir()
+    (folder / "hosts").write_text("127.0.0.1 localhost\n")
+    index_here = cli("index", "--workdir", str(folder))
+    index_nowhere = cli("index", "--workdir", str(work / "no" / "such" / "run"))
+    report["index_elsewhere"] = {
+        "exits": [index_here.returncode, index_nowhere.returncode],
+        "left_behind": sorted(p.name for p in folder.iterdir() if p.name != "hosts"),
+        "created_missing": (work / "no").exists(),
+        "tracebacks": tracebacks(index_here.stderr, index_nowhere.stderr)}
+    f, i = report["file_as_workdir"], report["index_elsewhere"]
+    f["ok"] = f["exit_2_one_line"] == f["tried"] and f["file_unchanged"] and not f["tracebacks"]
+    i["ok"] = (i["exits"] == [2, 2] and not i["left_behind"] and not i["created_missing"]
+               and not i["tracebacks"])
+    report["tracebacks"] = sum(part.get("tracebacks", 0) for part in report.values()
+                               if isinstance(part, dict))
+    report["ok"] = all(part.get("ok", True) for part in report.values() if isinstance(part, dict))
+    return report
 
 
 # -- api ----------------------------------------------------------------------------------------
@@ -393,8 +517,8 @@ def probe_api(work: Path, clients: int, seconds: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", nargs="+", default=["inputs", "configs", "writers", "disk",
-                                                        "kills", "api"])
+    parser.add_argument("--parts", nargs="+", default=["inputs", "configs", "workdirs",
+                                                        "writers", "disk", "kills", "api"])
     parser.add_argument("--rows", type=int, default=2000, help="rows per bad input file")
     parser.add_argument("--kills", type=int, default=6)
     parser.add_argument("--clients", type=int, default=20)
@@ -419,6 +543,8 @@ def main() -> int:
                 report[part] = probe_writers(work)
             elif part == "configs":
                 report[part] = probe_configs(work)
+            elif part == "workdirs":
+                report[part] = probe_workdirs(work)
             elif part == "api":
                 report[part] = probe_api(work, args.clients, args.seconds)
             else:

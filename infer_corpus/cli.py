@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,14 +21,13 @@ from typing import Any
 
 from inference import __version__
 from inference.demo import demo_corpus_path
+from inference.config import MAX_WORKERS
 from inference.errors import UsageError, run_command
 from inference.readers import InputError
 from inference.workdir import Workdir
 from retrieval.config import BACKENDS
 
 from .config import load_config
-
-MAX_WORKERS = 1024  # processes on one machine: more is a typo
 
 DESCRIPTION = """\
 Shard a document corpus into Parquet, embed and classify every passage, resumably.
@@ -241,6 +243,20 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     return inputs
 
 
+def command_line(*args: str) -> str:
+    """An `infer-corpus` command to paste into a shell: arguments quoted (a glob stays a
+    glob for the command, not the shell), and the program as this shell can find it (on
+    the PATH, else the script beside this Python, e.g. `.venv/bin/infer-corpus`)."""
+    script = Path(sys.executable).parent / "infer-corpus"
+    program = "infer-corpus"
+    on_path = shutil.which(program)
+    if script.is_file() and not (on_path and Path(on_path).resolve() == script.resolve()):
+        relative = os.path.relpath(script)
+        program = relative if not relative.startswith("..") else str(script)
+        program = program if "/" in program else f"./{program}"
+    return shlex.join([program, *args])
+
+
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary))
@@ -260,21 +276,23 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if "shards_run" in summary:
         lines.append(f"shards run {summary['shards_run']:>10,}   in {summary['seconds']:.1f} s")
     if "indexed" in summary:
-        lines.append(f"indexed    {summary['indexed']:>10,}   passages (infer-corpus search "
-                     f"--workdir {summary['workdir']} \"QUESTION\")")
+        lines.append(f"indexed    {summary['indexed']:>10,}   passages ("
+                     + command_line("search", "--workdir", summary["workdir"], "QUESTION")
+                     + ")")
     if summary.get("rejected"):
         lines.append(f"rejected rows and reasons: {summary['workdir']}/rejects/rejects.jsonl")
     print("\n".join(lines))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from inference.executor import run_pipeline
+    from inference.executor import check_models, run_pipeline
     from retrieval import build
 
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"executor.workers={args.workers}")
     config = load_config(args.config, overrides + _index_overrides(args))
+    check_models(config)  # before the lock creates the workdir
     workdir = Workdir(args.workdir)
     with workdir.lock():  # one writer from the partition to the index
         summary = run_pipeline(_inputs(args), workdir, config, force=args.force)
@@ -459,9 +477,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"final report ({summary['shards_done']} shards already done); lint: ok")
     if summary["staged"]:
         print(f"staged {summary['staged']} shards for the jobs' data URL (see stage.tsv)")
-    again = f"infer-corpus submit --workdir {args.workdir}" + "".join(
-        f" {flag} {value}" for flag, value in [("--config", args.config)] if value) + "".join(
-        f" --set {o}" for o in args.overrides) + "".join(f" --input {i}" for i in args.inputs)
+    again = command_line("submit", "--workdir", args.workdir,
+                         *(["--config", args.config] if args.config else []),
+                         *(item for o in args.overrides for item in ("--set", o)),
+                         *(["--input", *args.inputs] if args.inputs else []))
     if args.from_partition_dag:
         print("partition.dag runs it next")
     elif args.dry_run:
@@ -469,7 +488,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"submit with:\n  {again}")
     else:
         print(f"submitted: DAGMan job {summary['cluster']}. Follow it with:\n"
-              f"  infer-corpus status --workdir {args.workdir}   (or condor_q -dag -nobatch)")
+              f"  {command_line('status', '--workdir', args.workdir)}   "
+              "(or condor_q -dag -nobatch)")
     return 0
 
 
@@ -570,7 +590,7 @@ def _submit_generation(args: argparse.Namespace, config: Any) -> int:
         print(f"dry run: nothing submitted. Review {Path(summary['dag']).parent}/")
     else:
         print(f"submitted: DAGMan job {summary['cluster']}. Follow it with:\n"
-              f"  infer-corpus status --workdir {args.workdir}   (outputs arrive in "
+              f"  {command_line('status', '--workdir', args.workdir)}   (outputs arrive in "
               f"{args.workdir}/generations/)")
     return 0
 
@@ -582,7 +602,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.shards or args.no_swap or args.swap_only:
         result = _index_part(workdir, args)
     else:
-        with workdir.lock():
+        with workdir.lock(existing=True):  # nothing is created in a folder that is no workdir
             result = build(workdir, args.backend, args.es_url)
     if args.json:
         print(json.dumps(result.__dict__))
@@ -617,9 +637,15 @@ def _index_part(workdir: Workdir, args: argparse.Namespace) -> Any:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from retrieval import DEFAULT_MODE, Searcher, open_index
+    from retrieval.search import QueryError
 
     workdir = Workdir(args.workdir)
     searcher = Searcher(workdir, index=open_index(workdir, args.backend, args.es_url))
+    if args.topic is not None:  # a typo would look like an empty result
+        topics = searcher.index.topics()
+        if args.topic not in topics:
+            raise QueryError(f"unknown topic {args.topic[:100]!r}; the index's topics: "
+                             f"{', '.join(topics) or 'none'}")
     hits = searcher.search(args.query, top_k=args.top_k, screening_top_k=args.screening_top_k,
                            mode=args.mode or DEFAULT_MODE, topic=args.topic)
     if args.json:
@@ -629,9 +655,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("no passage matches")
     for rank, hit in enumerate(hits, start=1):
         p = hit.passage
-        print(f"{rank:>2}. {hit.score:7.3f}  {p['title'] or '(untitled)'} ({p['year'] or 'n.d.'})"
-              f"  [{p['passage_id']}]")
+        print(f"{rank:>2}. {hit.score:7.3f}  {_one_line(p['title'] or '(untitled)')} "
+              f"({p['year'] or 'n.d.'})  [{_one_line(p['passage_id'])}]")
     return 0
+
+
+def _one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped (`\\n`), so that one hit
+    stays one line whatever its input's ids and titles hold."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -642,10 +676,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{report['queries']} judged queries; default mode: {report['default']}")
-    for mode, scores in report["modes"].items():
-        print(f"  {mode:<7} nDCG@10 {scores['ndcg@10']:.4f}   recall@100 {scores['recall@100']:.4f}")
+    _print_eval(report)
     return 0
+
+
+def _print_eval(report: dict[str, Any]) -> None:
+    """One row per search mode, its columns aligned whatever the modes' names."""
+    print(f"{report['queries']} judged queries; default mode: {report['default']}")
+    width = max(map(len, report["modes"]), default=0)
+    for mode, scores in report["modes"].items():
+        print(f"  {mode:<{width}}  nDCG@10 {scores['ndcg@10']:.4f}   "
+              f"recall@100 {scores['recall@100']:.4f}")
 
 
 COMMANDS = {"run": cmd_run, "partition": cmd_partition, "partition-step": cmd_partition_step,

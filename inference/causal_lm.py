@@ -8,7 +8,10 @@ QA service's answer model and the generation backends.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +60,28 @@ def load_causal_lm(name: str, *, hub_ids: bool = False, dtype: Any = None) -> tu
 
     folder, gguf = resolve_local_model(name, hub_ids=hub_ids)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf,
-                                                     **({"dtype": dtype} if dtype else {}))
+        with _quiet_gguf():
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf,
+                                                         **({"dtype": dtype} if dtype else {}))
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load local model {name}: {exc}") from None
     return tokenizer, model
+
+
+@contextlib.contextmanager
+def _quiet_gguf() -> Iterator[None]:
+    """transformers de-quantizes a GGUF file's tensors under a progress bar of its own, which
+    `disable_progress_bar()` does not reach; in a server's log or a job's stderr it is noise.
+    The bar is turned off while a model loads (and left alone where transformers has none)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar

@@ -53,6 +53,12 @@ class ShardsConfig:
     part_bytes: int = 128 << 20
 
 
+# Far beyond any machine, but small enough that a typo (1e30, 100000) is one line, not an
+# allocation or a fork bomb.
+MAX_BATCH_SIZE = 65_536
+MAX_WORKERS = 1_024
+
+
 @dataclass
 class ModelConfig:
     """The embedding model. `name` is a local path, a known packaged model, or a hub id."""
@@ -128,6 +134,9 @@ class InferenceConfig:
             raise ConfigError("shards.passages_per_shard must be positive")
         if self.model.batch_size < 1 or self.model.max_seq_length < 8:
             raise ConfigError("model: batch_size must be >= 1 and max_seq_length >= 8")
+        if self.model.batch_size > MAX_BATCH_SIZE:
+            raise ConfigError(f"model.batch_size must be at most {MAX_BATCH_SIZE:,}, not "
+                              f"{self.model.batch_size:,}")
         if self.model.tokenize_processes < -1:
             raise ConfigError("model.tokenize_processes must be -1 (auto), 0 (a thread) or more")
         if self.model.batch_tokens < 0:
@@ -148,6 +157,9 @@ class InferenceConfig:
             raise ConfigError("predictions.topics must name at least one topic for zero-shot")
         if self.executor.workers < 0 or self.executor.threads_per_worker < 0:
             raise ConfigError("executor.workers and executor.threads_per_worker must be >= 0")
+        if max(self.executor.workers, self.executor.threads_per_worker) > MAX_WORKERS:
+            raise ConfigError(f"executor.workers and executor.threads_per_worker must be at "
+                              f"most {MAX_WORKERS:,}")
 
 
 def load_config(path: str | Path | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -24,6 +25,9 @@ from .errors import UsageError
 
 T = TypeVar("T")
 MAX_DEPTH = 32  # far deeper than any config: a deeper document is a mistake
+# Far more values than any config holds: a YAML document whose aliases expand past this is a
+# "billion laughs", which would cost minutes of CPU to walk.
+MAX_VALUES = 100_000
 
 
 class ConfigError(UsageError):
@@ -71,6 +75,8 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # JSON, and so every manifest, has no such numbers
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -124,12 +130,64 @@ def own_sections(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in data.items() if key in known}
 
 
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of plain YAML data, stopping once it passes `limit`."""
-    if limit < 0 or not isinstance(value, (dict, list)):
-        return 0
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, except that a mapping repeating a key is an error rather than
+    silently keeping the last value (merge keys, `<<: *base`, may still be overridden)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {str(key)[:100]!r}", key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _measure(value: Any, sizes: dict[int, int], open_: set[int], level: int = 1) -> int:
+    """How many values `value` holds with its aliases expanded (YAML shares an aliased value,
+    so this counts each shared one once per use, in time linear in the document); a
+    ValueError when it nests deeper than MAX_DEPTH, a cycle (`&a [*a]`) included."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    if id(value) in sizes:
+        return sizes[id(value)]
+    if level > MAX_DEPTH or id(value) in open_:
+        raise ValueError("depth")
+    open_.add(id(value))
     items = value.values() if isinstance(value, dict) else value
-    return 1 + max((_depth(item, limit - 1) for item in items), default=0)
+    size = 1 + sum(_measure(item, sizes, open_, level + 1) for item in items)
+    open_.discard(id(value))
+    sizes[id(value)] = size
+    return size
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Plain data from YAML text, or a one-line ConfigError naming `source` (e.g. "config
+    FILE" or "override KEY=VALUE"): invalid YAML, a repeated key, nesting deeper than
+    MAX_DEPTH, or aliases expanding to over MAX_VALUES values. Config files and `--set`
+    values both come through here."""
+    try:
+        loaded = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source} is not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source} nests deeper than {MAX_DEPTH} levels") from None
+    try:
+        values = _measure(loaded, {}, set())
+    except ValueError:
+        raise ConfigError(f"{source} nests deeper than {MAX_DEPTH} levels") from None
+    if values > MAX_VALUES:
+        raise ConfigError(f"{source} holds over {MAX_VALUES:,} values once its aliases are "
+                          "expanded: write the values out, or use fewer aliases")
+    return loaded
 
 
 def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
@@ -140,19 +198,9 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{what} {path} is not valid YAML{where}: {problem}") from None
-    except RecursionError:
-        raise ConfigError(f"{what} {path} nests deeper than {MAX_DEPTH} levels") from None
+    loaded = load_yaml(text, f"{what} {path}")
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{what} {path} must be a mapping at the top level")
-    if _depth(loaded, MAX_DEPTH) > MAX_DEPTH:
-        raise ConfigError(f"{what} {path} nests deeper than {MAX_DEPTH} levels")
     return loaded or {}
 
 
@@ -190,11 +238,8 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     dotted, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({problem})") from None
+    shown = text if len(text) <= 80 else f"{text[:77]}..."
+    value = load_yaml(raw, f"the value of override {shown!r}") if raw.strip() else ""
     keys = [k for k in dotted.strip().split(".") if k]
     if not keys:
         raise ConfigError(f"override {text!r} names no key")

@@ -24,9 +24,10 @@ from typing import Any
 from tqdm import tqdm
 
 from .config import InferenceConfig
+from .config_loader import ConfigError
 from .devices import cuda_device_count, pick_device
 from .errors import Failure
-from .models import resolve_model
+from .models import check_model
 from .partition import partition
 from .workdir import Workdir
 
@@ -41,10 +42,14 @@ class RunError(Failure):
 
 def check_models(config: InferenceConfig) -> None:
     """The checks a worker would fail on at once, made before any work: the model names
-    resolve to something loadable and the device exists (a ModelError otherwise)."""
-    resolve_model(config.model.name)
+    resolve to something loadable, the model takes passages of `max_seq_length` tokens, and
+    the device exists (a ModelError or ConfigError otherwise)."""
+    limit = check_model(config.model.name).get("max_position_embeddings")
+    if isinstance(limit, int) and config.model.max_seq_length > limit:
+        raise ConfigError(f"model.max_seq_length {config.model.max_seq_length:,} is beyond "
+                          f"the limit of model {config.model.name!r}, {limit:,} tokens")
     if config.predictions.kind == "classifier":
-        resolve_model(config.predictions.model or "")
+        check_model(config.predictions.model or "")
     if config.model.device != "auto":
         pick_device(config.model.device)
 

@@ -6,7 +6,9 @@ Compute nodes often have no internet, so the default model resolves to the copy 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from .errors import UsageError
 
@@ -45,3 +47,50 @@ def resolve_model(name: str) -> str:
             ) from None
         return str(module.get_model_path())
     return name
+
+
+def check_model(name: str) -> dict[str, Any]:
+    """What `name` resolves to can be loaded, checked without loading any weights, so that a
+    run with a mistyped model stops before any work rather than in every worker: a local
+    folder holds a model's config.json; a hub id is in the local Hugging Face cache or, when
+    the hub is online, on the hub. Returns the model's config.json (empty when only the hub
+    has it); a ModelError otherwise."""
+    location = resolve_model(name)
+    folder = Path(location)
+    if folder.is_dir():
+        config = folder / "config.json"
+        if config.is_file():
+            return _json(config)
+        if (folder / "modules.json").is_file():  # sentence-transformers' older layout
+            return {}
+        raise ModelError(f"model folder {name!r} holds no config.json: give a folder with "
+                         "a model's config.json and weights")
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    where = (f"model {name!r} is not a local folder, a packaged model (all-MiniLM-L6-v2) "
+             "or in the Hugging Face cache")
+    try:
+        cached = try_to_load_from_cache(location, "config.json")
+    except HFValidationError:
+        raise ModelError(f"{where}, nor a valid hub id") from None
+    if isinstance(cached, str):
+        return _json(Path(cached))
+    if constants.HF_HUB_OFFLINE:
+        raise ModelError(f"{where}, and the hub is offline (HF_HUB_OFFLINE)")
+    try:
+        model_info(location, timeout=20)
+    except RepositoryNotFoundError:
+        raise ModelError(f"{where}, nor on the Hugging Face hub") from None
+    except Exception as exc:  # noqa: BLE001 - any network failure: the load would fail too
+        raise ModelError(f"{where}, and the hub cannot be reached "
+                         f"({type(exc).__name__})") from None
+    return {}
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read the model's {path}: {exc}") from None
+    return data if isinstance(data, dict) else {}

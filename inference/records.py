@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import math
 import re
@@ -55,6 +56,11 @@ def _as_text(name: str | None, value: Any) -> str:
     raise Rejected("bad_field_type", f"field {name!r} must be text, got {type(value).__name__}")
 
 
+def _wrong_type(name: str | None, value: Any, wanted: str) -> Rejected:
+    return Rejected("bad_field_type", f"field {name!r} must be {wanted}, got "
+                                      f"{type(value).__name__}")
+
+
 def _person(item: Any) -> str:
     """One author: a name, or an object with `name` or `given`/`family` (CSL, Crossref)."""
     if isinstance(item, dict):
@@ -66,24 +72,32 @@ def _person(item: Any) -> str:
     return str(item).strip()
 
 
-def _authors(value: Any) -> list[str]:
+def _authors(name: str | None, value: Any) -> list[str]:
+    """Names from text ("A; B"), a list of names or of author objects, or one object."""
     if value is None:
         return []
     if isinstance(value, str):
         parts = value.split(";") if ";" in value else [value]
         return [p.strip() for p in parts if p.strip()]
     items = value if isinstance(value, list) else [value]
-    return [name for name in map(_person, items) if name]
+    if not all(item is None or isinstance(item, (str, dict)) for item in items):
+        raise _wrong_type(name, value, "names or author objects")
+    return [person for person in map(_person, items) if person]
 
 
-def _year(value: Any) -> int | None:
-    """A year, or None for anything that is not one (missing numbers arrive as NaN)."""
-    if value is None or isinstance(value, bool):
+def _year(name: str | None, value: Any) -> int | None:
+    """A year; None for a value that is not one ("n.d.", 0, and missing numbers, which
+    arrive as NaN); a reject for a value of the wrong type (a list, an object, a boolean)."""
+    if value is None:
         return None
+    if isinstance(value, (bool, list, dict, bytes)):
+        raise _wrong_type(name, value, "a year (a number or text)")
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (int, float)):
         year = int(value)
+    elif isinstance(value, (datetime.date, datetime.datetime)):
+        year = value.year
     else:
         match = _YEAR.match(str(value))
         if not match:
@@ -95,7 +109,9 @@ def _year(value: Any) -> int | None:
 def _url(name: str | None, value: Any) -> str | None:
     if value is None:
         return None
-    url = str(value).strip()
+    if not isinstance(value, str):
+        raise _wrong_type(name, value, "a URL or DOI as text")
+    url = value.strip()
     if url.startswith("10.") or (name == "doi" and not url.startswith(("http://", "https://"))):
         url = f"https://doi.org/{url}"
     return url or None
@@ -136,13 +152,15 @@ def to_article(record: dict[str, Any], fields: FieldsConfig, max_field_chars: in
         raise Rejected("bad_field_type", f"id field {id_name!r} must be a string or an integer")
     topic_name, topic_value = _pick(record, fields.topic)
     url_name, url_value = _pick(record, fields.url)
+    year_name, year_value = _pick(record, fields.year)
+    authors_name, authors_value = _pick(record, fields.authors)
     return Article(
         article_id=article_id or f"sha256:{digest.hex()[:24]}",
         title=title,
         text=text,
         words=len(words),
-        authors=_authors(_pick(record, fields.authors)[1]),
-        year=_year(_pick(record, fields.year)[1]),
+        authors=_authors(authors_name, authors_value),
+        year=_year(year_name, year_value),
         url=_url(url_name, url_value),
         topic=_as_text(topic_name, topic_value).strip() or None,
         digest=digest,

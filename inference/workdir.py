@@ -7,6 +7,7 @@ its final name is complete; work in progress lives under a hidden temporary name
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -23,6 +24,20 @@ LOCK = ".lock"
 _held: dict[Path, tuple[int, int]] = {}  # this process's workdir locks: root -> (fd, depth)
 __all__ = ["Manifest", "ShardEntry", "Workdir", "WorkdirError", "atomic_path",
            "write_json_atomic"]
+
+# A write refused because the file system is mounted read-only or the user may not write there.
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _why(exc: OSError) -> str:
+    return "read-only" if exc.errno == errno.EROFS else f"not writable ({exc.strerror})"
+
+
+def _read_only(folder: Path, exc: OSError) -> WorkdirError:
+    """The one-line refusal of a writer whose workdir refused the lock (or the folder)."""
+    return WorkdirError(f"workdir {folder} is {_why(exc)}: readers (search, status, qa-api) "
+                        "work on it; run this command on a writable copy or another --workdir")
+
 
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
@@ -50,9 +65,11 @@ def atomic_path(final: Path) -> Iterator[Path]:
     except OSError as exc:
         if DiskFullError.caused(exc):
             raise DiskFullError.writing(str(final)) from None
+        if exc.errno in READ_ONLY:
+            raise WorkdirError(f"cannot write {final}: {final.parent} is {_why(exc)}") from None
         raise
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()
 
 
@@ -117,20 +134,42 @@ class Workdir:
         write_json_atomic(self.manifest_path, data)
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, existing: bool = False) -> Iterator[None]:
         """Be the workdir's only writer (partition, run, index) while the block runs.
 
         A second writer gets a WorkdirError naming the process that holds the workdir, at
         once; readers (`search`, `qa-api`) and shard workers need no lock. The lock is an
         advisory `flock` that the kernel drops when its holder dies, so a killed run never
-        leaves the workdir locked. It is re-entrant within one process (run -> partition)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        leaves the workdir locked. It is re-entrant within one process (run -> partition).
+
+        `existing`: the command works on a partitioned workdir (`index`), so a folder without
+        a manifest is refused before anything is created in it, lock file included. A path
+        that is a file, or a read-only workdir, is refused in one line."""
+        if existing:
+            self.manifest()  # a WorkdirError when this is no workdir
+        if self.root.exists() and not self.root.is_dir():
+            raise WorkdirError(f"workdir {self.root} is a file, not a folder: give a folder "
+                               "(it is created if missing)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise WorkdirError(f"workdir {self.root} cannot be created: a part of its path "
+                               "is a file") from None
+        except OSError as exc:
+            if exc.errno in READ_ONLY:
+                raise _read_only(self.root, exc) from None
+            raise
         key = self.root.resolve()
         if key in _held:
             fd, depth = _held[key]
             _held[key] = (fd, depth + 1)
         else:
-            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                if exc.errno in READ_ONLY:
+                    raise _read_only(self.root, exc) from None
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

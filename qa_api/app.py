@@ -36,19 +36,24 @@ from retrieval import DEFAULT_MODE, MODES, QueryError, Searcher
 from .agent import Agent
 from .config import QAConfig
 from .extractive import SentenceVectors
-from .guard import API_KEY_HEADER, RequestGuard
+from .guard import API_KEY_HEADER, ECHO_CHARS, RequestGuard
 from .llms import build_llm
 
 MAX_QUESTION_CHARS = 2000
 MAX_TOP_K = 50
 MAX_SCREENING_TOP_K = 1000
-ECHO_CHARS = 100
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("qa_api")
 
 
 class RequestError(ValueError):
-    """A request that is well-formed but names something this server does not have."""
+    """A request that is well-formed but names something this server does not have; `field`
+    is the request's field, as in every 422's `errors`."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 def _cut(text: str) -> str:
@@ -141,9 +146,9 @@ class QAService:
     def check(self, topic: str | None, model: str | None = None) -> None:
         if topic is not None and topic not in self.topics:
             known = ", ".join(self.topics) or "none: this index has no topics"
-            raise RequestError(f"topic: unknown topic {_cut(topic)!r} (known topics: {known})")
+            raise RequestError("topic", f"unknown topic {_cut(topic)!r} (known topics: {known})")
         if model is not None and model not in self.llms:
-            raise RequestError(f"model: unknown model {_cut(model)!r} "
+            raise RequestError("model", f"unknown model {_cut(model)!r} "
                                f"(known models: {', '.join(self.llms)})")
 
     def search(self, query: str, *, top_k: int, screening_top_k: int,
@@ -166,11 +171,8 @@ class QAService:
                      mode=self.config.models[name].mode)
 
 
-def _unprocessable(detail: str, errors: list[dict[str, str]] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"detail": detail}
-    if errors:
-        body["errors"] = errors
-    return JSONResponse(body, status_code=422)
+def _unprocessable(detail: str, errors: list[dict[str, str]]) -> JSONResponse:
+    return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
@@ -212,7 +214,9 @@ def create_app(service: QAService) -> FastAPI:
     @app.exception_handler(RequestError)
     @app.exception_handler(QueryError)
     async def _bad_request(_: Request, exc: Exception) -> JSONResponse:
-        return _unprocessable(str(exc))
+        field, message = ((exc.field, exc.message) if isinstance(exc, RequestError)
+                          else ("body", str(exc)))
+        return _unprocessable(str(exc), [{"field": field, "message": message}])
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
@@ -245,7 +249,7 @@ def create_app(service: QAService) -> FastAPI:
         """Retrieval only: the best passages for a query, with their scores."""
         service.check(request.topic)
         if request.mode not in MODES:
-            raise RequestError(f"mode: unknown mode {_cut(request.mode)!r} "
+            raise RequestError("mode", f"unknown mode {_cut(request.mode)!r} "
                                f"(known modes: {', '.join(MODES)})")
         hits = service.search(request.query, top_k=request.top_k,
                               screening_top_k=request.screening_top_k,

@@ -12,6 +12,7 @@ line and headers, which arrive before the app sees anything.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from typing import Any
 
@@ -23,6 +24,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 API_KEY_HEADER = "X-API-Key"
 MAX_JSON_DEPTH = 32
+ECHO_CHARS = 100  # of a client's text quoted in an error
 # The form, its files, the docs and readiness need no key: the form asks for it.
 PUBLIC_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc",
                           "/openapi.json"})
@@ -57,7 +59,26 @@ def json_problem(body: bytes) -> str | None:
                 return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
+    if b'"' in body:  # a repeated key would silently keep its last value
+        try:
+            json.loads(text, object_pairs_hook=_unique_keys)
+        except _RepeatedKey as exc:
+            return f"duplicate key {str(exc)[:ECHO_CHARS]!r}"
     return None
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members as a dict, refusing a key given twice (orjson keeps the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(key)
+        out[key] = value
+    return out
 
 
 async def _respond(send: Send, status: int, body: dict[str, Any], close: bool) -> None:

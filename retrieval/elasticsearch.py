@@ -187,7 +187,7 @@ def load_elasticsearch(workdir: Workdir, client: Elasticsearch, name: str, *, ur
     current results; the others need not be there) with `swap=False`, creating NAME-KEY if no
     other job has yet and never deleting it; then one step with `shards=[]` and `swap=True`
     checks the count and moves the alias."""
-    with workdir.lock() if shards is None else nullcontext():
+    with workdir.lock(existing=True) if shards is None else nullcontext():
         return _load(workdir, client, name, url=url, api_key_env=api_key_env, retries=retries,
                      chunk_size=chunk_size, backoff=backoff, max_backoff=max_backoff,
                      vector_mapping=vector_mapping, shards=shards, swap=swap)

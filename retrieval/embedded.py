@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ def read_shards(workdir: Workdir, manifest: Manifest) -> Iterator[tuple[pa.Table
 def build_index(workdir: Workdir) -> IndexSummary:
     """Index every passage of a finished workdir; a no-op when the index is already current.
     Holds the workdir's lock, so two builds never write one index; readers need none."""
-    with workdir.lock():
+    with workdir.lock(existing=True):
         started = time.perf_counter()
         manifest, key = finished_results(workdir)
         root = workdir.root / "index"
@@ -219,6 +220,25 @@ def _pointer(root: Path) -> dict[str, Any]:
         return {}
 
 
+def _open_tantivy(folder: Path) -> tuple[tantivy.Index, tempfile.TemporaryDirectory | None]:
+    """The tantivy index in `folder`, and the temporary folder it was opened through, if any.
+
+    tantivy writes a lock file into the index's folder even to read it, which a read-only
+    workdir (an archive of results, another user's run) refuses. Then the index is opened
+    through a temporary folder of links to its files: they are read in place, and the lock
+    file goes beside the links. The folder lives as long as the index object holds it."""
+    try:
+        return tantivy.Index.open(str(folder)), None
+    except ValueError as exc:
+        if "Lockfile" not in str(exc):
+            raise
+    links = tempfile.TemporaryDirectory(prefix="tantivy-read-")
+    for entry in os.scandir(folder):
+        if not entry.name.endswith(".lock"):
+            os.symlink(entry.path, os.path.join(links.name, entry.name))
+    return tantivy.Index.open(links.name), links
+
+
 class EmbeddedIndex:
     """Read side: BM25 candidates from tantivy, embeddings from the memory-mapped matrix.
     Passages are keyed by their row in the matrix."""
@@ -243,7 +263,7 @@ class EmbeddedIndex:
         open, the files stay readable (memory maps and open files outlive their deletion)."""
         self.path = path
         done = json.loads((path / "done").read_text())
-        self.index = tantivy.Index.open(str(path / "tantivy"))
+        self.index, self._links = _open_tantivy(path / "tantivy")
         self.searcher = self.index.searcher()
         self.analyzer = _analyzer()
         self.matrix = np.load(path / "vectors.npy", mmap_mode="r")

@@ -73,6 +73,7 @@ the checks above.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import json
 import os
@@ -1108,11 +1109,7 @@ class _Replay:
         stdout = open(out, "ab") if out else subprocess.DEVNULL
         stderr = (stdout if err == out else open(err, "ab")) if err else subprocess.DEVNULL
         try:
-            try:
-                proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=stdout, stderr=stderr, start_new_session=True)
-            except OSError as exc:
-                raise Held(f"Failed to execute {argv[0]}: {exc.strerror}") from None
+            proc = start_job(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
             with self.lock:
                 self.running[id(proc)] = (proc, removable)
                 if removable and self.abort_event.is_set():
@@ -1141,6 +1138,32 @@ class _Replay:
             for handle in {stdout, stderr}:
                 if handle is not subprocess.DEVNULL:
                     handle.close()
+
+
+# exec errors that say "not now" rather than "never": the executable is still open for
+# writing in a process forked (by another job's thread) while it was being copied into its
+# sandbox (ETXTBSY), or the machine is short of processes or memory for a moment
+TRANSIENT_EXEC_ERRORS = (errno.ETXTBSY, errno.EAGAIN, errno.ENOMEM)
+EXEC_PATIENCE = 10.0  # seconds of transient errors before the job goes on hold
+
+
+def start_job(argv: list[str], **options: Any) -> subprocess.Popen:
+    """Start a job's process in its own session, as the starter does. A transient exec error
+    is retried: in HTCondor another process transfers the executable, so the copy this
+    harness makes in one thread while another forks (a busy machine widens that window) must
+    not put a job on hold. Any other error, or one that lasts EXEC_PATIENCE, puts the job on
+    hold, as in HTCondor."""
+    deadline = time.monotonic() + EXEC_PATIENCE
+    delay = 0.01
+    while True:
+        try:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
+                                    **options)
+        except OSError as exc:
+            if exc.errno not in TRANSIENT_EXEC_ERRORS or time.monotonic() > deadline:
+                raise Held(f"Failed to execute {argv[0]}: {exc.strerror}") from None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def _kill(proc: subprocess.Popen) -> None:

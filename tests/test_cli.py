@@ -68,6 +68,12 @@ def test_submit_is_an_infer_corpus_command(capsys):
         ("model.name=https://example.org/model", "is a URL"),
         ("model.name={tmp}/x.txt", "is a file, not a model folder"),
         ("model.device=tpu", "model.device must be auto, cpu, cuda or cuda:N"),
+        # known before any work, without loading weights (HF_HUB_OFFLINE in the tests)
+        ("model.name=no-such-model-xyz", "'no-such-model-xyz' is not a local folder, a "
+         "packaged model (all-MiniLM-L6-v2) or in the Hugging Face cache"),
+        ("model.name={tmp}", "holds no config.json"),
+        ("model.max_seq_length=100000", "model.max_seq_length 100,000 is beyond the limit "
+         "of model 'all-MiniLM-L6-v2', 512 tokens"),
     ],
 )
 def test_run_with_a_bad_model_exits_2_in_one_line(tmp_path, setting, message):
@@ -77,6 +83,7 @@ def test_run_with_a_bad_model_exits_2_in_one_line(tmp_path, setting, message):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()  # refused before any work
 
 
 def test_run_on_cuda_without_a_gpu_exits_2_in_one_line(tmp_path):
@@ -105,3 +112,39 @@ def test_a_closed_stdout_ends_quietly(demo_run):
     finally:
         os.close(write)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_search_with_an_unknown_topic_exits_2_and_lists_the_topics(demo_run):
+    proc = run_cli("search", "--workdir", str(demo_run[0]), "ice", "--topic", "nope",
+                   check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "unknown topic 'nope'; the index's topics: climate-change, covid-19" in proc.stderr
+    known = run_cli("search", "--workdir", str(demo_run[0]), "ice", "--topic", "geoarchives")
+    assert known.stdout.startswith(" 1.")
+
+
+def test_a_hit_is_one_line_whatever_its_id_holds(tmp_path):
+    articles = write_jsonl(tmp_path / "a.jsonl", [
+        {"id": "line\nbreak", "title": "Glacier ice\r\ncores", "abstract": "Ice cores hold "
+         "bubbles of ancient air that record past climate."},
+        {"id": "tab\tbed", "title": "Tree rings", "abstract": "Tree rings record droughts."},
+    ])
+    workdir = tmp_path / "w"
+    run_cli("run", "--input", str(articles), "--workdir", str(workdir),
+            "--set", "predictions.kind=none", "--set", "model.max_seq_length=64")
+    out = run_cli("search", "--workdir", str(workdir), "ice cores tree rings", "--mode",
+                  "bm25").stdout
+    assert out.splitlines() == [line for line in out.splitlines() if line[:3] in (" 1.", " 2.")]
+    assert "[line\\nbreak#0]" in out and "[tab\\tbed#0]" in out
+
+
+def test_the_eval_table_is_aligned(capsys):
+    from infer_corpus.cli import _print_eval
+
+    scores = {"ndcg@10": 0.41234, "recall@100": 0.8}
+    _print_eval({"queries": 225, "default": "feedback",
+                 "modes": {mode: scores for mode in ("feedback", "hybrid", "rrf", "bm25")}})
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert len(rows) == 4 and len({row.index("nDCG@10") for row in rows}) == 1
+    assert len({row.index("recall@100") for row in rows}) == 1

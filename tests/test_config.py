@@ -139,3 +139,74 @@ def test_bad_config_via_the_cli_exits_2_without_a_traceback(tmp_path):
                    check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# --- hostile configs: one line each, in well under a second ---------------------------------
+
+def test_a_deeply_nested_override_is_one_line_like_a_deep_file():
+    with pytest.raises(ConfigError, match="nests deeper than 32 levels") as info:
+        load_config(None, ["model.name=" + "[" * 600 + "]" * 600])
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+    with pytest.raises(ConfigError, match="nests deeper than 32 levels"):
+        load_config(None, ["model.name=" + "[" * 40 + "]" * 40])  # parsed, then measured
+
+
+def test_a_billion_laughs_config_is_refused_at_once(tmp_path):
+    import time
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="over 100,000 values once its aliases are expanded"):
+        load_config(path)
+    assert time.perf_counter() - started < 2
+    with pytest.raises(ConfigError, match="nests deeper than 32 levels"):  # a cycle
+        load_config(None, ["model.name=&a [*a, *a]"])
+
+
+def test_aliases_within_bounds_still_work(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: &m all-MiniLM-L6-v2\npredictions:\n  kind: zero-shot\n"
+                    "  topics: &t {a: alpha}\nqa:\n  questions: {x: [*m]}\n")
+    assert load_config(path).model.name == "all-MiniLM-L6-v2"
+
+
+@pytest.mark.parametrize("content, key", [
+    ("model:\n  batch_size: 8\n  batch_size: 16\n", "batch_size"),
+    ("model:\n  name: x\nmodel:\n  batch_size: 16\n", "model"),
+])
+def test_a_repeated_key_is_refused_by_name(tmp_path, content, key):
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=rf"duplicate key '{key}'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=rf"duplicate key '{key}'"):
+        load_config(None, ["model.name={a: 1, a: 2}".replace("a", key)])
+
+
+def test_a_merge_key_may_still_be_overridden(tmp_path):
+    from inference.config_loader import read_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("x: &b {batch_size: 8, max_seq_length: 64}\n"
+                    "model:\n  <<: *b\n  batch_size: 16\n")
+    assert read_yaml(path)["model"] == {"batch_size": 16, "max_seq_length": 64}
+
+
+@pytest.mark.parametrize("override", ["generation.temperature=.nan", "generation.top_p=.inf",
+                                      "generation.timeout=-.inf"])
+def test_non_finite_numbers_are_refused(override):
+    with pytest.raises(ConfigError, match="expected a finite number"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.batch_size=1000000000000000000000000000000", "model.batch_size must be at most 65,536"),
+    ("executor.workers=100000", "executor.workers .* must be at most 1,024"),
+    ("executor.threads_per_worker=5000", "must be at most 1,024"),
+])
+def test_absurd_numbers_are_bounded(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

@@ -94,9 +94,10 @@ def study(tmp_path_factory) -> Path:
     """The prompt set run through the packaged SmolLM2 on the CPU."""
     root = tmp_path_factory.mktemp("study")
     inputs = prompt_set(root / "in")
-    _, out, _ = cli("generate", "--threads", "1", "--workdir", str(root / "w"), "--prompts", *inputs, *SMOL,
-                    "--json")
+    _, out, err = cli("generate", "--threads", "1", "--workdir", str(root / "w"), "--prompts", *inputs, *SMOL,
+                      "--json")
     (root / "summary.json").write_text(out.strip().splitlines()[-1])
+    (root / "stderr.txt").write_text(err)
     return root / "w"
 
 
@@ -129,6 +130,9 @@ def test_a_prompt_set_with_bad_rows_runs_end_to_end(study):
     assert summary["duplicate_rows"] == 1 and summary["duplicate_prompts"] == 1
     assert summary["shards_run"] == 1 and summary["rows_generated"] == 6
     assert summary["errors"] == 1  # the over-long prompt, recorded as data
+    # loading the GGUF model drew no progress bar (transformers' own, which its
+    # disable_progress_bar() does not reach)
+    assert "de-quantizing" not in (study.parent / "stderr.txt").read_text()
     rejects = [json.loads(line) for line in (study / "rejects" / "prompts.jsonl").open()]
     assert {r["reason"] for r in rejects} == set(summary["reject_reasons"])
     assert all(r["source"] and r["line"] for r in rejects)

@@ -103,3 +103,21 @@ def test_cpu_fallback_and_clear_error_without_a_gpu():
     assert pick_device("auto").type == "cpu"
     with pytest.raises(ModelError, match="no CUDA GPU is visible"):
         pick_device("cuda")
+
+
+def test_check_model_reads_no_weights_and_names_what_is_missing(tmp_path):
+    from inference.models import check_model
+
+    assert check_model("all-MiniLM-L6-v2")["max_position_embeddings"] == 512
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "modules.json").write_text("[]")  # sentence-transformers' older layout
+    assert check_model(str(legacy)) == {}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match="holds no config.json"):
+        check_model(str(empty))
+    with pytest.raises(ModelError, match="the hub is offline"):  # HF_HUB_OFFLINE in the tests
+        check_model("no-such-model-xyz")
+    with pytest.raises(ModelError, match="nor a valid hub id"):
+        check_model("a/b/c")

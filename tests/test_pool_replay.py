@@ -471,3 +471,28 @@ def test_multinode_dag_rank0_publishes_and_workers_join(demo_local, tmp_path):
     assert (run_dir / "model.pt").is_file()
     outputs = [p.read_text() for p in (run_dir / "condor").glob("*.out")]
     assert sum("rank 0 of 2 on " in text for text in outputs) == 1
+
+
+def test_an_executable_busy_for_a_moment_does_not_hold_the_job(tmp_path):
+    """ETXTBSY: the script is still open for writing in another process (one forked while it
+    was copied into the sandbox); the harness waits it out instead of holding the job. An
+    executable that cannot run at all still holds it at once."""
+    import time
+
+    from condor_replay import Held, start_job
+
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\nexit 7\n")
+    script.chmod(0o755)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               f"f = open({str(script)!r}, 'ab'); print(flush=True); "
+                               "time.sleep(0.5)"], stdout=subprocess.PIPE)
+    holder.stdout.readline()  # the file is open for writing now
+    with pytest.raises(OSError, match="Text file busy"):
+        subprocess.run([str(script)])
+    assert start_job([str(script)], cwd=tmp_path).wait(timeout=30) == 7
+    holder.wait(timeout=30)
+    started = time.monotonic()
+    with pytest.raises(Held, match="Failed to execute .*No such file"):
+        start_job([str(tmp_path / "missing.sh")], cwd=tmp_path)
+    assert time.monotonic() - started < 1

@@ -799,3 +799,32 @@ def test_web_form_busy_state_errors_and_untrusted_text(browser, api: httpx.Clien
     expect(page.locator("#status")).to_have_text(
         "API key: missing or wrong (ask the server's operator)")
     assert form.outside == []
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/search", {"query": "ice", "topic": "astrology"}, "topic"),
+    ("/react", {"question": QUESTION, "topic": "astrology"}, "topic"),
+    ("/react", {"question": QUESTION, "model": "gpt-9"}, "model"),
+    ("/search", {"query": "ice", "mode": "magic"}, "mode"),
+])
+def test_every_422_has_an_errors_array(api: httpx.Client, path: str, body: dict,
+                                       field: str) -> None:
+    response = api.post(path, json=body)
+    assert response.status_code == 422
+    errors = response.json()["errors"]
+    assert [e["field"] for e in errors] == [field]
+    assert errors[0]["message"].startswith("unknown ")
+
+
+@pytest.mark.parametrize("raw, key", [
+    (b'{"question": "tree rings", "question": "ice cores"}', "question"),
+    (b'{"query": "ice", "top_k": 3, "top_k": 5}', "top_k"),
+])
+def test_a_repeated_key_in_a_request_is_refused_by_name(api: httpx.Client, raw: bytes,
+                                                        key: str) -> None:
+    for path in ("/react", "/search"):
+        response = api.post(path, content=raw, headers={"content-type": "application/json"})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"] == f"body: duplicate key '{key}'"
+        assert response.json()["errors"] == [{"field": "body",
+                                              "message": f"duplicate key '{key}'"}]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import gzip
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import write_jsonl
-from inference.config import load_config
+from inference.config import FieldsConfig, load_config
 from inference.partition import partition
+from inference.records import Rejected, to_article
 from inference.workdir import Workdir
 
 
@@ -152,3 +155,49 @@ def test_byte_order_marks_lose_no_column_and_no_record(tmp_path):
                         load_config(), progress=False)
     assert summary.rejected == 0
     assert sorted(r["article_id"] for r in shard_rows(workdir)) == ["j1", "j2", "x1", "x2"]
+
+
+# --- every field's wrong types are rejects, naming the field; odd values of the right type are not
+
+@pytest.mark.parametrize("field, value", [
+    ("id", [1]), ("id", {"doi": "x"}), ("id", True),
+    ("title", {"nested": [1, 2]}), ("title", [1, 2]), ("title", True),
+    ("abstract", {"p": "text"}), ("abstract", ["one", 2]),
+    ("topic", {"name": "x"}), ("topic", ["a", 1]),
+    ("year", [1, 2]), ("year", {"y": 1999}), ("year", True),
+    ("doi", ["10.1/x"]), ("url", 5), ("url", {"href": "https://x"}), ("url", False),
+    ("authors", 7), ("authors", True), ("authors", [["Ada"]]), ("authors", ["Ada", 3]),
+])
+def test_a_wrong_field_type_is_a_reject_naming_the_field(field, value):
+    record = {"id": "r1", "title": "Ice cores", "abstract": "Old air in bubbles.", field: value}
+    with pytest.raises(Rejected, match=rf"field '{field}' must be") as info:
+        to_article(record, FieldsConfig(), 10_000)
+    assert info.value.reason == "bad_field_type"
+
+
+@pytest.mark.parametrize("field, value, attribute, expected", [
+    ("year", "1999-05", "year", 1999), ("year", 2001.0, "year", 2001),
+    ("year", float("nan"), "year", None), ("year", "n.d.", "year", None),
+    ("year", 10**12, "year", None), ("year", datetime.date(2004, 5, 1), "year", 2004),
+    ("authors", {"name": "Ada"}, "authors", ["Ada"]), ("authors", "A; B", "authors", ["A", "B"]),
+    ("authors", [{"given": "Alan", "family": "Turing"}, None], "authors", ["Alan Turing"]),
+    ("doi", "10.1/x", "url", "https://doi.org/10.1/x"), ("id", 42, "article_id", "42"),
+    ("abstract", ["Two", "paragraphs."], "text", "Two paragraphs."), ("topic", 7, "topic", "7"),
+])
+def test_values_of_the_right_type_are_kept(field, value, attribute, expected):
+    record = {"id": "r1", "title": "Ice cores", "abstract": "Old air in bubbles.", field: value}
+    assert getattr(to_article(record, FieldsConfig(), 10_000), attribute) == expected
+
+
+def test_a_year_that_is_a_list_goes_to_the_rejects_file(tmp_path):
+    src = write_jsonl(tmp_path / "a.jsonl", [
+        {"id": "ok", "title": "Kept", "year": 2001},
+        {"id": "bad", "title": "Listed year", "year": [1, 2]},
+    ])
+    workdir = Workdir(tmp_path / "work")
+    summary = partition([str(src)], workdir, load_config(), progress=False)
+    assert summary.rejected == 1
+    (reject,) = read_rejects(workdir)
+    assert (reject["line"], reject["reason"]) == (2, "bad_field_type")
+    assert "'year'" in reject["detail"]
+    assert [row["article_id"] for row in shard_rows(workdir)] == ["ok"]

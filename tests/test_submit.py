@@ -413,3 +413,23 @@ def test_default_yaml_lists_the_condor_defaults():
     from submit.config import CondorConfig
 
     assert load_config(ROOT / "configs" / "default.yaml").condor == CondorConfig()
+
+
+def test_the_dry_run_hint_can_be_pasted_into_a_shell(tmp_path, monkeypatch):
+    """A glob stays quoted for the command, a value with a space stays one argument, and the
+    program is one the shell finds (the venv's script when the venv is not on the PATH)."""
+    import shlex
+    import shutil
+
+    from inference.demo import demo_corpus_path
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv not activated
+    pattern = str(demo_corpus_path().parent / "*.jsonl")
+    workdir = tmp_path / "run"
+    out = submit(workdir, "--dry-run", "--set", "condor.batch_name=my batch",
+                 "--input", pattern).stdout
+    hint = out.strip().splitlines()[-1].strip()
+    program, *args = shlex.split(hint)
+    assert Path(program).name == "infer-corpus" and shutil.which(program), hint
+    assert args == ["submit", "--workdir", str(workdir), "--config", CONFIG, *SMALL,
+                    "--set", "condor.batch_name=my batch", "--input", pattern]

@@ -174,6 +174,9 @@ def test_resubmitted_sweep_skips_finished_trials_and_resumes_the_others(demo_run
 
     third = last_json(train_here(capsys, *sweep_args)[1])  # nothing left: ranked, no DAG
     assert third["dag"] is None and third["completed"] == 3 and third["best"]["trial"]
+    text = train_here(capsys, *sweep_args[:-1])[1]  # as a person reads it
+    assert "nothing to run: every trial has finished; no DAG written" in text
+    assert "dag: None" not in text and "submitted: None" not in text
 
 
 def test_multinode_dag_dry_run_and_pre_script_with_stubbed_condor_q(demo_run, tmp_path, capsys,

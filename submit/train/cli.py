@@ -109,7 +109,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.executor == "condor":
         from .condor import run_sweep_dag
 
-        _emit(run_sweep_dag(sweep, args.dry_run), args.json)
+        summary = run_sweep_dag(sweep, args.dry_run)
+        if summary["dag"] is not None or args.json:
+            _emit(summary, args.json)
+            return 0
+        _emit({k: v for k, v in summary.items()
+               if k not in ("dag", "submitted", "stopped_early")}, False)
+        why = summary["stopped_early"] or "every trial has finished"
+        print(f"nothing to run: {why}; no DAG written, nothing submitted")
         return 0
     if args.dry_run:
         for trial in trials:
