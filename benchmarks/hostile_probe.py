@@ -151,15 +151,46 @@ def probe_inputs(work: Path, rng: random.Random, rows: int) -> dict:
     proc = cli("partition", "--input", str(folder), "--workdir", str(work / "inputs-run"),
                "--json", *FAST)
     summary = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {}
-    # every readable row is an article (duplicates included) or a reject; the cut gzip
+    # every readable row is an article kept, a duplicate article or a reject; the cut gzip
     # file's unreadable tail is one reject of its own
-    accounted = summary.get("articles", 0) + summary.get("rejected", 0)
+    accounted = summary.get("articles", 0) + summary.get("duplicate_articles", 0) \
+        + summary.get("rejected", 0)
+    huge = probe_huge_line(work)
     return {"rows_tried": written - 1 + lost, "rows_readable": written - 1,
             "lost_in_cut_gzip": lost, "articles": summary.get("articles"),
             "duplicates": summary.get("duplicate_articles"), "rejected": summary.get("rejected"),
             "accounted_for": accounted, "expected": written, "exit": proc.returncode,
+            "huge_line": huge, "tracebacks": tracebacks(proc.stderr) + huge["tracebacks"],
+            "ok": proc.returncode == 0 and tracebacks(proc.stderr) == 0 and accounted == written
+            and huge["ok"]}
+
+
+def probe_huge_line(work: Path, size: int = 1 << 30, limit: int = 1 << 30) -> dict:
+    """A JSONL file whose second line is `size` bytes with no newline, partitioned under a
+    `limit`-byte address-space limit (a job's memory limit)."""
+    import resource
+
+    path = work / "huge-line.jsonl"
+    with open(path, "wb") as handle:
+        handle.write(b'{"id": "ok", "title": "A short one", "abstract": "Fine."}\n')
+        handle.write(b'{"id": "huge", "abstract": "')
+        block = b"x" * (1 << 20)
+        for _ in range(size >> 20):
+            handle.write(block)
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    proc = subprocess.run([*CLI, "partition", "--input", str(path), "--workdir",
+                           str(work / "huge-line-run"), "--json", *FAST], capture_output=True,
+                          text=True, timeout=900, preexec_fn=cap)
+    path.unlink()
+    summary = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {}
+    return {"line_bytes": size, "memory_limit_bytes": limit, "exit": proc.returncode,
+            "reject_reasons": summary.get("reject_reasons"),
             "tracebacks": tracebacks(proc.stderr),
-            "ok": proc.returncode == 0 and tracebacks(proc.stderr) == 0 and accounted == written}
+            "ok": proc.returncode == 0 and summary.get("reject_reasons") == {"line_too_long": 1}
+            and summary.get("articles") == 1}
 
 
 # -- kills --------------------------------------------------------------------------------------

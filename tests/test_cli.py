@@ -148,3 +148,15 @@ def test_the_eval_table_is_aligned(capsys):
     rows = capsys.readouterr().out.splitlines()[1:]
     assert len(rows) == 4 and len({row.index("nDCG@10") for row in rows}) == 1
     assert len({row.index("recall@100") for row in rows}) == 1
+
+
+def test_the_summary_counts_kept_articles_and_duplicates_on_their_own_line(tmp_path):
+    """An article given twice is one article kept and one duplicate dropped, in the text
+    summary as in --json (it counted as two articles, with the drop shown nowhere)."""
+    same = {"id": "a", "title": "Same", "abstract": "Identical abstract text."}
+    src = write_jsonl(tmp_path / "x.jsonl", [same, same, {"id": "b", "title": "Other"}])
+    proc = run_cli("partition", "--input", str(src), "--workdir", str(tmp_path / "w"))
+    lines = proc.stdout.splitlines()
+    assert re.search(r"^articles\s+2\s+kept$", lines[0]), proc.stdout
+    assert re.search(r"^duplicates\s+1\s+articles seen before, dropped$", lines[1]), proc.stdout
+    assert re.search(r"^passages\s+2\s", lines[2]), proc.stdout
