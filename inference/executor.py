@@ -7,13 +7,11 @@ their stderr goes to `logs/worker-N.log`.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -29,11 +27,10 @@ from .devices import cuda_device_count, pick_device
 from .errors import Failure
 from .models import check_model
 from .partition import partition
+from .processes import die_with_parent
 from .workdir import Workdir
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 class RunError(Failure):
@@ -52,12 +49,6 @@ def check_models(config: InferenceConfig) -> None:
         check_model(config.predictions.model or "")
     if config.model.device != "auto":
         pick_device(config.model.device)
-
-
-def _die_with_parent() -> None:
-    """In a worker, before exec: be sent SIGTERM when the executor dies (even by SIGKILL),
-    instead of running on with nobody to read its progress."""
-    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # loaded before the fork: no locks here
 
 
 def _disk_full(workdir: Workdir) -> str:
@@ -125,7 +116,7 @@ def run_workers(workdir: Workdir, shards: list[int], config: InferenceConfig,
             log = open(workdir.logs_dir / f"worker-{index}.log", "ab")
             logs.append(log)
             proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=env,
-                                    text=True, preexec_fn=_die_with_parent if _LIBC else None)
+                                    text=True, preexec_fn=die_with_parent)
             procs.append(proc)
             threading.Thread(target=_pump, args=(index, proc.stdout, events), daemon=True).start()
         total = sum(rows[s] for s in shards)

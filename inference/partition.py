@@ -39,6 +39,7 @@ from .config import InferenceConfig
 from .dedup import PartKeys, decide
 from .devices import usable_cpus
 from .errors import Failure, UsageError
+from .processes import die_with_parent
 from .partition_map import DONE, map_part, part_name, write_part
 from .parts import Part, fingerprint_inputs, plan, plan_record
 from .readers import expand_inputs
@@ -229,15 +230,15 @@ def _write_task(part: Part, stage: Path, config: InferenceConfig, shards_dir: Pa
 
 @contextmanager
 def _processes(workers: int) -> Iterator[ProcessPoolExecutor | None]:
-    """`workers` processes for the map and write steps (None: this process alone). They
-    fork from a server that has imported the partitioner once, so starting one is cheap."""
+    """`workers` processes for the map and write steps (None: this process alone), started
+    once for both; they end when this process does, however it dies."""
     if workers == 1:
         yield None
         return
-    context = get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    context = get_context("spawn")  # not forked from a process that may hold threads' locks
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                 initializer=die_with_parent) as pool:
             yield pool
     except BrokenProcessPool:
         raise Failure("a partition worker process died (killed, or out of memory): run the "
