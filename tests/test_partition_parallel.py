@@ -4,6 +4,7 @@ order, for any part size and number of workers: passages, ids, rejects ledger an
 from __future__ import annotations
 
 import gzip
+import os
 import json
 import random
 from pathlib import Path
@@ -259,3 +260,35 @@ def test_an_input_that_changes_between_map_and_merge_is_refused_in_one_line(tmp_
     assert workdir.manifest().partition == {"state": "running"}
     summary = partition([str(src)], workdir, config, progress=False)  # a re-run plans anew
     assert summary.articles == 101
+
+
+def test_partition_workers_end_when_the_command_is_killed_alone(tmp_path):
+    """SIGKILL to the command only (not its process group): its worker processes stop too,
+    instead of mapping on with nobody to gather their parts."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    src = tmp_path / "many.jsonl"
+    rng = random.Random(5)
+    with open(src, "w") as handle:
+        for i in range(60_000):
+            handle.write(json.dumps({"id": f"m{i}", "title": f"T {i}",
+                                     "abstract": _sentences(rng, 6)}) + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "infer_corpus", "partition", "--input",
+                             str(src), "--workdir", str(tmp_path / "w"), "--workers", "2",
+                             "--set", "shards.part_bytes=1000000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    while len(children := parent.children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(children) >= 2, "the workers never started"
+    time.sleep(1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"workers still running: {alive}"
