@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -55,6 +56,11 @@ def _index_overrides(args: argparse.Namespace) -> list[str]:
     """--backend / --es-url as config overrides, so the workdir records the choice."""
     return [f"index.{key}={value}" for key, value in
             [("backend", args.backend), ("url", args.es_url)] if value]
+
+
+def _cpu_workers(workers: int) -> int:
+    """Worker processes for CPU work: as asked, or 0 for one per CPU this process may use."""
+    return workers or len(os.sched_getaffinity(0))
 
 
 def _input_args(parser: argparse.ArgumentParser) -> None:
@@ -112,8 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "then an alias swap). Loading the same results again is a no-op.")
     index.add_argument("--workdir", required=True)
     _index_args(index)
-    index.add_argument("--shards", metavar="A-B", help="elasticsearch: load only shards A..B "
-                       "into the new index (one job of a parallel load); with --no-swap")
+    index.add_argument("--workers", type=int, default=0, help="embedded: processes that build "
+                       "the index's pieces (default: one per CPU)")
+    index.add_argument("--shards", metavar="A-B", help="index only shards A..B (one job of a "
+                       "parallel build): embedded, as one piece that a later `index` combines; "
+                       "elasticsearch, into the new index, with --no-swap")
     index.add_argument("--no-swap", action="store_true",
                        help="elasticsearch: load, but leave the alias where it is")
     index.add_argument("--swap-only", action="store_true", help="elasticsearch: load nothing; "
@@ -251,7 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     workdir = Workdir(args.workdir)
     with workdir.lock():  # one writer from the partition to the index
         summary = run_pipeline(_inputs(args), workdir, config, force=args.force)
-        summary["indexed"] = build(workdir).passages
+        summary["indexed"] = build(workdir, workers=_cpu_workers(args.workers or 0)).passages
     _print_summary(summary, args.json)
     return 0
 
@@ -531,11 +540,13 @@ def cmd_index(args: argparse.Namespace) -> int:
     from retrieval import build
 
     workdir = Workdir(args.workdir)
+    if args.workers < 0:
+        raise UsageError("--workers must be at least 1 (or 0: one per CPU)")
     if args.shards or args.no_swap or args.swap_only:
         result = _index_part(workdir, args)
     else:
         with workdir.lock():
-            result = build(workdir, args.backend, args.es_url)
+            result = build(workdir, args.backend, args.es_url, _cpu_workers(args.workers))
     if args.json:
         print(json.dumps(result.__dict__))
     else:
@@ -545,21 +556,26 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _index_part(workdir: Workdir, args: argparse.Namespace) -> Any:
-    """One step of a parallel Elasticsearch load: some shards without the alias swap, or the
-    swap alone (the DAG's load and swap nodes)."""
+    """One job of a parallel build: an embedded index's piece of some shards (the DAG's
+    index-piece nodes), or some shards of an Elasticsearch load without the alias swap, or
+    the swap alone (the DAG's load and swap nodes)."""
     from retrieval.backends import index_config
     from retrieval.elasticsearch import connect, load_elasticsearch
     from submit.steps import shard_range
 
+    settings = index_config(workdir, args.backend, args.es_url)
+    if settings.backend == "embedded":
+        if args.no_swap or args.swap_only:
+            raise UsageError("--no-swap and --swap-only are for the elasticsearch backend; "
+                             "the embedded index combines its pieces with `index` alone")
+        from retrieval.embedded import build_piece
+
+        return build_piece(workdir, shard_range(args.shards))
     if args.swap_only and (args.shards or args.no_swap):
         raise UsageError("--swap-only loads nothing: leave out --shards and --no-swap")
     if args.shards and not args.no_swap:
         raise UsageError("--shards loads part of the index: add --no-swap (the alias moves "
                          "once every part is loaded, with --swap-only)")
-    settings = index_config(workdir, args.backend, args.es_url)
-    if settings.backend != "elasticsearch":
-        raise UsageError("--shards, --no-swap and --swap-only are for the elasticsearch "
-                         "backend; the embedded index is built in one process")
     shards = shard_range(args.shards) if args.shards else None
     return load_elasticsearch(workdir, connect(settings.url, settings.api_key_env),
                               settings.name, url=settings.url,
