@@ -415,7 +415,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
               "done) pipeline.dag as its sub-DAG; lint: ok")
     else:
         loads = (f"{summary['load_jobs']} Elasticsearch load jobs -> alias swap"
-                 if summary["load_jobs"] else "index")
+                 if summary["load_jobs"] else
+                 f"{summary['index_jobs']} index piece jobs -> index" if summary["index_jobs"]
+                 else "index")
         print(f"wrote {summary['dag']}: check -> {summary['shard_jobs']} shard jobs -> {loads}, "
               f"final report ({summary['shards_done']} shards already done); lint: ok")
     if summary["staged"]:
@@ -551,7 +553,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(json.dumps(result.__dict__))
     else:
         state = "built" if result.built else "already current"
-        print(f"index {state}: {result.passages:,} passages ({result.path})")
+        pieces = (f"; pieces: {result.pieces_built} built, {result.pieces_reused} reused"
+                  if result.pieces_built + result.pieces_reused else "")
+        print(f"index {state}: {result.passages:,} passages ({result.path}{pieces})")
     return 0
 
 
