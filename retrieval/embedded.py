@@ -63,10 +63,8 @@ WRITER_HEAP_BYTES = 1_000_000_000
 # every query walks.
 PIECE_PASSAGES = 1_000_000
 PIECE_MIN_PASSAGES = 100_000
-# Terms in more than this share of all passages are left out of BM25 queries, and the most
-# frequent others while the rest hold over POSTINGS_BUDGET postings (see bm25).
+# Terms in more than this share of all passages are left out of BM25 queries (see bm25).
 COMMON_TERM_SHARE = 0.5
-POSTINGS_BUDGET = 2_000_000
 SHARD_COLUMNS = ["passage_id", "article_id", "title", "text", "authors", "year", "url", "topic"]
 # A reader retries this often when the build it found is replaced while it opens it.
 OPEN_ATTEMPTS = 5
@@ -508,9 +506,7 @@ class EmbeddedIndex:
         in BM25 (idf < 0.7, against 5-10 for a rare word) but have the longest posting lists,
         and tantivy's Python binding always collects hits through a multi-collector, which
         turns off the block-max WAND pruning that would skip them; they would set the
-        search's speed. For the same reason a top-k search leaves out the most frequent of
-        the other terms while the rest walk over POSTINGS_BUDGET postings, so its cost stops
-        growing with the corpus. When the rest find fewer passages, all terms are searched,
+        search's speed. When the rest find fewer passages, all terms are searched,
         so no passage that matches a query word goes missing from a short list.
         """
         schema = self.index.schema
@@ -535,7 +531,7 @@ class EmbeddedIndex:
 
         if limit < 1:
             return []
-        rare, common = self._term_clauses(words, top=within is None)
+        rare, common = self._term_clauses(words)
         hits = search(rare or common)
         if rare and common and within is None and len(hits) < limit:
             hits = search(rare + common)
@@ -558,31 +554,21 @@ class EmbeddedIndex:
         return sorted(zip(rows, (score for score, _ in hits)),
                       key=lambda hit: (-hit[1], hit[0]))[:limit]
 
-    def _term_clauses(self, words: str, top: bool) -> tuple[list[tantivy.Query],
-                                                            list[tantivy.Query]]:
+    def _term_clauses(self, words: str) -> tuple[list[tantivy.Query], list[tantivy.Query]]:
         """One BM25 term query per stemmed word and field (title, text), as tantivy's query
-        parser builds them and in its order: (those searched first, those left out unless
-        the first find too few). Left out: terms in over COMMON_TERM_SHARE of all passages;
-        and for a top-k search (`top`, not the scoring of given rows), the most frequent of
-        the others, as long as the rest hold POSTINGS_BUDGET postings or more (the rarest
-        term is always kept)."""
-        share = COMMON_TERM_SHARE * self.searcher.num_docs
+        parser builds them: (those of rare terms, those of terms in over COMMON_TERM_SHARE
+        of all passages)."""
+        rare, common = [], []
+        limit = COMMON_TERM_SHARE * self.searcher.num_docs
         tokens = [t for word in dict.fromkeys(words.split())  # as parsed: each word once
                   for t in self.analyzer.analyze(word)]
-        clauses = [(frequency, tantivy.Query.term_query(self.index.schema, field, token))
-                   for token in tokens for field in ("title", "text")
-                   if (frequency := self.searcher.doc_freq(field, token))]
-        kept = {i for i, (frequency, _) in enumerate(clauses) if frequency <= share}
-        if top:
-            postings, budgeted = 0, set()
-            for i in sorted(kept, key=lambda i: clauses[i][0]):
-                postings += clauses[i][0]
-                if budgeted and postings > POSTINGS_BUDGET:
-                    break
-                budgeted.add(i)
-            kept = budgeted
-        return ([query for i, (_, query) in enumerate(clauses) if i in kept],
-                [query for i, (_, query) in enumerate(clauses) if i not in kept])
+        for token in tokens:
+            for field in ("title", "text"):
+                frequency = self.searcher.doc_freq(field, token)
+                if frequency:
+                    term = tantivy.Query.term_query(self.index.schema, field, token)
+                    (common if frequency > limit else rare).append(term)
+        return rare, common
 
     def candidates(self, words: str, limit: int, topic: str | None = None) -> Candidates:
         """What `bm25` finds, with the passages' (unit) embeddings as float32."""

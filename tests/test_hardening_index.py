@@ -112,26 +112,6 @@ def test_bm25_ties_go_to_the_lower_row(demo_run):
         assert index.bm25("study", limit) == everything[:limit]
 
 
-def test_a_top_k_search_leaves_out_the_most_frequent_terms_over_the_postings_budget(
-        demo_run, monkeypatch):
-    """The rarest term is always searched; the others only while the postings stay within
-    the budget, unless the kept ones find too few passages. Scoring given rows keeps all."""
-    index = EmbeddedIndex(Workdir(demo_run[0]))
-    words = "ice cores study data"
-    kept, left_out = index._term_clauses(words, top=True)
-    assert left_out == [] and len(kept) > 2
-    everything = index.bm25(words, 1000)
-    rows = [row for row, _ in everything[:10]]
-    monkeypatch.setattr(embedded, "POSTINGS_BUDGET", 1)
-    kept, left_out = index._term_clauses(words, top=True)
-    assert len(kept) == 1 and len(left_out) > 1
-    assert len(index._term_clauses(words, top=False)[1]) == 0
-    assert index.bm25(words, 10, within=rows) == everything[:10]
-    budgeted = index.bm25(words, 3)
-    assert len(budgeted) == 3 and budgeted != everything[:3]  # fewer terms, other scores
-    assert index.bm25(words, 1000) == everything  # the rarest finds too few: all terms
-
-
 # --- item 2: queries are embedded with the model that built the index ------------------------
 
 def _changed_copy(source: Path, target: Path, dimension: int | None = None) -> Path:
