@@ -207,8 +207,8 @@ def plan_pieces(workdir: Workdir, manifest: Manifest, workers: int) -> list[Piec
     other shards, cut into at least `workers` pieces of at most PIECE_PASSAGES passages."""
     existing = [_read_json(path) for path in
                 sorted((workdir.root / "index" / PIECES).glob("piece-*/piece.json"))]
-    known = {(f["file"], f["size"], f["mtime_ns"]): f["digest"]
-             for piece in existing for f in piece.get("files", [])}
+    known = {(f.get("file"), f.get("size"), f.get("mtime_ns")): f.get("digest")
+             for piece in existing for f in piece.get("files", []) if isinstance(f, dict)}
     files = [_file_record(workdir, entry, known) for entry in manifest.shards]
     starts = np.cumsum([0] + [entry.rows for entry in manifest.shards])
     by_row: dict[int, list[dict[str, Any]]] = {}
@@ -221,11 +221,13 @@ def plan_pieces(workdir: Workdir, manifest: Manifest, workers: int) -> list[Piec
         rows = sum(manifest.shards[n].rows for n in new)
         size = min(PIECE_PASSAGES, max(PIECE_MIN_PASSAGES, -(-rows // max(1, workers))))
         group: list[int] = []
+        held = 0
         for n in new:
             group.append(n)
-            if sum(manifest.shards[m].rows for m in group) >= size:
+            held += manifest.shards[n].rows
+            if held >= size:
                 pieces.append(_piece(manifest, group, [files[m] for m in group]))
-                group = []
+                group, held = [], 0
         if group:
             pieces.append(_piece(manifest, group, [files[m] for m in group]))
         new.clear()
@@ -273,7 +275,7 @@ def _file_record(workdir: Workdir, entry: Any,
     stat = path.stat()
     record = {"file": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     digest = known.get((path.name, stat.st_size, stat.st_mtime_ns))
-    if digest is None:
+    if not isinstance(digest, str):
         sha = hashlib.sha256()
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
