@@ -175,9 +175,11 @@ def build_index(workdir: Workdir, workers: int = 1) -> IndexSummary:
         # opening a replaced build opens this one instead (see EmbeddedIndex)
         for old in root.glob(f".{POINTER}.tmp-*"):
             old.unlink(missing_ok=True)
+        for old in root.glob(".embedded-*.old-*"):
+            shutil.rmtree(old, ignore_errors=True)
         for old in root.glob("embedded-*"):
             if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
         used = {p.name for p in pieces}
         for old in (root / PIECES).glob("*"):
             if old.name not in used:
@@ -373,6 +375,15 @@ def _combine(root: Path, pieces: list[Piece], manifest: Manifest, target: Path) 
             "model": model_record(manifest.config.model, dimension),
             "pieces": [{"name": p.name, "rows": p.rows} for p in held]}
     write_json_atomic(target / "done", done)
+
+
+def _remove(folder: Path) -> None:
+    """Renamed away first, then deleted: a reader opening it meanwhile fails at once and opens
+    the current build instead, and cannot put tantivy's lock file back into a folder that is
+    being deleted (which would leave it behind)."""
+    hidden = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    os.replace(folder, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def _link(source: Path, target: Path) -> None:
