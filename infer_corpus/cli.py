@@ -61,6 +61,11 @@ def _index_overrides(args: argparse.Namespace) -> list[str]:
             [("backend", args.backend), ("url", args.es_url)] if value]
 
 
+def _cpu_workers(workers: int) -> int:
+    """Worker processes for CPU work: as asked, or 0 for one per CPU this process may use."""
+    return workers or len(os.sched_getaffinity(0))
+
+
 def _input_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input", dest="inputs", action="extend", nargs="+", default=[], metavar="PATH",
@@ -139,8 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "then an alias swap). Loading the same results again is a no-op.")
     index.add_argument("--workdir", required=True)
     _index_args(index)
-    index.add_argument("--shards", metavar="A-B", help="elasticsearch: load only shards A..B "
-                       "into the new index (one job of a parallel load); with --no-swap")
+    index.add_argument("--workers", type=int, default=0, help="embedded: processes that build "
+                       "the index's pieces (default: one per CPU)")
+    index.add_argument("--shards", metavar="A-B", help="index only shards A..B (one job of a "
+                       "parallel build): embedded, as one piece that a later `index` combines; "
+                       "elasticsearch, into the new index, with --no-swap")
     index.add_argument("--no-swap", action="store_true",
                        help="elasticsearch: load, but leave the alias where it is")
     index.add_argument("--swap-only", action="store_true", help="elasticsearch: load nothing; "
@@ -296,7 +304,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     workdir = Workdir(args.workdir)
     with workdir.lock():  # one writer from the partition to the index
         summary = run_pipeline(_inputs(args), workdir, config, force=args.force)
-        summary["indexed"] = build(workdir).passages
+        summary["indexed"] = build(workdir, workers=_cpu_workers(args.workers or 0)).passages
     _print_summary(summary, args.json)
     return 0
 
@@ -472,7 +480,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
               "done) pipeline.dag as its sub-DAG; lint: ok")
     else:
         loads = (f"{summary['load_jobs']} Elasticsearch load jobs -> alias swap"
-                 if summary["load_jobs"] else "index")
+                 if summary["load_jobs"] else
+                 f"{summary['index_jobs']} index piece jobs -> index" if summary["index_jobs"]
+                 else "index")
         print(f"wrote {summary['dag']}: check -> {summary['shard_jobs']} shard jobs -> {loads}, "
               f"final report ({summary['shards_done']} shards already done); lint: ok")
     if summary["staged"]:
@@ -599,35 +609,44 @@ def cmd_index(args: argparse.Namespace) -> int:
     from retrieval import build
 
     workdir = Workdir(args.workdir)
+    if args.workers < 0:
+        raise UsageError("--workers must be at least 1 (or 0: one per CPU)")
     if args.shards or args.no_swap or args.swap_only:
         result = _index_part(workdir, args)
     else:
         with workdir.lock(existing=True):  # nothing is created in a folder that is no workdir
-            result = build(workdir, args.backend, args.es_url)
+            result = build(workdir, args.backend, args.es_url, _cpu_workers(args.workers))
     if args.json:
         print(json.dumps(result.__dict__))
     else:
         state = "built" if result.built else "already current"
-        print(f"index {state}: {result.passages:,} passages ({result.path})")
+        pieces = (f"; pieces: {result.pieces_built} built, {result.pieces_reused} reused"
+                  if result.pieces_built + result.pieces_reused else "")
+        print(f"index {state}: {result.passages:,} passages ({result.path}{pieces})")
     return 0
 
 
 def _index_part(workdir: Workdir, args: argparse.Namespace) -> Any:
-    """One step of a parallel Elasticsearch load: some shards without the alias swap, or the
-    swap alone (the DAG's load and swap nodes)."""
+    """One job of a parallel build: an embedded index's piece of some shards (the DAG's
+    index-piece nodes), or some shards of an Elasticsearch load without the alias swap, or
+    the swap alone (the DAG's load and swap nodes)."""
     from retrieval.backends import index_config
     from retrieval.elasticsearch import connect, load_elasticsearch
     from submit.steps import shard_range
 
+    settings = index_config(workdir, args.backend, args.es_url)
+    if settings.backend == "embedded":
+        if args.no_swap or args.swap_only:
+            raise UsageError("--no-swap and --swap-only are for the elasticsearch backend; "
+                             "the embedded index combines its pieces with `index` alone")
+        from retrieval.embedded import build_piece
+
+        return build_piece(workdir, shard_range(args.shards))
     if args.swap_only and (args.shards or args.no_swap):
         raise UsageError("--swap-only loads nothing: leave out --shards and --no-swap")
     if args.shards and not args.no_swap:
         raise UsageError("--shards loads part of the index: add --no-swap (the alias moves "
                          "once every part is loaded, with --swap-only)")
-    settings = index_config(workdir, args.backend, args.es_url)
-    if settings.backend != "elasticsearch":
-        raise UsageError("--shards, --no-swap and --swap-only are for the elasticsearch "
-                         "backend; the embedded index is built in one process")
     shards = shard_range(args.shards) if args.shards else None
     return load_elasticsearch(workdir, connect(settings.url, settings.api_key_env),
                               settings.name, url=settings.url,

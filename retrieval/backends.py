@@ -33,13 +33,14 @@ def _client(settings: IndexConfig):
     return connect(settings.url, settings.api_key_env)
 
 
-def build(workdir: Workdir, backend: str | None = None, url: str | None = None) -> IndexSummary:
+def build(workdir: Workdir, backend: str | None = None, url: str | None = None,
+          workers: int = 1) -> IndexSummary:
     """Load a finished workdir into its index; a no-op when that index is already current.
     The loaders hold the workdir's lock (re-entrant: `run` holds it already), so two builds
-    never collide."""
+    never collide. `workers`: processes that build the embedded index's pieces."""
     settings = index_config(workdir, backend, url)
     if settings.backend == "embedded":
-        return build_index(workdir)
+        return build_index(workdir, workers)
     from .elasticsearch import load_elasticsearch
 
     return load_elasticsearch(workdir, _client(settings), settings.name, url=settings.url,

@@ -1,27 +1,38 @@
 """The embedded index: tantivy BM25 (English stemming), a float16 embedding matrix and the
-passages' fields in an Arrow file, all on disk and memory-mapped for reading.
+passages' fields in Arrow files, all on disk and memory-mapped for reading.
 
-It lives in the workdir (`index/embedded-KEY/`), built from the shard and result files. A build
-goes to a new folder named after the results it was made from and becomes current by an atomic
-rename of a pointer file, so a search never sees a half-built index and loading the same results
-twice changes nothing. A reader that opens while a build replaces the one it found opens the
-new one. A build's `done` file records the passages and the model that embedded them (see
-`index_model`): searches embed queries with that model.
+It lives in the workdir's `index/` folder, built from the shard and result files in pieces:
+each piece (`pieces/piece-KEY/`) indexes a run of consecutive shards, and pieces are built in
+parallel (processes here, CPU jobs on a pool). A piece is named after its shards' contents and
+where its rows start, so adding shards builds pieces for the new ones only. A build
+(`embedded-KEY/`) combines its pieces without rewriting them: hard links to their files, and
+one tantivy index whose segments are all the pieces' segments. tantivy takes BM25's statistics
+(document frequencies, average length) over all segments of an index, so the scores are those
+of a single index of all passages, however the pieces were cut.
 
-Builds are deterministic: passages get rows in the shards' order, whatever the indexing threads
-do, and BM25 and dense searches break ties by row, so the same results give the same rankings
-and scores.
+A build goes to a new folder named after the results it was made from and becomes current by
+an atomic rename of a pointer file, so a search never sees a half-built index and loading the
+same results twice changes nothing. A reader that opens while a build replaces the one it found
+opens the new one. A build's `done` file records its pieces, the passages and the model that
+embedded them (see `index_model`): searches embed queries with that model.
+
+Builds are deterministic: passages get rows in the shards' order, whatever the indexing
+processes do, and BM25 and dense searches break ties by row, so the same results give the same
+rankings and scores.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,17 +46,24 @@ import tantivy
 
 from inference.errors import DiskFullError
 from inference.manifest import Manifest
+from inference.results import result_key
 from inference.workdir import Workdir, WorkdirError, write_json_atomic
 
 from .index import Candidates
 from .index_model import model_record
 
 POINTER = "current.json"
-# Two indexing threads with 500 MB of buffer each write few, large segments (2 at 1.1M
-# passages, against 8 with 128 MB each): a query walks every segment's posting lists, and
-# searches measured 10-20% faster at the same build speed. Buffers grow only as needed.
+PIECES = "pieces"
+# One indexing thread per piece with up to 1 GB of buffer: a piece of a million passages is
+# written as one or two large segments (a query walks every segment's posting lists), and
+# several pieces build at once in processes. Buffers grow only as needed.
 WRITER_HEAP_BYTES = 1_000_000_000
-WRITER_THREADS = 2
+# A local build cuts the shards it has no piece for into pieces of PIECE_PASSAGES passages at
+# most, and into as many pieces as it has worker processes where each still gets at least
+# PIECE_MIN_PASSAGES: a process takes seconds to start, and each piece adds segments that
+# every query walks.
+PIECE_PASSAGES = 1_000_000
+PIECE_MIN_PASSAGES = 100_000
 # Terms in more than this share of all passages are left out of BM25 queries (see bm25).
 COMMON_TERM_SHARE = 0.5
 SHARD_COLUMNS = ["passage_id", "article_id", "title", "text", "authors", "year", "url", "topic"]
@@ -53,6 +71,8 @@ SHARD_COLUMNS = ["passage_id", "article_id", "title", "text", "authors", "year",
 OPEN_ATTEMPTS = 5
 # After a failed write, this much room not found in the index's file system means it is full.
 ROOM_PROBE_BYTES = 1 << 20
+# tantivy's own files in an index folder; the rest are the segments' files
+TANTIVY_META = ("meta.json", ".managed.json", ".tantivy-meta.lock", ".tantivy-writer.lock")
 
 
 def _analyzer() -> tantivy.TextAnalyzer:
@@ -65,11 +85,12 @@ def _analyzer() -> tantivy.TextAnalyzer:
 
 
 def _schema() -> tantivy.Schema:
-    """Only what BM25 and the topic filter need: passage fields live in passages.arrow."""
+    """Only what BM25 and the topic filter need: passage fields live in the passages files."""
     builder = tantivy.SchemaBuilder()
-    builder.add_text_field("title", stored=False, tokenizer_name="en_stem")
-    builder.add_text_field("text", stored=False, tokenizer_name="en_stem")
-    builder.add_text_field("topic", stored=False, tokenizer_name="raw")
+    # term frequencies, no positions: BM25 needs no more, and no query is a phrase
+    builder.add_text_field("title", stored=False, tokenizer_name="en_stem", index_option="freq")
+    builder.add_text_field("text", stored=False, tokenizer_name="en_stem", index_option="freq")
+    builder.add_text_field("topic", stored=False, tokenizer_name="raw", index_option="basic")
     # indexed: `within` filters; fast: hits read their row from a column, not the doc store
     builder.add_integer_field("row", indexed=True, fast=True)
     return builder.build()
@@ -81,19 +102,38 @@ class IndexSummary:
     built: bool
     path: str
     seconds: float
+    pieces_built: int = 0
+    pieces_reused: int = 0
 
 
-def _index_key(results_key: str) -> str:
-    """Names a build after the results it holds and the index format."""
-    return hashlib.sha256(f"embedded-v5:{results_key}".encode()).hexdigest()[:16]
+@dataclass
+class Piece:
+    """Consecutive shards indexed together, as rows first_row .. first_row + rows - 1."""
+
+    shards: list[int]
+    first_row: int
+    rows: int
+    files: list[dict[str, Any]]  # each shard file's name, size, mtime_ns and content digest
+    key: str
+
+    @property
+    def name(self) -> str:
+        return f"piece-{self.key}"
 
 
-def finished_results(workdir: Workdir) -> tuple[Manifest, str]:
-    """The manifest and results key of a workdir whose every shard has a current result
-    (what any backend loads); a clear error otherwise."""
+def _index_key(pieces: list[Piece]) -> str:
+    """Names a build after the pieces it combines and the index format."""
+    blob = json.dumps(["embedded-v6", [piece.key for piece in pieces]])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def finished_results(workdir: Workdir, shards: list[int] | None = None) -> tuple[Manifest, str]:
+    """The manifest and results key of a workdir whose every shard (or every one of `shards`)
+    has a current result (what any backend loads); a clear error otherwise."""
     manifest = workdir.manifest().require_partitioned()
     key = manifest.result_key()
-    missing = [e.shard for e in manifest.shards if not workdir.result_is_current(e, key)]
+    wanted = manifest.shards if shards is None else [manifest.shard(n) for n in shards]
+    missing = [e.shard for e in wanted if not workdir.result_is_current(e, key)]
     if missing:
         raise WorkdirError(f"{workdir.root}: shards {missing[:10]} have no current result; "
                            "run `infer-corpus run` (or `shard`) first")
@@ -111,53 +151,174 @@ def read_shards(workdir: Workdir, manifest: Manifest) -> Iterator[tuple[pa.Table
         yield shard, vectors.values.to_numpy().reshape(len(vectors), -1)
 
 
-def build_index(workdir: Workdir) -> IndexSummary:
-    """Index every passage of a finished workdir; a no-op when the index is already current.
-    Holds the workdir's lock, so two builds never write one index; readers need none."""
+def build_index(workdir: Workdir, workers: int = 1) -> IndexSummary:
+    """Index every passage of a finished workdir, building the pieces it lacks in `workers`
+    processes; a no-op when the index is already current. Holds the workdir's lock, so two
+    builds never write one index; readers need none."""
     with workdir.lock(existing=True):
         started = time.perf_counter()
-        manifest, key = finished_results(workdir)
+        manifest, _ = finished_results(workdir)
         root = workdir.root / "index"
-        name = f"embedded-{_index_key(key)}"
+        pieces = plan_pieces(workdir, manifest, workers)
+        name = f"embedded-{_index_key(pieces)}"
         total = manifest.passages
-        if _pointer(root).get("name") == name and (root / name / "done").is_file():
-            return IndexSummary(total, False, str(root / name), time.perf_counter() - started)
+        if _current(root) == name and (root / name / "done").is_file():
+            return IndexSummary(total, False, str(root / name), time.perf_counter() - started,
+                                pieces_reused=len(pieces))
         target = root / name
-        try:
-            _write_build(workdir, manifest, target)
-        except (OSError, ValueError) as exc:  # tantivy says only ValueError("... io::Error")
-            if not (DiskFullError.caused(exc) or _out_of_room(root)):
-                raise
-            shutil.rmtree(target, ignore_errors=True)  # give the space back
-            raise DiskFullError.writing(f"the index {target}") from None
+        with _room(root, target):
+            missing = [p for p in pieces if not (root / PIECES / p.name / "piece.json").is_file()]
+            _build_pieces(workdir, missing, workers)
+            _combine(root, pieces, manifest, target)
         write_json_atomic(root / POINTER, {"name": name, "passages": total})
-        # the build this one replaces, unfinished ones and pointers a killed build left half
-        # written (no other writer holds the lock); a reader that was opening a replaced build
-        # opens this one instead (see EmbeddedIndex)
+        # the build this one replaces, pieces no longer used, unfinished ones and pointers a
+        # killed build left half written (no other writer holds the lock); a reader that was
+        # opening a replaced build opens this one instead (see EmbeddedIndex)
         for old in root.glob(f".{POINTER}.tmp-*"):
             old.unlink(missing_ok=True)
+        for old in root.glob(".embedded-*.old-*"):
+            shutil.rmtree(old, ignore_errors=True)
         for old in root.glob("embedded-*"):
             if old.name != name:
+                _remove(old)
+        used = {p.name for p in pieces}
+        for old in (root / PIECES).glob("*"):
+            if old.name not in used:
                 shutil.rmtree(old, ignore_errors=True)
-        return IndexSummary(total, True, str(target), time.perf_counter() - started)
+        return IndexSummary(total, True, str(target), time.perf_counter() - started,
+                            pieces_built=len(missing), pieces_reused=len(pieces) - len(missing))
 
 
-def _write_build(workdir: Workdir, manifest: Manifest, target: Path) -> None:
-    """The whole build in `target`, every file synced to disk, `done` last."""
-    if target.exists():
-        shutil.rmtree(target)  # an earlier build of the same results that did not finish
-    (target / "tantivy").mkdir(parents=True)
-    index = tantivy.Index(_schema(), path=str(target / "tantivy"))
-    writer = index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=WRITER_THREADS)
-    total = manifest.passages
+def build_piece(workdir: Workdir, shards: list[int]) -> IndexSummary:
+    """Index shards A..B alone as one piece in index/pieces/ (one job of a parallel build on a
+    pool; a later `build_index` combines the pieces). Needs only those shards' files."""
+    started = time.perf_counter()
+    manifest, _ = finished_results(workdir, shards)
+    piece = _piece(manifest, shards, [_file_record(workdir, manifest.shard(n), {})
+                                      for n in shards])
+    root = workdir.root / "index"
+    target = root / PIECES / piece.name
+    with _room(root, target):
+        _write_piece(workdir.root, piece)
+    return IndexSummary(piece.rows, True, str(target), time.perf_counter() - started,
+                        pieces_built=1)
+
+
+def plan_pieces(workdir: Workdir, manifest: Manifest, workers: int) -> list[Piece]:
+    """The pieces that make the index of the manifest's shards: every finished piece in
+    index/pieces/ that still holds the same shards at the same rows, and new pieces for the
+    other shards, cut into at least `workers` pieces of at most PIECE_PASSAGES passages."""
+    existing = [_read_json(path) for path in
+                sorted((workdir.root / "index" / PIECES).glob("piece-*/piece.json"))]
+    known = {(f.get("file"), f.get("size"), f.get("mtime_ns")): f.get("digest")
+             for piece in existing for f in piece.get("files", []) if isinstance(f, dict)}
+    files = [_file_record(workdir, entry, known) for entry in manifest.shards]
+    starts = np.cumsum([0] + [entry.rows for entry in manifest.shards])
+    by_row: dict[int, list[dict[str, Any]]] = {}
+    for piece in existing:
+        by_row.setdefault(piece.get("first_row", -1), []).append(piece)
+    pieces: list[Piece] = []
+    new: list[int] = []  # shards that no finished piece holds, in order
+
+    def cut_new() -> None:
+        rows = sum(manifest.shards[n].rows for n in new)
+        size = min(PIECE_PASSAGES, max(PIECE_MIN_PASSAGES, -(-rows // max(1, workers))))
+        group: list[int] = []
+        held = 0
+        for n in new:
+            group.append(n)
+            held += manifest.shards[n].rows
+            if held >= size:
+                pieces.append(_piece(manifest, group, [files[m] for m in group]))
+                group, held = [], 0
+        if group:
+            pieces.append(_piece(manifest, group, [files[m] for m in group]))
+        new.clear()
+
+    shard = 0
+    while shard < len(manifest.shards):
+        found = None
+        for record in by_row.get(int(starts[shard]), []):
+            count = len(record.get("shards", []))
+            if count and shard + count <= len(files):
+                candidate = _piece(manifest, list(range(shard, shard + count)),
+                                   files[shard : shard + count])
+                if candidate.key == record.get("key"):
+                    found = candidate
+                    break
+        if found is None:
+            new.append(shard)
+            shard += 1
+            continue
+        cut_new()
+        pieces.append(found)
+        shard += len(found.shards)
+    cut_new()
+    return pieces
+
+
+def _piece(manifest: Manifest, shards: list[int], files: list[dict[str, Any]]) -> Piece:
+    """The piece of the given consecutive shards, keyed by their files' contents, the
+    settings that made their results (model and predictions: the results key of an empty
+    partition) and the row it starts at; not by the partition as a whole, so the pieces of
+    unchanged shards are reused when other shards are added."""
+    first_row = sum(entry.rows for entry in manifest.shards[: shards[0]]) if shards else 0
+    settings = result_key("", manifest.config)
+    blob = json.dumps(["piece-v1", settings, first_row, [f["digest"] for f in files]])
+    return Piece(shards, first_row, sum(manifest.shard(n).rows for n in shards), files,
+                 hashlib.sha256(blob.encode()).hexdigest()[:16])
+
+
+def _file_record(workdir: Workdir, entry: Any,
+                 known: dict[tuple[str, int, int], str]) -> dict[str, Any]:
+    """A shard file's name, size, mtime and content digest; the digest is taken from `known`
+    when a piece recorded it for the same name, size and mtime (shard files are written once,
+    atomically), and read from the file otherwise."""
+    path = workdir.shard_path(entry.shard)
+    stat = path.stat()
+    record = {"file": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    digest = known.get((path.name, stat.st_size, stat.st_mtime_ns))
+    if not isinstance(digest, str):
+        sha = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        digest = sha.hexdigest()[:32]
+    return {**record, "digest": digest}
+
+
+def _build_pieces(workdir: Workdir, pieces: list[Piece], workers: int) -> None:
+    """Each piece in its own folder under index/pieces/, `workers` at a time in processes."""
+    if workers <= 1 or len(pieces) <= 1:
+        for piece in pieces:
+            _write_piece(workdir.root, piece)
+        return
+    context = multiprocessing.get_context("fork")  # as the tokenizer pool: no re-imports
+    with ProcessPoolExecutor(min(workers, len(pieces)), mp_context=context) as pool:
+        for future in [pool.submit(_write_piece, workdir.root, piece) for piece in pieces]:
+            future.result()
+
+
+def _write_piece(root: Path, piece: Piece) -> None:
+    """One piece, in a temporary folder renamed into place once every file is synced; its
+    `piece.json` records what it holds."""
+    workdir = Workdir(root)
+    manifest = workdir.manifest()
+    target = root / "index" / PIECES / piece.name
+    temporary = target.with_name(f".{piece.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    (temporary / "tantivy").mkdir(parents=True)
+    index = tantivy.Index(_schema(), path=str(temporary / "tantivy"))
+    writer = index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=1)
     vectors: np.ndarray | None = None
     passages: ipc.RecordBatchFileWriter | None = None
-    row = 0
-    for table, matrix in read_shards(workdir, manifest):
+    row = piece.first_row
+    shards = manifest.with_shards([manifest.shard(n) for n in piece.shards])
+    for table, matrix in read_shards(workdir, shards):
         if vectors is None:
-            vectors = _allocated_matrix(target / "vectors.npy", (total, matrix.shape[1]))
-            passages = ipc.new_file(str(target / "passages.arrow"), table.schema)
-        vectors[row : row + len(matrix)] = matrix
+            vectors = _allocated_matrix(temporary / "vectors.npy", (piece.rows, matrix.shape[1]))
+            passages = ipc.new_file(str(temporary / "passages.arrow"), table.schema)
+        vectors[row - piece.first_row : row - piece.first_row + len(matrix)] = matrix
         passages.write_table(table)
         columns = table.select(["title", "text", "topic"]).to_pydict()
         for i, (title, text, topic) in enumerate(
@@ -168,20 +329,97 @@ def _write_build(workdir: Workdir, manifest: Manifest, target: Path) -> None:
         row += len(matrix)
     writer.commit()
     writer.wait_merging_threads()
-    if vectors is None:  # every input row was rejected: an empty, searchable index
-        np.save(target / "vectors.npy", np.zeros((0, 0), dtype=np.float16))
+    if vectors is None:  # shards whose every row was rejected
+        np.save(temporary / "vectors.npy", np.zeros((0, 0), dtype=np.float16))
         empty = pa.schema([(column, pa.string()) for column in SHARD_COLUMNS])
-        passages = ipc.new_file(str(target / "passages.arrow"), empty)
-        dimension = None  # nothing was embedded
+        passages = ipc.new_file(str(temporary / "passages.arrow"), empty)
+        dimension = None
     else:
         dimension = vectors.shape[1]
         vectors.flush()
         del vectors
     passages.close()
-    done = {"passages": total, "model": model_record(manifest.config.model, dimension)}
-    (target / "done").write_text(json.dumps(done))
-    for path in (target / "vectors.npy", target / "passages.arrow", target / "done"):
+    record = {"key": piece.key, "shards": piece.shards, "first_row": piece.first_row,
+              "rows": piece.rows, "files": piece.files, "dimension": dimension}
+    (temporary / "piece.json").write_text(json.dumps(record))
+    for path in (temporary / "vectors.npy", temporary / "passages.arrow",
+                 temporary / "piece.json"):
         _fsync(path)  # tantivy syncs its own files at commit
+    shutil.rmtree(target, ignore_errors=True)  # an earlier copy that a job sent back
+    os.replace(temporary, target)
+
+
+def _combine(root: Path, pieces: list[Piece], manifest: Manifest, target: Path) -> None:
+    """The build in `target`: links to the pieces' files, one tantivy index over all their
+    segments (in the pieces' order), and `done` last."""
+    if target.exists():
+        shutil.rmtree(target)  # an earlier build of the same results that did not finish
+    (target / "tantivy").mkdir(parents=True)
+    tantivy.Index(_schema(), path=str(target / "tantivy"))  # an empty index: its meta.json
+    meta = _read_json(target / "tantivy" / "meta.json")
+    segments = []
+    for piece in pieces:
+        folder = root / PIECES / piece.name
+        for path in (folder / "tantivy").iterdir():
+            if path.name not in TANTIVY_META:
+                _link(path, target / "tantivy" / path.name)
+        segments += _read_json(folder / "tantivy" / "meta.json")["segments"]
+    held = [piece for piece in pieces if piece.rows]  # not those whose every row was rejected
+    for number, piece in enumerate(held):
+        folder = root / PIECES / piece.name
+        _link(folder / "vectors.npy", target / f"vectors-{number:05d}.npy")
+        _link(folder / "passages.arrow", target / f"passages-{number:05d}.arrow")
+    dimension = _read_json(root / PIECES / held[0].name / "piece.json")["dimension"] \
+        if held else None
+    write_json_atomic(target / "tantivy" / "meta.json", {**meta, "segments": segments})
+    done = {"passages": manifest.passages,
+            "model": model_record(manifest.config.model, dimension),
+            "pieces": [{"name": p.name, "rows": p.rows} for p in held]}
+    write_json_atomic(target / "done", done)
+
+
+def _remove(folder: Path) -> None:
+    """Renamed away first, then deleted: a reader opening it meanwhile fails at once and opens
+    the current build instead, and cannot put tantivy's lock file back into a folder that is
+    being deleted (which would leave it behind)."""
+    hidden = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    os.replace(folder, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def _link(source: Path, target: Path) -> None:
+    """A hard link (no copy of the data), or a copy where the file system has none."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+@contextmanager
+def _room(root: Path, target: Path) -> Iterator[None]:
+    """A write into `target` that fails for want of room gives the room back and says so."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:  # tantivy says only ValueError("... io::Error")
+        if not (DiskFullError.caused(exc) or _out_of_room(root)):
+            raise
+        shutil.rmtree(target, ignore_errors=True)
+        for partial in root.glob(f"{PIECES}/.piece-*.tmp-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise DiskFullError.writing(f"the index {target}") from None
+
+
+def _current(root: Path) -> str | None:
+    """The name of the build the pointer file names."""
+    return _read_json(root / POINTER).get("name")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _allocated_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -213,13 +451,6 @@ def _out_of_room(folder: Path) -> bool:
         probe.unlink(missing_ok=True)
 
 
-def _pointer(root: Path) -> dict[str, Any]:
-    try:
-        return json.loads((root / POINTER).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _open_tantivy(folder: Path) -> tuple[tantivy.Index, tempfile.TemporaryDirectory | None]:
     """The tantivy index in `folder`, and the temporary folder it was opened through, if any.
 
@@ -240,20 +471,21 @@ def _open_tantivy(folder: Path) -> tuple[tantivy.Index, tempfile.TemporaryDirect
 
 
 class EmbeddedIndex:
-    """Read side: BM25 candidates from tantivy, embeddings from the memory-mapped matrix.
-    Passages are keyed by their row in the matrix."""
+    """Read side: BM25 candidates from tantivy (one index over every piece's segments),
+    embeddings from the pieces' memory-mapped matrices. Passages are keyed by their row: the
+    pieces' rows one after another."""
 
     def __init__(self, workdir: Workdir) -> None:
         root = workdir.root / "index"
         for _ in range(OPEN_ATTEMPTS):
-            name = _pointer(root).get("name")
+            name = _current(root)
             if not name:
                 break
             try:
                 self._open(root / name)
                 return
             except (OSError, ValueError, KeyError):
-                if _pointer(root).get("name") == name:  # not replaced under us: damaged
+                if _current(root) == name:  # not replaced under us: damaged
                     raise WorkdirError(f"the index in {root / name} is unreadable: delete "
                                        f"{root} and run `infer-corpus index`") from None
         raise WorkdirError(f"{workdir.root} has no index: run `infer-corpus index` first")
@@ -266,8 +498,14 @@ class EmbeddedIndex:
         self.index, self._links = _open_tantivy(path / "tantivy")
         self.searcher = self.index.searcher()
         self.analyzer = _analyzer()
-        self.matrix = np.load(path / "vectors.npy", mmap_mode="r")
-        self.passages = ipc.open_file(pa.memory_map(str(path / "passages.arrow"))).read_all()
+        count = len(done["pieces"])
+        self.matrices = [np.load(path / f"vectors-{n:05d}.npy", mmap_mode="r")
+                         for n in range(count)]
+        self.starts = np.cumsum([0] + [len(matrix) for matrix in self.matrices])
+        tables = [ipc.open_file(pa.memory_map(str(path / f"passages-{n:05d}.arrow"))).read_all()
+                  for n in range(count)]
+        self.passages = pa.concat_tables(tables) if tables else pa.table(
+            {column: pa.array([], pa.string()) for column in SHARD_COLUMNS})
         self.model = done.get("model")
 
     def model_record(self) -> dict[str, Any] | None:
@@ -275,7 +513,21 @@ class EmbeddedIndex:
         return self.model
 
     def __len__(self) -> int:
-        return len(self.matrix)
+        return int(self.starts[-1])
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The float16 embeddings of the given rows, in their order (read from the pieces'
+        memory-mapped matrices)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(self.matrices) == 1:
+            return self.matrices[0][rows]
+        piece = np.searchsorted(self.starts, rows, side="right") - 1
+        found = np.empty((len(rows), self.matrices[0].shape[1] if self.matrices else 0),
+                         dtype=np.float16)
+        for number in np.unique(piece):
+            mask = piece == number
+            found[mask] = self.matrices[number][rows[mask] - self.starts[number]]
+        return found
 
     def bm25(self, words: str, limit: int, topic: str | None = None,
              within: list[int] | None = None) -> list[tuple[int, float]]:
@@ -287,8 +539,8 @@ class EmbeddedIndex:
         in BM25 (idf < 0.7, against 5-10 for a rare word) but have the longest posting lists,
         and tantivy's Python binding always collects hits through a multi-collector, which
         turns off the block-max WAND pruning that would skip them; they would set the
-        search's speed. When the rest find fewer passages, all terms are searched, so no
-        passage that matches a query word goes missing from a short list.
+        search's speed. When the rest find fewer passages, all terms are searched,
+        so no passage that matches a query word goes missing from a short list.
         """
         schema = self.index.schema
         filters = [tantivy.Query.term_query(schema, "topic", topic)] if topic else []
@@ -355,7 +607,7 @@ class EmbeddedIndex:
         """What `bm25` finds, with the passages' (unit) embeddings as float32."""
         found = self.bm25(words, limit, topic)
         rows = np.array([row for row, _ in found], dtype=np.int64)
-        return Candidates.of(found, self.matrix[rows])
+        return Candidates.of(found, self.vectors(rows))
 
     def dense(self, vector: np.ndarray, limit: int,
               topic: str | None = None) -> list[tuple[int, float]]:
@@ -370,7 +622,7 @@ class EmbeddedIndex:
         for start in range(0, total, 65536):
             block = rows[start : start + 65536] if rows is not None else np.arange(
                 start, min(total, start + 65536))
-            sims = np.asarray(self.matrix[block], dtype=np.float32) @ vector
+            sims = np.asarray(self.vectors(block), dtype=np.float32) @ vector
             if len(sims) > limit:  # the block's best, and every passage tied with the last
                 keep = sims >= np.partition(sims, len(sims) - limit)[len(sims) - limit]
                 block, sims = block[keep], sims[keep]

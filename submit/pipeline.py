@@ -1,16 +1,18 @@
 """The DAGs that `infer-corpus submit` writes into WORKDIR/condor/ and submits.
 
 A workdir whose inputs are not partitioned yet, given `--input`, gets `partition.dag`: the
-partition as one CPU job (its inputs in, the shards, rejects and manifest back, put in place
-by its POST script), then `pipeline.dag` as a sub-DAG (SUBDAG EXTERNAL), which the sub-DAG
+partition as CPU jobs (a map job per part of the inputs, one merge on the parts' keys, a
+write job per part; each job's POST script checks what it sent back and moves it in; see
+`write_partition_dag`), then `pipeline.dag` as a sub-DAG (SUBDAG EXTERNAL), which the sub-DAG
 node's PRE script writes on the access point once the shards exist (`infer-corpus submit
 --from-partition-dag`; DAGMan reads a sub-DAG's file only when it starts it). A partitioned
 workdir gets `pipeline.dag` directly:
 
     check      (access point: the recorded inputs are unchanged; records this run's settings)
         -> shard-00000 ... shard-NNNNN   (one GPU job per unfinished shard; POST validates)
-        -> index   (a CPU job: builds the embedded index from the shards and results; POST
-                    puts it in place)
+        -> index-000 ... index-NNN (CPU jobs, each building the embedded index's piece of a
+                    group of shards as soon as its shards are done; POST puts it in place)
+           -> index (access point: combines the pieces into the index and makes it current)
            or, with Elasticsearch: load-000 ... load-NNN (CPU jobs, each bulk-loading a group
                     of shards into the new index as soon as its shards are done) -> swap
                     (access point: checks the count and moves the alias once)
@@ -82,6 +84,7 @@ class PipelineFiles:
     problems: list[str] = field(default_factory=list)
     load_jobs: int = 0
     partition_jobs: int = 0
+    index_jobs: int = 0
 
 
 def condor_dir(workdir: Workdir) -> Path:
@@ -267,14 +270,7 @@ def _index_nodes(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
         return [Node("index", "index.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT)], \
             [(all_shards or ["check"], ["index"])], ["index.sub"]
     if index.get("backend") != "elasticsearch":
-        write_submit(out / "index.sub", _step_submit(
-            c, c.index_resources, "index", ["index", "--workdir", "."],
-            [str(root / "manifest.json"), str(root / "shards"), str(root / "results")],
-            "index", root))
-        post = Script(sys.executable, ["-m", "submit.steps", "index", "--workdir", str(root),
-                                       "--job-exit", "$RETURN"])
-        return [Node("index", "index.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT,
-                     post=post)], [(all_shards or ["check"], ["index"])], ["index.sub"]
+        return _index_piece_nodes(c, manifest, root, out, shard_nodes)
     write_submit(out / "load.sub", _step_submit(
         c, c.load_resources, "load-$(group)",
         ["index", "--workdir", ".", "--shards", "$(shards)", "--no-swap"],
@@ -296,6 +292,69 @@ def _index_nodes(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
     nodes.append(Node("swap", "swap.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT))
     edges.append(([n.name for n in nodes if n.name != "swap"] or ["check"], ["swap"]))
     return nodes, edges, ["load.sub", "swap.sub"]
+
+
+def _index_piece_nodes(c: CondorConfig, manifest: Manifest, root: Path, out: Path,
+                       shard_nodes: dict[int, str]) -> tuple[list[Node], list[tuple], list[str]]:
+    """The embedded index on the pool: one CPU job per group of shards (`load_jobs` groups)
+    builds that group's piece, each asking for what its passages need within the config's
+    caps; then the access point combines the pieces (`infer-corpus index`, which only links
+    them). Each job's piece comes back to its own condor/incoming/index-GGG/."""
+    piece = _step_submit(c, c.index_resources, "index-$(group)",
+                         ["index", "--workdir", ".", "--shards", "$(shards)"],
+                         ["$(group_dir)/"], "index", root)
+    piece.update({"initialdir": "incoming/index-$(group)", "log": "../../pipeline.log",
+                  "output": "../../logs/index-$(group).out",
+                  "error": "../../logs/index-$(group).err",
+                  "request_memory": "$(memory)", "request_disk": "$(disk)"})
+    write_submit(out / "index-piece.sub", piece)
+    write_submit(out / "index.sub", _local_submit(
+        ["infer_corpus", "index", "--workdir", str(root), "--workers", "1"], "index", root))
+    nodes, edges = [], []
+    for group, (first, last) in enumerate(load_groups(len(manifest.shards), c.load_jobs)):
+        name, shards = f"index-{group:03d}", f"{first}-{last}"
+        passages = sum(e.rows for e in manifest.shards[first : last + 1])
+        steps = [sys.executable, "-m", "submit.steps"]
+        nodes.append(Node(
+            name, "index-piece.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT,
+            vars={"group": f"{group:03d}", "shards": shards,
+                  "group_dir": str(out / "load" / f"group-{group:03d}"),
+                  **index_piece_requests(c.index_resources, passages)},
+            pre=Script(steps[0], [*steps[1:], "stage-index", "--workdir", str(root),
+                                  "--group", str(group), "--shards", shards]),
+            post=Script(steps[0], [*steps[1:], "index-piece", "--workdir", str(root),
+                                   "--group", str(group), "--shards", shards,
+                                   "--job-exit", "$RETURN"])))
+        parents = [shard_nodes[n] for n in range(first, last + 1) if n in shard_nodes]
+        edges.append((parents or ["check"], [name]))
+    nodes.append(Node("index", "index.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT))
+    edges.append(([n.name for n in nodes if n.name != "index"] or ["check"], ["index"]))
+    return nodes, edges, ["index-piece.sub", "index.sub"]
+
+
+# What one index piece job needs (docs/benchmarks.md has the measured index sizes): tantivy's
+# indexing buffer (1 GB), one shard's tables and Python; and on disk its shards and results
+# coming in plus the piece going out.
+INDEX_JOB_MEMORY = 3 << 30
+INDEX_JOB_DISK = 1 << 30
+INDEX_JOB_DISK_PER_PASSAGE = 6 << 10
+
+
+def index_piece_requests(caps: StepResourcesConfig, passages: int) -> dict[str, str]:
+    """The memory and disk an index piece job of `passages` asks for, at most the config's
+    `index_resources` (the caps)."""
+    memory = min(INDEX_JOB_MEMORY, quantity_bytes(caps.request_memory, 1 << 20))
+    disk = min(INDEX_JOB_DISK + passages * INDEX_JOB_DISK_PER_PASSAGE,
+               quantity_bytes(caps.request_disk, 1 << 10))
+    return {"memory": f"{-(-memory // (1 << 20))}MB", "disk": f"{-(-disk // (1 << 20))}MB"}
+
+
+def quantity_bytes(text: str, unit: int) -> int:
+    """A request such as 16GB in bytes; a bare number counts `unit`s (HTCondor: MB of memory,
+    KB of disk)."""
+    number, suffix = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)B?\s*", text, re.IGNORECASE).groups()
+    scale = {"": unit, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[suffix.upper()]
+    return int(float(number) * scale)
 
 
 def write_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConfig, *,
@@ -362,7 +421,8 @@ def write_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConf
     return PipelineFiles(dag=dag_path, shard_jobs=pending,
                          shards_done=len(manifest.shards) - len(pending), staged=staged,
                          files=files, problems=lint_dag(dag_path),
-                         load_jobs=sum(n.name.startswith("load-") for n in index_nodes))
+                         load_jobs=sum(n.name.startswith("load-") for n in index_nodes),
+                         index_jobs=sum(n.name.startswith("index-") for n in index_nodes))
 
 
 def _transferable(path: str) -> str:
@@ -555,7 +615,8 @@ def submit_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorCon
         "dag": str(written.dag), "partition_job": written.dag.name == PARTITION_DAG,
         "partition_jobs": written.partition_jobs,
         "shard_jobs": len(written.shard_jobs), "shards_done": written.shards_done,
-        "load_jobs": written.load_jobs, "staged": written.staged, "files": written.files,
+        "load_jobs": written.load_jobs, "index_jobs": written.index_jobs,
+        "staged": written.staged, "files": written.files,
         "dry_run": dry_run, "cluster": cluster,
     }
 

@@ -4,8 +4,10 @@
     python -m submit.steps map --workdir DIR --part N --job-exit $RETURN    (POST, map-N)
     python -m submit.steps merge --workdir DIR --job-exit $RETURN           (POST, merge)
     python -m submit.steps write --workdir DIR --part N --job-exit $RETURN  (POST, write-N)
-    python -m submit.steps index --workdir DIR --job-exit $RETURN           (POST, index node)
-    python -m submit.steps stage-load --workdir DIR --group G --shards A-B  (PRE, load-G)
+    python -m submit.steps stage-index --workdir DIR --group G --shards A-B   (PRE, index-G)
+    python -m submit.steps index-piece --workdir DIR --group G --shards A-B --job-exit $RETURN
+                                                                               (POST, index-G)
+    python -m submit.steps stage-load --workdir DIR --group G --shards A-B    (PRE, load-G)
 
 The partition's jobs (partition.dag; see inference/partition.py): a map job gets one part's
 bytes (a line range of a large JSONL file is cut into condor/cut/ by its PRE script first)
@@ -15,14 +17,14 @@ The merge job sends back `merge/` (each part's decisions and the counts), checke
 mapped parts. A write job sends back `written-N/`: its shards, checked against the merge's
 count, go into WORKDIR/shards/, its rejects ledger beside its part.
 
-An index job builds the embedded index in its scratch directory; its `index` folder comes back
-to condor/incoming/index/ and replaces the workdir's: its folders (the build) are moved in
-first and its files (the pointer to the current build) last, so a search never sees a
-half-moved index; what the new folder does not hold (replaced builds) is removed.
-
-An Elasticsearch load job needs the manifest and, for its group of shards, the shard and
-result files, which share their names: its PRE script links them into
-condor/load/group-G/{manifest.json,shards/,results/}, which the job gets whole.
+An index piece job and an Elasticsearch load job need the manifest and, for their group of
+shards, the shard and result files, which share their names: the PRE script links them into
+condor/load/group-G/{manifest.json,shards/,results/}, which the job gets whole. An index piece
+job builds its group's piece of the embedded index in its scratch directory; its `index`
+folder comes back to condor/incoming/index-G/, and the POST script moves the piece, once it
+holds exactly the group's shards, into the workdir's index/pieces/, where the DAG's `index`
+node combines the pieces. A piece is a folder renamed into place whole, and no search reads
+pieces: searches read the current build until the combine swaps the pointer.
 
 Exit codes: 0 done; 1 retry (the job failed, or what it sent back does not check out); 2 no
 retry (the job exited 2: bad input, or the workdir is unreadable). Every decision is logged in
@@ -202,31 +204,32 @@ def accept_write(workdir: Workdir, index: int, job_exit: int) -> int:
     return 0
 
 
-def accept_index(workdir: Workdir, job_exit: int) -> int:
-    """The index node's POST decision as an exit code (see the module docstring)."""
+def accept_index_piece(workdir: Workdir, group: int, shards: list[int],
+                       job_exit: int) -> int:
+    """An index piece node's POST decision as an exit code (see the module docstring)."""
+    what = f"index piece {group}"
     if job_exit != 0:
-        log_decision(condor_dir(workdir), f"index: job exited with {job_exit}")
+        log_decision(condor_dir(workdir), f"{what}: job exited with {job_exit}")
         return job_exit if 0 < job_exit < 256 else 1
-    received = _incoming(workdir, "index")
-    entries = sorted(received.iterdir()) if received.is_dir() else []
-    if not any(e.is_dir() for e in entries) or not any(e.is_file() for e in entries):
-        log_decision(condor_dir(workdir), "index: rejected: the job sent back no index folder "
-                     "with a build in it")
+    received = _incoming(workdir, f"index-{group:03d}")
+    found = sorted((received / "index" / "pieces").glob("piece-*"))
+    record = {}
+    if len(found) == 1:
+        try:
+            record = json.loads((found[0] / "piece.json").read_text())
+        except (OSError, ValueError):
+            pass
+    if not isinstance(record, dict) or record.get("shards") != shards:
+        log_decision(condor_dir(workdir), f"{what}: rejected: the job sent back no piece of "
+                     f"shards {shards[0]}-{shards[-1]} ({len(found)} piece folders)")
         shutil.rmtree(received, ignore_errors=True)
         return 1
-    target = workdir.root / "index"
-    target.mkdir(exist_ok=True)
-    for entry in sorted(entries, key=lambda e: e.is_file()):  # folders first, pointer last
-        if entry.is_dir():
-            _replace_dir(entry, target / entry.name)
-        else:
-            os.replace(entry, target / entry.name)
-    names = {e.name for e in entries}
-    for old in target.iterdir():
-        if old.name not in names and not old.name.startswith("."):
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    pieces = workdir.root / "index" / "pieces"
+    pieces.mkdir(parents=True, exist_ok=True)
+    _replace_dir(found[0], pieces / found[0].name)
     shutil.rmtree(received, ignore_errors=True)
-    log_decision(condor_dir(workdir), f"index: accepted {', '.join(sorted(names))}")
+    log_decision(condor_dir(workdir), f"{what}: accepted {found[0].name} "
+                 f"({record.get('rows', 0):,} passages)")
     return 0
 
 
@@ -243,7 +246,8 @@ def shard_range(text: str) -> list[int]:
 
 
 def stage_load(workdir: Workdir, group: int, shards: list[int]) -> int:
-    """The load node's PRE script: link its shards' files where its job gets them."""
+    """A load or index piece node's PRE script: link its shards' files where its job gets
+    them."""
     manifest = workdir.manifest()
     target = condor_dir(workdir) / "load" / f"group-{group:03d}"
     shutil.rmtree(target, ignore_errors=True)
@@ -265,10 +269,20 @@ def stage_load(workdir: Workdir, group: int, shards: list[int]) -> int:
     return 0
 
 
+def stage_index(workdir: Workdir, group: int, shards: list[int]) -> int:
+    """An index piece node's PRE script: its shards' files, and an empty folder for what the
+    job sends back (its initial directory, which must exist when it is submitted)."""
+    received = _incoming(workdir, f"index-{group:03d}")
+    shutil.rmtree(received, ignore_errors=True)
+    received.mkdir(parents=True)
+    return stage_load(workdir, group, shards)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m submit.steps", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["cut-part", "map", "merge", "write", "index",
+    parser.add_argument("step", choices=["cut-part", "map", "merge", "write", "stage-index",
+                                         "index-piece",
                                          "stage-load"])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--job-exit", type=int, help="the job's exit code (DAGMan's $RETURN)")
@@ -277,22 +291,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", metavar="A-B")
     args = parser.parse_args(argv)
     workdir = Workdir(args.workdir)
-    if args.step == "stage-load":
-        if args.group is None or args.shards is None:
-            parser.error("stage-load needs --group and --shards")
-        return run_command("submit.steps", lambda: stage_load(workdir, args.group,
-                                                               shard_range(args.shards)))
+    if args.step in ("stage-index", "index-piece", "stage-load") and (
+            args.group is None or args.shards is None):
+        parser.error(f"{args.step} needs --group and --shards")
     if args.step in ("cut-part", "map", "write") and args.part is None:
         parser.error(f"{args.step} needs --part")
-    if args.step == "cut-part":
-        return run_command("submit.steps", lambda: cut_part(workdir, args.part))
-    if args.job_exit is None:
+    if args.step in ("map", "merge", "write", "index-piece") and args.job_exit is None:
         parser.error(f"{args.step} needs --job-exit")
-    accept = {"map": lambda: accept_map(workdir, args.part, args.job_exit),
-              "merge": lambda: accept_merge(workdir, args.job_exit),
-              "write": lambda: accept_write(workdir, args.part, args.job_exit),
-              "index": lambda: accept_index(workdir, args.job_exit)}[args.step]
-    return run_command("submit.steps", accept)
+    steps = {
+        "cut-part": lambda: cut_part(workdir, args.part),
+        "map": lambda: accept_map(workdir, args.part, args.job_exit),
+        "merge": lambda: accept_merge(workdir, args.job_exit),
+        "write": lambda: accept_write(workdir, args.part, args.job_exit),
+        "index-piece": lambda: accept_index_piece(workdir, args.group,
+                                                  shard_range(args.shards), args.job_exit),
+        "stage-index": lambda: stage_index(workdir, args.group, shard_range(args.shards)),
+        "stage-load": lambda: stage_load(workdir, args.group, shard_range(args.shards))}
+    return run_command("submit.steps", steps[args.step])
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import pytest
 from conftest import ROOT, last_json, run_cli, write_jsonl
 from inference.errors import WorkdirError
 from inference.workdir import Workdir
-from retrieval import MODES, EmbeddedIndex, Searcher, build, build_index
-from retrieval.embedded import POINTER
+from retrieval import MODES, EmbeddedIndex, Searcher, build, build_index, embedded
+from retrieval.embedded import POINTER, build_piece
 from retrieval.search import query_words
 
 QUERIES = ["climate", "rock", "ice cores air bubbles", "lithium", "vaccine",
@@ -41,28 +41,63 @@ def one_line_failure(proc: subprocess.CompletedProcess, code: int, *words: str) 
 
 # --- item 8: the same results give the same rankings and scores ------------------------------
 
-def test_rebuilds_from_the_same_results_rank_exactly_alike(demo_run, tmp_path):
+def _rankings(workdir: Workdir, vectors=None) -> tuple[dict, object]:
+    """Every mode's (passage id, score) lists for QUERIES at three depths."""
+    searcher = Searcher(workdir)
+    if vectors is None:
+        vectors = searcher.embed(QUERIES)
+    ids = searcher.index.passages.column("passage_id").to_pylist()
+    ranking = {}
+    for query, vector in zip(QUERIES, vectors):
+        for mode in MODES:
+            for depth, screening in ((3, 5), (5, 20), (10, 100)):
+                hits = searcher.rank(query_words(query), vector, mode=mode, depth=depth,
+                                     screening_top_k=screening)
+                ranking[query, mode, depth] = [(ids[h.key], h.score) for h in hits]
+    return ranking, vectors
+
+
+def test_rebuilds_from_the_same_results_rank_exactly_alike(demo_run, tmp_path, monkeypatch):
     """tantivy's indexing threads put passages into segments, and orders the segments, by
-    chance; ties at a cut-off then went either way from one build to the next."""
+    chance; ties at a cut-off then went either way from one build to the next. A build in
+    pieces (processes, or one piece per pool job) ranks and scores as one of a single piece:
+    BM25's statistics are the whole index's, not each piece's."""
     workdir = copy_results(demo_run[0], tmp_path / "w")
+    monkeypatch.setattr(embedded, "PIECE_MIN_PASSAGES", 1)  # the demo's 3 shards, 3 pieces
     vectors, rankings = None, []
-    for _ in range(5):
+    for build in ("one", "one", "processes", "jobs", "processes"):
         shutil.rmtree(workdir.root / "index", ignore_errors=True)
-        assert build_index(workdir).built
-        searcher = Searcher(workdir)
-        if vectors is None:
-            vectors = searcher.embed(QUERIES)
-        ids = searcher.index.passages.column("passage_id").to_pylist()
-        ranking = {}
-        for query, vector in zip(QUERIES, vectors):
-            for mode in MODES:
-                for depth, screening in ((3, 5), (5, 20), (10, 100)):
-                    hits = searcher.rank(query_words(query), vector, mode=mode, depth=depth,
-                                         screening_top_k=screening)
-                    ranking[query, mode, depth] = [(ids[h.key], h.score) for h in hits]
+        if build == "jobs":  # as the pool's index jobs do, then the combine step
+            for shards in ([0], [1, 2]):
+                assert build_piece(workdir, shards).built
+        summary = build_index(workdir, workers=1 if build == "one" else 3)
+        assert summary.built
+        assert summary.pieces_reused + summary.pieces_built == (1 if build == "one" else
+                                                                2 if build == "jobs" else 3)
+        ranking, vectors = _rankings(workdir, vectors)
         rankings.append(ranking)
     differ = [key for key in rankings[0] if any(r[key] != rankings[0][key] for r in rankings)]
     assert not differ, f"{len(differ)} of {len(rankings[0])} rankings differ, e.g. {differ[:3]}"
+
+
+def test_added_shards_index_only_their_pieces(demo_run, tmp_path, monkeypatch):
+    """A workdir whose shards are the earlier ones plus new ones (a second batch of articles)
+    builds pieces for the new shards only, reuses the rest, and ranks as a fresh build."""
+    monkeypatch.setattr(embedded, "PIECE_MIN_PASSAGES", 1)
+    workdir = copy_results(demo_run[0], tmp_path / "w")
+    manifest = json.loads(workdir.manifest_path.read_text())
+    first = {**manifest, "shards": manifest["shards"][:2]}
+    workdir.manifest_path.write_text(json.dumps(first))
+    assert build_index(workdir, workers=2).pieces_built == 2
+    workdir.manifest_path.write_text(json.dumps(manifest))
+    summary = build_index(workdir, workers=2)
+    assert (summary.built, summary.pieces_built, summary.pieces_reused) == (True, 1, 2)
+    assert len(list((workdir.root / "index" / "pieces").iterdir())) == 3
+    again = build_index(workdir, workers=2)
+    assert (again.built, again.pieces_reused) == (False, 3)
+    fresh = copy_results(demo_run[0], tmp_path / "fresh")
+    build_index(fresh)
+    assert _rankings(workdir)[0] == _rankings(fresh)[0]
 
 
 def test_bm25_ties_go_to_the_lower_row(demo_run):
@@ -176,7 +211,9 @@ def test_an_index_that_records_no_model_is_refused(demo_run, tmp_path):
     workdir = copy_results(demo_run[0], tmp_path / "w")
     build_index(workdir)
     done = EmbeddedIndex(workdir).path / "done"
-    done.write_text(json.dumps({"passages": 75}))  # as indexes were built before
+    record = json.loads(done.read_text())
+    del record["model"]  # as indexes were built before models were recorded
+    done.write_text(json.dumps(record))
     with pytest.raises(WorkdirError, match="does not record the model .* `infer-corpus index`"):
         Searcher(workdir)
 

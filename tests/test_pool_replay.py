@@ -141,8 +141,8 @@ def test_readme_flow_with_a_relative_workdir_builds_the_same_index_as_a_local_ru
     """The README's flow, typed in the user's folder: one `submit --input` partitions in CPU
     jobs (a map job per part, the merge, a write job per part), then the partition DAG's
     sub-DAG node finishes the partition and writes the GPU DAG on the access point and runs
-    it: shard jobs, then the index built by a CPU job from the shards and results file
-    transfer brings."""
+    it: shard jobs, then the index built in pieces by CPU jobs from the shards and results
+    file transfer brings, combined on the access point."""
     user = cranfield_articles
     pool_config(user / "my-pool.yaml", **{"shards.passages_per_shard": 40})
     submit = ["submit", "--input", "articles/*.jsonl.gz", "--workdir", "run1",
@@ -193,10 +193,16 @@ def test_readme_flow_with_a_relative_workdir_builds_the_same_index_as_a_local_ru
     assert len([n for n in pipeline.nodes if n.startswith("shard-")]) == 2
     shard_sandbox = run.starts("shard-00000")[0].sandbox
     assert not (shard_sandbox / "shards").exists()  # only what file transfer brought
-    index_sandbox = run.starts("index")[0].sandbox
-    assert {"manifest.json", "shards", "results", "index"} <= \
-        {p.name for p in index_sandbox.iterdir()}
+    for group in ("index-000", "index-001"):  # one piece per shard (condor.load_jobs)
+        sandbox = run.starts(group)[0].sandbox
+        assert {p.name for p in sandbox.iterdir()} >= {"manifest.json", "shards", "results",
+                                                       "index"}
+        assert len(list((sandbox / "shards").iterdir())) == 1
     assert (user / "run1" / "index" / "current.json").is_file()
+    assert len(list((user / "run1" / "index" / "pieces").iterdir())) == 2
+    log = (condor / "logs" / "validate.log").read_text()
+    assert "index piece 1: accepted piece-" in log
+    assert "pieces: 0 built, 2 reused" in (condor / "logs" / "index.out").read_text()
     assert "2 done" in (condor / "report.txt").read_text()
 
     cli("run", "--input", "articles/*.jsonl.gz", "--workdir", "local",
@@ -304,7 +310,8 @@ def yaml_config(path: Path):
 def test_checkpointed_and_rejected_shards_end_with_the_local_result(demo_local, tmp_path):
     """An absolute workdir, submitted as `infer-corpus submit` does (condor_submit_dag from the
     DAG's directory): shard 0 checkpoints mid-shard and resumes in a fresh sandbox; shard 1's
-    first result arrives damaged, its POST script rejects it and the retry brings a good one."""
+    first result arrives damaged, its POST script rejects it and the retry brings a good one;
+    so does the first index piece of shard 0."""
     local, config = demo_local
     workdir = (tmp_path / "work" / "run").resolve()
     cli("partition", "--demo", "--workdir", str(workdir), "--config", str(config))
@@ -320,6 +327,9 @@ def test_checkpointed_and_rejected_shards_end_with_the_local_result(demo_local, 
         if job.node == "shard-00001" and job.retry == 0:
             result = sandbox / "result-00001.parquet"
             result.write_bytes(result.read_bytes()[: result.stat().st_size // 2])
+        if job.node == "index-000" and job.retry == 0:  # a piece that came back half sent
+            for record in (sandbox / "index" / "pieces").glob("*/piece.json"):
+                record.unlink()
         if job.node == "shard-00000" and job.exit_code == 0:
             seen["condor_q"] = subprocess.run(
                 [str(pool.root / "bin" / "condor_q"), "-af", "DAGNodeName", "ShardPassagesDone",
@@ -343,6 +353,9 @@ def test_checkpointed_and_rejected_shards_end_with_the_local_result(demo_local, 
     assert [j.exit_code for j in run.starts("shard-00001")] == [0, 0]
     log = (condor / "logs" / "validate.log").read_text()
     assert "shard 1: rejected: unreadable result" in log and "shard 1: accepted 35" in log
+    assert run.nodes["index-000"].retries == 1
+    assert "index piece 0: rejected: the job sent back no piece of shards 0-0" in log
+    assert "index piece 0: accepted piece-" in log
     assert (condor / "incoming" / "result-00001.parquet.rejected").is_file()
     assert_same_embeddings(workdir, local)
 

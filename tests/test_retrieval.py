@@ -145,7 +145,7 @@ def test_candidates_are_the_bm25_hits_with_their_vectors(searcher):
     assert list(zip(candidates.keys, candidates.scores.tolist())) == index.bm25(
         words, 20, topic="geoarchives")
     assert candidates.vectors.dtype == np.float32
-    assert np.array_equal(candidates.vectors, index.matrix[candidates.keys].astype(np.float32))
+    assert np.array_equal(candidates.vectors, index.vectors(candidates.keys).astype(np.float32))
     assert np.linalg.norm(candidates.vectors, axis=1) == pytest.approx(1.0, abs=1e-2)
     assert len(index.candidates("zzzunknownword", 5)) == 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import stat
 import subprocess
@@ -86,17 +87,18 @@ def test_dry_run_writes_a_clean_dag(workdir):
     for line in ["NODE_STATUS_FILE pipeline.status 30", "JOB check check.sub",
                  "JOB index index.sub", "FINAL report report.sub", "MAXJOBS gpu 50",
                  "CATEGORY shard-00002 gpu", "RETRY shard-00001 3 UNLESS-EXIT 2",
-                 "RETRY index 3 UNLESS-EXIT 2",
+                 "JOB index-002 index-piece.sub", "RETRY index-002 3 UNLESS-EXIT 2",
                  "PARENT check CHILD shard-00000 shard-00001 shard-00002",
-                 "PARENT shard-00000 shard-00001 shard-00002 CHILD index"]:
+                 "PARENT shard-00001 CHILD index-001",
+                 "PARENT index-000 index-001 index-002 CHILD index"]:
         assert line in text, line
     post = re.search(r"SCRIPT POST shard-00001 (\S+) (.*)", text)
     assert Path(post.group(1)).is_file()
     assert post.group(2) == (f"-m submit.validate --workdir {workdir.resolve()} --shard 1 "
                              "--job-exit $RETURN")
-    assert f"SCRIPT POST index {sys.executable} -m submit.steps index --workdir " \
-        f"{workdir.resolve()} --job-exit $RETURN" in text
-    for name in ["check.sub", "shard.sub", "index.sub", "report.sub"]:
+    assert f"SCRIPT POST index-001 {sys.executable} -m submit.steps index-piece --workdir " \
+        f"{workdir.resolve()} --group 1 --shards 1-1 --job-exit $RETURN" in text
+    for name in ["check.sub", "shard.sub", "index-piece.sub", "index.sub", "report.sub"]:
         htcondor2.Submit((condor / name).read_text())  # parses
     script = condor / "run-shard.sh"
     assert script.stat().st_mode & stat.S_IXUSR
@@ -116,7 +118,8 @@ def test_each_shard_job_gets_its_own_files(workdir):
     submit(workdir, "--dry-run")
     condor = workdir / "condor"
     nodes = dag_nodes(condor / "pipeline.dag")
-    assert sorted(nodes) == ["check", "index", "shard-00000", "shard-00001", "shard-00002"]
+    assert sorted(nodes) == ["check", "index", "index-000", "index-001", "index-002",
+                             "shard-00000", "shard-00001", "shard-00002"]
     for n in range(3):
         job = node_job(condor, "shard.sub", nodes[f"shard-{n:05d}"])
         inputs = [i.strip() for i in job.expand("transfer_input_files").split(",")]
@@ -160,22 +163,41 @@ def test_shard_jobs_are_what_a_chtc_gpu_user_expects(workdir):
     assert "MY.is_resumable" not in job and "want_io_proxy" not in job
 
 
-def test_the_index_is_a_cpu_job_that_gets_the_shards_and_results(workdir):
-    submit(workdir, "--dry-run", "--set", "condor.index_resources.request_memory=48GB")
+def test_the_index_pieces_are_cpu_jobs_sized_from_their_passages(workdir):
+    """One CPU job per group of shards builds its piece from that group's files, asking for
+    what its passages need within the config's caps; the access point combines the pieces."""
+    submit(workdir, "--dry-run", "--set", "condor.load_jobs=2",
+           "--set", "condor.index_resources.request_memory=2GB")
     condor = workdir / "condor"
-    job = node_job(condor, "index.sub", {})
     root = workdir.resolve()
-    assert job["universe"] == "container" and job["request_memory"] == "48GB"
-    assert job["transfer_input_files"].split(",") == [
-        str(root / "manifest.json"), str(root / "shards"), str(root / "results")]
-    assert job["initialdir"] == "incoming" and job["transfer_output_files"] == "index"
-    assert job["executable"] == str(condor.resolve() / "run-step.sh")
-    assert job["arguments"] == '"-m infer_corpus index --workdir ."'
-    assert "request_gpus" not in job
+    nodes = dag_nodes(condor / "pipeline.dag")
+    rows = [entry["rows"] for entry in json.loads((workdir / "manifest.json").read_text())[
+        "shards"]]
+    for group, shards, passages in (("000", "0-1", rows[0] + rows[1]), ("001", "2-2", rows[2])):
+        job = node_job(condor, "index-piece.sub", nodes[f"index-{group}"])
+        assert job["universe"] == "container" and "request_gpus" not in job
+        assert job.expand("arguments") == f'"-m infer_corpus index --workdir . --shards {shards}"'
+        assert job.expand("transfer_input_files") == f"{condor.resolve()}/load/group-{group}/"
+        assert job.expand("initialdir") == f"incoming/index-{group}"
+        assert job["transfer_output_files"] == "index"
+        assert job.expand("output") == f"../../logs/index-{group}.out"
+        assert job.expand("request_memory") == "2048MB"  # the cap, under the 3 GB it needs
+        disk_mb = -(-((1 << 30) + passages * (6 << 10)) // (1 << 20))
+        assert job.expand("request_disk") == f"{disk_mb}MB"
+        assert job["executable"] == str(condor.resolve() / "run-step.sh")
+    text = (condor / "pipeline.dag").read_text()
+    assert f"SCRIPT PRE index-001 {sys.executable} -m submit.steps stage-index --workdir " \
+        f"{root} --group 1 --shards 2-2" in text
+    combine = node_job(condor, "index.sub", {})
+    assert combine["universe"] == "local"
+    assert f"index --workdir {root} --workers 1" in combine["arguments"]
+    submit(workdir, "--dry-run", "--set", "condor.index_resources.request_disk=10MB")
+    job = node_job(condor, "index-piece.sub", dag_nodes(condor / "pipeline.dag")["index-000"])
+    assert job.expand("request_disk") == "10MB" and job.expand("request_memory") == "3072MB"
     submit(workdir, "--dry-run", "--set", "condor.local_steps=true")
     job = node_job(condor, "index.sub", {})
     assert job["universe"] == "local" and "index --workdir " + str(root) in job["arguments"]
-    assert "SCRIPT POST index" not in (condor / "pipeline.dag").read_text()
+    assert "index-000" not in (condor / "pipeline.dag").read_text()
 
 
 def test_elasticsearch_loads_in_parallel_jobs_and_swaps_the_alias_once(workdir, tmp_path,

@@ -111,12 +111,17 @@ def test_swap_before_any_load_says_what_to_run(es_workdir, osmem):
                            vector_mapping=KNN_VECTOR)
 
 
+ES = ["--backend", "elasticsearch", "--es-url", "http://127.0.0.1:9"]
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--shards", "0-1"], "add --no-swap"),
-    (["--swap-only", "--no-swap"], "--swap-only loads nothing"),
+    (["--shards", "0-1", *ES], "add --no-swap"),
+    (["--swap-only", "--no-swap", *ES], "--swap-only loads nothing"),
     (["--shards", "0-1", "--no-swap"], "are for the elasticsearch backend"),
-    (["--shards", "x", "--no-swap", "--backend", "elasticsearch", "--es-url",
-      "http://127.0.0.1:9"], "give a range such as 0-9"),
+    (["--swap-only"], "are for the elasticsearch backend"),
+    (["--shards", "x", "--no-swap", *ES], "give a range such as 0-9"),
+    (["--shards", "x"], "give a range such as 0-9"),
+    (["--workers", "-1"], "--workers must be at least 1"),
 ])
 def test_partial_index_options_are_checked(demo_run, args, message):
     proc = run_cli("index", "--workdir", str(demo_run[0]), *args, check=False)
