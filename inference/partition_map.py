@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import InferenceConfig
-from .errors import UsageError
+from .errors import DiskFullError, UsageError
 from .parts import Part, read_sha256
 from .passages import split_passages
 from .readers import RawRow, read_rows
@@ -57,14 +57,19 @@ def part_name(index: int) -> str:
 
 @contextmanager
 def _folder(final: Path) -> Iterator[Path]:
-    """A folder that appears under its final name only when the block completes."""
+    """A folder that appears under its final name only when the block completes. A full
+    disk while it is written is one DiskFullError naming it (the folder is removed)."""
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         yield tmp
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+    except OSError as exc:
+        if DiskFullError.caused(exc):
+            raise DiskFullError.writing(str(final)) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

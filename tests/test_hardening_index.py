@@ -256,8 +256,8 @@ def test_a_full_disk_while_partitioning_is_one_line_and_a_rerun_resumes(small_di
     workdir = mount / "work"
     proc = run_cli("partition", "--input", str(articles), "--workdir", str(workdir),
                    check=False)
-    one_line_failure(proc, 1, "no space left on device to write", str(workdir / "shards"),
-                     "run the same command again to resume")
+    one_line_failure(proc, 1, "no space left on device to write", str(workdir),
+                     "run the same command again to resume")  # a part's map output, here
     resize(64 << 20)
     again = last_json(run_cli("partition", "--input", str(articles), "--workdir",
                               str(workdir), "--json").stdout)
