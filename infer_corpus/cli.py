@@ -21,6 +21,7 @@ from typing import Any
 
 from inference import __version__
 from inference.demo import demo_corpus_path
+from inference.devices import usable_cpus
 from inference.config import MAX_WORKERS
 from inference.errors import UsageError, run_command
 from inference.readers import InputError
@@ -62,8 +63,9 @@ def _index_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cpu_workers(workers: int) -> int:
-    """Worker processes for CPU work: as asked, or 0 for one per CPU this process may use."""
-    return workers or len(os.sched_getaffinity(0))
+    """Worker processes for CPU work: as asked, or 0 for one per CPU this process may use
+    (on an HTCondor slot, the CPUs it requested)."""
+    return workers or usable_cpus()
 
 
 def _input_args(parser: argparse.ArgumentParser) -> None:

@@ -61,9 +61,11 @@ def _firsts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def decide(parts: list[PartKeys]) -> list[PartDecisions]:
     """Each part's decisions; the parts must be given in input order."""
-    article_ids = np.concatenate([p.article_ids for p in parts]) if parts else np.zeros((0, 2))
-    digests = np.concatenate([p.article_digests for p in parts])[:, 0] if parts else np.zeros(0)
-    order, first = _firsts(article_ids.astype(np.uint64, copy=False))
+    if not parts:
+        return []
+    article_ids = np.concatenate([p.article_ids for p in parts])
+    digests = np.concatenate([p.article_digests for p in parts])[:, 0]
+    order, first = _firsts(article_ids)
     run_start = np.maximum.accumulate(np.where(first, np.arange(len(first)), 0))
     in_order = digests[order]
     status = np.empty(len(order), dtype=np.int8)
@@ -74,13 +76,10 @@ def decide(parts: list[PartKeys]) -> list[PartDecisions]:
     article_offsets = np.cumsum([0] + [len(p.article_ids) for p in parts])
     passage_offsets = np.cumsum([0] + [len(p.passage_digests) for p in parts])
     candidates = np.flatnonzero(np.concatenate(
-        [status[article_offsets[i] + p.passage_articles] == KEPT for i, p in enumerate(parts)]
-    )) if parts else np.zeros(0, dtype=np.int64)
+        [status[article_offsets[i] + p.passage_articles] == KEPT for i, p in enumerate(parts)]))
     keep = np.zeros(int(passage_offsets[-1]), dtype=bool)
-    all_digests = np.concatenate([p.passage_digests for p in parts]) if parts else None
+    all_digests = np.concatenate([p.passage_digests for p in parts])
     for run in range(PREFIX_RUNS):
-        if all_digests is None:
-            break
         rows = candidates[(all_digests[candidates, 0] >> np.uint64(60)) == run]
         order, first = _firsts(all_digests[rows])
         keep[rows[order[first]]] = True

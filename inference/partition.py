@@ -313,7 +313,8 @@ def finish(workdir: Workdir, config: InferenceConfig, parts: list[Part],
            merged: dict[str, Any]) -> PartitionSummary:
     """Gather the written parts: the rejects ledger in input order, then the manifest."""
     stage = workdir.root / STAGE
-    inputs = workdir.manifest().inputs
+    running = workdir.manifest()  # as `prepare` wrote it: the key and the inputs
+    inputs = running.inputs
     for item in inputs:
         try:
             stat = Path(item["path"]).stat()
@@ -347,7 +348,7 @@ def finish(workdir: Workdir, config: InferenceConfig, parts: list[Part],
         "schema_version": SCHEMA_VERSION,
         "code_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "partition_key": workdir.manifest().partition_key,
+        "partition_key": running.partition_key,
         "config": config.to_dict(),
         "tokenizer": ShardTokenizer.identity(config) if config.shards.tokenize else None,
         "inputs": inputs,

@@ -284,9 +284,8 @@ def _index_nodes(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
             name, "load.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT,
             vars={"group": f"{group:03d}", "shards": f"{first}-{last}",
                   "group_dir": str(out / "load" / f"group-{group:03d}")},
-            pre=Script(sys.executable, ["-m", "submit.steps", "stage-load", "--workdir",
-                                        str(root), "--group", str(group), "--shards",
-                                        f"{first}-{last}"])))
+            pre=_step_script("stage-load", "--workdir", str(root), "--group", str(group),
+                             "--shards", f"{first}-{last}")))
         parents = [shard_nodes[n] for n in range(first, last + 1) if n in shard_nodes]
         edges.append((parents or ["check"], [name]))
     nodes.append(Node("swap", "swap.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT))
@@ -314,17 +313,15 @@ def _index_piece_nodes(c: CondorConfig, manifest: Manifest, root: Path, out: Pat
     for group, (first, last) in enumerate(load_groups(len(manifest.shards), c.load_jobs)):
         name, shards = f"index-{group:03d}", f"{first}-{last}"
         passages = sum(e.rows for e in manifest.shards[first : last + 1])
-        steps = [sys.executable, "-m", "submit.steps"]
         nodes.append(Node(
             name, "index-piece.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT,
             vars={"group": f"{group:03d}", "shards": shards,
                   "group_dir": str(out / "load" / f"group-{group:03d}"),
                   **index_piece_requests(c.index_resources, passages)},
-            pre=Script(steps[0], [*steps[1:], "stage-index", "--workdir", str(root),
-                                  "--group", str(group), "--shards", shards]),
-            post=Script(steps[0], [*steps[1:], "index-piece", "--workdir", str(root),
-                                   "--group", str(group), "--shards", shards,
-                                   "--job-exit", "$RETURN"])))
+            pre=_step_script("stage-index", "--workdir", str(root), "--group", str(group),
+                             "--shards", shards),
+            post=_step_script("index-piece", "--workdir", str(root), "--group", str(group),
+                              "--shards", shards, "--job-exit", "$RETURN")))
         parents = [shard_nodes[n] for n in range(first, last + 1) if n in shard_nodes]
         edges.append((parents or ["check"], [name]))
     nodes.append(Node("index", "index.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT))
@@ -343,18 +340,10 @@ INDEX_JOB_DISK_PER_PASSAGE = 6 << 10
 def index_piece_requests(caps: StepResourcesConfig, passages: int) -> dict[str, str]:
     """The memory and disk an index piece job of `passages` asks for, at most the config's
     `index_resources` (the caps)."""
-    memory = min(INDEX_JOB_MEMORY, quantity_bytes(caps.request_memory, 1 << 20))
+    memory = min(INDEX_JOB_MEMORY, quantity(caps.request_memory, "M") << 20)
     disk = min(INDEX_JOB_DISK + passages * INDEX_JOB_DISK_PER_PASSAGE,
-               quantity_bytes(caps.request_disk, 1 << 10))
+               quantity(caps.request_disk, "K") << 10)
     return {"memory": f"{-(-memory // (1 << 20))}MB", "disk": f"{-(-disk // (1 << 20))}MB"}
-
-
-def quantity_bytes(text: str, unit: int) -> int:
-    """A request such as 16GB in bytes; a bare number counts `unit`s (HTCondor: MB of memory,
-    KB of disk)."""
-    number, suffix = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)B?\s*", text, re.IGNORECASE).groups()
-    scale = {"": unit, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[suffix.upper()]
-    return int(float(number) * scale)
 
 
 def write_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConfig, *,
@@ -423,6 +412,11 @@ def write_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConf
                          files=files, problems=lint_dag(dag_path),
                          load_jobs=sum(n.name.startswith("load-") for n in index_nodes),
                          index_jobs=sum(n.name.startswith("index-") for n in index_nodes))
+
+
+def _step_script(*args: str) -> Script:
+    """A PRE or POST script of the access point's side of a CPU step (`submit.steps`)."""
+    return Script(sys.executable, ["-m", "submit.steps", *args])
 
 
 def _transferable(path: str) -> str:
@@ -513,7 +507,6 @@ def _partition_jobs(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
     plan = str(stage / PLAN)
     r = c.partition_resources
     mb = 1 << 20
-    step = [sys.executable, "-m", "submit.steps"]
     write_submit(out / "map.sub", _cpu_step(
         c, "map-$(part)", ["partition-step", "map", "--plan", PLAN, "--part", "$(part)",
                            "--input", "$(input_name)", "--config", config_file.name],
@@ -539,23 +532,21 @@ def _partition_jobs(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
         pre = None
         if part.format == "jsonl" and not part.whole:
             source = str(out / "cut" / f"{part_name(part.index)}.jsonl")
-            pre = Script(*step[:1], [*step[1:], "cut-part", "--workdir", str(root), "--part",
-                                     str(part.index)])
+            pre = _step_script("cut-part", "--workdir", str(root), "--part", str(part.index))
         size_mb = part.size / mb
         maps.append(f"map-{number}")
         nodes.append(Node(
             maps[-1], "map.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT, pre=pre,
             vars={"part": number, "input": source, "input_name": Path(source).name,
                   **_sized(r, 512 + 2 * size_mb, 1024 + 3 * size_mb)},
-            post=Script(*step[:1], [*step[1:], "map", "--workdir", str(root), "--part",
-                                    str(part.index), "--job-exit", "$RETURN"])))
+            post=_step_script("map", "--workdir", str(root), "--part", str(part.index),
+                              "--job-exit", "$RETURN")))
     passages = total / BYTES_PER_PASSAGE
     nodes.append(Node(
         "merge", "merge.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT,
         vars=_sized(r, STEP_BASE_MB + passages * MERGE_BYTES_PER_PASSAGE / mb,
                     STEP_BASE_MB + 2 * passages * 40 / mb),
-        post=Script(*step[:1], [*step[1:], "merge", "--workdir", str(root), "--job-exit",
-                                "$RETURN"])))
+        post=_step_script("merge", "--workdir", str(root), "--job-exit", "$RETURN")))
     for part in parts:
         number = f"{part.index:05d}"
         size_mb = part.size / mb
@@ -567,8 +558,8 @@ def _partition_jobs(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
             vars={"part": number, "part_dir": part_name(part.index),
                   **_sized(r, STEP_BASE_MB + 512 * (max(1, cpus) - 1), 1024 + 3 * size_mb,
                            max(1, cpus))},
-            post=Script(*step[:1], [*step[1:], "write", "--workdir", str(root), "--part",
-                                    str(part.index), "--job-exit", "$RETURN"])))
+            post=_step_script("write", "--workdir", str(root), "--part", str(part.index),
+                              "--job-exit", "$RETURN")))
     edges = [(maps, ["merge"])] if maps else []
     if writes:
         edges.append((["merge"], writes))
