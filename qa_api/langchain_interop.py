@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
     CallbackManagerForLLMRun,
     CallbackManagerForRetrieverRun,
 )
@@ -22,6 +23,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict
 
 from retrieval import DEFAULT_MODE, Searcher
@@ -33,7 +35,11 @@ DEFAULT_TIMEOUT = 120.0
 
 
 class CorpusRetriever(BaseRetriever):
-    """Passages from a `Searcher`: `page_content` is the passage text, `metadata` the rest."""
+    """Passages from a `Searcher`: `page_content` is the passage text, `metadata` the rest.
+
+    The constructor's settings are the defaults; one call may ask for another number of
+    passages, as LangChain's retrievers take it: `retriever.invoke(query, k=3)` (or `top_k=3`).
+    """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     searcher: Searcher
@@ -43,9 +49,12 @@ class CorpusRetriever(BaseRetriever):
     topic: str | None = None
 
     def _get_relevant_documents(self, query: str, *,
-                                run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        hits = self.searcher.search(query, top_k=self.top_k, mode=self.mode, topic=self.topic,
-                                    screening_top_k=max(self.screening_top_k, self.top_k))
+                                run_manager: CallbackManagerForRetrieverRun,
+                                k: int | None = None, top_k: int | None = None
+                                ) -> list[Document]:
+        wanted = k if k is not None else top_k if top_k is not None else self.top_k
+        hits = self.searcher.search(query, top_k=wanted, mode=self.mode, topic=self.topic,
+                                    screening_top_k=max(self.screening_top_k, wanted))
         documents = []
         for hit in hits:
             fields = hit.to_dict()
@@ -53,6 +62,14 @@ class CorpusRetriever(BaseRetriever):
             documents.append(Document(page_content=text, id=fields["passage_id"],
                                       metadata=fields))
         return documents
+
+    async def _aget_relevant_documents(self, query: str, *,
+                                       run_manager: AsyncCallbackManagerForRetrieverRun,
+                                       k: int | None = None, top_k: int | None = None
+                                       ) -> list[Document]:
+        """The same in a thread (LangChain's default passes no `k` on)."""
+        return await run_in_executor(None, self._get_relevant_documents, query,
+                                     run_manager=run_manager.get_sync(), k=k, top_k=top_k)
 
 
 class LangChainLLM:

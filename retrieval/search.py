@@ -22,6 +22,7 @@ BM25 order of the candidates (and in `rrf`, BM25's passages before those only de
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import Counter, defaultdict
@@ -100,10 +101,10 @@ class Hit:
 
 
 class Searcher:
-    """Answers queries over one workdir's index (by default the backend its config names),
-    embedding queries with the model the index was built with (not the one the workdir's
-    config names now: that may have changed since); a WorkdirError when that model cannot
-    be had.
+    """Answers queries over one workdir's index (by default the backend its config names;
+    `workdir`: a `Workdir` or its path), embedding queries with the model the index was built
+    with (not the one the workdir's config names now: that may have changed since); a
+    WorkdirError when that model cannot be had.
 
     `low_latency`: for servers and other long-lived searchers; on a CPU, queries are embedded
     through an ONNX Runtime export of the model, which takes about 2 s on the first query and
@@ -111,8 +112,10 @@ class Searcher:
     once.
     """
 
-    def __init__(self, workdir: Workdir, device: str = "cpu",
+    def __init__(self, workdir: Workdir | str | os.PathLike[str], device: str = "cpu",
                  index: PassageIndex | None = None, low_latency: bool = False) -> None:
+        if not isinstance(workdir, Workdir):
+            workdir = Workdir(workdir)
         self.index = index or open_index(workdir)  # default: the backend the workdir names
         self.recorded = self.index.model_record()
         self.model = recorded_model(self.recorded, f"the index of {workdir.root}")

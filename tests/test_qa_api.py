@@ -5,12 +5,15 @@ web form in headless Chromium at a desktop's and a phone's width."""
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +33,7 @@ REPLAY_KEY = "sk-replay-secret"
 QUESTION = "How do tree rings record past climate?"
 CHROMIUM = Path("/usr/bin/chromium")
 READ_TIMEOUT = 2.0
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def free_port() -> int:
@@ -828,3 +832,31 @@ def test_a_repeated_key_in_a_request_is_refused_by_name(api: httpx.Client, raw: 
         assert response.json()["detail"] == f"body: duplicate key '{key}'"
         assert response.json()["errors"] == [{"field": "body",
                                               "message": f"duplicate key '{key}'"}]
+
+
+def test_the_langchain_retriever_takes_k_per_call(searcher) -> None:
+    """LangChain's retrievers take the number of documents per call (`k`, as its standard
+    retriever tests ask); the constructor's `top_k` stays the default."""
+    from qa_api.langchain_interop import CorpusRetriever
+
+    retriever = CorpusRetriever(searcher=searcher, top_k=4, mode="bm25")
+    assert len(retriever.invoke("ice cores")) == 4
+    assert len(retriever.invoke("ice cores", k=1)) == 1
+    assert len(retriever.invoke("ice cores", top_k=2)) == 2
+    assert len(asyncio.run(retriever.ainvoke("ice cores", k=3))) == 3
+    assert len(retriever.invoke("ice cores")) == 4
+
+
+def test_the_readmes_langchain_chain_runs_on_a_workdir(demo_run, tmp_path) -> None:
+    """The README's LangChain example, run as written, in a folder where `demo-run` is a
+    workdir (a Searcher takes a path as well as a Workdir)."""
+    block = README.read_text().split("A chain over the demo's", 1)[1]
+    code = textwrap.dedent(block.split("```python\n", 1)[1].split("```", 1)[0])
+    (tmp_path / "demo-run").symlink_to(demo_run[0])
+    (tmp_path / "example.py").write_text(code)
+    proc = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cited = ast.literal_eval(proc.stdout.strip())
+    assert len(cited) == 3 and all(re.fullmatch(r".+ \(\d{4}\), https?://\S+", line)
+                                   for line in cited), cited
