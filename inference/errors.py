@@ -3,20 +3,25 @@
 ```
 CorpusError                 a problem a command reports in one line, never a traceback
 ├── UsageError   (exit 2)   bad usage, config, input, workdir or model: retrying cannot help
-│   ├── ConfigError         inference.config      a config file or override off the schema
-│   ├── InputError          inference.readers     unreadable or unusable input paths
-│   ├── WorkdirError        inference.workdir     a missing, damaged or foreign workdir
-│   ├── ModelError          inference.models      a model that cannot be found or loaded
-│   ├── QueryError          retrieval.search      a search request that cannot be run
+│   ├── WorkdirError          inference.errors         a missing, damaged or foreign workdir
+│   ├── ConfigError           inference.config_loader  a config file or override off the schema
+│   ├── InputError            inference.readers        unreadable or unusable input paths
+│   ├── ModelError            inference.models         a model that cannot be found or loaded
+│   ├── PartitionError        inference.partition      a part's map output missing, damaged or stale
+│   ├── PartChanged           inference.partition_map  a part's input changed since it was planned
+│   ├── QueryError            retrieval.search         a search request that cannot be run
 │   ├── ElasticsearchRefused  retrieval.elasticsearch  the cluster refused (auth, mapping)
-│   ├── ResultError         submit.validate       a shard job's result that fails its checks
-│   └── TrainError          submit.train          a bad sweep or multinode spec, or its data
+│   ├── ResultError           submit.validate          a shard job's result that fails its checks
+│   ├── StepError             submit.steps             a pool step's output that fails its checks
+│   ├── BadInput              submit.job               a job's shard, manifest or model is unusable
+│   └── TrainError            submit.train             a bad sweep or multinode spec, or its data
 └── Failure      (exit 1)   the work failed: a worker, a cluster, a scheduler; a retry may help
-    ├── DiskFullError       inference.errors      no space left (or quota) to write a file
-    ├── RunError            inference.executor    a worker process failed
+    ├── DiskFullError             inference.errors         no space left (or quota) to write a file
+    ├── RunError                  inference.executor       a worker process failed
+    ├── EndpointError             inference.llm_backends   a generation endpoint kept failing
     ├── ElasticsearchUnavailable  retrieval.elasticsearch  the cluster cannot be reached
-    ├── CondorError         submit.htcondor       no schedd, or HTCondor refused the work
-    └── LLMError            qa_api.llms           an answer model or endpoint failed
+    ├── CondorError               submit.htcondor          no schedd, or HTCondor refused the work
+    └── LLMError                  qa_api.llms              an answer model or endpoint failed
 ```
 
 Each command's `main` runs through `run_command`, so all of them (`infer-corpus`, `qa-api`,

@@ -38,14 +38,9 @@ def _head_digest(config: InferenceConfig) -> str:
         return "missing"  # the worker reports the missing file when it loads the head
 
 
-def stored_result_key(path: Path) -> str | None:
-    """The key a result file was written with (None: missing or unreadable)."""
-    try:
-        meta = pq.read_metadata(path)
-    except (OSError, pa.ArrowException):
-        return None
-    tags = meta.schema.to_arrow_schema().metadata or {}
-    key = tags.get(b"result_key")
+def stored_key(schema: pa.Schema) -> str | None:
+    """The result key a result file's schema was written with (None: it records none)."""
+    key = (schema.metadata or {}).get(b"result_key")
     return key.decode() if key is not None else None
 
 
@@ -58,5 +53,4 @@ def result_is_current(path: Path, rows: int, key: str) -> bool:
         meta = pq.read_metadata(path)
     except (OSError, pa.ArrowException):
         return False
-    tags = meta.schema.to_arrow_schema().metadata or {}
-    return tags.get(b"result_key") == key.encode() and meta.num_rows == rows
+    return stored_key(meta.schema.to_arrow_schema()) == key and meta.num_rows == rows

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from inference.errors import UsageError, run_command
+from inference.results import stored_key
 from inference.schema import check_schema_version
 from inference.workdir import Workdir
 
@@ -49,8 +50,7 @@ def check_result(workdir: Workdir, shard: int) -> int:
         check_schema_version(schema, "result", path.name)
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise ResultError(f"unreadable result: {exc}") from None
-    expected = manifest.result_key()
-    found = (schema.metadata or {}).get(b"result_key", b"").decode()
+    expected, found = manifest.result_key(), stored_key(schema)
     if found != expected:
         raise ResultError(f"result key {found or '(none)'} does not match this run's {expected}"
                           " (made with other model or prediction settings)")

@@ -70,3 +70,55 @@ def test_cycle_finder_finds_a_cycle():
     graph.add_import(importer="a.y", imported="a.x")
     graph.add_import(importer="a.y", imported="a.z")
     assert _cycles(graph) == [["a.x", "a.y"]]
+
+
+def test_light_modules_load_no_heavy_packages():
+    """`inference.errors` and `inference.config_loader` are imported by every command and by
+    the pool's step scripts before any work starts: they must not pull in pyarrow, torch or
+    tokenizers (the package's `__init__` imports none of its modules)."""
+    heavy = ("pyarrow", "torch", "tokenizers", "transformers")
+    probe = ("import sys, inference.errors, inference.config_loader; "
+             f"print([m for m in sys.modules if m.split('.')[0] in {heavy!r}])")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True)
+    assert proc.stdout.strip() == "[]"
+    # and the probe does see a heavy package when one is loaded
+    proc = subprocess.run([sys.executable, "-c", probe.replace("import sys,",
+                                                               "import sys, pyarrow,")],
+                          capture_output=True, text=True, check=True)
+    assert "pyarrow" in proc.stdout
+
+
+def test_the_error_tree_in_errors_py_is_the_real_one():
+    """`inference.errors`' docstring draws every CorpusError subclass under its parent, with
+    the module that defines it: a new error class goes into the drawing."""
+    import importlib
+    import re
+
+    from inference import errors
+
+    for package in PACKAGES:
+        for module in grimp.build_graph(package).modules:
+            # not the optional extra, nor a `python -m` entry point (it runs on import)
+            if module != "qa_api.langchain_interop" and not module.endswith("__main__"):
+                importlib.import_module(module)
+
+    def subclasses(parent: type) -> set[tuple[str, str, str]]:
+        found = set()
+        for child in parent.__subclasses__():
+            if child.__module__.split(".")[0] in PACKAGES:
+                module = child.__module__.removesuffix(".__init__")
+                found |= {(child.__name__, parent.__name__, module)} | subclasses(child)
+        return found
+
+    drawn, parents = set(), {}
+    tree = errors.__doc__.split("```")[1]
+    for line in tree.strip().splitlines()[1:]:
+        depth = len(re.match(r"[│├└─ ]*", line).group()) // 4
+        name, rest = line.lstrip("│├└─ ").split(maxsplit=1)
+        parents[depth] = name
+        if depth > 1:  # the leaves name their module; UsageError and Failure live in errors
+            drawn.add((name, parents[depth - 1], rest.split()[0]))
+        else:
+            drawn.add((name, "CorpusError", "inference.errors"))
+    assert drawn == subclasses(errors.CorpusError)

@@ -50,10 +50,6 @@ class MultinodeSpec:
     condor: CondorSettings = field(default_factory=CondorSettings)
 
     @property
-    def min_nodes(self) -> int:
-        return int(self.nodes.split(":")[0])
-
-    @property
     def max_nodes(self) -> int:
         return int(self.nodes.split(":")[-1])
 
