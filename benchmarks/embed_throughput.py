@@ -92,7 +92,8 @@ def main() -> None:
 
     if args.device == "cuda" and args.gpu_memory_gb:
         total_bytes = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_memory_gb * 2**30 / total_bytes))
+        torch.cuda.set_per_process_memory_fraction(
+            min(1.0, args.gpu_memory_gb * 2**30 / total_bytes))
     config = load_config(None, [f"model.device={args.device}", "predictions.kind=zero-shot",
                                 *args.overrides])
     tokenized_config = load_config(None, [f"model.device={args.device}",

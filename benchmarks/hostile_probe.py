@@ -311,7 +311,8 @@ BAD_CONFIGS: list[bytes] = [
     b"index:\n  url: ftp://x\n", b"condor:\n  resources:\n    request_memory: lots\n",
     b"condor:\n  container_image: a.sif\n  venv_tarball: b.tgz\n", b"qa:\n  max_steps: 0\n",
     b"qa:\n  models:\n    x:\n      kind: magic\n", b"fields:\n  id: {a: b}\n",
-    b"\t\tmodel: x\n", b"model:\n  - a\n b: 2\n", b"&a [*a]\n", b"model: !!python/object:os.system {}\n",
+    b"\t\tmodel: x\n", b"model:\n  - a\n b: 2\n", b"&a [*a]\n",
+    b"model: !!python/object:os.system {}\n",
     # a billion laughs: nine levels of ten aliases each, a few hundred bytes
     b"a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
         b"a%d: &a%d [" % (i, i) + b", ".join([b"*a%d" % (i - 1)] * 10) + b"]\n"
@@ -469,7 +470,8 @@ def bad_requests() -> list[tuple[str, str, bytes, dict]]:
               b"t" * 100_000 + b'"}', b'{"question": "ok", "model": "../../etc/passwd"}',
               b'{"question": "ok", "verbose": "yes"}', b'{"question": "ok", "extra": 1}',
               b"[" * 10_000 + b"]" * 10_000, big, b'{"question": "<script>alert(1)</script>"}',
-              b'{"query": "ok", "mode": "' + b"m" * 50_000 + b'"}', b'{"query": "ok", "top_k": 1e9}',
+              b'{"query": "ok", "mode": "' + b"m" * 50_000 + b'"}',
+              b'{"query": "ok", "top_k": 1e9}',
               b'{"question": "ok", "screening_top_k": "100"}', b'{"question": "\\ud800"}']
     requests = []
     for path in ("/react", "/search", "/react/stream"):

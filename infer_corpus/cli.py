@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from inference import __version__
+from inference.config import MAX_WORKERS
 from inference.demo import demo_corpus_path
 from inference.devices import usable_cpus
-from inference.config import MAX_WORKERS
 from inference.errors import UsageError, run_command
 from inference.readers import InputError
 from inference.workdir import Workdir

@@ -81,11 +81,16 @@ class PredictionsConfig:
     model: str | None = None
     topics: dict[str, str] = field(
         default_factory=lambda: {
-            "covid-19": "COVID-19, SARS-CoV-2, coronavirus infection, vaccines, epidemiology and public health",
-            "dolomites-geology": "Dolomites geology, Triassic carbonate platforms, dolomite rock, Alpine stratigraphy and tectonics",
-            "climate-change": "climate change, global warming, greenhouse gas emissions, sea-level rise, extreme weather",
-            "critical-minerals": "critical minerals, lithium, cobalt, rare earth elements, mining, supply chains and recycling",
-            "geoarchives": "geoarchives, paleoclimate records from ice cores, lake sediments, speleothems, tree rings and peat",
+            "covid-19": "COVID-19, SARS-CoV-2, coronavirus infection, vaccines, epidemiology "
+                        "and public health",
+            "dolomites-geology": "Dolomites geology, Triassic carbonate platforms, dolomite rock, "
+                                 "Alpine stratigraphy and tectonics",
+            "climate-change": "climate change, global warming, greenhouse gas emissions, "
+                              "sea-level rise, extreme weather",
+            "critical-minerals": "critical minerals, lithium, cobalt, rare earth elements, mining, "
+                                 "supply chains and recycling",
+            "geoarchives": "geoarchives, paleoclimate records from ice cores, lake sediments, "
+                           "speleothems, tree rings and peat",
         }
     )
 

@@ -172,7 +172,7 @@ def load_yaml(text: str, source: str) -> Any:
     MAX_DEPTH, or aliases expanding to over MAX_VALUES values. Config files and `--set`
     values both come through here."""
     try:
-        loaded = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+        loaded = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -31,8 +31,6 @@ from .processes import die_with_parent
 from .workdir import Workdir
 
 
-
-
 class RunError(Failure):
     """A worker process failed; the message names its shards and its log."""
 

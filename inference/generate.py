@@ -42,8 +42,13 @@ from .errors import UsageError, WorkdirError
 from .generation_config import GenerationConfig, GenerationModelConfig
 from .llm_backends import Backend, Generation, make_backend, messages
 from .parts import fingerprint_inputs
-from .prompts import partition_prompts, passage_prompts, prompt_shard_path, prompts_entry, \
-    read_prompt_shard
+from .prompts import (
+    partition_prompts,
+    passage_prompts,
+    prompt_shard_path,
+    prompts_entry,
+    read_prompt_shard,
+)
 from .schema import SCHEMA_VERSION, check_schema_version
 from .version import __version__
 from .workdir import Workdir, atomic_path, write_json_atomic
@@ -512,7 +517,7 @@ def run_study(workdir: Workdir, config: Any, patterns: list[str] | None = None, 
                     continue
                 seen: dict[int, int] = {}
 
-                def event(e: dict[str, Any]) -> None:
+                def event(e: dict[str, Any], seen: dict[int, int] = seen) -> None:
                     if e["event"] == "checkpoint":
                         bar.update(e["rows"] - seen.get(e["shard"], 0))
                         seen[e["shard"]] = e["rows"]

@@ -168,7 +168,7 @@ class TransformersBackend:
             return results  # type: ignore[return-value]
         try:
             done = self._run([rows[i] for i in todo], position)
-        except Exception as exc:  # noqa: BLE001 - e.g. out of memory, an index past the context
+        except Exception as exc:
             self._recover()
             if len(todo) == 1:
                 done = [Generation.failed(f"{type(exc).__name__}: {exc}", rows[todo[0]].length)]
@@ -389,7 +389,7 @@ class VLLMBackend:
         prompts = [{"prompt_token_ids": batch[i].payload} for i in todo]
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        except Exception as exc:  # noqa: BLE001 - one bad row (e.g. over the context)
+        except Exception as exc:
             if len(todo) == 1:
                 results[todo[0]] = Generation.failed(f"{type(exc).__name__}: {exc}")
                 return results  # type: ignore[return-value]

@@ -82,7 +82,7 @@ def check_model(name: str) -> dict[str, Any]:
         model_info(location, timeout=20)
     except RepositoryNotFoundError:
         raise ModelError(f"{where}, nor on the Hugging Face hub") from None
-    except Exception as exc:  # noqa: BLE001 - any network failure: the load would fail too
+    except Exception as exc:
         raise ModelError(f"{where}, and the hub cannot be reached "
                          f"({type(exc).__name__})") from None
     return {}

@@ -23,9 +23,9 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -39,9 +39,9 @@ from .config import InferenceConfig
 from .dedup import PartKeys, decide
 from .devices import usable_cpus
 from .errors import Failure, UsageError
-from .processes import die_with_parent
 from .partition_map import DONE, map_part, part_name, write_part
 from .parts import Part, fingerprint_inputs, plan, plan_record
+from .processes import die_with_parent
 from .readers import expand_inputs
 from .schema import SCHEMA_VERSION
 from .tokenize import ShardTokenizer

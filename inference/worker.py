@@ -20,11 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .version import __version__
 from .config import InferenceConfig
 from .schema import check_schema_version, result_schema
 from .text import embedding_text
 from .tokenize import ShardTokenizer, TokenIds
+from .version import __version__
 from .workdir import ShardEntry, Workdir, WorkdirError, atomic_path
 
 Event = Callable[[dict[str, Any]], None]

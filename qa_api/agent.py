@@ -19,8 +19,9 @@ citations) is not accepted. An answer is held to the passages: a sentence citing
 that does not say it (fewer than SUPPORTED_SHARE of its content words there) gets the answer
 refused; an uncited sentence cites the article that says it, or is dropped. Article text never
 cites: the model is shown passages without their own markers and ReAct labels, and markers an
-answer copies from a passage are dropped (`citations`). A reply that is not accepted is in the trace with the reason; a model that
-fails gets an extractive answer instead, with the reason in `fallback`. When the retrieved
+answer copies from a passage are dropped (`citations`). A reply that is not accepted is in the
+trace with the reason; a model that fails gets an extractive answer instead, with the reason in
+`fallback`. When the retrieved
 passages do not answer the question (`extractive.select` finds no relevant sentence), the
 answer says so plainly and cites nothing; in grounded mode the model is then not asked.
 """

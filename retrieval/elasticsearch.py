@@ -106,7 +106,8 @@ def _answers(url: str, doing: str, api_key_env: str | None = None) -> Iterator[N
         yield
     except (TransportConnectionError, ConnectionTimeout) as exc:
         if isinstance(exc, TlsError):
-            raise ElasticsearchRefused(f"{where}: TLS failed while {doing}: {exc.message}") from None
+            raise ElasticsearchRefused(
+                f"{where}: TLS failed while {doing}: {exc.message}") from None
         found = _ERRNO.search(str(exc))
         detail = found.group(0).strip() if found else type(exc).__name__
         raise ElasticsearchUnavailable(f"cannot reach {where} while {doing} ({detail})") from None
@@ -255,7 +256,7 @@ def _load(workdir: Workdir, client: Elasticsearch, name: str, *, url: str,
     call(f"moving alias {name}", lambda: client.indices.update_aliases(actions=actions))
     for old in holders:
         if old != concrete:
-            call(f"deleting the replaced index {old}", lambda: client.indices.delete(
+            call(f"deleting the replaced index {old}", lambda old=old: client.indices.delete(
                 index=old, ignore_unavailable=True))
     return IndexSummary(total, True, where, time.perf_counter() - started)
 

@@ -41,7 +41,6 @@ from .index import Candidates, PassageIndex
 from .index_model import recorded_model
 from .text import STOPWORDS
 
-
 MODES = ("feedback", "hybrid", "rerank", "rrf", "bm25", "dense")
 DEFAULT_MODE = "feedback"
 MAX_QUERY_CHARS = 2000

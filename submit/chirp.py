@@ -35,7 +35,7 @@ class JobAd:
             with self.chirp:
                 for name, value in values.items():
                     self.chirp.set_job_attr_delayed(name, value)
-        except Exception as exc:  # noqa: BLE001 - progress is best effort: never fail the job
+        except Exception as exc:
             print(f"{self.label}: chirp failed ({exc}); progress stays out of the job ad",
                   file=sys.stderr)
             self.chirp = None
@@ -50,6 +50,6 @@ def _chirp_client(label: str) -> Any:
         from htcondor2.htchirp import HTChirp
 
         return HTChirp()
-    except Exception as exc:  # noqa: BLE001 - a missing or broken chirp must not stop the job
+    except Exception as exc:
         print(f"{label}: no chirp ({exc}); progress stays out of the job ad", file=sys.stderr)
         return None

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from inference.config_loader import ConfigError
 
-
 QUANTITY = re.compile(r"^\d+(\.\d+)?\s*([KMGT]B?)?$", re.IGNORECASE)
 VERSION = re.compile(r"^\d+(\.\d+)?$")
 

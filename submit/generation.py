@@ -43,20 +43,48 @@ import pyarrow.parquet as pq
 
 from inference.config_loader import ConfigError
 from inference.errors import UsageError, WorkdirError, run_command
-from inference.generate import (FINISH_REASONS, GenerationWorker, ModelRun, checkpoint_path,
-                                manifest_path, output_keys, output_path, pending, prepare,
-                                require_manifest, shard_rows)
+from inference.generate import (
+    FINISH_REASONS,
+    GenerationWorker,
+    ModelRun,
+    checkpoint_path,
+    manifest_path,
+    output_keys,
+    output_path,
+    pending,
+    prepare,
+    require_manifest,
+    shard_rows,
+)
 from inference.prompts import prompt_shard_path
 from inference.schema import check_schema_version
 from inference.workdir import Workdir
 
-from .config import CondorConfig
 from .chirp import JobAd
-from .htcondor import (CondorError, Dag, Node, Script, access_point_commands,
-                       checkpoint_commands, classad_literal, dag_report, gpu_commands,
-                       job_commands, lint_dag, quantity, record_submission,
-                       require_not_running, resource_commands, site_attribute_commands,
-                       submit_dag, transfer_source, write_dag, write_job_script, write_submit)
+from .config import CondorConfig
+from .htcondor import (
+    CondorError,
+    Dag,
+    Node,
+    Script,
+    access_point_commands,
+    checkpoint_commands,
+    classad_literal,
+    dag_report,
+    gpu_commands,
+    job_commands,
+    lint_dag,
+    quantity,
+    record_submission,
+    require_not_running,
+    resource_commands,
+    site_attribute_commands,
+    submit_dag,
+    transfer_source,
+    write_dag,
+    write_job_script,
+    write_submit,
+)
 from .job import BadInput
 from .pipeline import EXIT_BAD_INPUT, GPU_CATEGORY
 from .validate import ResultError, accept_file

@@ -166,7 +166,8 @@ def run_job(shard: int, shard_file: Path, result_file: Path, *, manifest_file: P
         remaining = count - part - 1
         if (checkpoint_after and remaining and not outcome.skipped
                 and time.monotonic() - started >= checkpoint_after):
-            shutil.rmtree(parts.shards_dir)  # re-made from the shard file; keep the checkpoint small
+            # re-made from the shard file; keep the checkpoint small
+            shutil.rmtree(parts.shards_dir)
             print(f"shard {shard}: checkpoint after part {part + 1} of {count}", file=sys.stderr)
             return checkpoint_exit_code
     rows = _join_parts(parts, count, result_file)

@@ -43,19 +43,45 @@ from inference.config import InferenceConfig
 from inference.config_loader import ConfigError
 from inference.errors import EXIT_USAGE, UsageError
 from inference.manifest import Manifest
-from inference.partition import (KEYS, MERGE, PLAN, STAGE, finish_pending, part_mapped,
-                                 partition_key, prepare)
+from inference.partition import (
+    KEYS,
+    MERGE,
+    PLAN,
+    STAGE,
+    finish_pending,
+    part_mapped,
+    partition_key,
+    prepare,
+)
 from inference.partition_map import part_name
 from inference.readers import expand_inputs
 from inference.workdir import Workdir
 
 from .config import CondorConfig, StepResourcesConfig
-from .htcondor import (CondorError, Dag, Node, Script, access_point_commands,
-                       checkpoint_commands, classad_literal, condor_arguments, dag_report,
-                       gpu_commands, job_commands, lint_dag, record_submission,
-                       quantity, require_not_running, resource_commands,
-                       site_attribute_commands, submit_dag, transfer_source, write_dag,
-                       write_job_script, write_submit)
+from .htcondor import (
+    CondorError,
+    Dag,
+    Node,
+    Script,
+    access_point_commands,
+    checkpoint_commands,
+    classad_literal,
+    condor_arguments,
+    dag_report,
+    gpu_commands,
+    job_commands,
+    lint_dag,
+    quantity,
+    record_submission,
+    require_not_running,
+    resource_commands,
+    site_attribute_commands,
+    submit_dag,
+    transfer_source,
+    write_dag,
+    write_job_script,
+    write_submit,
+)
 
 CONDOR_DIR = "condor"
 DAG_FILE = "pipeline.dag"
@@ -180,7 +206,8 @@ def _shard_submit(workdir: Workdir, c: CondorConfig) -> dict[str, str]:
     }
     if c.want_io_proxy:
         commands["want_io_proxy"] = "true"  # chirp: the job publishes its progress in its ad
-    return {**commands, **site_attribute_commands(c.site_attributes), **run_attribute_commands(root)}
+    return {**commands, **site_attribute_commands(c.site_attributes),
+            **run_attribute_commands(root)}
 
 
 def _local_submit(args: list[str], name: str, root: Path,

@@ -46,8 +46,7 @@ import pyarrow.parquet as pq
 
 from inference.dedup import PartKeys
 from inference.errors import UsageError, run_command
-from inference.partition import (KEYS, LEDGER, MERGE, PLAN, STAGE, WRITTEN, load_plan,
-                                 publish_keys)
+from inference.partition import KEYS, LEDGER, MERGE, PLAN, STAGE, WRITTEN, load_plan, publish_keys
 from inference.partition_map import DONE, part_name
 from inference.parts import Part
 from inference.workdir import Workdir, atomic_path

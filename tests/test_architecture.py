@@ -122,3 +122,10 @@ def test_the_error_tree_in_errors_py_is_the_real_one():
         else:
             drawn.add((name, "CorpusError", "inference.errors"))
     assert drawn == subclasses(errors.CorpusError)
+
+
+def test_ruff_finds_nothing():
+    """The lint rules chosen in pyproject.toml ([tool.ruff.lint], with why) hold everywhere."""
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]

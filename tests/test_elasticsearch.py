@@ -24,20 +24,17 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from elastic_transport import ApiResponseMeta, BaseNode, HttpHeaders
-from elastic_transport._node import NodeApiResponse
+from conftest import run_cli, write_jsonl
+from elastic_transport import ApiResponseMeta, BaseNode, HttpHeaders, Urllib3HttpNode
 from elastic_transport import ConnectionError as TransportConnectionError
-from elastic_transport import Urllib3HttpNode
+from elastic_transport._node import NodeApiResponse
 from elasticsearch import Elasticsearch
 from elasticsearch import __versionstr__ as CLIENT_VERSION
 
-from conftest import run_cli, write_jsonl
 from infer_corpus.config import load_config
 from inference.config_loader import ConfigError
 from inference.workdir import Workdir
-from retrieval import MODES, EmbeddedIndex, Searcher
-from retrieval.search import query_words
-from retrieval import elasticsearch
+from retrieval import MODES, EmbeddedIndex, Searcher, elasticsearch
 from retrieval.elasticsearch import (
     ElasticsearchIndex,
     ElasticsearchRefused,
@@ -45,6 +42,7 @@ from retrieval.elasticsearch import (
     connect,
     load_elasticsearch,
 )
+from retrieval.search import query_words
 
 NAME = "passages"
 
@@ -586,7 +584,7 @@ def test_cli_errors_are_one_line(demo_run):
                                                "in $ES_API_KEY"),
                                 (not_elasticsearch, "is not an Elasticsearch server")):
             proc = run_cli("index", "--workdir", workdir, "--backend", "elasticsearch",
-                           "--es-url", "http://user:secret@127.0.0.1:%d" % server.server_port,
+                           "--es-url", f"http://user:secret@127.0.0.1:{server.server_port}",
                            check=False)
             assert proc.returncode == 2 and message in proc.stderr, proc.stderr
             assert proc.stderr.strip().count("\n") == 0 and "secret" not in proc.stderr

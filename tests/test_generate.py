@@ -27,9 +27,9 @@ import htcondor2
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from condor_replay import JobRun, Pool, checkpoint_at_once
 from conftest import ROOT, last_json, write_jsonl
+
 from infer_corpus.cli import main
 from inference.causal_lm import resolve_local_model
 from inference.generate import checkpoint_path, output_path
@@ -94,7 +94,8 @@ def study(tmp_path_factory) -> Path:
     """The prompt set run through the packaged SmolLM2 on the CPU."""
     root = tmp_path_factory.mktemp("study")
     inputs = prompt_set(root / "in")
-    _, out, err = cli("generate", "--threads", "1", "--workdir", str(root / "w"), "--prompts", *inputs, *SMOL,
+    _, out, err = cli("generate", "--threads", "1", "--workdir", str(root / "w"),
+                      "--prompts", *inputs, *SMOL,
                       "--json")
     (root / "summary.json").write_text(out.strip().splitlines()[-1])
     (root / "stderr.txt").write_text(err)
@@ -175,7 +176,8 @@ def test_sigkill_mid_shard_resumes_to_identical_greedy_outputs(tiny_model, tmp_p
         for i in range(96)])
     tiny = f"generation.models={{tiny: {{model: '{tiny_model}', batch_size: 4}}}}"
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    cli("generate", "--threads", "1", "--workdir", str(reference), "--prompts", str(tmp_path / "p.jsonl"),
+    cli("generate", "--threads", "1", "--workdir", str(reference),
+        "--prompts", str(tmp_path / "p.jsonl"),
         "--set", tiny, "--set", "generation.max_new_tokens=8",
         "--set", "generation.checkpoint_rows=8")
     for part in ("prompts", "generations/manifest.json"):
@@ -218,7 +220,7 @@ class Endpoint(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet
         pass
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server name
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         cls = type(self)
         with cls.lock:
@@ -490,7 +492,8 @@ def test_bad_generation_settings_are_one_line_errors(tmp_path):
         (["--set", "generation.models={v: {backend: vllm}}"], "needs the vllm package"),
         (["--set", "generation.models={a: {backend: openai, model: m}}"], "base_url"),
     ]:
-        code, _, err = cli("generate", "--threads", "1", "--workdir", str(tmp_path / "w"), "--prompts",
+        code, _, err = cli("generate", "--threads", "1", "--workdir", str(tmp_path / "w"),
+                           "--prompts",
                            str(tmp_path / "p.jsonl"), *args, check=False)
         assert code == 2 and message in err, err
         assert "Traceback" not in err and err.strip().count("\n") == 0

@@ -33,7 +33,8 @@ def test_encoder_matches_sentence_transformers(encoder):
     reference = SentenceTransformer(resolve_model("all-MiniLM-L6-v2"), device="cpu")
     expected = reference.encode(texts, convert_to_numpy=True)
     got = encoder.encode_texts(texts)
-    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    cosine = ((got * expected).sum(1) / np.linalg.norm(got, axis=1)
+              / np.linalg.norm(expected, axis=1))
     assert cosine.min() > 0.9999
 
 

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import last_json, run_cli
+
 from inference.errors import WorkdirError
 from inference.workdir import Workdir
 

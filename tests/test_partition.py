@@ -7,8 +7,8 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import write_jsonl
+
 from inference.config import load_config
 from inference.partition import partition
 from inference.schema import SHARD_SCHEMA

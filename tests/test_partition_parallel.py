@@ -4,21 +4,21 @@ order, for any part size and number of workers: passages, ids, rejects ledger an
 from __future__ import annotations
 
 import gzip
-import os
 import json
+import os
 import random
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from partition_reference import ledger, reference_partition
 
 from inference.config import load_config
-from inference.parts import plan
 from inference.partition import partition
+from inference.parts import plan
 from inference.readers import Span, read_rows
 from inference.workdir import Workdir
-from partition_reference import ledger, reference_partition
 
 SHARD_FIELDS = ["passage_id", "article_id", "ordinal", "title", "text", "authors", "year", "url",
                 "topic", "source"]

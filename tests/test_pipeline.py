@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
-
 from conftest import last_json, run_cli
+
 from inference.schema import result_schema
 from inference.workdir import Workdir
 

@@ -18,7 +18,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from condor_replay import JobRun, Pool, checkpoint_at_once
 from conftest import CRANFIELD, ROOT
 

@@ -10,8 +10,8 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import write_jsonl
+
 from inference.config import FieldsConfig, load_config
 from inference.partition import partition
 from inference.records import Rejected, to_article

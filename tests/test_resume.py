@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
-
 from conftest import run_cli
+
 from inference.workdir import Workdir
 
 SETTINGS = ["--set", "model.batch_size=4", "--set", "model.max_seq_length=128",

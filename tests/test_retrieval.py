@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import last_json, run_cli
+
 from inference.workdir import Workdir
 from retrieval import MODES, QueryError, Searcher, build_index, embedded
 from retrieval.search import feedback_terms, query_words, regularise

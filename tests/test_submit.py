@@ -15,8 +15,8 @@ from pathlib import Path
 import classad2
 import htcondor2
 import pytest
-
 from conftest import ROOT, last_json, run_cli
+
 from infer_corpus.cli import main
 from inference.workdir import Workdir
 from submit.htcondor import job_match_ad, lint_dag

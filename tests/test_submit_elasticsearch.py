@@ -14,13 +14,13 @@ from pathlib import Path
 import htcondor2
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import run_cli
-from retrieval.elasticsearch import ElasticsearchIndex, connect, load_elasticsearch
+from test_elasticsearch import KNN_VECTOR, OsmemNode, osmem  # noqa: F401 - the fixture
+
 from inference.workdir import Workdir, WorkdirError
+from retrieval.elasticsearch import ElasticsearchIndex, connect, load_elasticsearch
 from submit.pipeline import load_groups
 from submit.steps import shard_range
-from test_elasticsearch import KNN_VECTOR, OsmemNode, osmem  # noqa: F401 - the fixture
 
 NAME = "passages"
 

@@ -10,9 +10,23 @@ import htcondor2
 import pytest
 
 from submit.config import CondorResourcesConfig
-from submit.htcondor import (CondorError, Dag, Node, Script, condor_arguments, dag_text,
-                             cuda_version_code, gpu_commands, job_match_ad, lint_dag, quantity,
-                             read_node_status, submit_dag, write_dag, write_submit)
+from submit.htcondor import (
+    CondorError,
+    Dag,
+    Node,
+    Script,
+    condor_arguments,
+    cuda_version_code,
+    dag_text,
+    gpu_commands,
+    job_match_ad,
+    lint_dag,
+    quantity,
+    read_node_status,
+    submit_dag,
+    write_dag,
+    write_submit,
+)
 
 # as condor_gpu_discovery advertises GPUs; MaxSupportedVersion: the CUDA version the driver
 # supports (major * 1000 + minor * 10): driver 580 supports 13.0, driver 550 12.4

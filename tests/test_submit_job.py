@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import run_cli
+
 from inference.schema import result_schema
 from inference.workdir import Workdir
 from submit.job import Progress, run_job

@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import last_json, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,11 +127,11 @@ def test_trial_killed_after_epoch_2_resumes_at_3_with_identical_weights(dataset,
                for x, y in zip(a, b, strict=True))
 
 
-def _fake_sweep(root: Path, finals: list[dict | None], **early_stop) -> "Sweep":  # noqa: F821
-    from submit.train.sweep import Sweep, SweepSpec, EarlyStop
+def _fake_sweep(root: Path, finals: list[dict | None], **early_stop) -> Sweep:  # noqa: F821
     from dataclasses import asdict
 
     from inference.workdir import write_json_atomic
+    from submit.train.sweep import EarlyStop, Sweep, SweepSpec
 
     spec = SweepSpec(name="fake", early_stop=EarlyStop(**early_stop))
     write_json_atomic(root / "spec.json", asdict(spec))
@@ -211,8 +210,13 @@ def test_shard_worker_predicts_with_a_trained_head(demo_run, dataset, tmp_path):
         load_config(overrides=["predictions.kind=head"])
     from submit.train.data import load_dataset
     from submit.train.heads import export_head
-    from submit.train.trial import check_params, epoch_generator, make_model, make_optimizer, \
-        train_epoch
+    from submit.train.trial import (
+        check_params,
+        epoch_generator,
+        make_model,
+        make_optimizer,
+        train_epoch,
+    )
 
     data = load_dataset(dataset)  # a head trained here, as a trial would train it
     params = check_params({"head": "mlp", "hidden": 16, "epochs": 10})

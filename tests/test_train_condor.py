@@ -15,7 +15,6 @@ from pathlib import Path
 import htcondor2
 import pytest
 import torch
-
 from conftest import last_json
 from test_train import ROOT, train_cli, write_spec
 

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="PNG path (default: the sweep's report.png)")
 
     p = sub.add_parser("multinode", help="train one head across several nodes with torchrun")
-    p.add_argument("spec", type=Path, help="multi-node spec (YAML), e.g. configs/multinode-demo.yaml")
+    p.add_argument("spec", type=Path,
+                   help="multi-node spec (YAML), e.g. configs/multinode-demo.yaml")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--nodes", help="node count N or MIN:MAX (default: the spec's)")
     mode = p.add_mutually_exclusive_group()

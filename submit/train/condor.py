@@ -29,15 +29,26 @@ from pathlib import Path
 from typing import Any
 
 from inference.workdir import atomic_path
-from submit.htcondor import Dag, Node, Script, access_point_commands, condor_arguments, \
-    dag_text, job_commands, lint_dag, require_not_running, resource_commands, submit_dag, \
-    write_job_script, write_submit
+from submit.htcondor import (
+    Dag,
+    Node,
+    Script,
+    access_point_commands,
+    condor_arguments,
+    dag_text,
+    job_commands,
+    lint_dag,
+    require_not_running,
+    resource_commands,
+    submit_dag,
+    write_job_script,
+    write_submit,
+)
 
 from . import TrainError
 from .multinode import DATASET, RUN_FILE, MultinodeSpec, read_run, torchrun_args
 from .spec import CondorSettings
-from .sweep import EVAL_TARGET_REACHED, Sweep, collect, evaluate, \
-    unfinished_trials
+from .sweep import EVAL_TARGET_REACHED, Sweep, collect, evaluate, unfinished_trials
 from .trial import CHECKPOINT, CHECKPOINT_EXIT_CODE, METRICS, PARAMS, read_metrics
 
 SWEEP_DAG = "sweep.dag"

@@ -32,8 +32,16 @@ from inference.workdir import Workdir, write_json_atomic
 from . import TrainError
 from .data import load_dataset, read_workdir, save_dataset
 from .spec import CondorSettings, build_spec, load_spec_file
-from .trial import METRICS, MODEL, PARAMS, check_params, epoch_generator, evaluate, \
-    make_model, make_optimizer
+from .trial import (
+    METRICS,
+    MODEL,
+    PARAMS,
+    check_params,
+    epoch_generator,
+    evaluate,
+    make_model,
+    make_optimizer,
+)
 
 RUN_FILE = "run.json"
 DATASET = "dataset.npz"

@@ -7,13 +7,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from inference.workdir import atomic_path  # noqa: E402
+from inference.workdir import atomic_path
 
-from . import TrainError  # noqa: E402
-from .sweep import Sweep  # noqa: E402
-from .trial import read_metrics  # noqa: E402
+from . import TrainError
+from .sweep import Sweep
+from .trial import read_metrics
 
 
 def draw_report(sweep: Sweep, out: Path) -> Path:

@@ -19,6 +19,7 @@ from submit.htcondor import transfer_source
 
 from . import TrainError
 
+
 @dataclass
 class CondorSettings(JobSoftware):
     """What training jobs run (see `JobSoftware`) and ask for."""
