@@ -9,10 +9,15 @@ each mode over all the queries in turn.
 
 Printed with their in-run baselines, per point:
   build     passages/s of `build_index` with each of --build-workers processes (the index
-            searched is the last one's); baseline: reading the same shard and result files
+            searched is the last one's), and the cores it kept busy (CPU seconds over wall
+            seconds: one worker already keeps more than one core busy, since pyarrow decodes
+            and tantivy writes segments in threads of their own); baseline: reading the same
+            shard and result files
   search    p50/p95 ms of `rerank` (BM25 top-100 screening + dense re-rank, query embedding
             included), `hybrid` (the same candidates, BM25 and cosine fused) and the default
-            `feedback` (two hybrid rounds); baseline: BM25 alone (query not embedded)
+            `feedback` (two hybrid rounds); baselines: BM25 alone (query not embedded), and
+            BM25 alone in one thread (an index in several pieces is searched in row spans,
+            a thread each)
   size      the index's bytes per passage, by what takes the room
   memory    anonymous resident memory (RssAnon) of a `qa-api` process serving the index over
             HTTP on 127.0.0.1, after 50 searches
@@ -47,6 +52,13 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     ms = np.array(samples) * 1000
     return {"p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p95_ms": round(float(np.percentile(ms, 95)), 1)}
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its finished children (the build's worker
+    processes): over a build's wall time, how many cores it kept busy."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def index_room(path: Path, passages: int) -> dict[str, float]:
@@ -92,23 +104,19 @@ def qa_api_memory(workdir: Path, queries: list[str]) -> int:
         server.wait(timeout=30)
 
 
-def point(articles: int, args: argparse.Namespace) -> dict:
-    """Build and search one corpus size; prints the figures as they come."""
+def prepare(workdir, articles: int, args: argparse.Namespace) -> tuple[int, float]:
+    """Partition the synthetic corpus into the workdir and give every passage a random unit
+    vector; (passages, seconds to read the shard and result files)."""
     from partition_throughput import ensure_corpus
 
     from inference.config import load_config
     from inference.partition import partition
-    from inference.workdir import Workdir
     from inference.worker import ShardWorker
-    from retrieval import Searcher, build_index
 
-    corpus_dir = ROOT / "bench-work" / "partition"
-    corpus_path, _, _ = ensure_corpus(corpus_dir, articles, 0, args.vocab_size, False, 2)
-    suffix = "" if args.vocab_size == 4000 else f"-vocab{args.vocab_size}"
-    workdir = Workdir(Path(args.workdir) / f"work-{articles}{suffix}")
+    corpus_path, _, _ = ensure_corpus(ROOT / "bench-work" / "partition", articles, 0,
+                                      args.vocab_size, False, 2)
     config = load_config(None, ["predictions.kind=none"])
     summary = partition([str(corpus_path)], workdir, config, force=True, progress=False)
-
     rng = np.random.default_rng(0)
     worker = ShardWorker(workdir, config=config)
     for entry in worker.manifest.shards:
@@ -119,28 +127,50 @@ def point(articles: int, args: argparse.Namespace) -> dict:
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         worker._write(entry.shard, ids.column(0), vectors, [None] * entry.rows,
                       np.full(entry.rows, np.nan, dtype=np.float32))
-
     started = time.perf_counter()
     for entry in worker.manifest.shards:
         pq.read_table(workdir.shard_path(entry.shard))
         pq.read_table(workdir.result_path(entry.shard))
-    read_seconds = time.perf_counter() - started
-    builds = {}
-    for workers in args.build_workers:
-        shutil.rmtree(workdir.root / "index", ignore_errors=True)
-        os.sync()
-        started = time.perf_counter()
-        built = build_index(workdir, workers=workers)
-        seconds = time.perf_counter() - started
-        builds[workers] = {"passages_per_s": round(built.passages / seconds, 1),
-                           "seconds": round(seconds, 1), "pieces": built.pieces_built}
-        print(f"{summary.passages:,} passages: built with {workers} worker(s) at "
-              f"{builds[workers]['passages_per_s']:,.0f} passages/s ({seconds:,.0f} s, "
-              f"{built.pieces_built} pieces; reading the files alone: "
-              f"{summary.passages / read_seconds:,.0f}/s)", file=sys.stderr, flush=True)
+    return summary.passages, time.perf_counter() - started
+
+
+def build(workdir, workers: int, passages: int, read_seconds: float) -> dict:
+    """Build the index afresh with `workers` processes; its figures, printed as they come."""
+    from retrieval import build_index
+
+    shutil.rmtree(workdir.root / "index", ignore_errors=True)
+    os.sync()
+    started, cpu_before = time.perf_counter(), cpu_seconds()
+    built = build_index(workdir, workers=workers)
+    seconds = time.perf_counter() - started
+    cores = (cpu_seconds() - cpu_before) / seconds
+    print(f"{passages:,} passages: built with {workers} worker(s) at "
+          f"{built.passages / seconds:,.0f} passages/s ({seconds:,.0f} s, "
+          f"{built.pieces_built} pieces, {cores:.2f} cores busy; reading the files alone: "
+          f"{passages / read_seconds:,.0f}/s)", file=sys.stderr, flush=True)
+    return {"passages_per_s": round(built.passages / seconds, 1), "seconds": round(seconds, 1),
+            "pieces": built.pieces_built, "cores_busy": round(cores, 2)}
+
+
+def point(articles: int, args: argparse.Namespace) -> dict:
+    """Build and search one corpus size; prints the figures as they come."""
+    from inference.workdir import Workdir
+    from retrieval import Searcher
+
+    suffix = "" if args.vocab_size == 4000 else f"-vocab{args.vocab_size}"
+    workdir = Workdir(Path(args.workdir) / f"work-{articles}{suffix}")
+    builds: dict[int, dict] = {}
+    read_seconds = None
+    if args.search_only:  # the index an earlier run of this benchmark built
+        passages = sum(entry.rows for entry in workdir.manifest().shards)
+    else:
+        passages, read_seconds = prepare(workdir, articles, args)
+        for workers in args.build_workers:
+            builds[workers] = build(workdir, workers, passages, read_seconds)
     os.sync()  # search the index as a server opening it later would: not under its own writeback
 
     searcher = Searcher(workdir, low_latency=True)  # as a server's
+    rng = np.random.default_rng(0)
     sample = pq.read_table(workdir.shard_path(0), columns=["text"]).column(0).to_pylist()
     queries = []
     sample = [text for text in sample if len(text.split()) >= 8]
@@ -151,24 +181,32 @@ def point(articles: int, args: argparse.Namespace) -> dict:
     searcher.search(queries[0], mode="rerank")  # load the model, warm the caches
     # each mode over all queries in turn, as a server that uses one mode sees them (running
     # the four modes on each query in turn evicts the model's weights from the CPU caches)
-    timings: dict[str, list[float]] = {"bm25": [], "rerank": [], "hybrid": [], "feedback": []}
+    timings: dict[str, list[float]] = {"bm25": [], "rerank": [], "hybrid": [], "feedback": [],
+                                       "bm25 in one thread": []}
+    spans = searcher.index.spans
     for mode, samples in timings.items():
+        if mode == "bm25 in one thread":  # the baseline of searching row spans in threads
+            searcher.index.spans = [(0, len(searcher.index))]
         for query in queries:
             started = time.perf_counter()
-            searcher.search(query, mode=mode, top_k=5, screening_top_k=100)
+            searcher.search(query, mode=mode.split()[0], top_k=5, screening_top_k=100)
             samples.append(time.perf_counter() - started)
+    searcher.index.spans = spans
     segments = searcher.index.searcher.num_segments
+    threads = len(spans)
     path = searcher.index.path
     del searcher
     result = {
-        "passages": summary.passages,
+        "passages": passages,
         "vocab_size": args.vocab_size,
         "build": builds,
-        "baseline_read_passages_per_s": round(summary.passages / read_seconds, 1),
+        "baseline_read_passages_per_s": (round(passages / read_seconds, 1) if read_seconds
+                                         else None),
         "search": {mode: percentiles(samples) for mode, samples in timings.items()},
         "queries": {mode: len(samples) for mode, samples in timings.items()},
         "segments": segments,
-        "bytes_per_passage": index_room(path, summary.passages),
+        "search_threads": threads,
+        "bytes_per_passage": index_room(path, passages),
     }
     if len(builds) > 1:
         first, last = builds[min(builds)], builds[max(builds)]
@@ -179,7 +217,8 @@ def point(articles: int, args: argparse.Namespace) -> dict:
     room = result["bytes_per_passage"]
     print(f"  index: {room['total']:,.0f} bytes per passage ("
           + ", ".join(f"{part} {size:,.0f}" for part, size in room.items() if part != "total")
-          + f"); {segments} segments", file=sys.stderr, flush=True)
+          + f"); {segments} segments, searched in {threads} thread(s)", file=sys.stderr,
+          flush=True)
     if args.memory:
         result["qa_api_rss_anon_bytes"] = qa_api_memory(workdir.root, queries)
         print(f"  qa-api anonymous resident memory: "
@@ -202,6 +241,9 @@ def main() -> None:
     parser.add_argument("--no-memory", dest="memory", action="store_false",
                         help="skip starting qa-api to measure its memory")
     parser.add_argument("--workdir", default=str(ROOT / "bench-work" / "index"))
+    parser.add_argument("--search-only", action="store_true",
+                        help="search the index an earlier run built for each point (no "
+                             "partition, vectors or build)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     args = parser.parse_args()
     points = [point(articles, args) for articles in args.articles]

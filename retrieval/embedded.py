@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import tantivy
 
+from inference.devices import usable_cpus
 from inference.errors import DiskFullError
 from inference.manifest import Manifest
 from inference.results import result_key
@@ -66,6 +67,10 @@ PIECE_PASSAGES = 1_000_000
 PIECE_MIN_PASSAGES = 100_000
 # Terms in more than this share of all passages are left out of BM25 queries (see bm25).
 COMMON_TERM_SHARE = 0.5
+# An index of at least this many passages in several pieces is searched in row spans of whole
+# pieces, one thread a span and a core (see _top); below it a thread's hand-off costs more
+# than half a search saves.
+SPLIT_SEARCH_PASSAGES = 500_000
 SHARD_COLUMNS = ["passage_id", "article_id", "title", "text", "authors", "year", "url", "topic"]
 # A reader retries this often when the build it found is replaced while it opens it.
 OPEN_ATTEMPTS = 5
@@ -470,6 +475,19 @@ def _open_tantivy(folder: Path) -> tuple[tantivy.Index, tempfile.TemporaryDirect
     return tantivy.Index.open(links.name), links
 
 
+def _spans(starts: np.ndarray, ways: int) -> list[tuple[int, int]]:
+    """Row spans [first, end) that cover every row, each of whole pieces (`starts`: where
+    each piece's rows start, then the row count), `ways` at most and of about equal size; one
+    span for an index under SPLIT_SEARCH_PASSAGES passages."""
+    total = int(starts[-1])
+    if ways < 2 or total < SPLIT_SEARCH_PASSAGES:
+        return [(0, total)]
+    cuts = {int(starts[np.argmin(np.abs(starts - total * share / ways))])
+            for share in range(1, ways)}
+    bounds = sorted(cuts | {0, total})
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 class EmbeddedIndex:
     """Read side: BM25 candidates from tantivy (one index over every piece's segments),
     embeddings from the pieces' memory-mapped matrices. Passages are keyed by their row: the
@@ -507,6 +525,9 @@ class EmbeddedIndex:
         self.passages = pa.concat_tables(tables) if tables else pa.table(
             {column: pa.array([], pa.string()) for column in SHARD_COLUMNS})
         self.model = done.get("model")
+        self.spans = _spans(self.starts, usable_cpus())
+        self._threads = ThreadPoolExecutor(len(self.spans) - 1, thread_name_prefix="bm25-span"
+                                           ) if len(self.spans) > 1 else None
 
     def model_record(self) -> dict[str, Any] | None:
         """The model that embedded the passages, as the build recorded it."""
@@ -560,7 +581,7 @@ class EmbeddedIndex:
                     [(tantivy.Occur.Must, query)]
                     + [(tantivy.Occur.Must, tantivy.Query.const_score_query(f, 0.0))
                        for f in filters])
-            return self._top(query, limit)
+            return self._top(query, limit, split=within is None)
 
         if limit < 1:
             return []
@@ -570,13 +591,37 @@ class EmbeddedIndex:
             hits = search(rare + common)
         return hits
 
-    def _top(self, query: tantivy.Query, limit: int) -> list[tuple[int, float]]:
+    def _top(self, query: tantivy.Query, limit: int, split: bool = True
+             ) -> list[tuple[int, float]]:
         """(row, score) of the query's best `limit` hits, ties to the lower row.
 
-        tantivy breaks ties by segment and document, and which passages an indexing thread
-        put in which segment, and the segments' order (by random ids), differ from build to
-        build. So when passages tie across the cut, the search is widened until it has all
-        of them, and rows decide."""
+        `split`: search the index's row spans (`spans`) at once, in threads. tantivy walks
+        an index's segments one after another in one thread, and scoring every posting of
+        the query's terms is what a search costs (tantivy's Python binding collects hits
+        through a multi-collector, which turns off tantivy's top-k pruning). Each thread
+        searches the whole index with a filter to its span, made of whole pieces: tantivy
+        drops the filter from a segment it matches entirely and skips a segment it matches
+        not at all, so each thread walks its own segments' postings only, with the BM25
+        statistics of the whole index; the spans' best hits, merged, are the index's."""
+        if not split or len(self.spans) == 1:
+            return self._top_of(query, limit)
+        schema = self.index.schema
+
+        def in_span(span: tuple[int, int]) -> list[tuple[int, float]]:
+            rows = tantivy.Query.range_query(schema, "row", tantivy.FieldType.Integer,
+                                             span[0], span[1] - 1)
+            return self._top_of(tantivy.Query.boolean_query(
+                [(tantivy.Occur.Must, query), (tantivy.Occur.Must, rows)]), limit)
+
+        others = [self._threads.submit(in_span, span) for span in self.spans[1:]]
+        hits = in_span(self.spans[0]) + [hit for other in others for hit in other.result()]
+        return sorted(hits, key=lambda hit: (-hit[1], hit[0]))[:limit]
+
+    def _top_of(self, query: tantivy.Query, limit: int) -> list[tuple[int, float]]:
+        """`_top` in one search. tantivy breaks ties by segment and document, and which
+        passages an indexing thread put in which segment, and the segments' order (by random
+        ids), differ from build to build. So when passages tie across the cut, the search is
+        widened until it has all of them, and rows decide."""
         wanted = limit + 1
         while True:
             hits = self.searcher.search(query, wanted, count=False).hits

@@ -11,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-
 from conftest import ROOT, last_json, run_cli, write_jsonl
+
 from inference.errors import WorkdirError
 from inference.workdir import Workdir
 from retrieval import MODES, EmbeddedIndex, Searcher, build, build_index, embedded
@@ -64,20 +65,28 @@ def test_rebuilds_from_the_same_results_rank_exactly_alike(demo_run, tmp_path, m
     BM25's statistics are the whole index's, not each piece's."""
     workdir = copy_results(demo_run[0], tmp_path / "w")
     monkeypatch.setattr(embedded, "PIECE_MIN_PASSAGES", 1)  # the demo's 3 shards, 3 pieces
-    vectors, rankings = None, []
-    for build in ("one", "one", "processes", "jobs", "processes"):
+    vectors, rankings, ties = None, [], []
+    for way in ("one", "one", "processes", "jobs", "processes", "spans"):
         shutil.rmtree(workdir.root / "index", ignore_errors=True)
-        if build == "jobs":  # as the pool's index jobs do, then the combine step
+        if way == "jobs":  # as the pool's index jobs do, then the combine step
             for shards in ([0], [1, 2]):
                 assert build_piece(workdir, shards).built
-        summary = build_index(workdir, workers=1 if build == "one" else 3)
+        if way == "spans":  # searched in threads, a span of rows (here a piece) each
+            monkeypatch.setattr(embedded, "SPLIT_SEARCH_PASSAGES", 1)
+            monkeypatch.setattr(embedded, "usable_cpus", lambda: 3)
+        summary = build_index(workdir, workers=1 if way == "one" else 3)
         assert summary.built
-        assert summary.pieces_reused + summary.pieces_built == (1 if build == "one" else
-                                                                2 if build == "jobs" else 3)
+        assert summary.pieces_reused + summary.pieces_built == (1 if way == "one" else
+                                                                2 if way == "jobs" else 3)
+        index = EmbeddedIndex(workdir)
+        assert len(index.spans) == (3 if way == "spans" else 1)
+        ties.append([index.bm25("study", limit) for limit in (1, 2, 5, 10, 50, 1000)])
         ranking, vectors = _rankings(workdir, vectors)
         rankings.append(ranking)
     differ = [key for key in rankings[0] if any(r[key] != rankings[0][key] for r in rankings)]
     assert not differ, f"{len(differ)} of {len(rankings[0])} rankings differ, e.g. {differ[:3]}"
+    # tied scores at every cut-off go to the lower row, in spans as in one search
+    assert all(rows == ties[0] for rows in ties)
 
 
 def test_added_shards_index_only_their_pieces(demo_run, tmp_path, monkeypatch):
@@ -370,3 +379,13 @@ def test_a_build_refuses_while_another_process_holds_the_workdir(demo_run, tmp_p
         holder.kill()
         holder.wait()
     assert not build(workdir).built
+
+
+def test_spans_are_whole_pieces_of_about_equal_size(monkeypatch):
+    monkeypatch.setattr(embedded, "SPLIT_SEARCH_PASSAGES", 100)
+    starts = np.array([0, 40, 90, 100, 150, 200])
+    assert embedded._spans(starts, 2) == [(0, 100), (100, 200)]
+    assert embedded._spans(starts, 3) == [(0, 90), (90, 150), (150, 200)]
+    assert embedded._spans(starts, 1) == [(0, 200)]
+    assert embedded._spans(np.array([0, 200]), 4) == [(0, 200)]  # one piece: one span
+    assert embedded._spans(np.array([0, 40, 99]), 2) == [(0, 99)]  # too small to split
