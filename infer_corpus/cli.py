@@ -471,9 +471,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if args.generation:
         return _submit_generation(args, config)
+    index = config.index
     summary = submit_pipeline(Workdir(args.workdir), config, config.condor,
                               dry_run=args.dry_run or args.from_partition_dag,
-                              inputs=args.inputs, from_partition_dag=args.from_partition_dag)
+                              inputs=args.inputs, from_partition_dag=args.from_partition_dag,
+                              es_key_env=((index.api_key_env or "")
+                                          if index.backend == "elasticsearch" else None))
     if args.json:
         print(json.dumps(summary))
         return 0

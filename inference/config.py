@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config_loader import ConfigError, build, load, own_sections
+from .config_loader import MODEL_DTYPES, ConfigError, build, load, own_sections
 
 __all__ = ["ConfigError", "InferenceConfig", "ModelConfig", "PredictionsConfig", "FieldsConfig",
            "PassagesConfig", "ShardsConfig", "ExecutorConfig", "load_config", "config_from_dict"]
@@ -149,8 +149,8 @@ class InferenceConfig:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.model.device):
             raise ConfigError(f"model.device must be auto, cpu, cuda or cuda:N, not "
                               f"{self.model.device[:40]!r}")
-        if self.model.dtype not in ("auto", "float32", "float16", "bfloat16", "int8"):
-            raise ConfigError("model.dtype must be auto, float32, float16, bfloat16 or int8")
+        if self.model.dtype not in (*MODEL_DTYPES, "int8"):
+            raise ConfigError(f"model.dtype must be one of {', '.join(MODEL_DTYPES)} or int8")
         if self.model.embedding_dtype not in ("float16", "float32"):
             raise ConfigError("model.embedding_dtype must be float16 or float32")
         if self.predictions.kind not in ("zero-shot", "classifier", "head", "none"):

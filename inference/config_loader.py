@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -24,6 +25,11 @@ import yaml
 from .errors import UsageError
 
 T = TypeVar("T")
+# A memory or disk size as HTCondor and the GPU settings take it: 12 (MB), 1.5GB, 512 M, 2T
+QUANTITY = re.compile(r"^\d+(\.\d+)?\s*([KMGT]B?)?$", re.IGNORECASE)
+# The floating-point types a model may load in; "auto": float32 on a CPU, bfloat16 (else
+# float16) on a GPU
+MODEL_DTYPES = ("auto", "float32", "float16", "bfloat16")
 MAX_DEPTH = 32  # far deeper than any config: a deeper document is a mistake
 # Far more values than any config holds: a YAML document whose aliases expand past this is a
 # "billion laughs", which would cost minutes of CPU to walk.

@@ -227,7 +227,7 @@ def output_state(path: Path, rows: int, run: ModelRun | dict[str, Any]) -> str:
 
 
 @dataclass
-class ShardOutcome:
+class GenerationOutcome:
     model: str
     shard: int
     rows: int
@@ -286,12 +286,12 @@ class GenerationWorker:
             self._backend = None
 
     def run_shard(self, shard: int, prompts: Path, rows: int, output: Path, *,
-                  stop_after: float = 0) -> ShardOutcome:
+                  stop_after: float = 0) -> GenerationOutcome:
         """Generate one shard into `output`; with `stop_after` seconds, return after the first
         checkpoint past that time ("checkpointed": run again to continue)."""
         started = time.monotonic()
         state = output_state(output, rows, self.run)
-        outcome = ShardOutcome(self.run.key, shard, rows, "skipped")
+        outcome = GenerationOutcome(self.run.key, shard, rows, "skipped")
         if state == "done":
             self.on_event({"event": "done", "model": self.run.key, "shard": shard,
                            "rows": rows, "skipped": True})
@@ -508,7 +508,7 @@ def run_study(workdir: Workdir, config: Any, patterns: list[str] | None = None, 
         data = prepare(workdir, config, patterns, force=force)
         todo = pending(workdir, data, models)
         rows = {s["shard"]: s["rows"] for s in data["prompts"]["shards"]}
-        outcomes: list[ShardOutcome] = []
+        outcomes: list[GenerationOutcome] = []
         total = sum(rows[s] for shards in todo.values() for s in shards)
         with tqdm(total=total, desc="generate", unit=" rows", mininterval=0.5,
                   disable=None if progress is None else not progress) as bar:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .config_loader import ConfigError
+from .config_loader import MODEL_DTYPES, QUANTITY, ConfigError
 
 BACKENDS = ("transformers", "openai", "vllm")
 LABEL_KINDS = ("none", "zero-shot", "classifier")
 _MODEL_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
-_QUANTITY = re.compile(r"^\d+(\.\d+)?\s*([KMGT]B?)?$", re.IGNORECASE)
 
 
 @dataclass
@@ -105,11 +104,11 @@ class GenerationConfig:
                 if spec.chat_template is not None:
                     raise ConfigError(f"{where}.chat_template: an endpoint applies its own "
                                       "chat template; leave it null")
-            if spec.dtype not in ("auto", "float32", "float16", "bfloat16"):
-                raise ConfigError(f"{where}.dtype must be auto, float32, float16 or bfloat16")
+            if spec.dtype not in MODEL_DTYPES:
+                raise ConfigError(f"{where}.dtype must be one of {', '.join(MODEL_DTYPES)}")
             if spec.batch_size < 1 or spec.concurrency < 1:
                 raise ConfigError(f"{where}: batch_size and concurrency must be >= 1")
-            if not _QUANTITY.match(spec.gpu_memory):
+            if not QUANTITY.match(spec.gpu_memory):
                 raise ConfigError(f"{where}.gpu_memory: {spec.gpu_memory!r} is not a quantity "
                                   "such as 24GB (0 for no GPU)")
         if not 1 <= self.max_new_tokens <= 1_000_000:

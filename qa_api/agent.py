@@ -37,7 +37,7 @@ from typing import Any
 from retrieval import QueryError
 
 from .citations import CITATION, drop_quoted, for_model, keep_citations
-from .config import MODES
+from .config import ANSWER_MODES
 from .extractive import DECLINE, Embed, Sentence, select, supported
 from .llms import ChatLLM, LLMError
 
@@ -151,8 +151,8 @@ class Agent:
     def __init__(self, search: SearchTool, llm: ChatLLM | None, model: str,
                  max_steps: int, max_seconds: float, *, embed: Embed,
                  mode: str = "react") -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if mode not in ANSWER_MODES:
+            raise ValueError(f"mode must be one of {', '.join(ANSWER_MODES)}, not {mode!r}")
         self.search_tool = search
         self.llm = llm
         self.model = model

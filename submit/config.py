@@ -6,9 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from inference.config_loader import ConfigError
+from inference.config_loader import QUANTITY, ConfigError
 
-QUANTITY = re.compile(r"^\d+(\.\d+)?\s*([KMGT]B?)?$", re.IGNORECASE)
 VERSION = re.compile(r"^\d+(\.\d+)?$")
 
 

@@ -89,9 +89,9 @@ from .job import BadInput
 from .pipeline import EXIT_BAD_INPUT, GPU_CATEGORY
 from .validate import ResultError, accept_file
 
-CONDOR_DIR = "condor-generate"
+GENERATION_DIR = "condor-generate"
 DAG_FILE = "generate.dag"
-STATUS_FILE = "generate.status"
+GENERATION_STATUS_FILE = "generate.status"
 JOB_SCRIPT = "run-generate.sh"
 STUDY_ATTRIBUTE = "InferCorpusStudy"  # every job's ad names its workdir: `status` finds them
 PROGRESS_ATTRIBUTES = {"rows_done": "GenerationRowsDone",  # status's key: the job ad's
@@ -109,8 +109,8 @@ class GenerationFiles:
     problems: list[str] = field(default_factory=list)
 
 
-def condor_dir(workdir: Workdir) -> Path:
-    return workdir.root / CONDOR_DIR
+def generation_dir(workdir: Workdir) -> Path:
+    return workdir.root / GENERATION_DIR
 
 
 def incoming_name(model: str, shard: int) -> str:
@@ -119,7 +119,7 @@ def incoming_name(model: str, shard: int) -> str:
 
 def incoming_path(workdir: Workdir, model: str, shard: int) -> Path:
     """Where a job's output lands before its POST script checks it."""
-    return condor_dir(workdir) / "incoming" / incoming_name(model, shard)
+    return generation_dir(workdir) / "incoming" / incoming_name(model, shard)
 
 
 def _job_submit(workdir: Workdir, model: str, gpu_memory: str, c: CondorConfig
@@ -128,7 +128,7 @@ def _job_submit(workdir: Workdir, model: str, gpu_memory: str, c: CondorConfig
     gpus = r.request_gpus if quantity(gpu_memory, "M") > 0 else 0
     inputs = ["$(prompts_input)", str(manifest_path(workdir.root).resolve()),
               *(transfer_source(i) for i in c.extra_inputs)]
-    incoming = condor_dir(workdir).resolve() / "incoming"
+    incoming = generation_dir(workdir).resolve() / "incoming"
     commands = {
         **job_commands(c, JOB_SCRIPT, f"{model} $(shard) $(prompts_file) $(output_file)",
                        inputs),
@@ -162,7 +162,7 @@ def write_generation_dag(workdir: Workdir, config: Any, condor: CondorConfig,
     if re.search(r"\s", str(root)) or re.search(r"\s", sys.executable):
         raise ConfigError(f"the workdir {root} or the Python interpreter {sys.executable} "
                           "contains a space, which DAGMan scripts cannot take")
-    out = condor_dir(workdir)
+    out = generation_dir(workdir)
     require_not_running(out / DAG_FILE)
     if not (inputs or config.generation.template):
         require_manifest(workdir.root)  # the prompts prepared before
@@ -208,7 +208,7 @@ def write_generation_dag(workdir: Workdir, config: Any, condor: CondorConfig,
         "log": "generate.log"})
     nodes.append(Node("report", "report.sub", kind="FINAL",
                       post=Script("/usr/bin/test", ["$DAG_STATUS", "-eq", "0"])))
-    dag = Dag(nodes=nodes, node_status_file=STATUS_FILE,
+    dag = Dag(nodes=nodes, node_status_file=GENERATION_STATUS_FILE,
               max_jobs={GPU_CATEGORY: c.max_jobs} if c.max_jobs and jobs else {})
     path = write_dag(out / DAG_FILE, dag)
     return GenerationFiles(dag=path, jobs=jobs, files=files, problems=lint_dag(path))
@@ -232,8 +232,8 @@ def submit_generation(workdir: Workdir, config: Any, condor: CondorConfig, *,
 
 def generation_status(workdir: Workdir) -> dict[str, Any]:
     """Where the generation DAG stands, and while it runs, its jobs with their progress."""
-    out = condor_dir(workdir)
-    return dag_report(out / DAG_FILE, out / STATUS_FILE, STUDY_ATTRIBUTE,
+    out = generation_dir(workdir)
+    return dag_report(out / DAG_FILE, out / GENERATION_STATUS_FILE, STUDY_ATTRIBUTE,
                       str(workdir.root.resolve()), PROGRESS_ATTRIBUTES)
 
 
@@ -334,7 +334,7 @@ def check_output(workdir: Workdir, model: str, shard: int) -> int:
 
 def accept(workdir: Workdir, model: str, shard: int, job_exit: int) -> int:
     """The POST script's decision as an exit code (see the module docstring)."""
-    return accept_file(condor_dir(workdir), f"{model} shard {shard}", job_exit,
+    return accept_file(generation_dir(workdir), f"{model} shard {shard}", job_exit,
                        incoming_path(workdir, model, shard),
                        output_path(workdir.root, model, shard),
                        lambda: f"{check_output(workdir, model, shard)} rows")

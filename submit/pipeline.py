@@ -279,29 +279,23 @@ def _prepare(workdir: Workdir, config: InferenceConfig, condor: CondorConfig,
     return root, out, config_file
 
 
-def _index_settings(config: InferenceConfig) -> dict[str, Any]:
-    """The run's `index` section (retrieval's), as plain data."""
-    return config.to_dict().get("index") or {}
-
-
 def _index_nodes(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
-                 manifest: Manifest, root: Path, out: Path,
-                 shard_nodes: dict[int, str]) -> tuple[list[Node], list[tuple], list[str]]:
-    """The nodes that load the results into the index, their edges, and their files."""
+                 manifest: Manifest, root: Path, out: Path, shard_nodes: dict[int, str],
+                 key_env: str | None) -> tuple[list[Node], list[tuple], list[str]]:
+    """The nodes that load the results into the index, their edges, and their files;
+    `key_env`: see `write_pipeline`."""
     all_shards = list(shard_nodes.values())
-    index = _index_settings(config)
-    key_env = index.get("api_key_env") if index.get("backend") == "elasticsearch" else None
     if c.local_steps:
         write_submit(out / "index.sub", _local_submit(
             ["infer_corpus", "index", "--workdir", str(root)], "index", root))
         return [Node("index", "index.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT)], \
             [(all_shards or ["check"], ["index"])], ["index.sub"]
-    if index.get("backend") != "elasticsearch":
+    if key_env is None:
         return _index_piece_nodes(c, manifest, root, out, shard_nodes)
     write_submit(out / "load.sub", _step_submit(
         c, c.load_resources, "load-$(group)",
         ["index", "--workdir", ".", "--shards", "$(shards)", "--no-swap"],
-        ["$(group_dir)/"], "", root, getenv=key_env))
+        ["$(group_dir)/"], "", root, getenv=key_env or None))
     write_submit(out / "swap.sub", _local_submit(
         ["infer_corpus", "index", "--workdir", str(root), "--swap-only"], "swap", root))
     nodes, edges = [], []
@@ -374,9 +368,13 @@ def index_piece_requests(caps: StepResourcesConfig, passages: int) -> dict[str, 
 
 
 def write_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConfig, *,
-                   from_partition_dag: bool = False) -> PipelineFiles:
+                   from_partition_dag: bool = False, es_key_env: str | None = None
+                   ) -> PipelineFiles:
     """Write WORKDIR/condor/pipeline.dag, its submit files and job scripts; lint the DAG.
-    `from_partition_dag`: written by the PRE script of partition.dag's sub-DAG node."""
+    `from_partition_dag`: written by the PRE script of partition.dag's sub-DAG node.
+    `es_key_env`: the results load into Elasticsearch, whose API key the load jobs get from
+    this environment variable ("": none; retrieval's `index` section, which the commands read:
+    this layer does not import retrieval); None: the embedded index, built in pieces."""
     manifest = _check_partition(workdir, config)
     root, out, config_file = _prepare(workdir, config, condor,
                                       (PARTITION_DAG,) if from_partition_dag else ())
@@ -422,7 +420,7 @@ def write_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConf
             post=Script(sys.executable, ["-m", "submit.validate", "--workdir", str(root),
                                          "--shard", str(shard), "--job-exit", "$RETURN"])))
     index_nodes, index_edges, index_files = _index_nodes(workdir, config, condor, manifest,
-                                                         root, out, shard_nodes)
+                                                         root, out, shard_nodes, es_key_env)
     # DAGMan takes the FINAL node's outcome as the whole DAG's: the report fails (after writing
     # report.txt) unless every other node succeeded, so a failed shard is not a successful DAG
     nodes += [*index_nodes, Node("report", "report.sub", kind="FINAL",
@@ -595,14 +593,16 @@ def _partition_jobs(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
 
 def submit_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConfig, *,
                     dry_run: bool, inputs: list[str] | None = None,
-                    from_partition_dag: bool = False) -> dict[str, Any]:
+                    from_partition_dag: bool = False,
+                    es_key_env: str | None = None) -> dict[str, Any]:
     """Write the DAG the workdir needs next; unless `dry_run`, submit it. Returns a summary
     for the CLI.
 
     A workdir without a finished partition, given `inputs`, gets the partition DAG; a
     partitioned one gets the pipeline DAG (`inputs`, if given, must be the partition's).
     `config` is the run's whole config (its sections all go into the DAG's config.yaml, for
-    the partition and check steps); `condor` is its `condor` section."""
+    the partition and check steps); `condor` is its `condor` section; `es_key_env`: see
+    `write_pipeline`."""
     if from_partition_dag:
         finish_pending(workdir, config)  # what the partition's jobs made, gathered
     partitioned = workdir.has_manifest() and workdir.manifest().partitioned
@@ -618,16 +618,14 @@ def submit_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorCon
         elif not partitioned:
             workdir.manifest().require_partitioned()  # the error says what to run first
         written = write_pipeline(workdir, config, condor,
-                                 from_partition_dag=from_partition_dag)
+                                 from_partition_dag=from_partition_dag, es_key_env=es_key_env)
     if written.problems:
         raise CondorError("the written DAG has problems:\n  " + "\n  ".join(written.problems))
     cluster = None
     if not dry_run:
-        index = _index_settings(config)
-        key_env = index.get("api_key_env") if index.get("backend") == "elasticsearch" else None
         cluster = submit_dag(written.dag, batch_name=condor.batch_name
                              or f"infer-corpus {workdir.root.resolve().name}",
-                             getenv=[key_env] if key_env else None)
+                             getenv=[es_key_env] if es_key_env else None)
         record_submission(written.dag, cluster)
     return {
         "dag": str(written.dag), "partition_job": written.dag.name == PARTITION_DAG,
