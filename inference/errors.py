@@ -20,7 +20,7 @@ CorpusError                 a problem a command reports in one line, never a tra
     ├── RunError                  inference.executor       a worker process failed
     ├── EndpointError             inference.llm_backends   a generation endpoint kept failing
     ├── ElasticsearchUnavailable  retrieval.elasticsearch  the cluster cannot be reached
-    ├── CondorError               submit.htcondor          no schedd, or HTCondor refused the work
+    ├── CondorError               submit.htcondor.schedd   no schedd, or HTCondor refused the work
     └── LLMError                  qa_api.llms              an answer model or endpoint failed
 ```
 

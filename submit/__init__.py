@@ -1,7 +1,9 @@
 """Running the pipeline's steps on an HTCondor pool: submit descriptions and DAGs.
 
-- `submit.htcondor`: generic writers and checks (submit files, DAG files with categories,
-  retries, scripts and FINAL nodes, a DAG linter, schedd submission, node status, matching).
+- `submit.htcondor`: generic writers and checks, a module an idea: submit descriptions
+  (`description`), the DAG model and file (`dag`: categories, retries, scripts, FINAL
+  nodes), the DAG linter (`lint`), the schedd (`schedd`: submission, queue, node status, the
+  status report) and matchmaking (`matchmaking`).
 - `submit.pipeline`: the inference DAG behind `infer-corpus submit`.
 - `submit.job`: what a shard job runs on an execute node (parts, checkpoints, resume).
 - `submit.validate`: the POST script that lets only sound results into results/.
