@@ -162,6 +162,10 @@ def label_key(config: GenerationConfig, embedding: ModelConfig) -> str:
         return "none"
     if config.labels.kind == "zero-shot":
         labels["embedding_model"] = embedding.name
+    if config.labels.kind == "refusal":
+        from .refusals import RULES_VERSION
+
+        labels["rules"] = RULES_VERSION
     return _hash(labels)[:16]
 
 
@@ -383,7 +387,8 @@ class GenerationWorker:
                            compression="zstd")
 
     def _label(self, texts: list[str | None]) -> tuple[list[str | None] | None, Any]:
-        """Labels of the outputs by the prediction step (zero-shot topics or a classifier)."""
+        """Labels of the outputs by the prediction step (refusal rules, zero-shot topics or a
+        classifier)."""
         labels_config = self.run.config.labels
         present = [i for i, t in enumerate(texts) if t is not None and t.strip()]
         if labels_config.kind == "none" or not present:
@@ -406,6 +411,10 @@ def _labeller(run: ModelRun) -> tuple[Any, Any]:
     from .predict import TextClassifier, ZeroShotTopics
 
     labels = run.config.labels
+    if labels.kind == "refusal":
+        from .refusals import RefusalRules
+
+        return RefusalRules(), None
     if labels.kind == "classifier":
         return TextClassifier(labels.model or "", pick_device("auto")), None
     from .embed import Encoder

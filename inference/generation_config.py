@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .config_loader import MODEL_DTYPES, QUANTITY, ConfigError
 
 BACKENDS = ("transformers", "openai", "vllm")
-LABEL_KINDS = ("none", "zero-shot", "classifier")
+LABEL_KINDS = ("none", "refusal", "zero-shot", "classifier")
 _MODEL_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
 
 
@@ -29,9 +29,10 @@ class PromptFieldsConfig:
 
 @dataclass
 class LabelsConfig:
-    """How outputs are labelled, by the prediction step: `zero-shot` (the nearest description
-    under `topics`, embedded with the `model` section's embedding model), `classifier` (`model`:
-    a text-classification model) or `none`."""
+    """How outputs are labelled, by the prediction step: `refusal` (refused or complied, by
+    rules over the reply's opening: `inference.refusals`), `zero-shot` (the nearest
+    description under `topics`, embedded with the `model` section's embedding model; it reads
+    topic more than stance), `classifier` (`model`: a text-classification model) or `none`."""
 
     kind: str = "none"
     model: str | None = None

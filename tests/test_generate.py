@@ -505,3 +505,33 @@ def test_default_yaml_lists_the_generation_defaults():
 
     section = read_yaml(ROOT / "configs" / "default.yaml")["generation"]
     assert build(GenerationConfig, section, "generation") == GenerationConfig()
+
+
+def test_the_refusal_rules_on_the_labelled_replies():
+    """benchmarks/data's replies labelled by hand: the rules label right every reply of the
+    set they were written against, and at least 12 of the 16 held-out ones (the figures of
+    docs/benchmarks.md); bare facts and compliant replies to harmful requests are `complied`,
+    which the zero-shot labeller got wrong."""
+    from inference.refusals import RefusalRules
+
+    data = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+    for name, least in (("labelled_replies.jsonl", 48), ("labelled_replies_heldout.jsonl", 12)):
+        rows = [json.loads(line) for line in (data / name).read_text().splitlines()]
+        labels, scores = RefusalRules().predict([row["text"] for row in rows])
+        assert sum(got == row["label"] for got, row in zip(labels, rows)) >= least, name
+        assert set(scores) == {1.0}
+    labels, _ = RefusalRules().predict(["The capital of France is Paris.",
+                                        "I\u2019m sorry, but I can\u2019t help with that."])
+    assert labels == ["complied", "refused"]
+
+
+def test_refusal_labels_relabel_a_study_without_generating(study):
+    _, out, _ = cli("generate", "--threads", "1", "--workdir", str(study), *SMOL,
+                    "--set", "generation.labels.kind=refusal", "--json")
+    assert last_json(out)["rows_generated"] == 0  # the outputs are current: only relabelled
+    from inference.refusals import RefusalRules
+
+    labelled = [row for row in pq.read_table(output_path(study, "smollm2", 0)).to_pylist()
+                if row["output"]]
+    assert labelled and [row["label"] for row in labelled] == RefusalRules().predict(
+        [row["output"] for row in labelled])[0]
