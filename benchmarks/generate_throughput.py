@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference.generation_config import GenerationConfig, GenerationModelConfig  # noqa: E402
+from inference.generation.config import GenerationConfig, GenerationModelConfig  # noqa: E402
 
 
 def prompts(n: int) -> list[str]:

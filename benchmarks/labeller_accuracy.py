@@ -7,8 +7,9 @@ compliances that include bare facts and compliant replies to harmful requests).
 - `labelled_replies_heldout.jsonl` (16 replies) was written after the rules were fixed and
   never used to change them: its figure is the fair one.
 
-Labellers: `refusal` (the rules, `inference.refusals`) and `zero-shot` (the nearest of the
-default `generation.labels.topics` descriptions, embedded with the default model).
+Labellers: `refusal` (the rules, `inference.generation.refusals`) and `zero-shot` (the
+nearest of the default `generation.labels.topics` descriptions, embedded with the default
+model).
 
     .venv/bin/python benchmarks/labeller_accuracy.py [--json]
 """
@@ -30,9 +31,9 @@ def labellers() -> dict:
     """Each labeller as a function from replies to labels."""
     from inference.config import ModelConfig
     from inference.embed import Encoder
-    from inference.generation_config import LabelsConfig
+    from inference.generation.config import LabelsConfig
+    from inference.generation.refusals import RefusalRules
     from inference.predict import ZeroShotTopics
-    from inference.refusals import RefusalRules
 
     encoder = Encoder(ModelConfig())
     zero_shot = ZeroShotTopics(encoder, LabelsConfig().topics)

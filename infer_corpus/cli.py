@@ -362,7 +362,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from inference.generate import study_status
+    from inference.generation.generate import study_status
     from inference.status import workdir_status
 
     workdir = Workdir(args.workdir)
@@ -513,7 +513,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.action == "shard":
         return _generate_shards(args, workdir)
     if args.action == "report":
-        from inference.generation_report import write_report
+        from inference.generation.report import write_report
 
         report = write_report(workdir)
         if args.json:
@@ -522,7 +522,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(Path(report["markdown"]).read_text(encoding="utf-8").rstrip())
             print(f"\nwrote {report['csv']}, {report['markdown']}, {report['png']}")
         return 0
-    from inference import generate
+    from inference.generation import generate
 
     overrides = list(args.overrides)
     if args.template is not None:
@@ -560,8 +560,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _generate_shards(args: argparse.Namespace, workdir: Workdir) -> int:
-    from inference import generate
-    from inference.prompts import prompt_shard_path
+    from inference.generation import generate
+    from inference.generation.prompts import prompt_shard_path
 
     if not args.shards or not args.models or len(args.models) != 1:
         raise UsageError("generate shard needs one --model KEY and at least one --shard N")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from inference.config import InferenceConfig
 from inference.config_loader import ConfigError, load
-from inference.generation_config import GenerationConfig
+from inference.generation.config import GenerationConfig
 from qa_api.config import QAConfig
 from retrieval.config import IndexConfig
 from submit.config import CondorConfig

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from .causal_lm import load_causal_lm, resolve_local_model
 from .devices import apply_condor_gpu_assignment, pick_device
 from .errors import Failure
-from .generation_config import GenerationConfig, GenerationModelConfig
+from .generation.config import GenerationConfig, GenerationModelConfig
 from .models import ModelError
 
 Messages = list[dict[str, str]]

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from inference.config_loader import ConfigError
 from inference.errors import UsageError, WorkdirError, run_command
-from inference.generate import (
+from inference.generation.generate import (
     FINISH_REASONS,
     GenerationWorker,
     ModelRun,
@@ -56,7 +56,7 @@ from inference.generate import (
     require_manifest,
     shard_rows,
 )
-from inference.prompts import prompt_shard_path
+from inference.generation.prompts import prompt_shard_path
 from inference.schema import check_schema_version
 from inference.workdir import Workdir
 

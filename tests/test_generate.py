@@ -32,7 +32,7 @@ from conftest import ROOT, last_json, write_jsonl
 
 from infer_corpus.cli import main
 from inference.causal_lm import resolve_local_model
-from inference.generate import checkpoint_path, output_path
+from inference.generation.generate import checkpoint_path, output_path
 from inference.llm_backends import vllm_visible_devices
 from inference.models import ModelError
 from inference.workdir import Workdir
@@ -501,7 +501,7 @@ def test_bad_generation_settings_are_one_line_errors(tmp_path):
 
 def test_default_yaml_lists_the_generation_defaults():
     from inference.config_loader import build, read_yaml
-    from inference.generation_config import GenerationConfig
+    from inference.generation.config import GenerationConfig
 
     section = read_yaml(ROOT / "configs" / "default.yaml")["generation"]
     assert build(GenerationConfig, section, "generation") == GenerationConfig()
@@ -512,7 +512,7 @@ def test_the_refusal_rules_on_the_labelled_replies():
     set they were written against, and at least 12 of the 16 held-out ones (the figures of
     docs/benchmarks.md); bare facts and compliant replies to harmful requests are `complied`,
     which the zero-shot labeller got wrong."""
-    from inference.refusals import RefusalRules
+    from inference.generation.refusals import RefusalRules
 
     data = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
     for name, least in (("labelled_replies.jsonl", 48), ("labelled_replies_heldout.jsonl", 12)):
@@ -529,7 +529,7 @@ def test_refusal_labels_relabel_a_study_without_generating(study):
     _, out, _ = cli("generate", "--threads", "1", "--workdir", str(study), *SMOL,
                     "--set", "generation.labels.kind=refusal", "--json")
     assert last_json(out)["rows_generated"] == 0  # the outputs are current: only relabelled
-    from inference.refusals import RefusalRules
+    from inference.generation.refusals import RefusalRules
 
     labelled = [row for row in pq.read_table(output_path(study, "smollm2", 0)).to_pylist()
                 if row["output"]]

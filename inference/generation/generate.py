@@ -35,13 +35,16 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .causal_lm import model_files
-from .config import ModelConfig
-from .config_loader import build
-from .errors import UsageError, WorkdirError
-from .generation_config import GenerationConfig, GenerationModelConfig
-from .llm_backends import Backend, Generation, make_backend, messages
-from .parts import fingerprint_inputs
+from ..causal_lm import model_files
+from ..config import ModelConfig
+from ..config_loader import build
+from ..errors import UsageError, WorkdirError
+from ..llm_backends import Backend, Generation, make_backend, messages
+from ..parts import fingerprint_inputs
+from ..schema import SCHEMA_VERSION, check_schema_version
+from ..version import __version__
+from ..workdir import Workdir, atomic_path, write_json_atomic
+from .config import GenerationConfig, GenerationModelConfig
 from .prompts import (
     partition_prompts,
     passage_prompts,
@@ -49,9 +52,6 @@ from .prompts import (
     prompts_entry,
     read_prompt_shard,
 )
-from .schema import SCHEMA_VERSION, check_schema_version
-from .version import __version__
-from .workdir import Workdir, atomic_path, write_json_atomic
 
 GENERATIONS_DIR = "generations"
 MANIFEST_FORMAT = "infer-corpus.generations"
@@ -407,8 +407,8 @@ class GenerationWorker:
 
 
 def _labeller(run: ModelRun) -> tuple[Any, Any]:
-    from .devices import pick_device
-    from .predict import TextClassifier, ZeroShotTopics
+    from ..devices import pick_device
+    from ..predict import TextClassifier, ZeroShotTopics
 
     labels = run.config.labels
     if labels.kind == "refusal":
@@ -417,7 +417,7 @@ def _labeller(run: ModelRun) -> tuple[Any, Any]:
         return RefusalRules(), None
     if labels.kind == "classifier":
         return TextClassifier(labels.model or "", pick_device("auto")), None
-    from .embed import Encoder
+    from ..embed import Encoder
 
     encoder = Encoder(run.embedding)
     return ZeroShotTopics(encoder, labels.topics), encoder

@@ -14,9 +14,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from ..workdir import Workdir, atomic_path
 from .generate import generations_dir, output_path, output_state, read_outputs, require_manifest
 from .prompts import prompt_shard_path
-from .workdir import Workdir, atomic_path
 
 ALL = "(all)"
 NO_GROUP = "(none)"

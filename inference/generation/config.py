@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .config_loader import MODEL_DTYPES, QUANTITY, ConfigError
+from ..config_loader import MODEL_DTYPES, QUANTITY, ConfigError
 
 BACKENDS = ("transformers", "openai", "vllm")
 LABEL_KINDS = ("none", "refusal", "zero-shot", "classifier")
@@ -30,7 +30,7 @@ class PromptFieldsConfig:
 @dataclass
 class LabelsConfig:
     """How outputs are labelled, by the prediction step: `refusal` (refused or complied, by
-    rules over the reply's opening: `inference.refusals`), `zero-shot` (the nearest
+    rules over the reply's opening: `inference.generation.refusals`), `zero-shot` (the nearest
     description under `topics`, embedded with the `model` section's embedding model; it reads
     topic more than stance), `classifier` (`model`: a text-classification model) or `none`."""
 

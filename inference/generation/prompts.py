@@ -24,13 +24,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config_loader import ConfigError
-from .generation_config import GenerationConfig
-from .parts import fingerprint_inputs
-from .readers import RawRow, expand_inputs, read_rows
-from .records import Rejected
-from .schema import SCHEMA_VERSION, SHARD_SCHEMA, check_schema_version
-from .workdir import Workdir, WorkdirError, atomic_path
+from ..config_loader import ConfigError
+from ..parts import fingerprint_inputs
+from ..readers import RawRow, expand_inputs, read_rows
+from ..records import Rejected
+from ..schema import SCHEMA_VERSION, SHARD_SCHEMA, check_schema_version
+from ..workdir import Workdir, WorkdirError, atomic_path
+from .config import GenerationConfig
 
 PROMPTS_DIR = "prompts"
 REJECTS_FILE = "prompts.jsonl"
