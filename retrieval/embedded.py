@@ -68,8 +68,9 @@ PIECE_MIN_PASSAGES = 100_000
 # Terms in more than this share of all passages are left out of BM25 queries (see bm25).
 COMMON_TERM_SHARE = 0.5
 # An index of at least this many passages in several pieces is searched in row spans of whole
-# pieces, one thread a span and a core (see _top); below it a thread's hand-off costs more
-# than half a search saves.
+# pieces, one thread a span and a core (see _top): measured on 2 cores, BM25 p95 6.4 -> 4.9 ms
+# at 1M passages and 61.6 -> 43.6 ms at 10M (docs/benchmarks.md); a smaller index searches in
+# a few milliseconds in one thread (the threshold itself is a judgement, not a measurement).
 SPLIT_SEARCH_PASSAGES = 500_000
 SHARD_COLUMNS = ["passage_id", "article_id", "title", "text", "authors", "year", "url", "topic"]
 # A reader retries this often when the build it found is replaced while it opens it.
