@@ -530,9 +530,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     if args.prepare:
         with workdir.lock():
-            data = generate.prepare(workdir, config, args.inputs, force=args.force)
-            todo = generate.pending(workdir, data, args.models)
-        summary = {**data["prompts"]["counts"], "prompt_source": data["prompts"]["source"],
+            manifest = generate.prepare(workdir, config, args.inputs, force=args.force)
+            todo = generate.pending(workdir, manifest, args.models)
+        summary = {**manifest.prompts["counts"], "prompt_source": manifest.prompts["source"],
                    "models": list(todo), "pending": todo, "workdir": str(workdir.root)}
     else:
         summary = generate.run_study(workdir, config, args.inputs, force=args.force,
@@ -561,13 +561,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _generate_shards(args: argparse.Namespace, workdir: Workdir) -> int:
     from inference.generation import generate
+    from inference.generation.manifest import GenerationManifest
     from inference.generation.prompts import prompt_shard_path
 
     if not args.shards or not args.models or len(args.models) != 1:
         raise UsageError("generate shard needs one --model KEY and at least one --shard N")
-    data = generate.require_manifest(workdir.root)
-    run = generate.ModelRun.from_manifest(data, args.models[0])
-    rows = {shard: generate.shard_rows(data, shard) for shard in args.shards}
+    manifest = GenerationManifest.require(workdir.root)
+    run = generate.ModelRun.from_manifest(manifest, args.models[0])
+    rows = {shard: manifest.shard_rows(shard) for shard in args.shards}
 
     def emit(event: dict[str, Any]) -> None:
         if args.events:

@@ -28,7 +28,6 @@ retry), the checkpoint code, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -42,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from inference.config_loader import ConfigError
-from inference.errors import UsageError, WorkdirError, run_command
+from inference.errors import UsageError, run_command
 from inference.generation.generate import (
     FINISH_REASONS,
     GenerationWorker,
@@ -53,9 +52,8 @@ from inference.generation.generate import (
     output_path,
     pending,
     prepare,
-    require_manifest,
-    shard_rows,
 )
+from inference.generation.manifest import GenerationManifest
 from inference.generation.prompts import prompt_shard_path
 from inference.schema import check_schema_version
 from inference.workdir import Workdir
@@ -165,10 +163,10 @@ def write_generation_dag(workdir: Workdir, config: Any, condor: CondorConfig,
     out = generation_dir(workdir)
     require_not_running(out / DAG_FILE)
     if not (inputs or config.generation.template):
-        require_manifest(workdir.root)  # the prompts prepared before
+        GenerationManifest.require(workdir.root)  # the prompts prepared before
     with workdir.lock():
-        data = prepare(workdir, config, inputs or None)
-    jobs = {model: shards for model, shards in pending(workdir, data).items() if shards}
+        manifest = prepare(workdir, config, inputs or None)
+    jobs = {model: shards for model, shards in pending(workdir, manifest).items() if shards}
     for sub in ("logs", "incoming"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     c = condor
@@ -271,15 +269,12 @@ def run_job(model: str, shard: int, prompts_file: Path, output_file: Path, *,
             checkpoint_exit_code: int = 85) -> int:
     """Generate one shard in the job's scratch directory; returns 0, or the checkpoint code
     when it stopped at a checkpoint (HTCondor restarts it there)."""
-    try:
-        data = json.loads(manifest_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise WorkdirError(f"cannot read {manifest_file}: {exc}") from None
-    run = ModelRun.from_manifest(data, model)
+    manifest = GenerationManifest.from_file(manifest_file)
+    run = ModelRun.from_manifest(manifest, model)
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)  # HTCondor sets it to request_cpus
     worker = GenerationWorker(run, threads, on_event=Progress(model, shard))
     try:
-        outcome = worker.run_shard(shard, prompts_file, shard_rows(data, shard), output_file,
+        outcome = worker.run_shard(shard, prompts_file, manifest.shard_rows(shard), output_file,
                                    stop_after=checkpoint_after)
     finally:
         worker.close()
@@ -297,11 +292,9 @@ def run_job(model: str, shard: int, prompts_file: Path, output_file: Path, *,
 
 def check_output(workdir: Workdir, model: str, shard: int) -> int:
     """Raise ResultError unless the incoming output of (model, shard) is sound; its rows."""
-    data = require_manifest(workdir.root)
-    entry = (data.get("models") or {}).get(model)
-    if entry is None:
-        raise WorkdirError(f"model {model!r} is not in the generation manifest")
-    rows = shard_rows(data, shard)
+    manifest = GenerationManifest.require(workdir.root)
+    entry = manifest.model(model)
+    rows = manifest.shard_rows(shard)
     path = incoming_path(workdir, model, shard)
     if not path.is_file():
         raise ResultError(f"the job sent back no output ({path.name} is missing)")
@@ -310,9 +303,9 @@ def check_output(workdir: Workdir, model: str, shard: int) -> int:
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise ResultError(f"unreadable output: {exc}") from None
     keys = output_keys(path)
-    if keys is None or keys[0] != entry["generation_key"] or keys[1] != entry["label_key"]:
+    if keys is None or keys[0] != entry.generation_key or keys[1] != entry.label_key:
         raise ResultError(f"generation/label key {keys[:2] if keys else None} does not match "
-                          f"this study's ({entry['generation_key']}, {entry['label_key']})")
+                          f"this study's ({entry.generation_key}, {entry.label_key})")
     if keys[2] != rows:
         raise ResultError(f"{keys[2]} rows, the prompt shard has {rows}")
     try:

@@ -4,7 +4,8 @@ report of label rates.
 
 - `config`: the `generation` config section (models, sampling, labels);
 - `prompts`: reading and sharding prompt sets, and templates over passages;
-- `generate`: the per-model shard worker, its keys and manifest, and the local runner;
+- `manifest`: the generation manifest, typed (`GenerationManifest`);
+- `generate`: the keys, the per-model shard worker and the local runner;
 - `refusals`: the refusal rules that label replies;
 - `report`: label rates per model and prompt group (table, CSV, Markdown, PNG).
 

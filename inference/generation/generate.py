@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ import pyarrow.parquet as pq
 
 from ..causal_lm import model_files
 from ..config import ModelConfig
-from ..config_loader import build
 from ..errors import UsageError, WorkdirError
 from ..llm_backends import Backend, Generation, make_backend, messages
 from ..parts import fingerprint_inputs
@@ -45,6 +43,7 @@ from ..schema import SCHEMA_VERSION, check_schema_version
 from ..version import __version__
 from ..workdir import Workdir, atomic_path, write_json_atomic
 from .config import GenerationConfig, GenerationModelConfig
+from .manifest import MANIFEST, MANIFEST_FORMAT, GenerationManifest, ModelEntry
 from .prompts import (
     partition_prompts,
     passage_prompts,
@@ -54,7 +53,6 @@ from .prompts import (
 )
 
 GENERATIONS_DIR = "generations"
-MANIFEST_FORMAT = "infer-corpus.generations"
 FINISH_REASONS = ("stop", "length", "error")
 Event = Callable[[dict[str, Any]], None]
 
@@ -79,7 +77,7 @@ def generations_dir(root: Path) -> Path:
 
 
 def manifest_path(root: Path) -> Path:
-    return generations_dir(root) / "manifest.json"
+    return root / MANIFEST
 
 
 def output_path(root: Path, model: str, shard: int) -> Path:
@@ -101,28 +99,6 @@ def prompt_hash(chat: list[dict[str, str]]) -> str:
 
 
 # ---------------------------------------------------------------- keys and the manifest
-
-
-def read_manifest(root: Path) -> dict[str, Any] | None:
-    path = manifest_path(root)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise WorkdirError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise WorkdirError(f"{path} is not a generation manifest")
-    return data
-
-
-def require_manifest(root: Path) -> dict[str, Any]:
-    data = read_manifest(root)
-    if data is None or (data.get("prompts") or {}).get("state") != "done":
-        raise WorkdirError(f"{root} has no prepared prompts: give the prompt set (`infer-"
-                           "corpus generate --prompts FILE`, or `submit --generation --input "
-                           "FILE`), or set generation.template")
-    return data
 
 
 def _model_entry(key: str, spec: GenerationModelConfig, config: GenerationConfig,
@@ -182,27 +158,13 @@ class ModelRun:
     provenance: dict[str, Any]
 
     @classmethod
-    def from_manifest(cls, data: dict[str, Any], key: str) -> ModelRun:
-        models = data.get("models") or {}
-        if key not in models:
-            raise WorkdirError(f"model {key!r} is not in this study (models: "
-                               f"{', '.join(models) or 'none'})")
-        settings = data.get("config") or {}
-        config = build(GenerationConfig, settings.get("generation") or {}, "generation")
+    def from_manifest(cls, manifest: GenerationManifest, key: str) -> ModelRun:
+        entry = manifest.model(key)
+        config = manifest.config
         if key not in config.models:
             raise WorkdirError(f"model {key!r} has no settings in the generation manifest")
-        entry = models[key]
-        return cls(key, config.models[key], config,
-                   build(ModelConfig, settings.get("model") or {}, "model"),
-                   entry["generation_key"], entry["label_key"], entry["provenance"])
-
-
-def shard_rows(data: dict[str, Any], shard: int) -> int:
-    shards = data["prompts"]["shards"]
-    if not 0 <= shard < len(shards):
-        raise WorkdirError(f"prompt shard {shard} does not exist: there are shards "
-                           f"0..{len(shards) - 1}")
-    return int(shards[shard]["rows"])
+        return cls(key, config.models[key], config, manifest.embedding,
+                   entry.generation_key, entry.label_key, entry.provenance)
 
 
 def output_keys(path: Path) -> tuple[str, str, int] | None:
@@ -216,14 +178,12 @@ def output_keys(path: Path) -> tuple[str, str, int] | None:
             meta.num_rows)
 
 
-def output_state(path: Path, rows: int, run: ModelRun | dict[str, Any]) -> str:
+def output_state(path: Path, rows: int, run: ModelRun | ModelEntry) -> str:
     """done (current outputs and labels), relabel (current outputs, stale labels), partial
     (a checkpoint holds some rows) or pending."""
-    gen_key, lab_key = ((run.generation_key, run.label_key) if isinstance(run, ModelRun)
-                        else (run["generation_key"], run["label_key"]))
     found = output_keys(path) if path.is_file() else None
-    if found and found[0] == gen_key and found[2] == rows:
-        return "done" if found[1] == lab_key else "relabel"
+    if found and found[0] == run.generation_key and found[2] == rows:
+        return "done" if found[1] == run.label_key else "relabel"
     return "partial" if checkpoint_path(path).is_file() else "pending"
 
 
@@ -427,13 +387,14 @@ def _labeller(run: ModelRun) -> tuple[Any, Any]:
 
 
 def prepare(workdir: Workdir, config: Any, patterns: list[str] | None = None, *,
-            force: bool = False) -> dict[str, Any]:
+            force: bool = False) -> GenerationManifest:
     """The prompt step (a prompt set, the corpus's passages through the template, or the
     prompts already there), then each model's keys and provenance, into the generation
     manifest. `config` is a whole config with `generation` and `model` sections."""
     g: GenerationConfig = config.generation
     root = workdir.root
-    previous = read_manifest(root)
+    found = GenerationManifest.read(root)
+    previous = found.data if found else None
     old_prompts = (previous or {}).get("prompts")
 
     def starting() -> None:  # the old prompt shards are about to go
@@ -466,41 +427,40 @@ def prepare(workdir: Workdir, config: Any, patterns: list[str] | None = None, *,
                        "model": dataclasses.asdict(config.model)},
             "prompts": entry, "models": models}
     write_json_atomic(manifest_path(root), data)
-    return data
+    return GenerationManifest(data, manifest_path(root))
 
 
-def pending(workdir: Workdir, data: dict[str, Any], models: list[str] | None = None
+def pending(workdir: Workdir, manifest: GenerationManifest, models: list[str] | None = None
             ) -> dict[str, list[int]]:
     """Per model, the prompt shards whose outputs are missing, partial or stale."""
-    root = workdir.root
-    chosen = models or list(data["models"])
-    unknown = [m for m in chosen if m not in data["models"]]
+    root, entries = workdir.root, manifest.models
+    chosen = models or list(entries)
+    unknown = [m for m in chosen if m not in entries]
     if unknown:
         raise UsageError(f"model {unknown[0]!r} is not in generation.models "
-                         f"({', '.join(data['models'])})")
-    return {key: [s["shard"] for s in data["prompts"]["shards"]
-                  if output_state(output_path(root, key, s["shard"]), s["rows"],
-                                  data["models"][key]) != "done"]
+                         f"({', '.join(entries)})")
+    return {key: [s.shard for s in manifest.shards
+                  if output_state(output_path(root, key, s.shard), s.rows, entries[key])
+                  != "done"]
             for key in chosen}
 
 
 def study_status(root: Path) -> dict[str, Any] | None:
     """The study in `root`, if any: its prompts, and per model how many prompt shards are done,
     need relabelling, are partial (a checkpoint holds some rows) or pending."""
-    data = read_manifest(root)
-    if data is None:
+    manifest = GenerationManifest.read(root)
+    if manifest is None:
         return None
-    prompts = data.get("prompts") or {}
-    if prompts.get("state") != "done":
+    prompts = manifest.prompts
+    if not manifest.prompts_done:
         return {"prompts": {"state": prompts.get("state", "pending")}, "models": {}}
-    shards = prompts["shards"]
+    shards = manifest.shards
     models = {}
-    for key, entry in (data.get("models") or {}).items():
-        states = [output_state(output_path(root, key, s["shard"]), s["rows"], entry)
-                  for s in shards]
+    for key, entry in manifest.models.items():
+        states = [output_state(output_path(root, key, s.shard), s.rows, entry) for s in shards]
         models[key] = {**{state: states.count(state)
                           for state in ("done", "relabel", "partial", "pending")},
-                       "rows_done": sum(s["rows"] for s, state in zip(shards, states)
+                       "rows_done": sum(s.rows for s, state in zip(shards, states)
                                         if state == "done")}
     return {"prompts": {"state": "done", **prompts.get("counts", {}), "shards": len(shards)},
             "models": models}
@@ -514,9 +474,9 @@ def run_study(workdir: Workdir, config: Any, patterns: list[str] | None = None, 
 
     started = time.perf_counter()
     with workdir.lock():
-        data = prepare(workdir, config, patterns, force=force)
-        todo = pending(workdir, data, models)
-        rows = {s["shard"]: s["rows"] for s in data["prompts"]["shards"]}
+        manifest = prepare(workdir, config, patterns, force=force)
+        todo = pending(workdir, manifest, models)
+        rows = {s.shard: s.rows for s in manifest.shards}
         outcomes: list[GenerationOutcome] = []
         total = sum(rows[s] for shards in todo.values() for s in shards)
         with tqdm(total=total, desc="generate", unit=" rows", mininterval=0.5,
@@ -531,7 +491,8 @@ def run_study(workdir: Workdir, config: Any, patterns: list[str] | None = None, 
                         bar.update(e["rows"] - seen.get(e["shard"], 0))
                         seen[e["shard"]] = e["rows"]
 
-                worker = GenerationWorker(ModelRun.from_manifest(data, key), threads, event)
+                worker = GenerationWorker(ModelRun.from_manifest(manifest, key), threads,
+                                          event)
                 try:
                     for shard in shards:
                         outcome = worker.run_shard(
@@ -541,7 +502,7 @@ def run_study(workdir: Workdir, config: Any, patterns: list[str] | None = None, 
                         outcomes.append(outcome)
                 finally:
                     worker.close()
-    p = data["prompts"]
+    p = manifest.prompts
     return {**p["counts"], "models": list(todo), "prompt_source": p["source"],
             "shards_run": sum(o.state in ("done", "relabelled") for o in outcomes),
             "rows_generated": sum(o.generated for o in outcomes),

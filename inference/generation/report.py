@@ -15,7 +15,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from ..workdir import Workdir, atomic_path
-from .generate import generations_dir, output_path, output_state, read_outputs, require_manifest
+from .generate import generations_dir, output_path, output_state, read_outputs
+from .manifest import GenerationManifest
 from .prompts import prompt_shard_path
 
 ALL = "(all)"
@@ -31,22 +32,22 @@ def _category(label: str | None, finish_reason: str) -> str:
 def collect(workdir: Workdir) -> tuple[dict[tuple[str, str], Counter], dict[str, int]]:
     """Counts per (model, group) of each category, and per model the prompts not yet done."""
     root = workdir.root
-    data = require_manifest(root)
-    shards = data["prompts"]["shards"]
+    manifest = GenerationManifest.require(root)
+    shards = manifest.shards
     groups: dict[str, str] = {}
     for s in shards:
-        table = pq.read_table(prompt_shard_path(root, s["shard"]), columns=["row_id", "group"])
+        table = pq.read_table(prompt_shard_path(root, s.shard), columns=["row_id", "group"])
         groups.update(zip(table.column("row_id").to_pylist(),
                           (g if g is not None else NO_GROUP
                            for g in table.column("group").to_pylist())))
     counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
     missing: dict[str, int] = {}
-    for model, entry in data["models"].items():
+    for model, entry in manifest.models.items():
         missing[model] = 0
         for s in shards:
-            path = output_path(root, model, s["shard"])
-            if output_state(path, s["rows"], entry) not in ("done", "relabel"):
-                missing[model] += s["rows"]
+            path = output_path(root, model, s.shard)
+            if output_state(path, s.rows, entry) not in ("done", "relabel"):
+                missing[model] += s.rows
                 continue
             table = read_outputs(path)
             for row_id, label, reason in zip(table.column("row_id").to_pylist(),
