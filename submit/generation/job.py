@@ -1,0 +1,67 @@
+"""What a generation job runs on an execute node: one model over one prompt shard, from the
+transferred manifest, checkpointing and publishing its progress in its job ad."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from inference.generation.generate import (
+    GenerationWorker,
+    ModelRun,
+)
+from inference.generation.manifest import GenerationManifest
+
+from ..chirp import JobAd
+
+
+class Progress:
+    """Rows done and output tokens/s of a job, on stderr at each row checkpoint and in the job
+    ad (GenerationRowsDone, GenerationRowsTotal, GenerationTokensPerSecond)."""
+
+    def __init__(self, model: str, shard: int) -> None:
+        self.label = f"{model} shard {shard}"
+        self.started = time.monotonic()
+        self.ad = JobAd(self.label)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event["event"] == "ready":  # loading the model is not generating
+            self.started = time.monotonic()
+        elif event["event"] == "checkpoint":
+            seconds = max(time.monotonic() - self.started, 1e-9)
+            rate = event["output_tokens"] / seconds
+            print(f"{self.label}: {event['rows']:,} of {event['of']:,} rows "
+                  f"({event['generated']:,} by this start, {rate:,.1f} output tokens/s)",
+                  file=sys.stderr)
+            self.ad.publish({"GenerationRowsDone": str(event["rows"]),
+                             "GenerationRowsTotal": str(event["of"]),
+                             "GenerationTokensPerSecond": f"{rate:.1f}"},
+                            force=event["rows"] == event["of"])
+
+
+
+
+def run_job(model: str, shard: int, prompts_file: Path, output_file: Path, *,
+            manifest_file: Path, checkpoint_after: float = 0,
+            checkpoint_exit_code: int = 85) -> int:
+    """Generate one shard in the job's scratch directory; returns 0, or the checkpoint code
+    when it stopped at a checkpoint (HTCondor restarts it there)."""
+    manifest = GenerationManifest.from_file(manifest_file)
+    run = ModelRun.from_manifest(manifest, model)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0)  # HTCondor sets it to request_cpus
+    worker = GenerationWorker(run, threads, on_event=Progress(model, shard))
+    try:
+        outcome = worker.run_shard(shard, prompts_file, manifest.shard_rows(shard), output_file,
+                                   stop_after=checkpoint_after)
+    finally:
+        worker.close()
+    if outcome.state == "checkpointed":
+        print(f"{model} shard {shard}: checkpoint after {outcome.generated} rows",
+              file=sys.stderr)
+        return checkpoint_exit_code
+    print(f"{model} shard {shard}: {outcome.rows} rows ({outcome.errors} row errors) -> "
+          f"{output_file}", file=sys.stderr)
+    return 0
