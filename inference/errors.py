@@ -18,7 +18,7 @@ CorpusError                 a problem a command reports in one line, never a tra
 └── Failure      (exit 1)   the work failed: a worker, a cluster, a scheduler; a retry may help
     ├── DiskFullError             inference.errors         no space left (or quota) to write a file
     ├── RunError                  inference.executor       a worker process failed
-    ├── EndpointError             inference.llm_backends   a generation endpoint kept failing
+    ├── EndpointError             inference.llm_backends   a chat endpoint kept failing
     ├── ElasticsearchUnavailable  retrieval.elasticsearch  the cluster cannot be reached
     ├── CondorError               submit.htcondor.schedd   no schedd, or HTCondor refused the work
     └── LLMError                  qa_api.llms              an answer model or endpoint failed

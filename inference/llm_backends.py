@@ -40,7 +40,12 @@ log = logging.getLogger(__name__)
 
 
 class EndpointError(Failure):
-    """A generation endpoint stayed unreachable or kept failing through every retry."""
+    """A chat endpoint stayed unreachable or kept failing through every retry. `status`: the
+    last answer's HTTP status (None: no answer); `problem`: what went wrong last."""
+
+    def __init__(self, message: str, status: int | None = None, problem: str = "") -> None:
+        super().__init__(message)
+        self.status, self.problem = status, problem
 
 
 @dataclass
@@ -83,7 +88,7 @@ def messages(prompt: str, system_prompt: str | None) -> Messages:
     return chat + [{"role": "user", "content": prompt}]
 
 
-def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """The text up to the first stop string (excluded, as OpenAI-compatible servers do)."""
     cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
     return (text[:min(cuts)], True) if cuts else (text, False)
@@ -211,7 +216,7 @@ class TransformersBackend:
         for p, tokens in zip(rows, generated):
             count = next((i for i, t in enumerate(tokens) if t in self.ends), len(tokens))
             text = self.tokenizer.decode(tokens[:count], skip_special_tokens=True)
-            text, stopped = _cut_at_stop(text, c.stop)
+            text, stopped = cut_at_stop(text, c.stop)
             finish = "stop" if stopped or count < len(tokens) or count < c.max_new_tokens \
                 else "length"
             results.append(Generation(text, finish, p.length, count))
@@ -228,64 +233,54 @@ class TransformersBackend:
         self._recover()
 
 
-class OpenAIBackend:
-    """An OpenAI-compatible chat endpoint, `concurrency` requests in flight at a time."""
+class ChatEndpoint:
+    """One OpenAI-compatible `/chat/completions` endpoint (vLLM, llama.cpp, Ollama, OpenAI), the
+    one client that batch generation and the QA service's answer models share: the URL, the
+    key from the environment variable `api_key_env` (read at each request and sent to this URL
+    only; unset: no key), retries with exponential backoff and jitter after throttling, server
+    errors and lost connections, and the reply read as a `Generation`, cut at the first stop
+    string (as servers that honour `stop` do)."""
 
     RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
-    def __init__(self, spec: GenerationModelConfig, config: GenerationConfig) -> None:
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, *,
+                 retries: int = 0, timeout: float = 120.0, connections: int = 1) -> None:
         import httpx
 
-        self.spec, self.config = spec, config
-        self.url = (spec.base_url or "").rstrip("/") + "/chat/completions"
-        headers = {}
-        if spec.api_key_env:
-            key = os.environ.get(spec.api_key_env)
-            if not key:
-                raise ModelError(f"the environment variable {spec.api_key_env} (api_key_env of "
-                                 f"model {spec.model!r}) is not set")
-            headers["Authorization"] = f"Bearer {key}"
-        self.client = httpx.Client(headers=headers, timeout=config.timeout,
-                                   limits=httpx.Limits(max_connections=spec.concurrency))
-        self.pool = ThreadPoolExecutor(max_workers=spec.concurrency,
-                                       thread_name_prefix="endpoint")
-        self.served: set[str] = set()
+        self.url = (base_url or "").rstrip("/") + "/chat/completions"
+        self.model, self.api_key_env, self.retries = model, api_key_env, retries
+        self.client = httpx.Client(timeout=timeout,
+                                   limits=httpx.Limits(max_connections=connections))
+        self.served: set[str] = set()  # the model names the endpoint says it ran
 
-    def prepare(self, prompts: Sequence[Messages]) -> list[Prepared]:
-        return [Prepared(chat) for chat in prompts]
-
-    def generate(self, batch: Sequence[Prepared], position: int) -> list[Generation]:
-        return list(self.pool.map(self._one, batch, range(position, position + len(batch))))
-
-    def _one(self, prepared: Prepared, position: int) -> Generation:
+    def request(self, body: dict[str, Any], timeout: float | None = None) -> Any:
+        """The endpoint's answer to `body` (the model is added): a 200 or a status no retry
+        can change; an EndpointError when every try failed or was throttled."""
         import httpx
 
-        c = self.config
-        body: dict[str, Any] = {"model": self.spec.model, "messages": prepared.payload,
-                                "max_tokens": c.max_new_tokens, "temperature": c.temperature,
-                                "top_p": c.top_p, "seed": c.seed + position}
-        if c.stop:
-            body["stop"] = list(c.stop)
-        problem = ""
-        for attempt in range(c.retries + 1):
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        extra = {"timeout": timeout} if timeout is not None else {}
+        status, problem = None, ""
+        for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random()))
             try:
-                response = self.client.post(self.url, json=body)
+                response = self.client.post(self.url, json={"model": self.model, **body},
+                                            headers=headers, **extra)
             except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                status, problem = None, type(exc).__name__ + (f": {exc}" if str(exc) else "")
                 continue
             if response.status_code in self.RETRY_STATUS:
-                problem = f"HTTP {response.status_code}"
+                status, problem = response.status_code, f"HTTP {response.status_code}"
                 continue
-            if response.status_code != 200:
-                return Generation.failed(f"HTTP {response.status_code}: "
-                                         f"{response.text.strip()[:500]}")
-            return self._parse(response)
-        raise EndpointError(f"{self.url} failed {c.retries + 1} times (last: {problem}); "
-                            "finished rows are kept: run again to resume")
+            return response
+        raise EndpointError(f"{self.url} failed {self.retries + 1} time(s) (last: {problem})",
+                            status, problem)
 
-    def _parse(self, response: Any) -> Generation:
+    def reply(self, response: Any, stop: Sequence[str] = ()) -> Generation:
+        """A 200 answer as a Generation: its text cut at the first stop string, its finish
+        reason and token counts; a failed Generation when it is no chat completion."""
         try:
             data = response.json()
             choice = data["choices"][0]
@@ -298,17 +293,59 @@ class OpenAIBackend:
             return Generation.failed("the endpoint's reply has no text")
         if data.get("model"):
             self.served.add(str(data["model"]))
-        text, _ = _cut_at_stop(text, self.config.stop)
+        text, _ = cut_at_stop(text, stop)
         reason = choice.get("finish_reason") or "stop"
         return Generation(text, "length" if reason == "length" else "stop",
                           usage.get("prompt_tokens"), usage.get("completion_tokens"))
 
+    def close(self) -> None:
+        self.client.close()
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible chat endpoint (`ChatEndpoint`), `concurrency` requests in flight
+    at a time, `generation.retries` retries each; a named key variable must be set."""
+
+    def __init__(self, spec: GenerationModelConfig, config: GenerationConfig) -> None:
+        if spec.api_key_env and not os.environ.get(spec.api_key_env):
+            raise ModelError(f"the environment variable {spec.api_key_env} (api_key_env of "
+                             f"model {spec.model!r}) is not set")
+        self.spec, self.config = spec, config
+        self.endpoint = ChatEndpoint(spec.base_url or "", spec.model, spec.api_key_env,
+                                     retries=config.retries, timeout=config.timeout,
+                                     connections=spec.concurrency)
+        self.pool = ThreadPoolExecutor(max_workers=spec.concurrency,
+                                       thread_name_prefix="endpoint")
+
+    def prepare(self, prompts: Sequence[Messages]) -> list[Prepared]:
+        return [Prepared(chat) for chat in prompts]
+
+    def generate(self, batch: Sequence[Prepared], position: int) -> list[Generation]:
+        return list(self.pool.map(self._one, batch, range(position, position + len(batch))))
+
+    def _one(self, prepared: Prepared, position: int) -> Generation:
+        c = self.config
+        body: dict[str, Any] = {"messages": prepared.payload, "max_tokens": c.max_new_tokens,
+                                "temperature": c.temperature, "top_p": c.top_p,
+                                "seed": c.seed + position}
+        if c.stop:
+            body["stop"] = list(c.stop)
+        try:
+            response = self.endpoint.request(body)
+        except EndpointError as exc:
+            raise EndpointError(f"{exc}; finished rows are kept: run again to resume",
+                                exc.status, exc.problem) from None
+        if response.status_code != 200:
+            return Generation.failed(f"HTTP {response.status_code}: "
+                                     f"{response.text.strip()[:500]}")
+        return self.endpoint.reply(response, c.stop)
+
     def provenance(self) -> dict[str, Any]:
-        return {"endpoint": self.spec.base_url, "served_model": sorted(self.served)}
+        return {"endpoint": self.spec.base_url, "served_model": sorted(self.endpoint.served)}
 
     def close(self) -> None:
         self.pool.shutdown()
-        self.client.close()
+        self.endpoint.close()
 
 
 def vllm_visible_devices(visible: str, uuids: Sequence[str]) -> str:

@@ -1,4 +1,7 @@
-"""Chat models the agent can drive: OpenAI-compatible endpoints and local transformers models.
+"""Chat models the agent can drive: OpenAI-compatible endpoints and local transformers models,
+on the LLM layer batch generation uses too (`inference.llm_backends`: the endpoint client with
+its key and retry rules, the stop-string cut; `inference.causal_lm`: where a local model
+loads from).
 
 Every model answers `complete(messages, stop, timeout)` with the assistant's text. Failures of any
 kind (network, HTTP status, malformed reply, a model that cannot load) become `LLMError`, which
@@ -7,14 +10,12 @@ the agent turns into an extractive answer that says what went wrong.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Protocol
 
-import httpx
-
 from inference import causal_lm
 from inference.errors import Failure
+from inference.llm_backends import ChatEndpoint, EndpointError, cut_at_stop
 from inference.models import ModelError
 
 from .config import QAModelConfig
@@ -30,40 +31,35 @@ class ChatLLM(Protocol):
 
 
 class OpenAIChat:
-    """Any OpenAI-compatible `/chat/completions` endpoint (OpenAI, vLLM, Ollama, llama.cpp).
+    """Any OpenAI-compatible `/chat/completions` endpoint (OpenAI, vLLM, Ollama, llama.cpp),
+    through the client batch generation uses too (`inference.llm_backends.ChatEndpoint`): one
+    try per reply, within the agent's time budget.
 
     The key comes from the server's environment and is only ever sent to the configured
     `base_url`: clients choose a model by name, never by address."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None,
                  max_tokens: int = 128) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.api_key_env = api_key_env
+        self.endpoint = ChatEndpoint(base_url, model, api_key_env)
         self.max_tokens = max_tokens
-        self.client = httpx.Client()
 
     def complete(self, messages: list[dict[str, str]], stop: list[str],
                  timeout: float) -> str:
-        headers = {}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        body = {"model": self.model, "messages": messages, "stop": stop,
-                "max_tokens": self.max_tokens, "temperature": 0}
+        body = {"messages": messages, "stop": stop, "max_tokens": self.max_tokens,
+                "temperature": 0}
         try:
-            response = self.client.post(self.url, json=body, headers=headers, timeout=timeout)
-        except httpx.HTTPError as exc:
-            raise LLMError(f"the model endpoint did not answer ({type(exc).__name__})") from None
+            response = self.endpoint.request(body, timeout=timeout)
+        except EndpointError as exc:
+            if exc.status is not None:
+                raise LLMError(f"the model endpoint answered HTTP {exc.status}") from None
+            raise LLMError(f"the model endpoint did not answer ({exc.problem.split(':')[0]})"
+                           ) from None
         if response.status_code != 200:
             raise LLMError(f"the model endpoint answered HTTP {response.status_code}")
-        try:
-            content = response.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise LLMError("the model endpoint's reply is not a chat completion") from None
-        if not isinstance(content, str):
-            raise LLMError("the model endpoint's reply has no text")
-        return content
+        reply = self.endpoint.reply(response, stop)
+        if reply.text is None:  # "the endpoint's reply is not a chat completion: ..."
+            raise LLMError(f"the model {(reply.error or '').split(':')[0].removeprefix('the ')}")
+        return reply.text
 
 
 class LocalChat:
@@ -108,7 +104,8 @@ class LocalChat:
             except (RuntimeError, ValueError) as exc:  # e.g. out of memory, a too-long prompt
                 raise LLMError(f"the local model failed ({type(exc).__name__}: {exc})") from None
         prompt_length = inputs["input_ids"].shape[1]
-        return tokenizer.decode(output[0][prompt_length:], skip_special_tokens=True)
+        text = tokenizer.decode(output[0][prompt_length:], skip_special_tokens=True)
+        return cut_at_stop(text, stop)[0]  # generation ends on a stop string, which it holds
 
 
 def build_llm(spec: QAModelConfig) -> ChatLLM | None:
