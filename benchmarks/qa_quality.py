@@ -110,7 +110,7 @@ def run_model(service: Any, name: str, questions: list[dict[str, Any]],
     ms = np.array(seconds) * 1000
     return {
         "model": name,
-        "mode": "-" if service.config.models[name].kind == "extractive"
+        "mode": "-" if service.config.models[name].backend == "extractive"
         else service.config.models[name].mode,
         "answerable": len(answerable), "unanswerable": len(unanswerable),
         "gold_cited_pct": round(100 * sum(r["gold"] for r in answerable) / len(answerable), 1),

