@@ -1,4 +1,10 @@
-"""Shared fixtures. Data under ../shared is read in place and tests skip cleanly without it."""
+"""Shared fixtures. Data under ../shared is read in place and tests skip cleanly without it.
+
+The tests by kind: `unit/` (modules in this process), `e2e/` (the commands, servers, the
+browser and the replay harness, as users and the pool run them; a file sits with the kind of
+most of its tests) and `support/` (the replay harness and reference implementations, which
+tests import by module name). One kind alone: `./dev test tests/unit`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 CRANFIELD = SHARED / "corpora" / "cranfield"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

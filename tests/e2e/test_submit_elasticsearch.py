@@ -1,6 +1,6 @@
 """The Elasticsearch parallel load of the pipeline DAG: its load nodes' PRE scripts and
 commands, then the swap node's, run against osmem-server (an OpenSearch-API server on
-127.0.0.1, see tests/test_elasticsearch.py) the way the DAG runs them: each load job in a
+127.0.0.1, see tests/e2e/test_elasticsearch.py) the way the DAG runs them: each load job in a
 scratch directory holding only what its group's folder holds."""
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ REPLAY_KEY = "sk-replay-secret"
 QUESTION = "How do tree rings record past climate?"
 CHROMIUM = Path("/usr/bin/chromium")
 READ_TIMEOUT = 2.0
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def free_port() -> int:

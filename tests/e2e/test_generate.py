@@ -336,11 +336,12 @@ def test_two_models_over_one_prompt_set_make_a_report(study, tiny_model):
 
 def test_the_generation_dag_runs_on_the_pool_as_locally(tiny_model, tmp_path):
     """The README's study flow with a relative workdir, the DAG replayed as HTCondor runs it
-    (tests/condor_replay.py): each job in an empty sandbox with only its prompt shard and the
-    manifest, exiting with the checkpoint code at every row checkpoint and restarted from the
-    checkpoint file; shard 1's first output arrives damaged, its POST script rejects it and the
-    retry brings a good one; the jobs publish their progress, which condor_q and `infer-corpus
-    status` show; the outputs are those of a local run, and the FINAL node writes the report."""
+    (tests/support/condor_replay.py): each job in an empty sandbox with only its prompt
+    shard and the manifest, exiting with the checkpoint code at every row checkpoint and
+    restarted from the checkpoint file; shard 1's first output arrives damaged, its POST
+    script rejects it and the retry brings a good one; the jobs publish their progress,
+    which condor_q and `infer-corpus status` show; the outputs are those of a local run, and
+    the FINAL node writes the report."""
     user = tmp_path / "user"
     user.mkdir()
     write_jsonl(user / "prompts.jsonl", [{"id": f"r{i}", "prompt": f"Tell me about {i} cats",
@@ -514,7 +515,7 @@ def test_the_refusal_rules_on_the_labelled_replies():
     which the zero-shot labeller got wrong."""
     from inference.generation.refusals import RefusalRules
 
-    data = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+    data = Path(__file__).resolve().parents[2] / "benchmarks" / "data"
     for name, least in (("labelled_replies.jsonl", 48), ("labelled_replies_heldout.jsonl", 12)):
         rows = [json.loads(line) for line in (data / name).read_text().splitlines()]
         labels, scores = RefusalRules().predict([row["text"] for row in rows])

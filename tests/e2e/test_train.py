@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import last_json, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def train_cli(*args: str, check: bool = True, env: dict | None = None

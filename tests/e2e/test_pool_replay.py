@@ -1,4 +1,4 @@
-"""The DAGs we write, run the way HTCondor runs them (tests/condor_replay.py): DAGMan in the
+"""The DAGs we write, run the way HTCondor runs them (tests/support/condor_replay.py): DAGMan in the
 directory the README's command gives it, jobs in empty scratch directories that hold only what
 file transfer brings, POST scripts that judge the results, checkpoints, retries and aborts."""
 

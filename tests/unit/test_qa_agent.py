@@ -25,7 +25,7 @@ from qa_api.config import QAConfig
 from qa_api.extractive import DECLINE, Embed, SentenceVectors, select
 from qa_api.llms import LLMError, LocalChat, OpenAIChat, build_llm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BENCHMARK = ROOT / "benchmarks" / "qa_quality.py"
 
 

@@ -5,7 +5,7 @@ import pytest
 from infer_corpus.config import load_config
 from inference.config_loader import ConfigError, parse_override
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_validate():
