@@ -43,7 +43,13 @@ from ..schema import SCHEMA_VERSION, check_schema_version
 from ..version import __version__
 from ..workdir import Workdir, atomic_path, write_json_atomic
 from .config import GenerationConfig, GenerationModelConfig
-from .manifest import MANIFEST, MANIFEST_FORMAT, GenerationManifest, ModelEntry
+from .manifest import (
+    GENERATIONS_DIR,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    GenerationManifest,
+    ModelEntry,
+)
 from .prompts import (
     partition_prompts,
     passage_prompts,
@@ -52,7 +58,6 @@ from .prompts import (
     read_prompt_shard,
 )
 
-GENERATIONS_DIR = "generations"
 FINISH_REASONS = ("stop", "length", "error")
 Event = Callable[[dict[str, Any]], None]
 

@@ -19,7 +19,8 @@ from ..errors import WorkdirError
 from .config import GenerationConfig
 
 MANIFEST_FORMAT = "infer-corpus.generations"
-MANIFEST = Path("generations") / "manifest.json"
+GENERATIONS_DIR = "generations"  # a study's folder in the workdir
+MANIFEST = Path(GENERATIONS_DIR) / "manifest.json"
 
 
 @dataclass(frozen=True)
