@@ -241,6 +241,23 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="shard states and counts of a workdir (and its DAG)")
     status.add_argument("--workdir", required=True)
     status.add_argument("--json", action="store_true", help="print one JSON object")
+
+    jobs = sub.add_parser(
+        "jobs", help="a workdir's DAG jobs, attempt by attempt: GPUs, evictions, checkpoints, "
+                     "lost work and goodput",
+        description="Read the job event logs of the workdir's DAG (condor/pipeline.log) and "
+                    "report, per job, each attempt's host, GPU and how it ended (evicted, with "
+                    "HTCondor's code; held; done), and where its time went: transfer, setup "
+                    "(start to first useful step), checkpoint writing, work lost since the "
+                    "last checkpoint, and goodput; then totals per GPU class. A running DAG "
+                    "is counted up to now; a log cut mid-event is read to its last complete "
+                    "event, with a warning.")
+    jobs.add_argument("--workdir", required=True)
+    jobs.add_argument("--log", type=Path, action="append",
+                      help="job event log to read (repeatable; default: condor/pipeline.log)")
+    jobs.add_argument("--json", action="store_true", help="print one JSON object")
+    jobs.add_argument("--timeline", type=Path, metavar="PNG",
+                      help="also draw each job's attempts as a PNG timeline")
     return parser
 
 
@@ -714,10 +731,24 @@ def _print_eval(report: dict[str, Any]) -> None:
               f"recall@100 {scores['recall@100']:.4f}")
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from submit.jobs_report import report
+    from submit.pipeline import condor_dir
+
+    condor = condor_dir(Workdir(args.workdir))
+    dags = sorted(condor.glob("*.dag")) if condor.is_dir() else []
+    if not dags:
+        raise UsageError(f"{condor} holds no DAG: write and submit one with "
+                         + command_line("submit", "--workdir", args.workdir))
+    print(report(args.log or [condor / "pipeline.log"], dags, as_json=args.json,
+                 timeline=args.timeline))
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "partition": cmd_partition, "partition-step": cmd_partition_step,
             "shard": cmd_shard,
             "index": cmd_index, "search": cmd_search, "eval": cmd_eval, "status": cmd_status,
-            "submit": cmd_submit, "generate": cmd_generate}
+            "submit": cmd_submit, "generate": cmd_generate, "jobs": cmd_jobs}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,28 +1,69 @@
-"""A running job's progress in its own job ad, through chirp.
+"""A running job's progress in its own job ad, and its records in its event log, through
+chirp.
 
 When a submit file says `want_io_proxy = true`, HTCondor gives the job a chirp proxy, and the
 job can set attributes of its ad that `condor_q -af NAME` and `infer-corpus status` read while
-it runs. Progress is best effort: a job without a proxy, or whose chirp calls fail, runs the
-same and only says so once on stderr.
+it runs. It also records when each process started, when it reached its first useful step
+and each checkpoint it wrote (`JobAd.record`): chirp's `ulog` puts them into the job's event
+log, where `infer-corpus jobs` reads them (`submit.htcondor.eventlog`), and the last
+checkpoint's times go into the ad too. Both are best effort: a job without a proxy, or whose
+chirp calls fail, runs the same and only says so once on stderr.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from typing import Any
 
+from .htcondor.eventlog import JOB_RECORD
+
 PUBLISH_INTERVAL = 30.0  # seconds between job-ad updates (each is a round trip to the schedd)
 
 
 class JobAd:
-    """Sets attributes of this job's ad, at most every `interval` seconds unless forced."""
+    """Sets attributes of this job's ad, at most every `interval` seconds unless forced, and
+    writes records into its event log. A new JobAd records the process's start."""
 
     def __init__(self, label: str, interval: float = PUBLISH_INTERVAL) -> None:
         self.label, self.interval = label, interval
         self.sent = 0.0
         self.chirp = _chirp_client(label)
+        self.started = time.time()
+        self.ready_seen = False
+        self.record("start")
+
+    def record(self, event: str, **fields: Any) -> None:
+        """One record (`start`, `ready`, `checkpoint` with `started` and `covers`) in the
+        job's event log, stamped with this moment; a checkpoint's times also go into the ad
+        (CheckpointStartedAt, CheckpointWrittenAt, CheckpointCovers)."""
+        if self.chirp is None:
+            return
+        at = time.time()
+        if event == "ready":
+            if self.ready_seen:
+                return
+            self.ready_seen = True
+        text = JOB_RECORD + json.dumps({"event": event, "at": round(at, 3), **fields},
+                                       separators=(",", ":"))
+        try:
+            with self.chirp:
+                self.chirp.ulog(text)
+                if event == "ready":
+                    self.chirp.set_job_attr_delayed("FirstStepSeconds",
+                                                    f"{at - self.started:.3f}")
+                if event == "checkpoint":
+                    self.chirp.set_job_attr_delayed("CheckpointStartedAt",
+                                                    f"{fields.get('started', at):.3f}")
+                    self.chirp.set_job_attr_delayed("CheckpointWrittenAt", f"{at:.3f}")
+                    self.chirp.set_job_attr_delayed("CheckpointCovers",
+                                                    json.dumps(str(fields.get("covers", ""))))
+        except Exception as exc:
+            print(f"{self.label}: chirp failed ({exc}); records stay out of the job log",
+                  file=sys.stderr)
+            self.chirp = None
 
     def due(self) -> bool:
         return self.chirp is not None and time.monotonic() - self.sent >= self.interval

@@ -94,6 +94,7 @@ class Progress:
 
     def model_ready(self) -> None:
         """Loading the model is not embedding: rates start after it."""
+        self.ad.record("ready")
         self.part_began = time.monotonic()
         if not self.computed:
             self.started = self.part_began
@@ -166,8 +167,11 @@ def run_job(shard: int, shard_file: Path, result_file: Path, *, manifest_file: P
         remaining = count - part - 1
         if (checkpoint_after and remaining and not outcome.skipped
                 and time.monotonic() - started >= checkpoint_after):
+            writing = time.time()
             # re-made from the shard file; keep the checkpoint small
             shutil.rmtree(parts.shards_dir)
+            progress.ad.record("checkpoint", started=round(writing, 3),
+                               covers=f"part {part + 1} of {count}")
             print(f"shard {shard}: checkpoint after part {part + 1} of {count}", file=sys.stderr)
             return checkpoint_exit_code
     rows = _join_parts(parts, count, result_file)

@@ -30,6 +30,7 @@ class Progress:
     def __call__(self, event: dict[str, Any]) -> None:
         if event["event"] == "ready":  # loading the model is not generating
             self.started = time.monotonic()
+            self.ad.record("ready")
         elif event["event"] == "checkpoint":
             seconds = max(time.monotonic() - self.started, 1e-9)
             rate = event["output_tokens"] / seconds
@@ -52,13 +53,16 @@ def run_job(model: str, shard: int, prompts_file: Path, output_file: Path, *,
     manifest = GenerationManifest.from_file(manifest_file)
     run = ModelRun.from_manifest(manifest, model)
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)  # HTCondor sets it to request_cpus
-    worker = GenerationWorker(run, threads, on_event=Progress(model, shard))
+    worker_progress = Progress(model, shard)
+    worker = GenerationWorker(run, threads, on_event=worker_progress)
     try:
         outcome = worker.run_shard(shard, prompts_file, manifest.shard_rows(shard), output_file,
                                    stop_after=checkpoint_after)
     finally:
         worker.close()
     if outcome.state == "checkpointed":
+        worker_progress.ad.record("checkpoint", started=round(time.time(), 3),
+                                  covers=f"{outcome.generated} rows")
         print(f"{model} shard {shard}: checkpoint after {outcome.generated} rows",
               file=sys.stderr)
         return checkpoint_exit_code

@@ -18,6 +18,9 @@ Generic: nothing here knows about shards. One module an idea, their names import
   NODE_STATUS_FILE as plain dicts; `query_queue(...)`, job ads through `condor_q -json`;
   `dag_report(...)`, both, for `infer-corpus status` (with `record_submission`, which notes
   the DAGMan job of a submitted DAG).
+- `eventlog`: `read_logs(paths)` and `summary(reading)`, each job's attempts (host, GPU,
+  how each ended) and where their wall time went (transfer, setup, checkpoints, lost work,
+  goodput), read from job event logs with `htcondor2.JobEventLog`.
 - `matchmaking`: `job_match_ad(submit)`, the matchmaking part of the job ad condor_submit
   would build, so requirements can be checked against machine ads offline; `quantity`.
 """
@@ -43,6 +46,12 @@ from .description import (
     write_job_script,
     write_submit,
 )
+from .eventlog import (
+    JOB_RECORD,
+    EventLogError,
+    read_logs,
+    summary,
+)
 from .lint import (
     lint_dag,
 )
@@ -67,6 +76,8 @@ from .schedd import (
 __all__ = [
     "CondorError",
     "Dag",
+    "EventLogError",
+    "JOB_RECORD",
     "JOB_STATES",
     "NODE_KINDS",
     "NODE_STATES",
@@ -86,12 +97,14 @@ __all__ = [
     "lint_dag",
     "quantity",
     "query_queue",
+    "read_logs",
     "read_node_status",
     "record_submission",
     "require_not_running",
     "resource_commands",
     "site_attribute_commands",
     "submit_dag",
+    "summary",
     "transfer_source",
     "write_dag",
     "write_job_script",

@@ -102,11 +102,20 @@ exec "$PYTHON" {arguments}
     return path
 
 
+# The GPU each attempt ran on, in the execute event of the job's event log and in the job ad
+# (MachineAttrGPUs_DeviceName0, ...): `infer-corpus jobs` reads it. A machine without GPUs
+# leaves them undefined.
+ATTEMPT_MACHINE_ATTRS = "GPUs_DeviceName, GPUs_Capability"
+ATTEMPT_RECORD_COMMANDS = {"ulog_execute_attrs": ATTEMPT_MACHINE_ATTRS,
+                           "job_machine_attrs": ATTEMPT_MACHINE_ATTRS}
+
+
 def job_commands(software: JobSoftware, executable: str, arguments: str,
                  inputs: list[str]) -> dict[str, str]:
     """The submit commands of a job that runs a `write_job_script` executable on an execute
     node: the universe and image its software needs, its arguments (submit-file syntax, see
-    `condor_arguments`), and file transfer of `inputs` plus the venv tarball, if any."""
+    `condor_arguments`), file transfer of `inputs` plus the venv tarball, if any, and the
+    machine attributes its attempts record."""
     if software.venv_tarball:
         inputs = [*inputs, transfer_source(software.venv_tarball)]
     commands = {"universe": "container" if software.container_image else "vanilla"}
@@ -114,7 +123,7 @@ def job_commands(software: JobSoftware, executable: str, arguments: str,
         commands["container_image"] = software.container_image
     return {**commands, "executable": executable, "arguments": arguments,
             "should_transfer_files": "YES", "when_to_transfer_output": "ON_EXIT",
-            "transfer_input_files": ",".join(inputs)}
+            "transfer_input_files": ",".join(inputs), **ATTEMPT_RECORD_COMMANDS}
 
 
 def gpu_commands(r: CondorResourcesConfig, gpu_memory: str | None = None) -> dict[str, str]:

@@ -54,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", help="sweep name (needed when the workdir holds several)")
     p.add_argument("--out", type=Path, help="PNG path (default: the sweep's report.png)")
 
+    p = sub.add_parser("jobs", help="a sweep's jobs on the pool, attempt by attempt: GPUs, "
+                                    "evictions, checkpoints, lost work and goodput")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--sweep", help="sweep name (needed when the workdir holds several)")
+    p.add_argument("--log", type=Path, action="append",
+                   help="job event log to read (default: the sweep DAG's condor/sweep.log)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--timeline", type=Path, metavar="PNG",
+                   help="also draw each job's attempts as a PNG timeline")
+
     p = sub.add_parser("multinode", help="train one head across several nodes with torchrun")
     p.add_argument("spec", type=Path,
                    help="multi-node spec (YAML), e.g. configs/multinode-demo.yaml")
@@ -130,8 +140,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from .report import draw_report
+def _sweep(args: argparse.Namespace) -> Any:
+    """The sweep `--sweep` names, or the workdir's only one."""
     from .sweep import Sweep
 
     root = args.workdir / "train"
@@ -143,8 +153,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         raise TrainError(f"{args.workdir} holds no sweep" if not names else
                          f"{args.workdir} holds several sweeps ({', '.join(names)}): pass --sweep")
-    sweep = Sweep.in_workdir(args.workdir, name)
+    return Sweep.in_workdir(args.workdir, name)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import draw_report
+
+    sweep = _sweep(args)
     print(draw_report(sweep, args.out or sweep.root / "report.png"))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from ..jobs_report import report
+    from .condor import SWEEP_DAG
+
+    condor = _sweep(args).root / "condor"
+    dags = sorted(condor.glob("*.dag")) if condor.is_dir() else []
+    if not dags:
+        raise TrainError(f"{condor} holds no DAG: run `train-models sweep --executor condor` "
+                         "first")
+    print(report(args.log or [condor / "sweep.log"], [condor / SWEEP_DAG], as_json=args.json,
+                 timeline=args.timeline))
     return 0
 
 
@@ -173,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_sweep(args)
     if args.command == "report":
         return cmd_report(args)
+    if args.command == "jobs":
+        return cmd_jobs(args)
     if args.command == "multinode":
         return cmd_multinode(args)
     if args.command == "trial":

@@ -21,6 +21,7 @@ from torch import nn
 
 from inference.workdir import atomic_path, write_json_atomic
 
+from ..chirp import JobAd
 from . import TrainError
 from .data import Dataset, load_dataset
 from .heads import HEAD_KINDS, build_head, export_head
@@ -129,6 +130,7 @@ def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int = 
     batch system can store the checkpoint and restart the trial (possibly elsewhere).
     """
     started = time.perf_counter()
+    ad = JobAd(f"trial {trial_dir.name}")  # records for the job log, when run on a pool
     try:
         params = check_params(json.loads((trial_dir / PARAMS).read_text(encoding="utf-8")))
     except (OSError, ValueError) as exc:
@@ -151,6 +153,7 @@ def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int = 
         status = "running"
     x_train, y_train = _tensors(dataset, validation=False)
     x_val, y_val = _tensors(dataset, validation=True)
+    ad.record("ready")
     for epoch in range(first_epoch, params["epochs"] + 1 if status == "running" else 0):
         loss = train_epoch(model, optimizer, x_train, y_train, params["batch_size"],
                            epoch_generator(params, epoch))
@@ -160,9 +163,11 @@ def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int = 
             status = "diverged"
         elif finished:
             status = "completed"
+        writing = time.time()
         with atomic_path(trial_dir / CHECKPOINT) as tmp:
             torch.save({"epoch": epoch, "status": status, "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "history": history}, tmp)
+        ad.record("checkpoint", started=round(writing, 3), covers=f"epoch {epoch}")
         if finished:
             break
         write_metrics(trial_dir, params, history, status, first_epoch, started)

@@ -1,0 +1,216 @@
+"""The job-log analyzer on logs written as HTCondor writes them (formats from HTCondor's
+condor_event.cpp; the event sequences are those a real pool wrote: an exit-85 checkpoint
+rescheduled to another host, an eviction before the job started, an in-place restart)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from submit.htcondor.eventlog import JOB_RECORD, EventLogError, read_logs, summary
+
+RUSAGE = ("\t(0) CPU times\n\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Remote Usage\n"
+          "\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Local Usage\n"
+          "\t0  -  Run Bytes Sent By Job\n\t0  -  Run Bytes Received By Job\n")
+TERMINATED = ("Job terminated.\n\t(1) Normal termination (return value {rv})\n"
+              "\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Remote Usage\n"
+              "\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Local Usage\n"
+              "\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Total Remote Usage\n"
+              "\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Total Local Usage\n"
+              "\t0  -  Run Bytes Sent By Job\n\t0  -  Run Bytes Received By Job\n"
+              "\t0  -  Total Bytes Sent By Job\n\t0  -  Total Bytes Received By Job\n")
+T0 = 1_800_000_000
+
+
+def stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(T0 + seconds))
+
+
+def event(number: int, at: float, body: str, job: str = "101.000") -> str:
+    return f"{number:03d} ({job}.000) {stamp(at)} {body}...\n"
+
+
+def execute(at: float, host: str, gpu: str) -> str:
+    return event(1, at, f"Job executing on host: <10.0.0.9:9618?addrs=10.0.0.9-9618&alias="
+                        f"{host}>\n\tSlotName: slot1_1@{host}\n\tCpus = 1\n\tGPUs = 1\n"
+                        f'\tGPUs_Capability = 8.0\n\tGPUs_DeviceName = "{gpu}"\n')
+
+
+def transfer(at: float, what: str, host: str = "") -> str:
+    body = f"{what}\n" + (f"\tTransferring to host: <10.0.0.9:9618?alias={host}>\n"
+                          if host else "")
+    return event(40, at, body)
+
+
+def record(at: float, **fields) -> str:
+    return event(8, at, JOB_RECORD + json.dumps({"at": T0 + at, **fields}) + "\n")
+
+
+def rescheduled_log() -> str:
+    """A checkpoint at 30 s, rescheduled (code 1025); an eviction before the next start
+    (code 1022); the third claim runs to the end."""
+    return "".join([
+        event(0, 0, "Job submitted from host: <10.0.0.1:9618>\n    DAG Node: shard-00001\n"),
+        transfer(10, "Started transferring input files", "gpu1"),
+        transfer(14, "Finished transferring input files"),
+        execute(14, "gpu1", "NVIDIA A100-SXM4-80GB"),
+        record(20, event="ready"),
+        record(30, event="checkpoint", started=T0 + 28, covers="part 3 of 10"),
+        transfer(30, "Started transferring output files"),
+        transfer(32, "Finished transferring output files"),
+        event(21, 32, "Error from starter on slot1_1@gpu1:\n\tRescheduling self-checkpoint "
+                      "job after checkpoint upload because reactivating the claim would have "
+                      "failed.\n\tCode 1025 Subcode 0\n"),
+        event(4, 33, "Job was evicted. Code 1025 Subcode 0\n" + RUSAGE
+              + "\tReason: Error from slot1_1@gpu1: Rescheduling self-checkpoint job\n"),
+        transfer(100, "Started transferring input files", "gpu2"),
+        transfer(101, "Finished transferring input files"),
+        event(4, 101, "Job was evicted. Code 1022 Subcode 0\n" + RUSAGE
+              + "\tReason: Job vacated by schedd\n"),
+        transfer(140, "Started transferring input files", "gpu3"),
+        transfer(150, "Finished transferring input files"),
+        execute(150, "gpu3", "NVIDIA H100 80GB HBM3"),
+        record(151, event="start"),
+        record(160, event="ready"),
+        transfer(400, "Started transferring output files"),
+        transfer(402, "Finished transferring output files"),
+        event(5, 402, TERMINATED.format(rv=0)),
+    ])
+
+
+def test_attempts_hosts_gpus_and_reasons(tmp_path: Path) -> None:
+    log = tmp_path / "pipeline.log"
+    log.write_text(rescheduled_log())
+    reading = read_logs([log])
+    assert not reading.warnings
+    [job] = reading.jobs
+    assert (job.id, job.node, job.state) == ("101.0", "shard-00001", "done")
+    assert [(a.host, a.gpu, a.outcome, a.code) for a in job.attempts] == [
+        ("gpu1", "NVIDIA A100-SXM4-80GB", "evicted", 1025),
+        ("", "", "evicted", 1022),
+        ("gpu3", "NVIDIA H100 80GB HBM3", "done", None)]
+    assert job.attempts[0].reason.startswith("Rescheduling self-checkpoint job")
+    assert job.attempts[0].capability == 8.0
+
+
+def test_wall_time_split(tmp_path: Path) -> None:
+    log = tmp_path / "pipeline.log"
+    log.write_text(rescheduled_log())
+    report = summary(read_logs([log]))
+    [job] = report["jobs"]
+    first, second, third = (a["figures"] for a in job["attempts"])
+    # first claim: 4 s input, 6 s setup, 8 s work, 2 s writing, 2 s upload, 1 s teardown
+    assert first == {"wall": 23, "transfer": 6, "setup": 7, "checkpoint": 2, "lost": 0,
+                     "goodput": 8}
+    assert second == {"wall": 1, "transfer": 1, "setup": 0, "checkpoint": 0, "lost": 0,
+                      "goodput": 0}
+    assert third == {"wall": 262, "transfer": 12, "setup": 10, "checkpoint": 0, "lost": 0,
+                     "goodput": 240}
+    assert job["wall"] == 402 and job["checkpoints"] == 1
+    assert report["gpu_classes"]["NVIDIA H100 80GB HBM3"]["goodput"] == 240
+    assert report["gpu_classes"]["no GPU recorded"]["attempts"] == 1
+
+
+def test_eviction_loses_the_work_since_the_last_kept_checkpoint(tmp_path: Path) -> None:
+    log = tmp_path / "pipeline.log"
+    log.write_text("".join([
+        event(0, 0, "Job submitted from host: <10.0.0.1:9618>\n"),
+        transfer(0, "Started transferring input files", "gpu1"),
+        transfer(2, "Finished transferring input files"),
+        execute(2, "gpu1", "Tesla P100-PCIE-16GB"),
+        record(5, event="ready"),
+        record(50, event="checkpoint", started=T0 + 45, covers="epoch 1"),
+        transfer(50, "Started transferring output files"),
+        transfer(53, "Finished transferring output files"),  # restarted in place
+        record(54, event="start"),
+        record(60, event="ready"),
+        record(90, event="checkpoint", started=T0 + 85, covers="epoch 2"),  # not uploaded
+        event(4, 100, "Job was evicted. Code 1022 Subcode 0\n" + RUSAGE
+              + "\tReason: Job vacated by schedd\n"),
+    ]))
+    [job] = summary(read_logs([log]))["jobs"]
+    [attempt] = job["attempts"]
+    # 2 s input + 3 s upload; setup 3 + 6 (+1 s between upload and the restart's start
+    # record is counted as its setup); writing 5 + 5; lost: 60 -> 100 minus the unkept
+    # checkpoint's 5 s of writing
+    assert attempt["figures"] == {"wall": 100, "transfer": 5, "setup": 9, "checkpoint": 10,
+                                  "lost": 35, "goodput": 41}
+    assert [c["kept"] is not None for c in attempt["checkpoints"]] == [True, False]
+
+
+def test_a_log_without_job_records(tmp_path: Path) -> None:
+    """Another tool's job: each upload it survives counts as a checkpoint, setup as 0."""
+    log = tmp_path / "other.log"
+    log.write_text("".join([
+        event(0, 0, "Job submitted from host: <10.0.0.1:9618>\n"),
+        execute(1, "gpu1", "NVIDIA L40S"),
+        transfer(30, "Started transferring output files"),
+        transfer(31, "Finished transferring output files"),
+        event(6, 40, "Image size of job updated: 1000\n\t10  -  MemoryUsage of job (MB)\n"
+                     "\t9000  -  ResidentSetSize of job (KB)\n"),
+        event(4, 61, "Job was evicted. Code 1022 Subcode 0\n" + RUSAGE),
+    ]))
+    [job] = summary(read_logs([log]))["jobs"]
+    [attempt] = job["attempts"]
+    assert len(attempt["checkpoints"]) == 1
+    assert attempt["figures"] == {"wall": 60, "transfer": 1, "setup": 0, "checkpoint": 0,
+                                  "lost": 30, "goodput": 29}
+
+
+def test_a_log_cut_mid_event_is_read_to_its_last_complete_event(tmp_path: Path) -> None:
+    text = rescheduled_log()
+    log = tmp_path / "pipeline.log"
+    log.write_text(text[: text.index("Job terminated") + 20])
+    reading = read_logs([log])
+    assert "ends mid-event" in reading.warnings[0]
+    [job] = reading.jobs
+    assert job.state == "running" and len(job.attempts) == 3
+
+
+def test_missing_and_foreign_logs(tmp_path: Path) -> None:
+    with pytest.raises(EventLogError, match="no job event log"):
+        read_logs([tmp_path / "nothing.log"])
+    other = tmp_path / "notes.log"
+    other.write_text("2026-12-06 10:00:00 INFO server started\n" * 5)
+    with pytest.raises(EventLogError, match="not an HTCondor job event log"):
+        read_logs([other])
+
+
+def workdir_with_dag(tmp_path: Path, log_text: str) -> Path:
+    condor = tmp_path / "work" / "condor"
+    condor.mkdir(parents=True)
+    (condor / "pipeline.dag").write_text("JOB shard-00000 shard.sub\nJOB shard-00001 shard.sub\n"
+                                         "FINAL report report.sub\n")
+    (condor / "pipeline.log").write_text(log_text)
+    return tmp_path / "work"
+
+
+def test_jobs_command_table_json_and_timeline(tmp_path: Path, capsys) -> None:
+    from infer_corpus.cli import main
+
+    workdir = workdir_with_dag(tmp_path, rescheduled_log())
+    assert main(["jobs", "--workdir", str(workdir), "--timeline",
+                 str(tmp_path / "t.png")]) == 0
+    out = capsys.readouterr().out
+    assert "shard-00001" in out and "evicted (code 1025)" in out and "evicted (code 1022)" in out
+    assert "NVIDIA H100 80GB HBM3" in out and "4m00s" in out  # its goodput
+    assert (tmp_path / "t.png").read_bytes().startswith(b"\x89PNG")
+    assert main(["jobs", "--workdir", str(workdir), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["jobs"][0]["in_slots"]["goodput"] == 248
+
+
+def test_jobs_command_refuses_bad_input_in_one_line(tmp_path: Path, capsys) -> None:
+    from infer_corpus.cli import main
+
+    workdir = workdir_with_dag(tmp_path, rescheduled_log().replace("shard-00001", "embed-7"))
+    assert main(["jobs", "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is the log of another DAG" in err and "embed-7" in err and "\n" not in err
+    assert main(["jobs", "--workdir", str(workdir), "--log", str(tmp_path / "none.log")]) == 2
+    assert "no job event log at" in capsys.readouterr().err
+    assert main(["jobs", "--workdir", str(tmp_path / "empty")]) == 2
+    assert "holds no DAG" in capsys.readouterr().err
