@@ -27,6 +27,18 @@ EPILOG = """examples:
 """
 
 
+def _epochs_or_auto(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        epochs = int(value)
+    except ValueError:
+        epochs = -1
+    if epochs < 0:
+        raise argparse.ArgumentTypeError(f"epochs >= 0 or auto, got {value!r}")
+    return epochs
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train-models", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -79,8 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trial", help="train or resume one trial (what one job runs)")
     p.add_argument("--trial-dir", type=Path, required=True)
     p.add_argument("--dataset", type=Path, required=True)
-    p.add_argument("--checkpoint-exit-every", type=int, default=0, metavar="EPOCHS",
-                   help="exit with code 85 after this many epochs (to be restarted)")
+    p.add_argument("--checkpoint-exit-every", type=_epochs_or_auto, default=0,
+                   metavar="EPOCHS|auto",
+                   help="exit with code 85 after this many epochs (to be restarted); auto: "
+                        "Young/Daly's interval from the first epoch's costs")
+    p.add_argument("--mean-time-between-evictions", type=float, default=0.0,
+                   metavar="SECONDS", help="the pool's, for --checkpoint-exit-every auto")
     p.add_argument("--threads", type=int, default=1)
     for name, text in (("evaluate", "early-abort decision (exit 0 go on, 3 target reached, "
                                      "4 trials diverged)"),
@@ -210,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "trial":
         from .trial import run_trial
 
-        return run_trial(args.trial_dir, args.dataset, args.checkpoint_exit_every, args.threads)
+        return run_trial(args.trial_dir, args.dataset, args.checkpoint_exit_every, args.threads,
+                         mean_time_between_evictions=args.mean_time_between_evictions)
     if args.command in ("evaluate", "collect"):
         from . import sweep as sweeps
 

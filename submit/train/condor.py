@@ -132,6 +132,9 @@ def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
     trial_args = ["-m", "submit.train.cli", "trial", "--trial-dir", ".", "--dataset", DATASET]
     if settings.checkpoint_every:
         trial_args += ["--checkpoint-exit-every", str(settings.checkpoint_every)]
+    if settings.checkpoint_every == "auto":
+        trial_args += ["--mean-time-between-evictions",
+                       str(settings.mean_time_between_evictions)]
     nodes = []
     for number, wave in enumerate(waves):
         name = f"wave-{number:03d}"

@@ -30,8 +30,21 @@ class CondorSettings(JobSoftware):
     request_gpus: int = 0
     requirements: str | None = None  # a ClassAd expression the machine must meet
     wave_size: int = 0  # trials per job cluster; the evaluation runs between waves (0 = one)
-    checkpoint_every: int = 0  # epochs per job run before exiting to checkpoint (0 = never)
+    # epochs per job run before exiting to checkpoint (0 = never), or auto: Young/Daly's
+    # interval from the first epoch's measured costs and mean_time_between_evictions
+    checkpoint_every: int | str = 0
+    mean_time_between_evictions: float = 0.0  # seconds, the pool's (needed by auto)
     extra: dict[str, bool | int | float | str] = field(default_factory=dict)  # e.g. +Site
+
+    def validate(self) -> None:
+        super().validate()
+        every = self.checkpoint_every
+        if isinstance(every, str) and every != "auto" or isinstance(every, int) and every < 0:
+            raise ConfigError(f"condor.checkpoint_every: epochs >= 0 or auto, got {every!r}")
+        if every == "auto" and not self.mean_time_between_evictions > 0:
+            raise ConfigError("condor.checkpoint_every: auto needs "
+                              "condor.mean_time_between_evictions (seconds, > 0): the "
+                              "interval follows from it and the measured checkpoint cost")
 
 
 class Spec(Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -122,12 +123,13 @@ def read_metrics(trial_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int = 0,
-              threads: int = 1) -> int:
+def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int | str = 0,
+              threads: int = 1, mean_time_between_evictions: float = 0.0) -> int:
     """Train (or resume) one trial; returns 0 when finished, CHECKPOINT_EXIT_CODE to be restarted.
 
     `checkpoint_exit_every` > 0 ends the process after that many epochs of this run, so a
-    batch system can store the checkpoint and restart the trial (possibly elsewhere).
+    batch system can store the checkpoint and restart the trial (possibly elsewhere); `auto`
+    chooses that number after this run's first epoch (`auto_interval`).
     """
     started = time.perf_counter()
     ad = JobAd(f"trial {trial_dir.name}")  # records for the job log, when run on a pool
@@ -154,7 +156,10 @@ def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int = 
     x_train, y_train = _tensors(dataset, validation=False)
     x_val, y_val = _tensors(dataset, validation=True)
     ad.record("ready")
+    setup = time.time() - ad.started  # what each restart in place pays again
+    every = checkpoint_exit_every
     for epoch in range(first_epoch, params["epochs"] + 1 if status == "running" else 0):
+        epoch_began = time.time()
         loss = train_epoch(model, optimizer, x_train, y_train, params["batch_size"],
                            epoch_generator(params, epoch))
         history.append({"epoch": epoch, "train_loss": loss, **evaluate(model, x_val, y_val)})
@@ -171,13 +176,40 @@ def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int = 
         if finished:
             break
         write_metrics(trial_dir, params, history, status, first_epoch, started)
-        if checkpoint_exit_every and (epoch - first_epoch + 1) % checkpoint_exit_every == 0:
+        if every == "auto":
+            every = auto_interval(ad, writing - epoch_began, time.time() - writing + setup,
+                                  mean_time_between_evictions)
+        if every and (epoch - first_epoch + 1) % every == 0:
             return CHECKPOINT_EXIT_CODE
     if status == "completed" and history:
         final = {k: v for k, v in history[-1].items() if k != "epoch"}
         export_head(model, dataset.classes, dataset.embedding_model, final, trial_dir / MODEL)
     write_metrics(trial_dir, params, history, status, first_epoch, started)
     return 0
+
+
+def auto_interval(ad: JobAd, epoch_seconds: float, checkpoint_seconds: float,
+                  mean_seconds: float) -> int:
+    """Epochs per run from this run's first epoch: its time, and what a checkpoint costs
+    (writing it plus the setup a restart repeats; HTCondor's upload is not seen from here),
+    against the pool's mean time between evictions (`submit.preemption.auto_units`). Without
+    a usable measure it falls back to every epoch, and says so. The choice goes to stderr
+    and into the job's log."""
+    from ..preemption import PolicyError, auto_units
+
+    try:
+        every = auto_units(epoch_seconds, checkpoint_seconds, mean_seconds)
+    except PolicyError as exc:
+        print(f"{ad.label}: checkpoint_every auto: no usable measure ({exc}); checkpointing "
+              "every epoch", file=sys.stderr)
+        ad.record("policy", checkpoint_every=1, fallback=True)
+        return 1
+    print(f"{ad.label}: checkpoint_every auto: every {every or 'no'} epoch(s) (epoch "
+          f"{epoch_seconds:.1f} s, checkpoint {checkpoint_seconds:.1f} s, mean time between "
+          f"evictions {mean_seconds:g} s)", file=sys.stderr)
+    ad.record("policy", checkpoint_every=every, epoch_seconds=round(epoch_seconds, 3),
+              checkpoint_seconds=round(checkpoint_seconds, 3), mean_seconds=mean_seconds)
+    return every
 
 
 def write_metrics(trial_dir: Path, params: dict[str, Any], history: list[dict[str, float]],

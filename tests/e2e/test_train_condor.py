@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socketserver
 import threading
@@ -313,3 +314,44 @@ def test_multinode_resubmission_drops_the_last_runs_model(demo_run, capsys, monk
     summary = last_json(train_here(capsys, *args)[1])
     assert summary["submitted"] == 4242
     assert not (run_dir / "model.pt").exists() and not (run_dir / "metrics.json").exists()
+
+
+AUTO_TRIALS = """
+import sys
+from pathlib import Path
+from submit.train.trial import run_trial
+
+trials, dataset = Path(sys.argv[1]), Path(sys.argv[2])
+# evictions every millisecond: a checkpoint costs more than a claim lasts: every epoch
+assert run_trial(trials / "t000", dataset, "auto", mean_time_between_evictions=0.001) == 85
+# evictions every 30 years: never worth stopping
+assert run_trial(trials / "t001", dataset, "auto", mean_time_between_evictions=1e9) == 0
+"""
+
+
+def test_checkpoint_every_auto(demo_run, tmp_path, capsys):
+    """`auto` needs the pool's mean time between evictions; the job chooses its interval
+    after its first epoch and says which on stderr."""
+    import subprocess
+    import sys
+
+    spec = write_spec(tmp_path / "auto.yaml", seeds=[0], params={"head": ["linear"],
+                                                               "hidden": [16]},
+                      condor={"checkpoint_every": "auto"})
+    args = ["sweep", str(spec), "--workdir", str(demo_run[0]), "--executor", "condor",
+            "--dry-run", "--json"]
+    code, _, err = train_here(capsys, *args)
+    assert code == 2 and "mean_time_between_evictions" in err and err.count("\n") == 1
+    write_spec(spec, seeds=[0, 1], params={"head": ["linear"], "hidden": [16]},
+               condor={"checkpoint_every": "auto", "mean_time_between_evictions": 3600})
+    summary = last_json(train_here(capsys, *args, "--force")[1])
+    (_, job), _ = _jobs(Path(summary["dag"]).parent / "wave-000.sub")
+    assert "--checkpoint-exit-every auto --mean-time-between-evictions 3600.0" in \
+        job["arguments"]
+    root = Path(summary["dag"]).parent.parent
+    proc = subprocess.run([sys.executable, "-c", AUTO_TRIALS, str(root / "trials"),
+                           str(root / "dataset.npz")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "checkpoint_every auto: every 1 epoch(s)" in proc.stderr
+    assert re.search(r"checkpoint_every auto: every \d{4,} epoch\(s\)", proc.stderr)
