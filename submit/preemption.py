@@ -201,3 +201,33 @@ def auto_units(unit_seconds: float, checkpoint_seconds: float, mean_seconds: flo
     if math.isinf(seconds):
         return 0  # never: no eviction expected
     return max(1, round(seconds / unit_seconds))
+
+
+def measured_costs(job: dict, units: float) -> ClassCosts:
+    """A class's costs as one finished job measured them (`infer-corpus jobs --json`'s job
+    record; `units`: the work it did): a unit's time from its goodput; a checkpoint's from its
+    writing, its upload and the setup of the restart in place that followed; a new claim's
+    from the first claim's input transfer and setup; the queue from the gaps between claims.
+    """
+    attempts = job.get("attempts") or []
+    checkpoints = sum(len(a["checkpoints"]) for a in attempts)
+    if not attempts or job.get("state") != "done" or not units > 0:
+        raise PolicyError(f"job {job.get('job', '?')} did not finish: no measured costs")
+    first = attempts[0]
+    claim_setup = (first["ready"][0] - first["process_starts"][0]
+                   if first["ready"] and first["process_starts"] else 0.0)
+    restart = first["input_seconds"] + claim_setup
+    spent = job["in_slots"]
+    # every setup after each claim's first, every upload but the final output, every write
+    restarts_setup = spent["setup"] - sum(
+        (a["ready"][0] - a["process_starts"][0]) if a["ready"] and a["process_starts"] else 0.0
+        for a in attempts)
+    uploads = sum(a["output_seconds"] - a["final_output_seconds"] for a in attempts)
+    checkpoint = ((spent["checkpoint"] + uploads + restarts_setup) / checkpoints
+                  if checkpoints else 0.0)
+    gaps = [(later["began"] or later["started"]) - earlier["ended"]
+            for earlier, later in zip(attempts, attempts[1:])
+            if earlier["ended"] is not None and (later["began"] or later["started"])]
+    return ClassCosts(unit_seconds=spent["goodput"] / units, checkpoint_seconds=checkpoint,
+                      restart_seconds=restart,
+                      queue_seconds=sum(gaps) / len(gaps) if gaps else 0.0)

@@ -73,7 +73,8 @@ class Attempt:
     subcode: int | None = None
     reason: str = ""
     input_seconds: float = 0.0
-    output_seconds: float = 0.0
+    output_seconds: float = 0.0  # checkpoint uploads and the final output
+    final_output_seconds: float = 0.0
     process_starts: list[float] = field(default_factory=list)
     ready: list[float] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
@@ -82,6 +83,7 @@ class Attempt:
     transferring: float | None = field(default=None, repr=False)
     upload: float | None = field(default=None, repr=False)
     restarting: bool = field(default=False, repr=False)
+    last_upload: float = field(default=0.0, repr=False)
 
     @property
     def gpu_class(self) -> str:
@@ -271,6 +273,7 @@ def _transfer(job: Job, kind: int, t: float) -> None:
             attempt.input_seconds += seconds
             return
         attempt.output_seconds += seconds
+        attempt.last_upload = seconds
         unkept = [c for c in attempt.checkpoints if c.kept is None]
         for checkpoint in unkept:  # HTCondor has them now
             checkpoint.kept = t
@@ -289,6 +292,8 @@ def _end(job: Job, event: Any, t: float) -> None:
     attempt.ended = t
     attempt.upload = None
     if event.type == kind.JOB_TERMINATED:
+        if attempt.restarting:  # the upload right before the end was the job's output
+            attempt.final_output_seconds = attempt.last_upload
         if event.get("TerminatedNormally", False):
             attempt.return_value = _int(event.get("ReturnValue"))
             attempt.outcome = "done" if attempt.return_value == 0 else "failed"
@@ -382,7 +387,7 @@ def summary(reading: LogReading, now: float | None = None) -> dict[str, Any]:
             for key, value in figures.items():
                 per_class[key] += value
             record = {key: value for key, value in asdict(attempt).items()
-                      if key not in ("transferring", "upload", "restarting")}
+                      if key not in ("transferring", "upload", "restarting", "last_upload")}
             attempts.append({**record, "figures": figures})
         ended = job.ended if job.ended is not None else now
         wall = (ended - job.submitted) if job.submitted is not None else totals["wall"]

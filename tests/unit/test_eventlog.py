@@ -214,3 +214,18 @@ def test_jobs_command_refuses_bad_input_in_one_line(tmp_path: Path, capsys) -> N
     assert "no job event log at" in capsys.readouterr().err
     assert main(["jobs", "--workdir", str(tmp_path / "empty")]) == 2
     assert "holds no DAG" in capsys.readouterr().err
+
+
+def test_costs_measured_from_a_finished_job(tmp_path: Path) -> None:
+    from submit.preemption import ClassCosts, PolicyError, measured_costs
+
+    log = tmp_path / "pipeline.log"
+    log.write_text(rescheduled_log())
+    [job] = summary(read_logs([log]))["jobs"]
+    # goodput 248 s over 10 units; the checkpoint: 2 s writing, 2 s upload, 1 s teardown;
+    # a claim: 4 s input + 6 s setup; queues of 67 and 39 s
+    assert measured_costs(job, 10) == ClassCosts(24.8, 5.0, 10.0, 53.0)
+    log.write_text(rescheduled_log()[: rescheduled_log().index("005 (")])
+    [running] = summary(read_logs([log]))["jobs"]
+    with pytest.raises(PolicyError, match="did not finish"):
+        measured_costs(running, 10)
