@@ -360,7 +360,7 @@ def test_the_generation_dag_runs_on_the_pool_as_locally(tiny_model, tmp_path):
     condor = user / "study1" / "condor-generate"
     checkpoint_at_once(condor / "run-generate.sh")  # at every row checkpoint
 
-    pool = Pool(tmp_path / "pool")
+    pool = Pool(tmp_path / "pool", reschedule_after_checkpoint=True)  # a fresh sandbox
     seen: dict[str, str] = {}
 
     def damage(job: JobRun, sandbox: Path) -> None:

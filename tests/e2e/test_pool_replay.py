@@ -319,7 +319,7 @@ def test_checkpointed_and_rejected_shards_end_with_the_local_result(demo_local, 
     # checkpoint after every part
     checkpoint_at_once(condor / "run-shard.sh", "--checkpoint-after 0.001 --part-rows 36")
 
-    pool = Pool(tmp_path / "pool")
+    pool = Pool(tmp_path / "pool", reschedule_after_checkpoint=True)  # a fresh sandbox
     seen: dict[str, str] = {}  # what condor_q and `infer-corpus status` show at a job's end
 
     def damage(job: JobRun, sandbox: Path) -> None:

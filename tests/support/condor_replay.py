@@ -32,7 +32,11 @@ What it does, as HTCondor does it:
   running at once, with `$(Process)`, `$(ProcId)`, `$(Cluster)`, `$(ClusterId)` and the item's
   variables. `$RETURN` is the first failed proc's exit code, else 0.
 - What condor_submit checks: the executable exists; output, error and log can be created (their
-  folders exist; they are created empty at submission), initialdir exists.
+  folders exist; output and error are created empty at submission, the log only if missing),
+  initialdir exists.
+- Machines: `Pool(machines=[Machine(name, ad), ...])`, taken in turn by claims (a job that
+  comes back after an eviction or a reschedule goes to the machine after its last one); the
+  machine's ad goes into the sandbox's `.machine.ad` with the slot's resources and name.
 - Vanilla jobs run in a fresh, empty scratch directory that gets the executable and only
   `transfer_input_files` (relative to initialdir; `dir/` sends the folder's contents; URLs go
   through a stand-in plugin that maps a URL prefix such as `osdf:///ospool/ap40/data/alice` to a
@@ -45,13 +49,29 @@ What it does, as HTCondor does it:
   On exit, stdout/stderr go to `output`/`error`, and `transfer_output_files` come back to
   initialdir (or where `transfer_output_remaps` says); one that does not exist puts the job on
   hold. Without `transfer_output_files`, new or changed top-level files come back.
-- `checkpoint_exit_code`: the job's `transfer_checkpoint_files` are saved and the job restarts
-  in a fresh scratch directory with its inputs and that checkpoint (the case of a job that
-  restarts on another machine).
+- `checkpoint_exit_code`: the job's `transfer_checkpoint_files` are uploaded (saved in the
+  spool) and the job restarts in place: same sandbox (files outside the checkpoint survive),
+  same slot, stdout/stderr appended to. With `Pool(reschedule_after_checkpoint=...)` it is
+  rescheduled instead, as HTCondor does when it cannot reactivate the claim: a new claim, on
+  the next machine, in a fresh sandbox with its inputs and that checkpoint.
+- Evictions, injected with `Pool(evictions=[Eviction(node, start, after, code, ...)])`: the
+  chosen start is killed `after` seconds in (SIGTERM to its process group, SIGKILL after a
+  grace time) and the job restarts on a new claim from its last saved checkpoint; what it did
+  since is lost. `Pool(restart_delay=S)` puts S seconds between a claim's end and the next.
+- The job event log (`log`, appended to under a lock, one whole event per write, in
+  HTCondor's text format with its default ISO dates in local time): `000` at submission (with
+  `DAG Node:`), `040` around each input transfer, output transfer and checkpoint upload, `001`
+  when a claim's process starts (`SlotName`, `CondorScratchDir`, the slot's Cpus/Disk/GPUs/
+  Memory and the machine attributes `ulog_execute_attrs` names; none for a restart in place),
+  `005` at the end (usage and byte counts 0), `004` for an eviction or a reschedule (with
+  the `021` the starter writes first for the latter), `021` then `012` when the starter puts
+  the job on hold (`012` alone for other holds), `008` for each chirp `ulog` line, `009` when
+  DAGMan removes the job. Local-universe jobs get the same but transfers, and their `001`
+  names the access point, without a slot or properties.
 - Local-universe jobs run on the access point in their initialdir, with `environment` and
   `getenv`, stdout/stderr written straight to `output`/`error`.
-- Chirp (`want_io_proxy = true`): a chirp server on 127.0.0.1 serves `set_job_attr`,
-  `get_job_attr` and `ulog`, writing into the job's ad.
+- Chirp (`want_io_proxy = true`): a chirp server on 127.0.0.1 serves `set_job_attr` and
+  `get_job_attr` (the job's ad) and `ulog` (a `008` event in the job's log).
 - `condor_q`: the only stand-in command, first on DAGMan's PATH (so PRE/POST scripts and
   jobs with `getenv` find it); it answers `-json`, `-constraint EXPR` (evaluated with
   classad2), `-attributes A,B` and `-af A B` from the ads of the jobs in the queue (with
@@ -61,13 +81,14 @@ What it does, as HTCondor does it:
   replay returns with `status == "stalled"` and the hold reasons.
 
 What it does not model: matchmaking (requirements and request_* are recorded in the ad, never
-checked against a machine; no GPU is assigned), the container, docker, grid and parallel
-universes, preemption and eviction (a test injects damage through `Pool(after_exit=...)`),
-`when_to_transfer_output = ON_EXIT_OR_EVICT` / `ON_SUCCESS`, `preserve_relative_paths`,
-periodic expressions and job policy (`on_exit_hold`, `max_retries`, ...), rescue DAGs, the node
-status file, the job event log (created empty, never written), DAGMan's `-maxidle`/`-maxpre`,
-SPLICE, INCLUDE, SERVICE nodes, PRE_SKIP, DEFER, and submission failures other than
-the checks above.
+checked against a machine ad; no GPU is assigned), the container, docker, grid and parallel
+universes, evictions other than those injected (a test injects other damage through
+`Pool(after_exit=...)`), `when_to_transfer_output = ON_EXIT_OR_EVICT` / `ON_SUCCESS`,
+`preserve_relative_paths`, periodic expressions and job policy (`on_exit_hold`,
+`max_retries`, ...), rescue DAGs, the node status file, the events of the job log not listed
+above (image size, shadow exceptions, disconnections, ...) and the usage it reports, DAGMan's
+`-maxidle`/`-maxpre`, SPLICE, INCLUDE, SERVICE nodes, PRE_SKIP, DEFER, and submission
+failures other than the checks above.
 """
 
 from __future__ import annotations
@@ -75,7 +96,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import functools
 import json
+import math
 import os
 import re
 import shlex
@@ -88,7 +111,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +126,13 @@ THREAD_VARS = ("CUBACORES", "GOMAXPROCS", "JULIA_NUM_THREADS", "MKL_NUM_THREADS"
                "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS", "OMP_THREAD_LIMIT",
                "OPENBLAS_NUM_THREADS", "PYTHON_CPU_COUNT", "ROOT_MAX_THREADS",
                "TF_LOOP_PARALLEL_ITERATIONS", "TF_NUM_THREADS")
-RUNNING, HELD, COMPLETED = 2, 5, 4
+IDLE, RUNNING, HELD, COMPLETED = 1, 2, 5, 4
+# HTCondor's hold and vacate codes (condor_holdcodes.h) for what this harness does
+FAILED_TO_CREATE_PROCESS, TRANSFER_OUTPUT_ERROR, TRANSFER_INPUT_ERROR = 6, 12, 13
+JOB_EXECUTE_EXCEEDED, SCHEDD_VACATE, SUCCESSFUL_CHECKPOINT = 47, 1022, 1025
+RESCHEDULE_MESSAGE = ("Rescheduling self-checkpoint job after checkpoint upload because "
+                      "reactivating the claim would have failed.")  # the starter's words
+DAG_ABORT_REASON = "DAG Abort: DAG is exiting and writing rescue file."  # DAGMan's condor_rm
 
 
 class NotModelled(Exception):
@@ -115,7 +144,13 @@ class SubmitFailed(Exception):
 
 
 class Held(Exception):
-    """The job went on hold (HoldReason)."""
+    """The job went on hold: HoldReason, HoldReasonCode and HoldReasonSubCode. `remote`: the
+    starter put it on hold (its error reaches the log as a 021 event first)."""
+
+    def __init__(self, reason: str, code: int = 0, subcode: int = 0, *,
+                 remote: bool = False) -> None:
+        super().__init__(reason)
+        self.code, self.subcode, self.remote = code, subcode, remote
 
 
 # --- the DAG language ------------------------------------------------------------------------
@@ -312,16 +347,26 @@ def _truthy(value: str | None) -> bool:
 
 @dataclass
 class JobRun:
-    """One start of one proc: checkpoint restarts are new starts of the same proc."""
+    """One start of one proc's process: restarts after a checkpoint exit (in place or
+    rescheduled) and after an eviction are new starts of the same proc."""
 
     node: str
     proc: int
     retry: int
     start: int
     sandbox: Path | None
-    exit_code: int | None = None
+    exit_code: int | None = None  # minus the signal number when a signal ended it
     removed: bool = False
     seconds: float = 0.0
+    machine: str | None = None  # host name (the access point's for the local universe)
+    slot: str | None = None  # SlotName, as the 001 event says it
+    gpu: str | None = None  # the machine ad's GPUs_DeviceName
+    started: float | None = None  # wall-clock epoch of the process start
+    ended: float | None = None  # ... and of its end
+    input_seconds: float = 0.0  # its input transfer (none for a restart in place)
+    output_seconds: float = 0.0  # its output transfer, or its checkpoint upload
+    evicted: int | None = None  # the code of the 004 event that ended it
+    rescheduled: bool = False  # a checkpoint exit that moved the job to a new claim
 
 
 @dataclass
@@ -378,6 +423,138 @@ class DagRun:
         return [j for j in self.jobs if j.node == node]
 
 
+# --- machines, evictions and the job event log ----------------------------------------------
+
+@dataclass
+class Machine:
+    """An execute machine: its host name, the attributes of its slot ad (`GPUs_DeviceName`,
+    `GPUs_Capability`, ...: what `ulog_execute_attrs` and `.machine.ad` show), and the IP
+    address of its sinful string."""
+
+    name: str
+    ad: dict[str, Any] = field(default_factory=dict)
+    address: str = "127.0.0.1"
+
+
+@dataclass
+class Eviction:
+    """An eviction to inject: the `start`-th start (0-based, as `JobRun.start` counts them) of
+    the node's job is killed `after` seconds after its process started, and the log gets a
+    004 with `code`, `subcode` and `reason`. `proc` and `retry` narrow the match (None: any).
+    A job that ends before `after` is not evicted."""
+
+    node: str
+    start: int = 0
+    after: float = 0.0
+    code: int = SCHEDD_VACATE
+    subcode: int = 0
+    reason: str = "Job vacated by schedd"
+    proc: int | None = None
+    retry: int | None = None
+
+    def matches(self, node: str, proc: int, retry: int, start: int) -> bool:
+        return (self.node == node and self.start == start
+                and self.proc in (None, proc) and self.retry in (None, retry))
+
+
+# The event bodies as condor_event.cpp's formatBody writes them. Usage is not measured here:
+# its lines say 0, as do the byte counts.
+USAGE = "\tUsr 0 00:00:00, Sys 0 00:00:00"
+GENERIC_INFO_MAX = 1023  # GenericEvent keeps info[1024]
+
+
+def sinful(address: str, host: str) -> str:
+    """A daemon's address as HTCondor logs it."""
+    return f"<{address}:9618?addrs={address}-9618&alias={host}>"
+
+
+def _literal(value: Any) -> str:
+    """A value as a ClassAd literal, the way HTCondor prints an attribute (a real as 8.0)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)  # an expression
+
+
+def submit_body(host: str, node: str) -> str:
+    return f"Job submitted from host: {host}\n    DAG Node: {node}\n"
+
+
+def transfer_body(what: str, host: str | None = None) -> str:
+    """040: `what` is e.g. "Started transferring input files"."""
+    return f"{what}\n" + (f"\tTransferring to host: {host}\n" if host else "")
+
+
+def execute_body(host: str, slot: str | None = None, props: dict[str, Any] | None = None) -> str:
+    """001: the properties sorted by name, ignoring case, as the ad's attribute set does."""
+    props = props or {}
+    return (f"Job executing on host: {host}\n" + (f"\tSlotName: {slot}\n" if slot else "")
+            + "".join(f"\t{k} = {_literal(props[k])}\n" for k in sorted(props, key=str.lower)))
+
+
+def terminated_body(code: int) -> str:
+    """005: `code` is the return value, or minus the signal that ended the job."""
+    how = (f"\t(1) Normal termination (return value {code})\n" if code >= 0 else
+           f"\t(0) Abnormal termination (signal {-code})\n\t(0) No core file\n")
+    usage = "".join(f"\t{USAGE}  -  {kind} Usage\n"
+                    for kind in ("Run Remote", "Run Local", "Total Remote", "Total Local"))
+    sent = "".join(f"\t0  -  {kind} By Job\n" for kind in (
+        "Run Bytes Sent", "Run Bytes Received", "Total Bytes Sent", "Total Bytes Received"))
+    return "Job terminated.\n" + how + usage + sent
+
+
+def evicted_body(code: int, subcode: int, reason: str) -> str:
+    """004, not checkpointed (a vanilla job's eviction never is)."""
+    first = f" Code {code} Subcode {subcode}" if code else ""
+    return (f"Job was evicted.{first}\n\t(0) CPU times\n"
+            f"\t{USAGE}  -  Run Remote Usage\n\t{USAGE}  -  Run Local Usage\n"
+            "\t0  -  Run Bytes Sent By Job\n\t0  -  Run Bytes Received By Job\n"
+            + (f"\tReason: {reason}\n" if reason else ""))
+
+
+def remote_error_body(slot: str, message: str, code: int = 0, subcode: int = 0) -> str:
+    """021 from the starter: each line of the message indented by a tab."""
+    text = message[:-1] if message.endswith("\n") else message
+    return (f"Error from starter on {slot}:\n"
+            + "".join(f"\t{line}\n" for line in (text.split("\n") if text else []))
+            + (f"\tCode {code} Subcode {subcode}\n" if code else ""))
+
+
+def held_body(reason: str, code: int, subcode: int) -> str:
+    return (f"Job was held.\n\t{reason or 'Reason unspecified'}\n"
+            f"\tCode {code} Subcode {subcode}\n")
+
+
+def aborted_body(reason: str) -> str:
+    return "Job was aborted.\n" + (f"\t{reason}\n" if reason else "")
+
+
+def generic_body(text: str) -> str:
+    """008, as the starter writes a chirp `ulog` line (cut to what the event keeps)."""
+    return f"{text[:GENERIC_INFO_MAX]}\n"
+
+
+def event_text(number: int, cluster: int, proc: int, when: float, body: str) -> str:
+    """One whole event: the header in HTCondor's default format (ISO date, local time, whole
+    seconds), the body, and the `...` line that ends it."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(when)))
+    return f"{number:03d} ({cluster:03d}.{proc:03d}.000) {stamp} {body}...\n"
+
+
+def _quantity(value: str, unit: str) -> int | None:
+    """A request_memory/request_disk value (`16GB`, `100`, `2.5G`) in `unit` (K or M, the
+    default when no unit is given), rounded up; None for an expression."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGTP]?)B?\s*", value, re.IGNORECASE)
+    if match is None:
+        return None
+    powers = "KMGTP"
+    scale = 1024.0 ** (powers.index((match[2] or unit).upper()) - powers.index(unit))
+    return math.ceil(float(match[1]) * scale)
+
+
 # --- chirp and condor_q ----------------------------------------------------------------------
 
 def _chirp_words(line: str) -> list[str]:
@@ -399,30 +576,32 @@ def _chirp_words(line: str) -> list[str]:
 
 
 class _ChirpHandler(socketserver.StreamRequestHandler):
-    """The chirp protocol as the starter's proxy speaks it, for the job ad only."""
+    """The chirp protocol as the starter's proxy speaks it: the job ad, and `ulog` lines that
+    become 008 events in the job's log."""
 
     def handle(self) -> None:
         pool: Pool = self.server.pool  # type: ignore[attr-defined]
-        ad = None
+        job: _Job | None = None
         for raw in self.rfile:
             words = _chirp_words(raw.decode().rstrip("\n"))
             command, args = words[0], words[1:]
             if command == "cookie":
-                ad = pool._ads_by_cookie.get(args[0]) if args else None
-                self._reply("0" if ad is not None else "-1")
-            elif ad is None:
+                job = pool._jobs_by_cookie.get(args[0]) if args else None
+                self._reply("0" if job is not None else "-1")
+            elif job is None:
                 self._reply("-1")
             elif command in ("set_job_attr", "set_job_attr_delayed") and len(args) == 2:
                 with pool._lock:
-                    ad[args[0]] = classad2.ExprTree(args[1])
+                    job.ad[args[0]] = classad2.ExprTree(args[1])
                     pool._write_queue()
                 self._reply("0")
             elif command in ("get_job_attr", "get_job_attr_delayed") and len(args) == 1:
                 with pool._lock:
-                    value = str(ad.lookup(args[0])) if args[0] in ad else "UNDEFINED"
+                    value = str(job.ad.lookup(args[0])) if args[0] in job.ad else "UNDEFINED"
                 self._reply(str(len(value)))
                 self.wfile.write(value.encode())
-            elif command == "ulog":
+            elif command == "ulog" and args:  # the first word, as the starter's sscanf reads it
+                pool._log(job, 8, generic_body(args[0]))
                 self._reply("0")
             else:
                 self._reply("-8")  # not supported
@@ -475,23 +654,44 @@ class Pool:
     """An access point plus execute slots on this machine, under `root`.
 
     `plugins` maps URL prefixes (`osdf:///ospool/ap40/data/alice`) to local folders.
-    `slots` jobs run at once. `after_exit(job, sandbox)` runs after a job exits, before its
-    output is transferred (a test may damage an output there). `timeout` bounds each job and
-    script.
+    `slots` jobs run at once. `machines` are the execute machines, taken in turn (default:
+    one, named `machine` or after this host). `after_exit(job, sandbox)` runs after a job
+    exits, before its output is transferred (a test may damage an output there); not after an
+    eviction. `timeout` bounds each job and script. `evictions` are injected as they come.
+    `reschedule_after_checkpoint` (True, or the names of the nodes it applies to) moves a job
+    that exits with its checkpoint code to a new claim, as HTCondor does when it cannot
+    reactivate the claim, instead of restarting it in place. `restart_delay` seconds pass
+    between the end of a claim (eviction or reschedule) and the next one's start.
     """
 
     def __init__(self, root: Path, *, plugins: dict[str, Path] | None = None, slots: int = 2,
-                 machine: str | None = None, timeout: float = 600,
-                 after_exit: Callable[[JobRun, Path], None] | None = None) -> None:
+                 machine: str | None = None, machines: list[Machine] | None = None,
+                 timeout: float = 600,
+                 after_exit: Callable[[JobRun, Path], None] | None = None,
+                 evictions: list[Eviction] | None = None,
+                 reschedule_after_checkpoint: bool | Collection[str] = False,
+                 restart_delay: float = 0.0) -> None:
+        if machine is not None and machines is not None:
+            raise ValueError("give Pool machine (one machine's name) or machines, not both")
         self.root = Path(root).resolve()
         self.plugins = {k.rstrip("/"): Path(v) for k, v in (plugins or {}).items()}
         self.slots = threading.Semaphore(slots)
-        self.machine = machine or socket.gethostname()
+        self.machines = list(machines if machines is not None
+                             else [Machine(machine or socket.gethostname())])
+        if not self.machines:
+            raise ValueError("a pool needs at least one execute machine")
+        self.access_point = socket.gethostname()
+        self.schedd_address = sinful("127.0.0.1", self.access_point)
         self.timeout = timeout
         self.after_exit = after_exit
+        self.evictions = list(evictions or [])
+        self.reschedule_after_checkpoint = reschedule_after_checkpoint
+        self.restart_delay = restart_delay
         self._lock = threading.RLock()
+        self._log_lock = threading.Lock()
         self._ads: list[classad2.ClassAd] = []
-        self._ads_by_cookie: dict[str, classad2.ClassAd] = {}
+        self._jobs_by_cookie: dict[str, _Job] = {}
+        self._claims = 0  # claims made, for the round robin over the machines
         self._next_cluster = DAGMAN_CLUSTER
         self._chirp: socketserver.ThreadingTCPServer | None = None
         for sub in ("execute", "spool", "bin", "home"):
@@ -588,8 +788,42 @@ class Pool:
                 self._chirp = server
             return self._chirp.server_address[:2]
 
-    def _sandbox(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="dir_", dir=self.root / "execute"))
+    def _claim(self, job: _Job) -> _Claim:
+        """A slot for the job's next claim: machines are taken in turn, and a job that comes
+        back (after an eviction or a reschedule) goes to the machine after its last one."""
+        with self._lock:
+            if job.machine_index is None:
+                job.machine_index = self._claims
+            else:
+                job.machine_index += 1
+            self._claims += 1
+            machine = self.machines[job.machine_index % len(self.machines)]
+        execute = self.root / "execute" / machine.name
+        execute.mkdir(parents=True, exist_ok=True)
+        job.slot = f"slot1_{job.proc + 1}@{machine.name}"
+        return _Claim(machine, job.slot, Path(tempfile.mkdtemp(prefix="dir_", dir=execute)))
+
+    def _eviction(self, job: _Job, retry: int, start: int) -> Eviction | None:
+        return next((e for e in self.evictions
+                     if e.matches(job.node, job.proc, retry, start)), None)
+
+    def _reschedules(self, node: str) -> bool:
+        wanted = self.reschedule_after_checkpoint
+        return wanted if isinstance(wanted, bool) else node in wanted
+
+    def _log(self, job: _Job, number: int, body: str, when: float | None = None) -> None:
+        """Append one event to the job's `log`, whole and in one write: the jobs of a DAG
+        share their log file, and a reader must never meet half an event."""
+        if job.log is None:
+            return
+        text = event_text(number, job.cluster, job.proc,
+                          time.time() if when is None else when, body).encode()
+        with self._log_lock:
+            fd = os.open(job.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, text)
+            finally:
+                os.close(fd)
 
     def _fetch(self, url: str, target_dir: Path) -> None:
         """The stand-in transfer plugin: a URL under a known prefix is a file in a folder."""
@@ -598,10 +832,15 @@ class Pool:
                 source = folder / url[len(prefix):].lstrip("/")
                 if not source.exists():
                     raise Held(f"Transfer input files failure: {url}: no such object "
-                               f"(plugin folder {folder})")
+                               f"(plugin folder {folder})", TRANSFER_INPUT_ERROR, errno.ENOENT)
                 _copy(source, target_dir / Path(url).name)
                 return
-        raise Held(f"Transfer input files failure: no file transfer plugin for {url}")
+        raise Held(f"Transfer input files failure: no file transfer plugin for {url}",
+                   TRANSFER_INPUT_ERROR)
+
+
+def _tree_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -620,6 +859,10 @@ class _Job:
     description: htcondor2.Submit
     submit_dir: Path
     ad: classad2.ClassAd
+    cluster: int
+    log: Path | None = None  # the job event log, once condor_submit has checked it
+    slot: str | None = None  # of its current or last claim
+    machine_index: int | None = None  # of its last claim, in the pool's round robin
 
     def get(self, key: str, default: str = "") -> str:
         if key not in self.description:
@@ -637,6 +880,20 @@ class _Job:
     @property
     def iwd(self) -> Path:
         return self.path("initialdir", self.submit_dir) or self.submit_dir
+
+
+@dataclass
+class _Claim:
+    """A slot claimed for a job: its starts run there, in one sandbox, until an eviction or a
+    reschedule ends the claim."""
+
+    machine: Machine
+    slot: str
+    sandbox: Path
+    executable: Path | None = None
+    inputs: dict[str, int] = field(default_factory=dict)  # file name -> mtime after transfer
+    resources: dict[str, int] = field(default_factory=dict)  # Cpus, Disk, GPUs, Memory
+    env: dict[str, str] = field(default_factory=dict)
 
 
 class _Replay:
@@ -897,12 +1154,14 @@ class _Replay:
                 else:
                     description[key] = value
             ad = self._job_ad(description, cluster, proc, node.name, attrs)
-            job = _Job(node.name, proc, description, directory, ad)
+            job = _Job(node.name, proc, description, directory, ad, cluster)
             self._check_submit(job)
             jobs.append(job)
         with self.pool._lock:
             self.pool._ads += [j.ad for j in jobs]
             self.pool._write_queue()
+        for job in jobs:
+            self.pool._log(job, 0, submit_body(self.pool.schedd_address, node.name))
         return jobs
 
     def _job_ad(self, description: htcondor2.Submit, cluster: int, proc: int, node: str,
@@ -940,8 +1199,9 @@ class _Replay:
             if not target.parent.is_dir():
                 raise SubmitFailed(f"{key} {job.get(key)}: folder {target.parent} does not "
                                    "exist")
-            if key == "log":
+            if key == "log":  # appended to, never emptied
                 target.touch()
+                job.log = target
             else:
                 target.write_bytes(b"")
 
@@ -951,8 +1211,14 @@ class _Replay:
             if job.get("universe", "vanilla").lower() in ("local", "scheduler"):
                 return self._local(job, retry, gate)
             return self._vanilla(job, retry, gate)
-        except Held:
+        except Held as exc:
             self.pool._set(job.ad, JobStatus=HELD)
+            reason = str(exc)
+            if exc.remote and job.slot is not None:  # the starter's error, then the hold
+                self.pool._log(job, 21, remote_error_body(job.slot, reason, exc.code,
+                                                          exc.subcode))
+                reason = f"Error from {job.slot}: {reason}"
+            self.pool._log(job, 12, held_body(reason, exc.code, exc.subcode))
             raise
         finally:
             if job.ad.eval("JobStatus") != HELD:
@@ -964,65 +1230,179 @@ class _Replay:
         return env
 
     def _local(self, job: _Job, retry: int, gate: threading.Event | None) -> int | None:
-        run = JobRun(job.node, job.proc, retry, 0, None)
+        pool = self.pool
+        run = JobRun(job.node, job.proc, retry, 0, None, machine=pool.access_point)
         self.jobs.append(run)
         executable = job.path("executable", job.submit_dir)
         env = {**self._environment(job), "_CONDOR_JOB_IWD": str(job.iwd)}
-        self.pool._set(job.ad, JobStatus=RUNNING, RemoteHost=f"local@{self.pool.machine}")
         out, err = job.path("output", job.iwd), job.path("error", job.iwd)
+
+        def executing() -> None:
+            pool._set(job.ad, JobStatus=RUNNING, RemoteHost=f"local@{pool.access_point}")
+            pool._log(job, 1, execute_body(pool.schedd_address))
+
         run.exit_code = self._execute(job, [str(executable),
                                             *split_arguments(job.get("arguments"))],
-                                      job.iwd, env, out, err, gate, run)
+                                      job.iwd, env, out, err, gate, run, on_start=executing)
         run.removed = run.exit_code is None
+        self._log_end(job, run.exit_code)
         return run.exit_code
 
     def _vanilla(self, job: _Job, retry: int, gate: threading.Event | None) -> int | None:
+        """The proc's claims and starts, as the shadow and the starter run them. A claim (the
+        next machine, a fresh sandbox with the inputs and the last checkpoint, 040 and 001
+        events) begins the job and follows an eviction or a rescheduled checkpoint exit; any
+        other checkpoint exit restarts the job in place: same sandbox, no new 001."""
+        pool = self.pool
+        removable = self.dag.nodes[job.node].kind != "FINAL"
+        ckpt_code = job.get("checkpoint_exit_code")
         checkpoint: Path | None = None
+        claim: _Claim | None = None
         for start in range(100):
-            sandbox = self.pool._sandbox()
-            run = JobRun(job.node, job.proc, retry, start, sandbox)
+            fresh = claim is None
+            if claim is None:
+                if removable and self.abort_event.is_set():  # removed while idle
+                    self._log_end(job, None)
+                    return None
+                claim = pool._claim(job)
+            run = JobRun(job.node, job.proc, retry, start, claim.sandbox,
+                         machine=claim.machine.name, slot=claim.slot,
+                         gpu=claim.machine.ad.get("GPUs_DeviceName"))
             self.jobs.append(run)
-            executable, inputs = self._transfer_in(job, sandbox, checkpoint)
-            env = self._starter_env(job, sandbox)
-            self.pool._set(job.ad, JobStatus=RUNNING,
-                           RemoteHost=f"slot1_{job.proc + 1}@{self.pool.machine}",
-                           NumJobStarts=start + 1)
-            argv = [str(executable), *split_arguments(job.get("arguments"))]
-            with self.pool.slots:
-                code = self._execute(job, argv, sandbox, env, sandbox / "_condor_stdout",
-                                     sandbox / "_condor_stderr", gate, run)
+            if fresh:
+                began = time.time()
+                pool._log(job, 40, transfer_body("Started transferring input files",
+                                                 sinful(claim.machine.address,
+                                                        claim.machine.name)))
+                claim.executable, claim.inputs = self._transfer_in(job, claim.sandbox,
+                                                                   checkpoint)
+                pool._log(job, 40, transfer_body("Finished transferring input files"))
+                run.input_seconds = time.time() - began
+                claim.resources = self._resources(job, claim.sandbox)
+                claim.env = self._starter_env(job, claim)
+            argv = [str(claim.executable), *split_arguments(job.get("arguments"))]
+            eviction = pool._eviction(job, retry, start)
+            with pool.slots:
+                code = self._execute(job, argv, claim.sandbox, claim.env,
+                                     claim.sandbox / "_condor_stdout",
+                                     claim.sandbox / "_condor_stderr", gate, run,
+                                     on_start=functools.partial(self._executing, job, claim)
+                                     if fresh else None, eviction=eviction)
             run.exit_code = code
             if code is None:
                 run.removed = True
+                self._log_end(job, None)
                 return None
-            if self.pool.after_exit is not None:
-                self.pool.after_exit(run, sandbox)
-            ckpt_code = job.get("checkpoint_exit_code")
-            if ckpt_code and code == int(ckpt_code):
-                checkpoint = self._save_checkpoint(job, sandbox)
+            if eviction is not None and run.evicted is not None:
+                pool._log(job, 4, evicted_body(eviction.code, eviction.subcode,
+                                               eviction.reason), run.ended)
+                self._requeue(job)
+                claim = None
                 continue
-            self._transfer_out(job, sandbox, inputs)
+            if pool.after_exit is not None:
+                pool.after_exit(run, claim.sandbox)
+            if ckpt_code and code == int(ckpt_code):  # HTCondor uploads the checkpoint
+                began = time.time()
+                pool._log(job, 40, transfer_body("Started transferring output files"))
+                checkpoint = self._save_checkpoint(job, claim.sandbox)
+                pool._log(job, 40, transfer_body("Finished transferring output files"))
+                run.output_seconds = time.time() - began
+                if pool._reschedules(job.node):
+                    run.rescheduled, run.evicted = True, SUCCESSFUL_CHECKPOINT
+                    pool._log(job, 21, remote_error_body(claim.slot, RESCHEDULE_MESSAGE,
+                                                         SUCCESSFUL_CHECKPOINT))
+                    pool._log(job, 4, evicted_body(SUCCESSFUL_CHECKPOINT, 0,
+                                                   f"Error from {claim.slot}: "
+                                                   f"{RESCHEDULE_MESSAGE}"))
+                    self._requeue(job)
+                    claim = None
+                continue
+            began = time.time()
+            pool._log(job, 40, transfer_body("Started transferring output files"))
+            self._transfer_out(job, claim.sandbox, claim.inputs)
+            pool._log(job, 40, transfer_body("Finished transferring output files"))
+            run.output_seconds = time.time() - began
+            self._log_end(job, code)
             return code
-        raise Held("the job restarted 100 times from checkpoints")
+        raise Held("the job restarted 100 times")
 
-    def _starter_env(self, job: _Job, sandbox: Path) -> dict[str, str]:
+    def _executing(self, job: _Job, claim: _Claim) -> None:
+        """The shadow's execute event, when the starter has started the job on a claim."""
+        pool = self.pool
+        with pool._lock:
+            pool._set(job.ad, JobStatus=RUNNING, RemoteHost=claim.slot,
+                      NumJobStarts=(job.ad.get("NumJobStarts") or 0) + 1)
+        pool._log(job, 1, execute_body(sinful(claim.machine.address, claim.machine.name),
+                                       claim.slot, self._execute_props(job, claim)))
+
+    def _requeue(self, job: _Job) -> None:
+        """The claim is gone: the job is idle until the next one (after `restart_delay`)."""
+        with self.pool._lock:
+            job.ad["JobStatus"] = IDLE
+            if "RemoteHost" in job.ad:
+                del job.ad["RemoteHost"]
+            self.pool._write_queue()
+        time.sleep(self.pool.restart_delay)
+
+    def _log_end(self, job: _Job, code: int | None) -> None:
+        """005 for an exit; 009 when DAGMan removed the job (code None)."""
+        if code is None:
+            owner = job.ad.get("Owner", "user")
+            self.pool._log(job, 9, aborted_body(f"{DAG_ABORT_REASON} (by user {owner})"))
+        else:
+            self.pool._log(job, 5, terminated_body(code))
+
+    def _resources(self, job: _Job, sandbox: Path) -> dict[str, int]:
+        """What a partitionable slot carves out for the job: request_* or HTCondor's defaults
+        (JOB_DEFAULT_REQUEST*; the disk's from the size of the input sandbox), rounded up as
+        the default MODIFY_REQUEST_EXPR_* do. An expression is left out."""
+        cpus = job.get("request_cpus", "1") or "1"
+        memory = _quantity(job.get("request_memory", "128") or "128", "M")
+        disk = _quantity(job.get("request_disk"), "K") if job.get("request_disk") else \
+            int(max(1024, (_tree_size(sandbox) / 2**20 + 1) * 1.25) * 1024)
+        resources = {"Cpus": int(cpus) if cpus.isdigit() else None,
+                     "Memory": None if memory is None else -(-memory // 128) * 128,
+                     "Disk": None if disk is None else -(-disk // 1024) * 1024}
+        gpus = job.get("request_gpus")
+        if gpus:
+            resources["GPUs"] = int(gpus) if gpus.isdigit() else None
+        return {k: v for k, v in resources.items() if v is not None}
+
+    def _execute_props(self, job: _Job, claim: _Claim) -> dict[str, Any]:
+        """The 001 event's properties: the scratch directory, the slot's resources, and the
+        machine attributes `ulog_execute_attrs` names (those the machine ad has)."""
+        props: dict[str, Any] = {"CondorScratchDir": str(claim.sandbox), **claim.resources}
+        taken = {name.lower() for name in props}  # ClassAd names ignore case
+        by_lower = {k.lower(): k for k in claim.machine.ad}
+        for name in re.split(r"[,\s]+", job.get("ulog_execute_attrs")):
+            key = by_lower.get(name.lower())
+            if key is not None and name.lower() not in taken:
+                props[key] = claim.machine.ad[key]
+        return props
+
+    def _starter_env(self, job: _Job, claim: _Claim) -> dict[str, str]:
+        sandbox = claim.sandbox
         env = self._environment(job)
         cpus = job.get("request_cpus", "1") or "1"
         (sandbox / ".job.ad").write_text(str(job.ad))
-        (sandbox / ".machine.ad").write_text(
-            f'[ Machine = "{self.pool.machine}"; Cpus = {cpus}; ]\n')
+        machine_ad = classad2.ClassAd()
+        machine_ad.update({**claim.machine.ad, **claim.resources,
+                           "Machine": claim.machine.name, "Name": claim.slot})
+        machine_ad["Cpus"] = classad2.ExprTree(cpus)  # request_cpus as written
+        (sandbox / ".machine.ad").write_text(f"{machine_ad}\n")
         env.update({name: cpus for name in THREAD_VARS})
         env.update({"_CONDOR_SCRATCH_DIR": str(sandbox), "TMPDIR": str(sandbox),
                     "TMP": str(sandbox), "TEMP": str(sandbox),
                     "_CONDOR_JOB_AD": str(sandbox / ".job.ad"),
                     "_CONDOR_MACHINE_AD": str(sandbox / ".machine.ad"),
-                    "_CONDOR_JOB_IWD": str(job.iwd), "_CONDOR_SLOT": f"slot1_{job.proc + 1}",
+                    "_CONDOR_JOB_IWD": str(job.iwd),
+                    "_CONDOR_SLOT": claim.slot.split("@", 1)[0],
                     "BATCH_SYSTEM": "HTCondor", "HOME": str(self.pool.root / "home")})
         if _truthy(job.get("want_io_proxy")):
             host, port = self.pool._chirp_address()
-            cookie = f"cookie-{job.ad.eval('ClusterId')}-{job.proc}-{time.monotonic_ns()}"
+            cookie = f"cookie-{job.cluster}-{job.proc}-{time.monotonic_ns()}"
             with self.pool._lock:
-                self.pool._ads_by_cookie[cookie] = job.ad
+                self.pool._jobs_by_cookie[cookie] = job
             (sandbox / ".chirp.config").write_text(f"{host} {port} {cookie}\n")
             env["_CONDOR_CHIRP_CONFIG"] = str(sandbox / ".chirp.config")
         return env
@@ -1046,7 +1426,7 @@ class _Replay:
             source = Path(entry) if os.path.isabs(entry) else job.iwd / entry
             if not source.exists():
                 raise Held(f"Transfer input files failure: {entry}: no such file or directory "
-                           f"(looked for {source})")
+                           f"(looked for {source})", TRANSFER_INPUT_ERROR, errno.ENOENT)
             if source.is_dir() and entry.endswith("/"):
                 for child in source.iterdir():
                     _copy(child, sandbox / child.name)
@@ -1059,14 +1439,15 @@ class _Replay:
 
     def _save_checkpoint(self, job: _Job, sandbox: Path) -> Path:
         names = [e.strip() for e in job.get("transfer_checkpoint_files").split(",") if e.strip()]
-        spool = self.pool.root / "spool" / f"{job.ad.eval('ClusterId')}.{job.proc}"
+        spool = self.pool.root / "spool" / f"{job.cluster}.{job.proc}"
         new = spool.with_name(spool.name + ".new")
         shutil.rmtree(new, ignore_errors=True)
         new.mkdir(parents=True)
         for name in names or [p.name for p in sandbox.iterdir()]:
             source = sandbox / name
             if not source.exists():
-                raise Held(f"Transfer checkpoint files failure: {name} does not exist")
+                raise Held(f"Transfer checkpoint files failure: {name} does not exist",
+                           TRANSFER_OUTPUT_ERROR, errno.ENOENT)
             _copy(source, new / Path(name).name)
         shutil.rmtree(spool, ignore_errors=True)
         os.replace(new, spool)
@@ -1093,44 +1474,59 @@ class _Replay:
             source = sandbox / name
             if not source.exists():
                 raise Held(f"Transfer output files failure: {name} was not created by the job "
-                           "(listed in transfer_output_files)")
+                           "(listed in transfer_output_files)", TRANSFER_OUTPUT_ERROR,
+                           errno.ENOENT)
             dest = remaps.get(name, Path(name).name)
             target = Path(dest) if os.path.isabs(dest) else job.iwd / dest
             if not target.parent.is_dir():
-                raise Held(f"Transfer output files failure: {target.parent} does not exist")
+                raise Held(f"Transfer output files failure: {target.parent} does not exist",
+                           TRANSFER_OUTPUT_ERROR, errno.ENOENT)
             _copy(source, target)
 
     def _execute(self, job: _Job, argv: list[str], cwd: Path, env: dict[str, str],
                  out: Path | None, err: Path | None, gate: threading.Event | None,
-                 run: JobRun) -> int | None:
-        """Run the process, watching chirp's ProvisionerState.
+                 run: JobRun, *, on_start: Callable[[], None] | None = None,
+                 eviction: Eviction | None = None) -> int | None:
+        """Run the process, watching chirp's ProvisionerState. `on_start` runs once the
+        process has started (the execute event); an `eviction` kills it `eviction.after`
+        seconds later, as the starter's soft kill does, and sets `run.evicted`.
         Returns the exit code (minus the signal number), or None when DAGMan removed it."""
         removable = self.dag.nodes[job.node].kind != "FINAL"
         stdout = open(out, "ab") if out else subprocess.DEVNULL
         stderr = (stdout if err == out else open(err, "ab")) if err else subprocess.DEVNULL
         try:
             proc = start_job(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
+            run.started, started = time.time(), time.monotonic()
             with self.lock:
                 self.running[id(proc)] = (proc, removable)
                 if removable and self.abort_event.is_set():
                     self.removed.add(id(proc))
                     _kill(proc)
-            started = time.monotonic()
+            if on_start is not None and id(proc) not in self.removed:
+                on_start()
             try:
                 while True:
+                    wait = 0.1 if eviction is None else \
+                        min(0.1, max(0.0, started + eviction.after - time.monotonic()))
                     try:
-                        code = proc.wait(timeout=0.1)
+                        code = proc.wait(timeout=wait)
                         break
                     except subprocess.TimeoutExpired:
                         pass
+                    if eviction is not None and time.monotonic() >= started + eviction.after:
+                        _kill(proc)
+                        run.evicted, code = eviction.code, proc.returncode
+                        break
                     if gate is not None and not gate.is_set() and \
                             job.ad.get("ProvisionerState") == PROVISIONING_COMPLETE:
                         gate.set()
                     if time.monotonic() - started > self.pool.timeout:
                         _kill(proc)
-                        raise Held(f"ran past the harness's {self.pool.timeout} s limit")
+                        raise Held(f"ran past the harness's {self.pool.timeout} s limit",
+                                   JOB_EXECUTE_EXCEEDED)
             finally:
                 run.seconds = time.monotonic() - started
+                run.ended = time.time()
                 with self.lock:
                     self.running.pop(id(proc), None)
             return None if id(proc) in self.removed else code
@@ -1161,13 +1557,15 @@ def start_job(argv: list[str], **options: Any) -> subprocess.Popen:
                                     **options)
         except OSError as exc:
             if exc.errno not in TRANSIENT_EXEC_ERRORS or time.monotonic() > deadline:
-                raise Held(f"Failed to execute {argv[0]}: {exc.strerror}") from None
+                raise Held(f"Failed to execute {argv[0]}: {exc.strerror}",
+                           FAILED_TO_CREATE_PROCESS, exc.errno or 0, remote=True) from None
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    """condor_rm: SIGTERM to the job's process group, then SIGKILL."""
+    """condor_rm, or the starter's soft kill when it evicts a job: SIGTERM to the job's
+    process group, then SIGKILL after a grace time."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     try:
