@@ -355,3 +355,22 @@ def test_checkpoint_every_auto(demo_run, tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr
     assert "checkpoint_every auto: every 1 epoch(s)" in proc.stderr
     assert re.search(r"checkpoint_every auto: every \d{4,} epoch\(s\)", proc.stderr)
+
+
+def test_train_models_jobs_reads_the_sweep_log(demo_run, tmp_path, capsys):
+    """`train-models jobs` finds the sweep's DAG and log, and refuses another DAG's log."""
+    from eventlog_samples import rescheduled_log
+
+    spec = write_spec(tmp_path / "jobs.yaml", seeds=[0], params={"head": ["linear"],
+                                                               "hidden": [16]})
+    summary = last_json(train_here(capsys, "sweep", str(spec), "--workdir", str(demo_run[0]),
+                                   "--executor", "condor", "--dry-run", "--json")[1])
+    condor = Path(summary["dag"]).parent
+    code, _, err = train_here(capsys, "jobs", "--workdir", str(demo_run[0]), "--sweep", "jobs")
+    assert code == 2 and "no job event log" in err
+    (condor / "sweep.log").write_text(rescheduled_log().replace("shard-00001", "WAVE0"))
+    code, out, _ = train_here(capsys, "jobs", "--workdir", str(demo_run[0]), "--sweep", "jobs")
+    assert code == 0 and "WAVE0" in out and "evicted (code 1025)" in out
+    (condor / "sweep.log").write_text(rescheduled_log())  # shard-00001: the pipeline's node
+    code, _, err = train_here(capsys, "jobs", "--workdir", str(demo_run[0]), "--sweep", "jobs")
+    assert code == 2 and "is the log of another DAG" in err
