@@ -231,3 +231,64 @@ def measured_costs(job: dict, units: float) -> ClassCosts:
     return ClassCosts(unit_seconds=spent["goodput"] / units, checkpoint_seconds=checkpoint,
                       restart_seconds=restart,
                       queue_seconds=sum(gaps) / len(gaps) if gaps else 0.0)
+
+
+@dataclass(frozen=True)
+class GpuClass:
+    """A GPU class of a pool: its compute capability, measured costs, mean time between
+    evictions and the share of claims it takes."""
+
+    capability: float
+    costs: ClassCosts
+    mean_seconds: float = math.inf
+    share: float = 1.0
+
+
+GPU_POLICIES = ("any", "fastest", "cost")
+
+
+def choose_gpus(policy: str, classes: dict[str, GpuClass], units: float,
+                interval: float | str, *, runs: int = 400, seed: int = 0
+                ) -> tuple[float | None, list[dict[str, float | str]]]:
+    """The lowest compute capability to require under `policy`, and the simulated figures
+    of each choice: `any` requires none; `fastest` the floor whose admitted classes give the
+    shortest mean wall time, `cost` the fewest GPU-hours. A job's first claim and each one
+    after an eviction go to an admitted class in proportion to its share and wait that
+    class's queue; `interval` is in units, or `auto` (Daly's, from the biggest admitted
+    class's costs)."""
+    if policy not in GPU_POLICIES:
+        raise PolicyError(f"gpu policy {policy!r}: one of {', '.join(GPU_POLICIES)}")
+    if policy == "any":
+        return None, []
+    if not classes:
+        raise PolicyError(f"gpu: {policy} needs measured costs of at least one GPU class")
+    rows: list[dict[str, float | str]] = []
+    for floor in sorted({c.capability for c in classes.values()}):
+        admitted = {n: c for n, c in classes.items() if c.capability >= floor}
+        total = sum(c.share for c in admitted.values())
+        if not total > 0:
+            continue
+        main = max(admitted.values(), key=lambda c: c.share)
+        every = interval if interval != "auto" else (auto_units(
+            main.costs.unit_seconds, main.costs.checkpoint_seconds, main.mean_seconds)
+            or units)
+        model = Interruptions(mean_seconds={n: c.mean_seconds for n, c in admitted.items()},
+                              change_class=1.0,
+                              weights={n: c.share for n, c in admitted.items()})
+        wall = hours = 0.0
+        for number, (name, gpu) in enumerate(admitted.items()):
+            share = gpu.share / total
+            out = simulate(units, float(every), {n: c.costs for n, c in admitted.items()},
+                           model, start=name, runs=max(1, round(runs * share)),
+                           seed=seed + number)
+            wall += share * (gpu.costs.queue_seconds + float(out.wall.mean()))
+            hours += share * float(out.gpu_hours.mean())
+        rows.append({"min_capability": floor, "classes": ", ".join(admitted),
+                     "wall_hours": wall / 3600, "gpu_hours": hours})
+    if not rows:
+        raise PolicyError("every GPU class has a share of 0")
+    key = "wall_hours" if policy == "fastest" else "gpu_hours"
+    best = min(rows, key=lambda row: row[key])
+    lowest = min(c.capability for c in classes.values())
+    floor = float(best["min_capability"])
+    return (None if floor == lowest else floor), rows

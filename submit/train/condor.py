@@ -23,12 +23,13 @@ endpoint into `workers.sub` before it is submitted.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from inference.workdir import atomic_path
+from inference.workdir import atomic_path, write_json_atomic
 from submit.htcondor import (
     Dag,
     Node,
@@ -45,13 +46,22 @@ from submit.htcondor import (
     write_submit,
 )
 
+from ..preemption import ClassCosts, GpuClass, PolicyError, choose_gpus
 from . import TrainError
 from .multinode import DATASET, RUN_FILE, MultinodeSpec, read_run, torchrun_args
 from .spec import CondorSettings
 from .sweep import EVAL_TARGET_REACHED, Sweep, collect, evaluate, unfinished_trials
-from .trial import CHECKPOINT, CHECKPOINT_EXIT_CODE, METRICS, PARAMS, read_metrics
+from .trial import (
+    CHECKPOINT,
+    CHECKPOINT_EXIT_CODE,
+    METRICS,
+    PARAMS,
+    check_params,
+    read_metrics,
+)
 
 SWEEP_DAG = "sweep.dag"
+GPU_POLICY_FILE = "gpu-policy.json"  # what condor.gpu chose, and the figures it rests on
 MULTINODE_DAG = "multinode.dag"
 JOB_SCRIPT = "run-train.sh"
 RESUME_FILES = (CHECKPOINT, METRICS)  # what an unfinished trial's job takes along
@@ -115,6 +125,32 @@ def _clear_previous_dag(condor_dir: Path) -> None:
         stale.unlink()
 
 
+def gpu_choice(sweep: Sweep, settings: CondorSettings) -> dict[str, Any]:
+    """What `condor.gpu` decides for the sweep's jobs: the lowest compute capability to
+    require (None: any class), and the simulated figures it rests on. Without measured
+    classes it admits any class and says so in one line."""
+    if settings.gpu == "any":
+        return {"policy": "any", "min_capability": None}
+    if not settings.gpu_classes:
+        note = (f"condor.gpu: {settings.gpu} has no condor.gpu_classes (measured costs per "
+                "class, e.g. from `train-models jobs --json` of an earlier sweep): admitting "
+                "any GPU class")
+        print(f"train-models: {note}", file=sys.stderr)
+        return {"policy": "any", "min_capability": None, "fallback": note}
+    classes = {name: GpuClass(
+        c.capability, ClassCosts(c.epoch_seconds, c.checkpoint_seconds, c.restart_seconds,
+                                 c.queue_seconds),
+        c.mean_time_between_evictions or settings.mean_time_between_evictions or math.inf,
+        c.share) for name, c in settings.gpu_classes.items()}
+    epochs = max(check_params(t["params"])["epochs"] for t in sweep.trials())
+    interval = settings.checkpoint_every or epochs
+    try:
+        floor, simulated = choose_gpus(settings.gpu, classes, epochs, interval)
+    except PolicyError as exc:
+        raise TrainError(f"condor.gpu_classes: {exc}") from None
+    return {"policy": settings.gpu, "min_capability": floor, "simulated": simulated}
+
+
 def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
     """The DAG that runs `trials` (the unfinished ones), resuming each from its checkpoint."""
     if not trials:
@@ -129,6 +165,10 @@ def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
     log = str(condor_dir / "sweep.log")
     size = settings.wave_size or len(trials)
     waves = [trials[i : i + size] for i in range(0, len(trials), size)]
+    choice = gpu_choice(sweep, settings)
+    write_json_atomic(condor_dir / GPU_POLICY_FILE, choice)
+    gpu = ({"gpus_minimum_capability": f"{choice['min_capability']:g}"}
+           if choice["min_capability"] else {})
     trial_args = ["-m", "submit.train.cli", "trial", "--trial-dir", ".", "--dataset", DATASET]
     if settings.checkpoint_every:
         trial_args += ["--checkpoint-exit-every", str(settings.checkpoint_every)]
@@ -146,7 +186,7 @@ def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
             "transfer_checkpoint_files": f"{CHECKPOINT},{METRICS}",
             "environment": '"OMP_NUM_THREADS=$(request_cpus)"',
             "output": "trial.out", "error": "trial.err", "log": log,
-            "batch_name": f"sweep-{spec.name}",
+            "batch_name": f"sweep-{spec.name}", **gpu,
         }, itemdata=[{"trial": t, "resume": _resume_files(sweep, t)} for t in wave])
         nodes.append(Node(f"WAVE{number}", f"{name}.sub",
                           post=_local_script("evaluate", "--sweep-dir", str(root)),
@@ -178,11 +218,13 @@ def run_sweep_dag(sweep: Sweep, dry_run: bool) -> dict[str, Any]:
         return {**collect(sweep), "dag": None, "submitted": None,
                 "stopped_early": decision["reason"]}
     dag = write_sweep_dag(sweep, pending)
+    choice = json.loads((dag.parent / GPU_POLICY_FILE).read_text(encoding="utf-8"))
     trials = sweep.trials()
     completed = sum((read_metrics(sweep.trial_dir(t["trial"])) or {}).get("status")
                     == "completed" for t in trials)
     return {"sweep": sweep.spec().name, "trials": len(trials), "completed": completed,
             "pending": len(pending), "best": None, "dag": str(dag),
+            "gpu_policy": {k: v for k, v in choice.items() if k != "simulated"},
             "submitted": None if dry_run else submit_dag(dag)}
 
 

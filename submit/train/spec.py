@@ -21,6 +21,20 @@ from . import TrainError
 
 
 @dataclass
+class GpuClassSettings:
+    """One GPU class of the pool, as measured (e.g. `train-models jobs --json` of an earlier
+    sweep): for `condor.gpu: fastest | cost`."""
+
+    capability: float  # compute capability, what gpus_minimum_capability compares
+    epoch_seconds: float
+    checkpoint_seconds: float = 0.0  # writing, uploading and the restart's setup
+    restart_seconds: float = 0.0  # a new claim's input transfer and setup
+    queue_seconds: float = 0.0  # the wait for a claim of this class
+    mean_time_between_evictions: float = 0.0  # seconds; 0: the sweep's
+    share: float = 1.0  # of the claims it takes when any class is admitted
+
+
+@dataclass
 class CondorSettings(JobSoftware):
     """What training jobs run (see `JobSoftware`) and ask for."""
 
@@ -34,6 +48,10 @@ class CondorSettings(JobSoftware):
     # interval from the first epoch's measured costs and mean_time_between_evictions
     checkpoint_every: int | str = 0
     mean_time_between_evictions: float = 0.0  # seconds, the pool's (needed by auto)
+    # any: no GPU class required; fastest / cost: the lowest compute capability whose admitted
+    # classes give the shortest expected wall time / fewest GPU-hours (submit.preemption)
+    gpu: str = "any"
+    gpu_classes: dict[str, GpuClassSettings] = field(default_factory=dict)
     extra: dict[str, bool | int | float | str] = field(default_factory=dict)  # e.g. +Site
 
     def validate(self) -> None:
@@ -41,6 +59,11 @@ class CondorSettings(JobSoftware):
         every = self.checkpoint_every
         if isinstance(every, str) and every != "auto" or isinstance(every, int) and every < 0:
             raise ConfigError(f"condor.checkpoint_every: epochs >= 0 or auto, got {every!r}")
+        if self.gpu not in ("any", "fastest", "cost"):
+            raise ConfigError(f"condor.gpu: any, fastest or cost, got {self.gpu!r}")
+        if self.gpu != "any" and not self.request_gpus:
+            raise ConfigError(f"condor.gpu: {self.gpu} chooses among GPU classes: set "
+                              "condor.request_gpus")
         if every == "auto" and not self.mean_time_between_evictions > 0:
             raise ConfigError("condor.checkpoint_every: auto needs "
                               "condor.mean_time_between_evictions (seconds, > 0): the "

@@ -374,3 +374,33 @@ def test_train_models_jobs_reads_the_sweep_log(demo_run, tmp_path, capsys):
     (condor / "sweep.log").write_text(rescheduled_log())  # shard-00001: the pipeline's node
     code, _, err = train_here(capsys, "jobs", "--workdir", str(demo_run[0]), "--sweep", "jobs")
     assert code == 2 and "is the log of another DAG" in err
+
+
+def test_gpu_policy_writes_the_requirement(demo_run, tmp_path, capsys):
+    classes = {"H100": {"capability": 9.0, "epoch_seconds": 60, "checkpoint_seconds": 30,
+                        "restart_seconds": 60, "queue_seconds": 600, "share": 0.5},
+               "P100": {"capability": 6.0, "epoch_seconds": 400, "checkpoint_seconds": 30,
+                        "restart_seconds": 60, "queue_seconds": 600, "share": 0.5}}
+    spec = write_spec(tmp_path / "gpus.yaml", seeds=[0], params={"head": ["linear"],
+                                                               "hidden": [16]},
+                      condor={"request_gpus": 1, "gpu": "fastest", "gpu_classes": classes,
+                              "mean_time_between_evictions": 7200})
+    args = ["sweep", str(spec), "--workdir", str(demo_run[0]), "--executor", "condor",
+            "--dry-run", "--json"]
+    summary = last_json(train_here(capsys, *args)[1])
+    assert summary["gpu_policy"] == {"policy": "fastest", "min_capability": 9.0}
+    condor = Path(summary["dag"]).parent
+    assert _parse(condor / "wave-000.sub")["gpus_minimum_capability"] == "9"
+    simulated = json.loads((condor / "gpu-policy.json").read_text())["simulated"]
+    assert [row["min_capability"] for row in simulated] == [6.0, 9.0]
+
+    write_spec(spec, seeds=[0], params={"head": ["linear"], "hidden": [16]},
+               condor={"request_gpus": 1, "gpu": "cost"})
+    code, out, err = train_here(capsys, *args, "--force")
+    assert code == 0 and "has no condor.gpu_classes" in err and err.count("\n") == 1
+    assert last_json(out)["gpu_policy"]["policy"] == "any"
+    assert "gpus_minimum_capability" not in _parse(condor / "wave-000.sub").keys()
+
+    write_spec(spec, seeds=[0], condor={"gpu": "fastest"})
+    code, _, err = train_here(capsys, *args, "--force")
+    assert code == 2 and "set condor.request_gpus" in err

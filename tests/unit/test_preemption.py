@@ -98,3 +98,28 @@ def test_the_daly_interval_is_near_the_simulated_best() -> None:
 def test_impossible_parameters_are_refused(make) -> None:
     with pytest.raises(PolicyError):
         make()
+
+
+def test_gpu_policy_requires_new_classes_only_when_it_pays() -> None:
+    from submit.preemption import GpuClass, choose_gpus
+
+    def pool(old_queue: float, mtbe: float) -> dict[str, GpuClass]:
+        fast = ClassCosts(unit_seconds=60, checkpoint_seconds=30, restart_seconds=60,
+                          queue_seconds=3600)
+        slow = ClassCosts(unit_seconds=400, checkpoint_seconds=30, restart_seconds=60,
+                          queue_seconds=old_queue)
+        return {"H100": GpuClass(9.0, fast, mtbe, 0.5), "P100": GpuClass(6.0, slow, mtbe, 0.5)}
+
+    # the old class waits as long: requiring the new one is faster and cheaper
+    floor, rows = choose_gpus("fastest", pool(3600, 7200), 100, "auto")
+    assert floor == 9.0 and [r["min_capability"] for r in rows] == [6.0, 9.0]
+    assert choose_gpus("cost", pool(3600, 7200), 100, "auto")[0] == 9.0
+    # a short job on a pool whose new class waits a day: admitting the old one is faster
+    floor, rows = choose_gpus("fastest", pool(60, 7200) | {"H100": GpuClass(
+        9.0, ClassCosts(60, 30, 60, 86400), 7200, 0.5)}, 5, 1)
+    assert floor is None, rows
+    assert choose_gpus("any", pool(60, 7200), 100, 1) == (None, [])
+    with pytest.raises(PolicyError, match="needs measured costs"):
+        choose_gpus("fastest", {}, 100, 1)
+    with pytest.raises(PolicyError, match="gpu policy"):
+        choose_gpus("newest", pool(60, 7200), 100, 1)
