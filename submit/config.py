@@ -74,8 +74,11 @@ class CondorConfig(JobSoftware):
     extra_inputs: list[str] = field(default_factory=list)
     max_jobs: int = 50
     retries: int = 3
-    checkpoint_minutes: int = 30
+    # checkpoint at the first part (row) boundary after this long, 0 never, or auto: Young/
+    # Daly's interval from the job's measured setup and mean_time_between_evictions
+    checkpoint_minutes: int | str = 30
     checkpoint_exit_code: int = 85
+    mean_time_between_evictions: float = 0.0  # seconds, the pool's (needed by auto)
     batch_name: str | None = None
 
     def validate(self) -> None:
@@ -107,9 +110,27 @@ class CondorConfig(JobSoftware):
                               "data/USER/run1 or pelican://HOST/path")
         if self.stage_dir is not None and self.shards_url is None:
             raise ConfigError("condor.stage_dir needs condor.shards_url (the URL it serves)")
-        if self.max_jobs < 0 or self.retries < 0 or self.checkpoint_minutes < 0:
-            raise ConfigError("condor: max_jobs, retries and checkpoint_minutes must be >= 0")
+        if self.max_jobs < 0 or self.retries < 0:
+            raise ConfigError("condor: max_jobs and retries must be >= 0")
+        minutes = self.checkpoint_minutes
+        if isinstance(minutes, str) and minutes != "auto" or \
+                isinstance(minutes, int) and minutes < 0:
+            raise ConfigError(f"condor.checkpoint_minutes: minutes >= 0 or auto, got "
+                              f"{minutes!r}")
+        if minutes == "auto" and not self.mean_time_between_evictions > 0:
+            raise ConfigError("condor.checkpoint_minutes: auto needs "
+                              "condor.mean_time_between_evictions (seconds, > 0): the "
+                              "interval follows from it and the job's measured setup")
         if not 3 <= self.checkpoint_exit_code <= 255 or self.checkpoint_exit_code == 130:
             raise ConfigError("condor.checkpoint_exit_code must be 3..255 and not 130 "
                               "(0, 1, 2 and 130 already mean success, failure, bad input "
                               "and interrupted)")
+
+
+def checkpoint_arguments(c: CondorConfig) -> str:
+    """The job script's checkpoint options for `condor.checkpoint_minutes` ('' for never)."""
+    if not c.checkpoint_minutes:
+        return ""
+    after = (f"auto --mean-time-between-evictions {c.mean_time_between_evictions:g}"
+             if c.checkpoint_minutes == "auto" else str(int(c.checkpoint_minutes) * 60))
+    return f" --checkpoint-after {after} --checkpoint-exit-code {c.checkpoint_exit_code}"

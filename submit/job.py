@@ -39,6 +39,7 @@ from inference.workdir import Workdir, WorkdirError, atomic_path
 from inference.worker import ShardWorker
 
 from .chirp import PUBLISH_INTERVAL, JobAd
+from .preemption import auto_checkpoint_seconds, checkpoint_after_option
 
 PARTS_DIR = "parts"
 PART_ROWS = 10_000
@@ -139,10 +140,13 @@ def _join_parts(parts: Workdir, count: int, result_file: Path) -> int:
 
 
 def run_job(shard: int, shard_file: Path, result_file: Path, *, manifest_file: Path,
-            part_rows: int = PART_ROWS, checkpoint_after: float = 0,
-            checkpoint_exit_code: int = 85) -> int:
-    """Embed one shard; returns the exit code (0, or the checkpoint code to be restarted)."""
+            part_rows: int = PART_ROWS, checkpoint_after: float | str = 0,
+            checkpoint_exit_code: int = 85, mean_time_between_evictions: float = 0.0) -> int:
+    """Embed one shard; returns the exit code (0, or the checkpoint code to be restarted).
+    `checkpoint_after` auto: chosen once the model is ready, from the setup this start took
+    (`submit.preemption.auto_checkpoint_seconds`)."""
     started = time.monotonic()
+    limit = None if checkpoint_after == "auto" else float(checkpoint_after)
     try:
         manifest = Manifest(json.loads(manifest_file.read_text(encoding="utf-8")), manifest_file)
     except (OSError, ValueError) as exc:
@@ -153,10 +157,20 @@ def run_job(shard: int, shard_file: Path, result_file: Path, *, manifest_file: P
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)  # HTCondor sets it to request_cpus
 
     def on_event(event: dict) -> None:
+        nonlocal limit
         if event.get("event") == "progress":
             progress.update(event["passages"])
         elif event.get("event") == "ready":
             progress.model_ready()
+            if limit is None:
+                setup = time.monotonic() - started
+                limit = setup + auto_checkpoint_seconds(setup, mean_time_between_evictions)
+                progress.ad.record("policy", checkpoint_after=round(limit, 1),
+                                   setup_seconds=round(setup, 3),
+                                   mean_seconds=mean_time_between_evictions)
+                print(f"shard {shard}: checkpoint_minutes auto: at the first part after "
+                      f"{limit:.0f} s (setup {setup:.1f} s, mean time between evictions "
+                      f"{mean_time_between_evictions:g} s)", file=sys.stderr)
 
     worker = ShardWorker(parts, threads=threads, on_event=on_event)
     for part in range(count):
@@ -165,8 +179,8 @@ def run_job(shard: int, shard_file: Path, result_file: Path, *, manifest_file: P
         worker.wait()
         progress.part_done(part, count, outcome.rows, outcome.skipped)
         remaining = count - part - 1
-        if (checkpoint_after and remaining and not outcome.skipped
-                and time.monotonic() - started >= checkpoint_after):
+        if (limit and remaining and not outcome.skipped
+                and time.monotonic() - started >= limit):
             writing = time.time()
             # re-made from the shard file; keep the checkpoint small
             shutil.rmtree(parts.shards_dir)
@@ -188,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result-file", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, default=Path("manifest.json"))
     parser.add_argument("--part-rows", type=int, default=PART_ROWS)
-    parser.add_argument("--checkpoint-after", type=float, default=0, metavar="SECONDS",
+    parser.add_argument("--checkpoint-after", type=checkpoint_after_option, default=0,
+                        metavar="SECONDS|auto",
                         help="exit with the checkpoint code at the first part boundary after "
-                        "this many seconds (0: never)")
+                        "this many seconds (0: never; auto: Young/Daly's interval from the "
+                        "measured setup)")
+    parser.add_argument("--mean-time-between-evictions", type=float, default=0.0,
+                        metavar="SECONDS", help="the pool's, for --checkpoint-after auto")
     parser.add_argument("--checkpoint-exit-code", type=int, default=85)
     args = parser.parse_args(argv)
     if args.part_rows < 1:
@@ -201,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_job(args.shard, args.shard_file, args.result_file,
                            manifest_file=args.manifest, part_rows=args.part_rows,
                            checkpoint_after=args.checkpoint_after,
+                           mean_time_between_evictions=args.mean_time_between_evictions,
                            checkpoint_exit_code=args.checkpoint_exit_code)
         except UsageError as exc:  # named as the exit code's meaning in the job's stderr
             raise BadInput(str(exc)) from None

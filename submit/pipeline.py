@@ -57,7 +57,7 @@ from inference.partition_map import part_name
 from inference.readers import expand_inputs
 from inference.workdir import Workdir
 
-from .config import CondorConfig, StepResourcesConfig
+from .config import CondorConfig, StepResourcesConfig, checkpoint_arguments
 from .htcondor import (
     CondorError,
     Dag,
@@ -173,9 +173,7 @@ def _stage(source: Path, target: Path) -> bool:
 
 
 def _write_job_script(path: Path, c: CondorConfig) -> None:
-    checkpoint = (f" --checkpoint-after {c.checkpoint_minutes * 60}"
-                  f" --checkpoint-exit-code {c.checkpoint_exit_code}"
-                  if c.checkpoint_minutes else "")
+    checkpoint = checkpoint_arguments(c)
     write_job_script(
         path, c,
         "One shard job of `infer-corpus submit`: embed one shard in the job's scratch directory.\n"

@@ -203,6 +203,27 @@ def auto_units(unit_seconds: float, checkpoint_seconds: float, mean_seconds: flo
     return max(1, round(seconds / unit_seconds))
 
 
+def auto_checkpoint_seconds(setup_seconds: float, mean_seconds: float) -> float:
+    """`checkpoint_minutes: auto` for jobs that checkpoint after a time (shard and generation
+    jobs): Daly's interval for a checkpoint that costs the setup its restart repeats (their
+    finished parts and rows are written as they go); 0 (never) without evictions."""
+    seconds = daly_interval(max(0.0, setup_seconds), mean_seconds)
+    return 0.0 if math.isinf(seconds) else max(seconds, 1e-3)  # 0 would mean never
+
+
+def checkpoint_after_option(value: str) -> float | str:
+    """A job's `--checkpoint-after`: seconds >= 0, or auto."""
+    if value == "auto":
+        return value
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ValueError(f"seconds >= 0 or auto, got {value!r}")
+    return seconds
+
+
 def measured_costs(job: dict, units: float) -> ClassCosts:
     """A class's costs as one finished job measured them (`infer-corpus jobs --json`'s job
     record; `units`: the work it did): a unit's time from its goodput; a checkpoint's from its

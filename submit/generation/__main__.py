@@ -10,6 +10,7 @@ from inference.errors import UsageError, run_command
 from inference.workdir import Workdir
 
 from ..job import BadInput
+from ..preemption import checkpoint_after_option
 from . import __doc__ as PACKAGE_DOC
 from .job import run_job
 from .validate import accept
@@ -25,9 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     job.add_argument("--prompts-file", type=Path, required=True)
     job.add_argument("--output-file", type=Path, required=True)
     job.add_argument("--manifest", type=Path, default=Path("manifest.json"))
-    job.add_argument("--checkpoint-after", type=float, default=0, metavar="SECONDS",
+    job.add_argument("--checkpoint-after", type=checkpoint_after_option, default=0,
+                     metavar="SECONDS|auto",
                      help="exit with the checkpoint code at the first row checkpoint after "
-                     "this many seconds (0: never)")
+                     "this many seconds (0: never; auto: Young/Daly's interval from the "
+                     "measured model load)")
+    job.add_argument("--mean-time-between-evictions", type=float, default=0.0,
+                     metavar="SECONDS", help="the pool's, for --checkpoint-after auto")
     job.add_argument("--checkpoint-exit-code", type=int, default=85)
     post = sub.add_parser("post", help="check a job's output and move it into place")
     post.add_argument("--workdir", required=True)
@@ -44,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return run_job(args.model, args.shard, args.prompts_file, args.output_file,
                            manifest_file=args.manifest, checkpoint_after=args.checkpoint_after,
+                           mean_time_between_evictions=args.mean_time_between_evictions,
                            checkpoint_exit_code=args.checkpoint_exit_code)
         except UsageError as exc:  # named as the exit code's meaning in the job's stderr
             raise BadInput(str(exc)) from None

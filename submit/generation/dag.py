@@ -20,7 +20,7 @@ from inference.generation.manifest import GenerationManifest
 from inference.generation.prompts import prompt_shard_path
 from inference.workdir import Workdir
 
-from ..config import CondorConfig
+from ..config import CondorConfig, checkpoint_arguments
 from ..htcondor import (
     CondorError,
     Dag,
@@ -129,9 +129,7 @@ def write_generation_dag(workdir: Workdir, config: Any, condor: CondorConfig,
     for sub in ("logs", "incoming"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     c = condor
-    checkpoint = (f" --checkpoint-after {c.checkpoint_minutes * 60}"
-                  f" --checkpoint-exit-code {c.checkpoint_exit_code}"
-                  if c.checkpoint_minutes else "")
+    checkpoint = checkpoint_arguments(c)
     write_job_script(
         out / JOB_SCRIPT, c,
         "One job of `infer-corpus submit --generation`: one model over one prompt shard.\n"

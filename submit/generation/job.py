@@ -16,6 +16,7 @@ from inference.generation.generate import (
 from inference.generation.manifest import GenerationManifest
 
 from ..chirp import JobAd
+from ..preemption import auto_checkpoint_seconds
 
 
 class Progress:
@@ -46,18 +47,30 @@ class Progress:
 
 
 def run_job(model: str, shard: int, prompts_file: Path, output_file: Path, *,
-            manifest_file: Path, checkpoint_after: float = 0,
-            checkpoint_exit_code: int = 85) -> int:
+            manifest_file: Path, checkpoint_after: float | str = 0,
+            checkpoint_exit_code: int = 85, mean_time_between_evictions: float = 0.0) -> int:
     """Generate one shard in the job's scratch directory; returns 0, or the checkpoint code
-    when it stopped at a checkpoint (HTCondor restarts it there)."""
+    when it stopped at a checkpoint (HTCondor restarts it there). `checkpoint_after` auto:
+    the model is loaded first, and the interval follows from how long that took
+    (`submit.preemption.auto_checkpoint_seconds`)."""
     manifest = GenerationManifest.from_file(manifest_file)
     run = ModelRun.from_manifest(manifest, model)
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)  # HTCondor sets it to request_cpus
     worker_progress = Progress(model, shard)
     worker = GenerationWorker(run, threads, on_event=worker_progress)
     try:
+        if checkpoint_after == "auto":
+            worker.backend()  # what a restart repeats
+            setup = time.time() - worker_progress.ad.started
+            checkpoint_after = auto_checkpoint_seconds(setup, mean_time_between_evictions)
+            worker_progress.ad.record("policy", checkpoint_after=round(checkpoint_after, 1),
+                                      setup_seconds=round(setup, 3),
+                                      mean_seconds=mean_time_between_evictions)
+            print(f"{model} shard {shard}: checkpoint_minutes auto: at the first row "
+                  f"checkpoint after {checkpoint_after:.0f} s (setup {setup:.1f} s, mean time "
+                  f"between evictions {mean_time_between_evictions:g} s)", file=sys.stderr)
         outcome = worker.run_shard(shard, prompts_file, manifest.shard_rows(shard), output_file,
-                                   stop_after=checkpoint_after)
+                                   stop_after=float(checkpoint_after))
     finally:
         worker.close()
     if outcome.state == "checkpointed":

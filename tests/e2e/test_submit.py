@@ -161,6 +161,15 @@ def test_shard_jobs_are_what_a_chtc_gpu_user_expects(workdir):
            "--set", "condor.want_io_proxy=false")
     job = node_job(workdir / "condor", "shard.sub", {})
     assert "MY.is_resumable" not in job and "want_io_proxy" not in job
+    # auto: the jobs choose from their measured setup and the pool's eviction rate
+    refused = submit(workdir, "--dry-run", "--set", "condor.checkpoint_minutes=auto",
+                     check=False)
+    assert refused.returncode == 2 and "mean_time_between_evictions" in refused.stderr
+    submit(workdir, "--dry-run", "--set", "condor.checkpoint_minutes=auto",
+           "--set", "condor.mean_time_between_evictions=3600")
+    assert "--checkpoint-after auto --mean-time-between-evictions 3600 " \
+        "--checkpoint-exit-code 85" in (workdir / "condor" / "run-shard.sh").read_text()
+    assert node_job(workdir / "condor", "shard.sub", {})["MY.is_resumable"] == "true"
 
 
 def test_the_index_pieces_are_cpu_jobs_sized_from_their_passages(workdir):

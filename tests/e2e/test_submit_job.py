@@ -190,6 +190,7 @@ def test_job_checkpoints_resumes_and_matches_one_pass(workdir, tmp_path, monkeyp
     # 0.997; a row out of place would be far lower
     assert cosine.min() > 0.99
 
+    incoming_path(workdir, shard).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(tmp_path / "parts" / "result.parquet", incoming_path(workdir, shard))
     assert accept(workdir, shard, job_exit=0) == 0  # what the POST script then decides
     workdir.result_path(shard).unlink()
@@ -204,3 +205,24 @@ def test_damaged_shard_is_bad_input(workdir, tmp_path, monkeypatch):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "bad input" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_job_checkpoint_after_auto(workdir, tmp_path, monkeypatch, capsys):
+    """auto: the interval follows from the setup this start measured and the pool's mean time
+    between evictions: evictions every millisecond checkpoint at every part, every 30 years
+    never."""
+    shard = 2  # 15 passages, 4 parts of 4
+    for name, mean, expected in (("often", 1e-3, [85, 85, 85, 0]), ("rarely", 1e9, [0])):
+        sandbox = tmp_path / name
+        sandbox.mkdir()
+        for src in (workdir.shard_path(shard), workdir.manifest_path):
+            shutil.copy(src, sandbox)
+        monkeypatch.chdir(sandbox)
+        codes = []
+        while not codes or codes[-1] == 85:
+            codes.append(run_job(shard, Path("shard-00002.parquet"), Path("result.parquet"),
+                                 manifest_file=Path("manifest.json"), part_rows=4,
+                                 checkpoint_after="auto", mean_time_between_evictions=mean))
+        assert codes == expected, name
+        assert "checkpoint_minutes auto: at the first part after" in capsys.readouterr().err
