@@ -15,6 +15,7 @@ CorpusError                 a problem a command reports in one line, never a tra
 │   ├── StepError             submit.steps             a pool step's output that fails its checks
 │   ├── BadInput              submit.job               a job's shard, manifest or model is unusable
 │   ├── EventLogError         submit.htcondor.eventlog a job log missing, foreign or another DAG's
+│   ├── PolicyError           submit.preemption        impossible eviction model or GPU-class costs
 │   └── TrainError            submit.train             a bad sweep or multinode spec, or its data
 └── Failure      (exit 1)   the work failed: a worker, a cluster, a scheduler; a retry may help
     ├── DiskFullError             inference.errors         no space left (or quota) to write a file

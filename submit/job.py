@@ -39,7 +39,7 @@ from inference.workdir import Workdir, WorkdirError, atomic_path
 from inference.worker import ShardWorker
 
 from .chirp import PUBLISH_INTERVAL, JobAd
-from .preemption import auto_checkpoint_seconds, checkpoint_after_option
+from .preemption import announce_auto_checkpoint, number_or_auto
 
 PARTS_DIR = "parts"
 PART_ROWS = 10_000
@@ -164,13 +164,8 @@ def run_job(shard: int, shard_file: Path, result_file: Path, *, manifest_file: P
             progress.model_ready()
             if limit is None:
                 setup = time.monotonic() - started
-                limit = setup + auto_checkpoint_seconds(setup, mean_time_between_evictions)
-                progress.ad.record("policy", checkpoint_after=round(limit, 1),
-                                   setup_seconds=round(setup, 3),
-                                   mean_seconds=mean_time_between_evictions)
-                print(f"shard {shard}: checkpoint_minutes auto: at the first part after "
-                      f"{limit:.0f} s (setup {setup:.1f} s, mean time between evictions "
-                      f"{mean_time_between_evictions:g} s)", file=sys.stderr)
+                limit = setup + announce_auto_checkpoint(
+                    progress.ad, f"shard {shard}", "part", setup, mean_time_between_evictions)
 
     worker = ShardWorker(parts, threads=threads, on_event=on_event)
     for part in range(count):
@@ -202,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result-file", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, default=Path("manifest.json"))
     parser.add_argument("--part-rows", type=int, default=PART_ROWS)
-    parser.add_argument("--checkpoint-after", type=checkpoint_after_option, default=0,
+    parser.add_argument("--checkpoint-after", type=number_or_auto(float), default=0,
                         metavar="SECONDS|auto",
                         help="exit with the checkpoint code at the first part boundary after "
                         "this many seconds (0: never; auto: Young/Daly's interval from the "

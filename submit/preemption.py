@@ -16,8 +16,12 @@ is the starting point of the `auto` interval.
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -211,16 +215,32 @@ def auto_checkpoint_seconds(setup_seconds: float, mean_seconds: float) -> float:
     return 0.0 if math.isinf(seconds) else max(seconds, 1e-3)  # 0 would mean never
 
 
-def checkpoint_after_option(value: str) -> float | str:
-    """A job's `--checkpoint-after`: seconds >= 0, or auto."""
-    if value == "auto":
-        return value
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise ValueError(f"seconds >= 0 or auto, got {value!r}")
+def number_or_auto(kind: type[int] | type[float]) -> Callable[[str], int | float | str]:
+    """A command-line option's parser: a number of `kind` >= 0, or auto."""
+    def parse(value: str) -> int | float | str:
+        if value == "auto":
+            return value
+        try:
+            number = kind(value)
+        except ValueError:
+            number = -1
+        if not number >= 0:
+            raise argparse.ArgumentTypeError(f"a number >= 0 or auto, got {value!r}")
+        return number
+
+    return parse
+
+
+def announce_auto_checkpoint(ad: Any, label: str, boundary: str, setup_seconds: float,
+                             mean_seconds: float) -> float:
+    """`auto_checkpoint_seconds` for a job (`ad`: its `submit.chirp.JobAd`), said on stderr
+    and recorded in its log; seconds of work before it checkpoints at the next `boundary`."""
+    seconds = auto_checkpoint_seconds(setup_seconds, mean_seconds)
+    ad.record("policy", checkpoint_after=round(seconds, 3),
+              setup_seconds=round(setup_seconds, 3), mean_seconds=mean_seconds)
+    print(f"{label}: checkpoint_minutes auto: at the first {boundary} after {seconds:.0f} s of "
+          f"work (setup {setup_seconds:.1f} s, mean time between evictions {mean_seconds:g} s)",
+          file=sys.stderr)
     return seconds
 
 

@@ -10,7 +10,7 @@ from inference.errors import UsageError, run_command
 from inference.workdir import Workdir
 
 from ..job import BadInput
-from ..preemption import checkpoint_after_option
+from ..preemption import number_or_auto
 from . import __doc__ as PACKAGE_DOC
 from .job import run_job
 from .validate import accept
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     job.add_argument("--prompts-file", type=Path, required=True)
     job.add_argument("--output-file", type=Path, required=True)
     job.add_argument("--manifest", type=Path, default=Path("manifest.json"))
-    job.add_argument("--checkpoint-after", type=checkpoint_after_option, default=0,
+    job.add_argument("--checkpoint-after", type=number_or_auto(float), default=0,
                      metavar="SECONDS|auto",
                      help="exit with the checkpoint code at the first row checkpoint after "
                      "this many seconds (0: never; auto: Young/Daly's interval from the "

@@ -16,7 +16,7 @@ from inference.generation.generate import (
 from inference.generation.manifest import GenerationManifest
 
 from ..chirp import JobAd
-from ..preemption import auto_checkpoint_seconds
+from ..preemption import announce_auto_checkpoint
 
 
 class Progress:
@@ -61,14 +61,9 @@ def run_job(model: str, shard: int, prompts_file: Path, output_file: Path, *,
     try:
         if checkpoint_after == "auto":
             worker.backend()  # what a restart repeats
-            setup = time.time() - worker_progress.ad.started
-            checkpoint_after = auto_checkpoint_seconds(setup, mean_time_between_evictions)
-            worker_progress.ad.record("policy", checkpoint_after=round(checkpoint_after, 1),
-                                      setup_seconds=round(setup, 3),
-                                      mean_seconds=mean_time_between_evictions)
-            print(f"{model} shard {shard}: checkpoint_minutes auto: at the first row "
-                  f"checkpoint after {checkpoint_after:.0f} s (setup {setup:.1f} s, mean time "
-                  f"between evictions {mean_time_between_evictions:g} s)", file=sys.stderr)
+            checkpoint_after = announce_auto_checkpoint(
+                worker_progress.ad, worker_progress.label, "row checkpoint",
+                time.time() - worker_progress.ad.started, mean_time_between_evictions)
         outcome = worker.run_shard(shard, prompts_file, manifest.shard_rows(shard), output_file,
                                    stop_after=float(checkpoint_after))
     finally:

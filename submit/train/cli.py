@@ -15,6 +15,7 @@ from typing import Any
 
 from inference.errors import run_command
 
+from ..preemption import number_or_auto
 from . import TrainError
 
 EPILOG = """examples:
@@ -25,18 +26,6 @@ EPILOG = """examples:
   infer-corpus run --demo --workdir demo-run --set predictions.kind=head \\
       --set predictions.model=demo-run/train/sweep-demo/best-model.pt
 """
-
-
-def _epochs_or_auto(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        epochs = int(value)
-    except ValueError:
-        epochs = -1
-    if epochs < 0:
-        raise argparse.ArgumentTypeError(f"epochs >= 0 or auto, got {value!r}")
-    return epochs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trial", help="train or resume one trial (what one job runs)")
     p.add_argument("--trial-dir", type=Path, required=True)
     p.add_argument("--dataset", type=Path, required=True)
-    p.add_argument("--checkpoint-exit-every", type=_epochs_or_auto, default=0,
+    p.add_argument("--checkpoint-exit-every", type=number_or_auto(int), default=0,
                    metavar="EPOCHS|auto",
                    help="exit with code 85 after this many epochs (to be restarted); auto: "
                         "Young/Daly's interval from the first epoch's costs")

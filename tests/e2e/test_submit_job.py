@@ -157,6 +157,25 @@ def test_progress_without_a_reachable_chirp_server_never_fails_the_job(tmp_path,
     assert Progress(3, 100).ad.chirp is None  # no chirp proxy: nothing to try
 
 
+def run_to_the_end(workdir: Workdir, shard: int, sandbox: Path, monkeypatch,
+                   **options) -> list[int]:
+    """The shard job in a sandbox of its inputs, restarted there after each checkpoint exit
+    (as HTCondor does in place); its exit codes."""
+    sandbox.mkdir()
+    for src in (workdir.shard_path(shard), workdir.manifest_path):
+        shutil.copy(src, sandbox)
+    monkeypatch.chdir(sandbox)
+    codes: list[int] = []
+    while not codes or codes[-1] == 85:
+        codes.append(run_job(shard, Path(workdir.shard_path(shard).name),
+                             Path("result.parquet"), manifest_file=Path("manifest.json"),
+                             **options))
+        if codes[-1] == 85:  # only finished parts' results are kept for the restart
+            assert sorted(p.name for p in (sandbox / "parts").iterdir()) == [
+                "logs", "manifest.json", "rejects", "results"]
+    return codes
+
+
 @pytest.mark.slow
 def test_job_checkpoints_resumes_and_matches_one_pass(workdir, tmp_path, monkeypatch):
     """The job in one pass against the job in parts, exiting with the checkpoint code after
@@ -165,18 +184,8 @@ def test_job_checkpoints_resumes_and_matches_one_pass(workdir, tmp_path, monkeyp
     results = {}
     for name, part_rows, checkpoint_after in (("whole", 1000, 0), ("parts", 8, 1e-6)):
         sandbox = tmp_path / name
-        sandbox.mkdir()
-        for src in (workdir.shard_path(shard), workdir.manifest_path):
-            shutil.copy(src, sandbox)
-        monkeypatch.chdir(sandbox)
-        codes = []
-        while not codes or codes[-1] == 85:
-            codes.append(run_job(shard, Path("shard-00002.parquet"), Path("result.parquet"),
-                                 manifest_file=Path("manifest.json"), part_rows=part_rows,
-                                 checkpoint_after=checkpoint_after))
-            if codes[-1] == 85:  # only finished parts' results are kept for the restart
-                assert sorted(p.name for p in (sandbox / "parts").iterdir()) == [
-                    "logs", "manifest.json", "rejects", "results"]
+        codes = run_to_the_end(workdir, shard, sandbox, monkeypatch, part_rows=part_rows,
+                               checkpoint_after=checkpoint_after)
         assert codes == ([0] if name == "whole" else [85, 0])
         results[name] = pq.read_table(sandbox / "result.parquet")
 
@@ -214,15 +223,7 @@ def test_job_checkpoint_after_auto(workdir, tmp_path, monkeypatch, capsys):
     never."""
     shard = 2  # 15 passages, 4 parts of 4
     for name, mean, expected in (("often", 1e-3, [85, 85, 85, 0]), ("rarely", 1e9, [0])):
-        sandbox = tmp_path / name
-        sandbox.mkdir()
-        for src in (workdir.shard_path(shard), workdir.manifest_path):
-            shutil.copy(src, sandbox)
-        monkeypatch.chdir(sandbox)
-        codes = []
-        while not codes or codes[-1] == 85:
-            codes.append(run_job(shard, Path("shard-00002.parquet"), Path("result.parquet"),
-                                 manifest_file=Path("manifest.json"), part_rows=4,
-                                 checkpoint_after="auto", mean_time_between_evictions=mean))
+        codes = run_to_the_end(workdir, shard, tmp_path / name, monkeypatch, part_rows=4,
+                               checkpoint_after="auto", mean_time_between_evictions=mean)
         assert codes == expected, name
         assert "checkpoint_minutes auto: at the first part after" in capsys.readouterr().err
