@@ -259,13 +259,10 @@ def measured_costs(job: dict, units: float) -> ClassCosts:
                    if first["ready"] and first["process_starts"] else 0.0)
     restart = first["input_seconds"] + claim_setup
     spent = job["in_slots"]
-    # every setup after each claim's first, every upload but the final output, every write
-    restarts_setup = spent["setup"] - sum(
-        (a["ready"][0] - a["process_starts"][0]) if a["ready"] and a["process_starts"] else 0.0
-        for a in attempts)
-    uploads = sum(a["output_seconds"] - a["final_output_seconds"] for a in attempts)
-    checkpoint = ((spent["checkpoint"] + uploads + restarts_setup) / checkpoints
-                  if checkpoints else 0.0)
+    # every write, every upload but the final output, every restart in place's setup
+    paid = spent["checkpoint"] + sum(a["output_seconds"] - a["final_output_seconds"]
+                                     + a["restart_setup_seconds"] for a in attempts)
+    checkpoint = paid / checkpoints if checkpoints else 0.0
     gaps = [(later["began"] or later["started"]) - earlier["ended"]
             for earlier, later in zip(attempts, attempts[1:])
             if earlier["ended"] is not None and (later["began"] or later["started"])]

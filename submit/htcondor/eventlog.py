@@ -26,6 +26,7 @@ Timestamps in the log are whole seconds; a job record carries its own precise ti
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,18 @@ class Attempt:
         goodput = max(0.0, wall - transfer - setup - writing - lost)
         return {"wall": wall, "transfer": transfer, "setup": setup, "checkpoint": writing,
                 "lost": lost, "goodput": goodput}
+
+    def restart_setup(self) -> float:
+        """Setup of the processes restarted in place after a checkpoint (their first useful
+        step after their start): part of what each checkpoint costs."""
+        starts = self.process_starts
+        total = 0.0
+        for number, start in enumerate(starts[1:], 1):
+            until = starts[number + 1] if number + 1 < len(starts) else (
+                self.ended if self.ended is not None else math.inf)
+            ready = self._ready_in(start, until)
+            total += ready - start if ready is not None else 0.0
+        return total
 
     def _ready_in(self, start: float, until: float) -> float | None:
         return next((t for t in self.ready if start <= t <= until), None)
@@ -382,13 +395,15 @@ def summary(reading: LogReading, now: float | None = None) -> dict[str, Any]:
             for key, value in figures.items():
                 totals[key] += value
             per_class = classes.setdefault(attempt.gpu_class, {
-                "attempts": 0, **dict.fromkeys(totals, 0.0)})
+                "attempts": 0, **dict.fromkeys(totals, 0.0), **dict.fromkeys(COUNTS, 0.0)})
             per_class["attempts"] += 1
             for key, value in figures.items():
                 per_class[key] += value
+            _count(per_class, attempt)
             record = {key: value for key, value in asdict(attempt).items()
                       if key not in ("transferring", "upload", "restarting", "last_upload")}
-            attempts.append({**record, "figures": figures})
+            attempts.append({**record, "figures": figures,
+                             "restart_setup_seconds": attempt.restart_setup()})
         ended = job.ended if job.ended is not None else now
         wall = (ended - job.submitted) if job.submitted is not None else totals["wall"]
         jobs.append({
@@ -398,5 +413,40 @@ def summary(reading: LogReading, now: float | None = None) -> dict[str, Any]:
             "attempts": attempts,
             "checkpoints": sum(len(a.checkpoints) for a in job.attempts),
             "records": job.records})
+    for per_class in classes.values():
+        per_class["costs"] = _costs(per_class)
     return {"jobs": jobs, "gpu_classes": classes, "warnings": reading.warnings,
             "read_at": now}
+
+
+# what a GPU class's costs are averaged from (see _costs)
+COUNTS = ("starts", "checkpoints", "uploads", "restart_setup", "evictions", "claims_started",
+          "claim_start")
+
+
+def _count(per_class: dict[str, Any], attempt: Attempt) -> None:
+    per_class["starts"] += len(attempt.process_starts)
+    per_class["checkpoints"] += len(attempt.checkpoints)
+    per_class["uploads"] += attempt.output_seconds - attempt.final_output_seconds
+    per_class["restart_setup"] += attempt.restart_setup()
+    if attempt.outcome == "evicted" and attempt.code != RESCHEDULED_AFTER_CHECKPOINT:
+        per_class["evictions"] += 1
+    if attempt.process_starts and attempt.ready:
+        per_class["claims_started"] += 1
+        per_class["claim_start"] += (attempt.input_seconds + attempt.ready[0]
+                                     - attempt.process_starts[0])
+
+
+def _costs(per_class: dict[str, Any]) -> dict[str, float | None]:
+    """The class's measured costs, in the terms of `submit.preemption.ClassCosts` and a
+    sweep's `condor.gpu_classes`: seconds a checkpoint costs (writing, upload and the setup
+    of the restart after it), a new claim (input and setup), and slot time per eviction
+    (None: none seen)."""
+    checkpoints = per_class["checkpoints"]
+    paid = per_class["checkpoint"] + per_class["uploads"] + per_class["restart_setup"]
+    return {
+        "checkpoint_seconds": paid / checkpoints if checkpoints else None,
+        "restart_seconds": (per_class["claim_start"] / per_class["claims_started"]
+                            if per_class["claims_started"] else None),
+        "mean_time_between_evictions": (per_class["wall"] / per_class["evictions"]
+                                        if per_class["evictions"] else None)}

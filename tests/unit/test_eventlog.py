@@ -154,9 +154,13 @@ def test_costs_measured_from_a_finished_job(tmp_path: Path) -> None:
     log = tmp_path / "pipeline.log"
     log.write_text(rescheduled_log())
     [job] = summary(read_logs([log]))["jobs"]
-    # goodput 248 s over 10 units; the checkpoint: 2 s writing, 2 s upload, 1 s teardown;
-    # a claim: 4 s input + 6 s setup; queues of 67 and 39 s
-    assert measured_costs(job, 10) == ClassCosts(24.8, 5.0, 10.0, 53.0)
+    # goodput 248 s over 10 units; the checkpoint: 2 s writing, 2 s upload (no restart in
+    # place followed it); a claim: 4 s input + 6 s setup; queues of 67 and 39 s
+    assert measured_costs(job, 10) == ClassCosts(24.8, 4.0, 10.0, 53.0)
+    costs = summary(read_logs([log]))["gpu_classes"]
+    assert costs["NVIDIA A100-SXM4-80GB"]["costs"] == {
+        "checkpoint_seconds": 4.0, "restart_seconds": 10.0, "mean_time_between_evictions": None}
+    assert costs["no GPU recorded"]["costs"]["mean_time_between_evictions"] == 1.0
     log.write_text(rescheduled_log()[: rescheduled_log().index("005 (")])
     [running] = summary(read_logs([log]))["jobs"]
     with pytest.raises(PolicyError, match="did not finish"):
