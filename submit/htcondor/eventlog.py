@@ -15,8 +15,9 @@ Its wall time splits into
 The events come from HTCondor (`001` executes with `SlotName` and the machine attributes the
 submit file names in `ulog_execute_attrs`, `004` evictions with `Code N Subcode M`, `021`
 remote errors, `040` transfers, `005` termination). The rest comes from the jobs: ours write
-`008` records through chirp's `ulog` (`JOB_RECORD` followed by JSON: `ready` at the first
-useful step, `checkpoint` with when its writing started and ended and what it covers). A log
+`008` records through chirp's `ulog` (`JOB_RECORD` followed by JSON: `start` when a process
+starts, `ready` at its first useful step, `checkpoint` with when its writing started and ended
+and what it covers, `policy` when it chose its checkpoint interval). A log
 without such records (another tool's jobs) is still read: each process counts as ready at
 its start, and each output transfer that the job survives as a checkpoint.
 
@@ -44,7 +45,7 @@ EVENT_END = "...\n"
 
 
 class EventLogError(UsageError):
-    """A log that is missing, or not an HTCondor job event log."""
+    """A log that is missing, not an HTCondor job event log, or another DAG's."""
 
     label = "job log"
 
