@@ -340,6 +340,8 @@ def _codes(event: Any) -> tuple[int | None, int | None]:
         words = str(event.get("Reason", "")).split()
         if len(words) >= 4 and words[0] == "Code" and words[2] == "Subcode":
             code, subcode = _int(words[1]), _int(words[3])
+    if code is not None and subcode is None:
+        subcode = 0  # HTCondor's reader leaves a zero subcode out
     return code, subcode
 
 

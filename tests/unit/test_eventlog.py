@@ -26,6 +26,7 @@ def test_attempts_hosts_gpus_and_reasons(tmp_path: Path) -> None:
         ("gpu3", "NVIDIA H100 80GB HBM3", "done", None)]
     assert job.attempts[0].reason.startswith("Rescheduling self-checkpoint job")
     assert job.attempts[0].capability == 8.0
+    assert (job.attempts[1].code, job.attempts[1].subcode) == (1022, 0)
 
 
 def test_wall_time_split(tmp_path: Path) -> None:
