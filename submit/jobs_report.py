@@ -137,9 +137,9 @@ def draw_timeline(data: dict[str, Any], path: Path) -> None:
     axes.set_ylim(len(jobs) - 0.5, -0.8)  # top to bottom, room for the labels above bars
     axes.set_xlabel("minutes since the first job was submitted")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
-    axes.legend(handles, list(COLOURS), loc="upper center", bbox_to_anchor=(0.5, -0.3),
-                fontsize=7, ncol=5, frameon=False)
-    figure.tight_layout()
+    figure.legend(handles, list(COLOURS), loc="lower center", fontsize=7, ncol=5,
+                  frameon=False)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     try:
         figure.savefig(path, dpi=110)
     except OSError as exc:
