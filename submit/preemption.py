@@ -10,8 +10,9 @@ drawn from the interruption model (exponential or Weibull, a mean time between e
 class; a share of restarts lands on another class) or until the job is done. Work since the
 last checkpoint HTCondor kept is lost.
 
-`simulate` returns, per run, the wall time, goodput, badput and GPU-hours; `daly_interval`
-is the starting point of the `auto` interval.
+`simulate` returns, per run, the wall time, goodput, badput and GPU-hours of a job,
+`simulate_sweep` of a sweep of such jobs in waves; `daly_interval` is the starting point of
+the `auto` interval.
 """
 
 from __future__ import annotations
@@ -175,6 +176,27 @@ def _one_run(units: float, interval: float, costs: dict[str, ClassCosts],
         if claim > 100_000:
             raise PolicyError("the job never finishes: every claim ends before a checkpoint "
                               "(the mean time between evictions is too short for its costs)")
+
+
+def simulate_sweep(trials: int, wave_size: int, units: float, interval: float,
+                   costs: dict[str, ClassCosts], interruptions: Interruptions, *,
+                   start: str | None = None, runs: int = 500, seed: int = 0) -> Outcome:
+    """A sweep of `trials` alike, run in waves of `wave_size` jobs at once (the next wave
+    starts when the slowest job of the last one ends, as the sweep DAG's waves do): per run,
+    the sweep's wall time, and its goodput, badput and GPU-hours summed over its jobs."""
+    if trials < 1 or wave_size < 1:
+        raise PolicyError(f"trials ({trials}) and wave_size ({wave_size}) must be >= 1")
+    jobs = simulate(units, interval, costs, interruptions, start=start, runs=runs * trials,
+                    seed=seed)
+
+    def per_run(values: np.ndarray) -> np.ndarray:
+        return values.reshape(runs, trials)
+
+    walls = per_run(jobs.wall)
+    waves = [walls[:, i:i + wave_size].max(axis=1) for i in range(0, trials, wave_size)]
+    return Outcome(np.sum(waves, axis=0), per_run(jobs.goodput).sum(axis=1),
+                   per_run(jobs.badput).sum(axis=1), per_run(jobs.gpu_hours).sum(axis=1),
+                   per_run(jobs.claims).sum(axis=1))
 
 
 def daly_interval(checkpoint_seconds: float, mean_seconds: float) -> float:

@@ -123,3 +123,20 @@ def test_gpu_policy_requires_new_classes_only_when_it_pays() -> None:
         choose_gpus("fastest", {}, 100, 1)
     with pytest.raises(PolicyError, match="gpu policy"):
         choose_gpus("newest", pool(60, 7200), 100, 1)
+
+
+def test_a_sweep_waits_for_the_slowest_job_of_each_wave() -> None:
+    from submit.preemption import simulate_sweep
+
+    quiet = simulate_sweep(8, 4, 10, 3, {"A100": A100}, Interruptions(), runs=3)
+    one = 30 + 3 * 190 + 60
+    assert quiet.wall.tolist() == [2 * one] * 3  # two waves, every job alike
+    assert quiet.gpu_hours[0] == pytest.approx(8 * one / 3600)
+    evicted = simulate_sweep(8, 4, 10, 3, {"A100": A100},
+                             Interruptions(mean_seconds={"A100": 900.0}), runs=200)
+    alone = simulate(10, 3, {"A100": A100}, Interruptions(mean_seconds={"A100": 900.0}),
+                     runs=1600)
+    # the slowest of four is slower than the average job
+    assert evicted.wall.mean() > 2 * alone.wall.mean() * 1.1
+    with pytest.raises(PolicyError):
+        simulate_sweep(0, 4, 10, 3, {"A100": A100}, Interruptions())
