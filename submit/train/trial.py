@@ -158,6 +158,11 @@ def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int | 
     ad.record("ready")
     setup = time.time() - ad.started  # what each restart in place pays again
     every = checkpoint_exit_every
+    # what an earlier run of this trial measured (metrics.json travels with the checkpoint)
+    costs = (read_metrics(trial_dir) or {}).get("costs") if first_epoch > 1 else None
+    if every == "auto" and costs:
+        every = auto_interval(ad, costs["epoch_seconds"], costs["checkpoint_seconds"],
+                              mean_time_between_evictions, "an earlier run")
     for epoch in range(first_epoch, params["epochs"] + 1 if status == "running" else 0):
         epoch_began = time.time()
         loss = train_epoch(model, optimizer, x_train, y_train, params["batch_size"],
@@ -175,26 +180,29 @@ def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int | 
         ad.record("checkpoint", started=round(writing, 3), covers=f"epoch {epoch}")
         if finished:
             break
-        write_metrics(trial_dir, params, history, status, first_epoch, started)
+        if costs is None:  # this run's first epoch
+            costs = {"epoch_seconds": round(writing - epoch_began, 3),
+                     "checkpoint_seconds": round(time.time() - writing + setup, 3)}
+        write_metrics(trial_dir, params, history, status, first_epoch, started, costs)
         if every == "auto":
-            every = auto_interval(ad, writing - epoch_began, time.time() - writing + setup,
-                                  mean_time_between_evictions)
+            every = auto_interval(ad, costs["epoch_seconds"], costs["checkpoint_seconds"],
+                                  mean_time_between_evictions, "the first epoch")
         if every and (epoch - first_epoch + 1) % every == 0:
             return CHECKPOINT_EXIT_CODE
     if status == "completed" and history:
         final = {k: v for k, v in history[-1].items() if k != "epoch"}
         export_head(model, dataset.classes, dataset.embedding_model, final, trial_dir / MODEL)
-    write_metrics(trial_dir, params, history, status, first_epoch, started)
+    write_metrics(trial_dir, params, history, status, first_epoch, started, costs)
     return 0
 
 
 def auto_interval(ad: JobAd, epoch_seconds: float, checkpoint_seconds: float,
-                  mean_seconds: float) -> int:
-    """Epochs per run from this run's first epoch: its time, and what a checkpoint costs
-    (writing it plus the setup a restart repeats; HTCondor's upload is not seen from here),
-    against the pool's mean time between evictions (`submit.preemption.auto_units`). Without
-    a usable measure it falls back to every epoch, and says so. The choice goes to stderr
-    and into the job's log."""
+                  mean_seconds: float, measured_on: str) -> int:
+    """Epochs per run from an epoch's time and what a checkpoint costs (writing it plus the
+    setup a restart repeats; HTCondor's upload is not seen from here), as `measured_on` (an
+    earlier run of the trial, else this run's first epoch), against the pool's mean time
+    between evictions (`submit.preemption.auto_units`). Without a usable measure it falls
+    back to every epoch, and says so. The choice goes to stderr and into the job's log."""
     from ..preemption import PolicyError, auto_units
 
     try:
@@ -205,18 +213,22 @@ def auto_interval(ad: JobAd, epoch_seconds: float, checkpoint_seconds: float,
         ad.record("policy", checkpoint_every=1, fallback=True)
         return 1
     print(f"{ad.label}: checkpoint_every auto: every {every or 'no'} epoch(s) (epoch "
-          f"{epoch_seconds:.1f} s, checkpoint {checkpoint_seconds:.1f} s, mean time between "
-          f"evictions {mean_seconds:g} s)", file=sys.stderr)
+          f"{epoch_seconds:.1f} s, checkpoint {checkpoint_seconds:.1f} s, measured on "
+          f"{measured_on}; mean time between evictions {mean_seconds:g} s)", file=sys.stderr)
     ad.record("policy", checkpoint_every=every, epoch_seconds=round(epoch_seconds, 3),
-              checkpoint_seconds=round(checkpoint_seconds, 3), mean_seconds=mean_seconds)
+              checkpoint_seconds=round(checkpoint_seconds, 3), mean_seconds=mean_seconds,
+              measured_on=measured_on)
     return every
 
 
 def write_metrics(trial_dir: Path, params: dict[str, Any], history: list[dict[str, float]],
-                  status: str, resumed_at: int, started: float) -> None:
+                  status: str, resumed_at: int, started: float,
+                  costs: dict[str, float] | None = None) -> None:
+    """`costs`: an epoch's and a checkpoint's seconds as measured (for `auto`)."""
     write_json_atomic(trial_dir / METRICS, {
         "status": status, "params": params,
         "epochs_done": history[-1]["epoch"] if history else 0,
         "resumed_at_epoch": resumed_at, "final": history[-1] if history else None,
         "history": history, "seconds_this_run": round(time.perf_counter() - started, 3),
+        "costs": costs,
     })

@@ -322,7 +322,9 @@ from pathlib import Path
 from submit.train.trial import run_trial
 
 trials, dataset = Path(sys.argv[1]), Path(sys.argv[2])
-# evictions every millisecond: a checkpoint costs more than a claim lasts: every epoch
+# evictions every millisecond: a checkpoint costs more than a claim lasts: every epoch;
+# restarted, the trial takes the costs its first run measured
+assert run_trial(trials / "t000", dataset, "auto", mean_time_between_evictions=0.001) == 85
 assert run_trial(trials / "t000", dataset, "auto", mean_time_between_evictions=0.001) == 85
 # evictions every 30 years: never worth stopping
 assert run_trial(trials / "t001", dataset, "auto", mean_time_between_evictions=1e9) == 0
@@ -354,6 +356,8 @@ def test_checkpoint_every_auto(demo_run, tmp_path, capsys):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "checkpoint_every auto: every 1 epoch(s)" in proc.stderr
+    assert "measured on the first epoch" in proc.stderr
+    assert "measured on an earlier run" in proc.stderr
     assert re.search(r"checkpoint_every auto: every \d{4,} epoch\(s\)", proc.stderr)
 
 
