@@ -23,6 +23,7 @@ CorpusError                 a problem a command reports in one line, never a tra
     ├── EndpointError             inference.llm_backends   a chat endpoint kept failing
     ├── ElasticsearchUnavailable  retrieval.elasticsearch  the cluster cannot be reached
     ├── CondorError               submit.htcondor.schedd   no schedd, or HTCondor refused the work
+    ├── DataSourceError           submit.datasource        a federation object that cannot be read
     └── LLMError                  qa_api.llms              an answer model or endpoint failed
 ```
 
