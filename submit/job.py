@@ -164,8 +164,9 @@ def run_job(shard: int, shard_file: Path, result_file: Path, *, manifest_file: P
             progress.model_ready()
             if limit is None:
                 setup = time.monotonic() - started
-                limit = setup + announce_auto_checkpoint(
-                    progress.ad, f"shard {shard}", "part", setup, mean_time_between_evictions)
+                seconds = announce_auto_checkpoint(progress.ad, f"shard {shard}", "part",
+                                                   setup, mean_time_between_evictions)
+                limit = setup + seconds if seconds else 0.0  # 0: never
 
     worker = ShardWorker(parts, threads=threads, on_event=on_event)
     for part in range(count):

@@ -260,9 +260,9 @@ def announce_auto_checkpoint(ad: Any, label: str, boundary: str, setup_seconds: 
     seconds = auto_checkpoint_seconds(setup_seconds, mean_seconds)
     ad.record("policy", checkpoint_after=round(seconds, 3),
               setup_seconds=round(setup_seconds, 3), mean_seconds=mean_seconds)
-    print(f"{label}: checkpoint_minutes auto: at the first {boundary} after {seconds:.0f} s of "
-          f"work (setup {setup_seconds:.1f} s, mean time between evictions {mean_seconds:g} s)",
-          file=sys.stderr)
+    when = f"at the first {boundary} after {seconds:.0f} s of work" if seconds else "never"
+    print(f"{label}: checkpoint_minutes auto: {when} (setup {setup_seconds:.1f} s, mean time "
+          f"between evictions {mean_seconds:g} s)", file=sys.stderr)
     return seconds
 
 

@@ -220,10 +220,12 @@ def test_damaged_shard_is_bad_input(workdir, tmp_path, monkeypatch):
 def test_job_checkpoint_after_auto(workdir, tmp_path, monkeypatch, capsys):
     """auto: the interval follows from the setup this start measured and the pool's mean time
     between evictions: evictions every millisecond checkpoint at every part, every 30 years
-    never."""
+    (or never) not at all."""
     shard = 2  # 15 passages, 2 parts of 8
-    for name, mean, expected in (("often", 1e-3, [85, 0]), ("rarely", 1e9, [0])):
+    for name, mean, expected in (("often", 1e-3, [85, 0]), ("rarely", 1e9, [0]),
+                                 ("never", float("inf"), [0])):
         codes = run_to_the_end(workdir, shard, tmp_path / name, monkeypatch, part_rows=8,
                                checkpoint_after="auto", mean_time_between_evictions=mean)
         assert codes == expected, name
-        assert "checkpoint_minutes auto: at the first part after" in capsys.readouterr().err
+        said = "never" if name == "never" else "at the first part after"
+        assert f"checkpoint_minutes auto: {said}" in capsys.readouterr().err
