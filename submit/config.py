@@ -55,6 +55,9 @@ class JobSoftware:
             raise ConfigError("condor: give container_image or venv_tarball, not both")
 
 
+DATA_SOURCES = ("transfer", "stream", "cache")
+
+
 @dataclass
 class CondorConfig(JobSoftware):
     """`infer-corpus submit`: one GPU job per shard in a DAG, and what each job runs and moves."""
@@ -70,6 +73,10 @@ class CondorConfig(JobSoftware):
     want_io_proxy: bool = True
     site_attributes: dict[str, bool | int | str] = field(default_factory=dict)
     shards_url: str | None = None
+    # how a shard job gets its shard: transfer (HTCondor's file transfer), stream (read
+    # through the federation row group by row group, no copy of the shard file on scratch) or
+    # cache (one whole read through the federation into scratch); the last two need shards_url
+    data_source: str = "transfer"
     stage_dir: str | None = None
     extra_inputs: list[str] = field(default_factory=list)
     max_jobs: int = 50
@@ -108,6 +115,14 @@ class CondorConfig(JobSoftware):
         if self.shards_url is not None and "://" not in self.shards_url:
             raise ConfigError("condor.shards_url must be a URL such as osdf:///ospool/ap40/"
                               "data/USER/run1 or pelican://HOST/path")
+        if self.data_source not in DATA_SOURCES:
+            raise ConfigError(f"condor.data_source: one of {', '.join(DATA_SOURCES)}, got "
+                              f"{self.data_source!r}")
+        if self.data_source != "transfer" and not (
+                self.shards_url and self.shards_url.split("://")[0] in ("osdf", "pelican")):
+            raise ConfigError(f"condor.data_source: {self.data_source} reads through a "
+                              "federation: set condor.shards_url to an osdf:/// or "
+                              "pelican:// URL")
         if self.stage_dir is not None and self.shards_url is None:
             raise ConfigError("condor.stage_dir needs condor.shards_url (the URL it serves)")
         if self.max_jobs < 0 or self.retries < 0:

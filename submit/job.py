@@ -1,7 +1,9 @@
 """What one shard job runs on an execute node: `python -m submit.job --shard N ...`.
 
 The job's scratch directory holds the shard file and the workdir's manifest (HTCondor file
-transfer). The shard is embedded in parts of `--part-rows` passages by the same shard worker
+transfer); with `--data-source stream` the job reads the shard's federation URL row group by
+row group instead, with `cache` it fetches it whole into scratch first (`submit.datasource`).
+The shard is embedded in parts of `--part-rows` passages by the same shard worker
 `infer-corpus shard` uses, each part's result written atomically under parts/. With
 `--checkpoint-after S`, the job exits with the checkpoint exit code once S seconds have passed
 at a part boundary; HTCondor then saves parts/ (`transfer_checkpoint_files`) and restarts the
@@ -39,6 +41,8 @@ from inference.workdir import Workdir, WorkdirError, atomic_path
 from inference.worker import ShardWorker
 
 from .chirp import PUBLISH_INTERVAL, JobAd
+from .config import DATA_SOURCES
+from .datasource import fetch, read_row_groups
 from .preemption import announce_auto_checkpoint, number_or_auto
 
 PARTS_DIR = "parts"
@@ -52,14 +56,24 @@ class BadInput(UsageError):
     label = "bad input"
 
 
-def _prepare_parts(parts: Workdir, manifest: Manifest, shard: int, shard_file: Path,
-                   part_rows: int) -> int:
-    """Split the shard into part files under parts/ (a workdir of its own); returns the count."""
-    entry = manifest.shard(shard)
+def _read_shard(shard_file: str, data_source: str) -> pa.Table:
+    """The shard: a transferred file; read from its federation URL row group by row group
+    (stream: nothing of it written to scratch); or fetched whole into scratch first (cache)."""
     try:
-        table = pq.read_table(shard_file)
+        if data_source == "stream":
+            return pa.concat_tables(table for _, table in read_row_groups(shard_file))
+        if data_source == "cache":
+            shard_file = str(fetch(shard_file, Path(shard_file.rstrip("/").rsplit("/", 1)[-1])))
+        return pq.read_table(shard_file)
     except (OSError, pa.ArrowException) as exc:
         raise WorkdirError(f"cannot read {shard_file}: {exc}") from None
+
+
+def _prepare_parts(parts: Workdir, manifest: Manifest, shard: int, shard_file: str,
+                   part_rows: int, data_source: str = "transfer") -> int:
+    """Split the shard into part files under parts/ (a workdir of its own); returns the count."""
+    entry = manifest.shard(shard)
+    table = _read_shard(shard_file, data_source)
     if table.num_rows != entry.rows:
         raise WorkdirError(f"{shard_file} has {table.num_rows} rows, the manifest says "
                            f"{entry.rows}")
@@ -139,9 +153,10 @@ def _join_parts(parts: Workdir, count: int, result_file: Path) -> int:
     return table.num_rows
 
 
-def run_job(shard: int, shard_file: Path, result_file: Path, *, manifest_file: Path,
+def run_job(shard: int, shard_file: str | Path, result_file: Path, *, manifest_file: Path,
             part_rows: int = PART_ROWS, checkpoint_after: float | str = 0,
-            checkpoint_exit_code: int = 85, mean_time_between_evictions: float = 0.0) -> int:
+            checkpoint_exit_code: int = 85, mean_time_between_evictions: float = 0.0,
+            data_source: str = "transfer") -> int:
     """Embed one shard; returns the exit code (0, or the checkpoint code to be restarted).
     `checkpoint_after` auto: chosen once the model is ready, from the setup this start took
     (`submit.preemption.auto_checkpoint_seconds`)."""
@@ -152,7 +167,7 @@ def run_job(shard: int, shard_file: Path, result_file: Path, *, manifest_file: P
     except (OSError, ValueError) as exc:
         raise WorkdirError(f"cannot read {manifest_file}: {exc}") from None
     parts = Workdir(PARTS_DIR)
-    count = _prepare_parts(parts, manifest, shard, shard_file, part_rows)
+    count = _prepare_parts(parts, manifest, shard, str(shard_file), part_rows, data_source)
     progress = Progress(shard, manifest.shard(shard).rows)
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)  # HTCondor sets it to request_cpus
 
@@ -194,7 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m submit.job", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shard", type=int, required=True)
-    parser.add_argument("--shard-file", type=Path, required=True)
+    parser.add_argument("--shard-file", required=True,
+                        help="the transferred shard file, or its URL with --data-source "
+                             "stream or cache")
+    parser.add_argument("--data-source", choices=DATA_SOURCES, default="transfer",
+                        help="transfer: the file HTCondor brought; stream: read the URL row "
+                             "group by row group through the federation; cache: fetch it "
+                             "whole into scratch first")
     parser.add_argument("--result-file", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, default=Path("manifest.json"))
     parser.add_argument("--part-rows", type=int, default=PART_ROWS)
@@ -216,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                            manifest_file=args.manifest, part_rows=args.part_rows,
                            checkpoint_after=args.checkpoint_after,
                            mean_time_between_evictions=args.mean_time_between_evictions,
+                           data_source=args.data_source,
                            checkpoint_exit_code=args.checkpoint_exit_code)
         except UsageError as exc:  # named as the exit code's meaning in the job's stderr
             raise BadInput(str(exc)) from None

@@ -178,7 +178,8 @@ def _write_job_script(path: Path, c: CondorConfig) -> None:
         path, c,
         "One shard job of `infer-corpus submit`: embed one shard in the job's scratch directory.\n"
         "Arguments: SHARD SHARD_FILE RESULT_FILE. Exit codes are listed in docs/condor.md.",
-        f'-m submit.job --shard "$1" --shard-file "$2" --result-file "$3"{checkpoint}')
+        f'-m submit.job --shard "$1" --shard-file "$2" --result-file "$3"{checkpoint}'
+        + (f" --data-source {c.data_source}" if c.data_source != "transfer" else ""))
 
 
 def run_attribute_commands(root: Path) -> dict[str, str]:
@@ -188,10 +189,12 @@ def run_attribute_commands(root: Path) -> dict[str, str]:
 def _shard_submit(workdir: Workdir, c: CondorConfig) -> dict[str, str]:
     r = c.resources
     root = workdir.root.resolve()
-    inputs = ["$(shard_input)", str(root / "manifest.json"),
+    streamed = c.data_source != "transfer"  # the job reads the shard's URL itself
+    inputs = [*([] if streamed else ["$(shard_input)"]), str(root / "manifest.json"),
               *(transfer_source(i) for i in c.extra_inputs)]
+    shard_argument = "$(shard_input)" if streamed else "$(shard_file)"
     commands = {
-        **job_commands(c, JOB_SCRIPT, "$(shard) $(shard_file) $(result_file)", inputs),
+        **job_commands(c, JOB_SCRIPT, f"$(shard) {shard_argument} $(result_file)", inputs),
         "transfer_output_files": "$(result_file)",
         "transfer_output_remaps": f'"$(result_file) = {condor_dir(workdir).resolve()}'
                                   '/incoming/$(result_file)"',

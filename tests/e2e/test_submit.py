@@ -332,6 +332,19 @@ def test_shards_through_osdf_get_unique_names_and_are_staged(workdir, tmp_path):
     assert job.expand("arguments").split()[1] == name
     assert (stage / name).read_bytes() == (workdir / "shards" / "shard-00001.parquet").read_bytes()
     assert f"\t{url}/{name}" in (condor / "stage.tsv").read_text()
+    # streamed: the job reads the shard's URL itself, nothing of it transferred
+    submit(workdir, *args, "--set", "condor.data_source=stream")
+    job = node_job(condor, "shard.sub", dag_nodes(condor / "pipeline.dag")["shard-00001"])
+    assert url not in job.expand("transfer_input_files")
+    assert job.expand("arguments").split()[1] == f"{url}/{name}"
+    assert "--data-source stream" in (condor / "run-shard.sh").read_text()
+
+
+def test_a_streamed_data_source_needs_a_federation_url(workdir):
+    refused = submit(workdir, "--dry-run", "--set", "condor.data_source=stream", check=False)
+    assert refused.returncode == 2 and "condor.shards_url" in refused.stderr
+    refused = submit(workdir, "--dry-run", "--set", "condor.data_source=ftp", check=False)
+    assert refused.returncode == 2 and "transfer, stream, cache" in refused.stderr
 
 
 def test_venv_tarball_and_no_checkpoints(workdir, tmp_path):

@@ -3,6 +3,7 @@ POST script (a result enters results/ only when it checks out)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -229,3 +230,48 @@ def test_job_checkpoint_after_auto(workdir, tmp_path, monkeypatch, capsys):
         assert codes == expected, name
         said = "never" if name == "never" else "at the first part after"
         assert f"checkpoint_minutes auto: {said}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_shard_streamed_or_cached_through_a_federation_gives_the_same_result(workdir,
+                                                                              tmp_path):
+    """The job as the pool runs it (its own process, a sandbox with the manifest only),
+    reading the shard from a local Pelican federation: row group by row group (stream) or
+    fetched whole (cache); the result equals a transferred shard's. A missing object is a
+    one-line failure worth a retry (exit 1)."""
+    from pelican_federation import Federation
+
+    shard = 2
+    name = workdir.shard_path(shard).name
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    shutil.copy(workdir.shard_path(shard), origin / name)
+    results = {}
+    with Federation(origin) as fed:
+        for mode in ("transfer", "stream", "cache", "missing"):
+            sandbox = tmp_path / mode
+            sandbox.mkdir()
+            shutil.copy(workdir.manifest_path, sandbox)
+            source = name if mode == "transfer" else fed.url(
+                "nothing.parquet" if mode == "missing" else name)
+            if mode == "transfer":
+                shutil.copy(workdir.shard_path(shard), sandbox)
+            proc = subprocess.run(
+                [sys.executable, "-m", "submit.job", "--shard", str(shard), "--shard-file",
+                 source, "--result-file", "result.parquet", "--data-source",
+                 "stream" if mode == "missing" else mode],
+                cwd=sandbox, capture_output=True, text=True, timeout=300,
+                env={**os.environ, "SSL_CERT_FILE": str(fed.ca_path),
+                     "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+            if mode == "missing":
+                assert proc.returncode == 1, proc.stderr
+                assert "nothing.parquet: no such object" in proc.stderr
+                assert "Traceback" not in proc.stderr
+                continue
+            assert proc.returncode == 0, proc.stderr
+            results[mode] = (sandbox / "result.parquet").read_bytes()
+            scratch = {p.name for p in sandbox.iterdir()}
+            assert (name in scratch) == (mode != "stream"), scratch  # stream: no shard copy
+        assert None not in fed.log.ranges_for(name)  # ranged reads, both modes
+    assert results["stream"] == results["transfer"]  # byte for byte
+    assert results["cache"] == results["transfer"]
