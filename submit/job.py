@@ -43,7 +43,7 @@ from inference.worker import ShardWorker
 from .chirp import PUBLISH_INTERVAL, JobAd
 from .config import DATA_SOURCES
 from .datasource import fetch, read_row_groups
-from .preemption import announce_auto_checkpoint, number_or_auto
+from .preemption import add_checkpoint_options, announce_auto_checkpoint
 
 PARTS_DIR = "parts"
 PART_ROWS = 10_000
@@ -219,14 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result-file", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, default=Path("manifest.json"))
     parser.add_argument("--part-rows", type=int, default=PART_ROWS)
-    parser.add_argument("--checkpoint-after", type=number_or_auto(float), default=0,
-                        metavar="SECONDS|auto",
-                        help="exit with the checkpoint code at the first part boundary after "
-                        "this many seconds (0: never; auto: Young/Daly's interval from the "
-                        "measured setup)")
-    parser.add_argument("--mean-time-between-evictions", type=float, default=0.0,
-                        metavar="SECONDS", help="the pool's, for --checkpoint-after auto")
-    parser.add_argument("--checkpoint-exit-code", type=int, default=85)
+    add_checkpoint_options(parser, "part boundary", "setup")
     args = parser.parse_args(argv)
     if args.part_rows < 1:
         parser.error("--part-rows must be >= 1")

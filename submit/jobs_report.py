@@ -14,29 +14,16 @@ from typing import Any
 
 from inference.errors import UsageError
 
-from .htcondor.eventlog import EventLogError, read_logs, summary
+from .htcondor import EventLogError, dag_node_names, read_logs, summary
 
 FIGURES = ("transfer", "setup", "checkpoint", "lost", "goodput")
-NODE_LINES = ("JOB", "FINAL", "PROVISIONER", "SUBDAG", "SERVICE")
-
-
-def dag_nodes(dags: list[Path]) -> set[str]:
-    """The node names the DAG files declare (sub-DAG files beside them included)."""
-    names: set[str] = set()
-    for dag in dags:
-        for line in dag.read_text(encoding="utf-8", errors="replace").splitlines():
-            words = line.split()
-            if len(words) >= 2 and words[0].upper() in NODE_LINES:
-                names.add(words[2] if words[0].upper() == "SUBDAG" and len(words) > 2
-                          and words[1].upper() == "EXTERNAL" else words[1])
-    return names
 
 
 def report(logs: list[Path], dags: list[Path], *, as_json: bool = False,
            timeline: Path | None = None) -> str:
     """The table (or JSON) for the jobs in `logs`, which must be jobs of `dags`' nodes."""
     reading = read_logs(logs)
-    nodes = dag_nodes(dags)
+    nodes = set().union(*(dag_node_names(dag) for dag in dags))
     named = {job.node for job in reading.jobs if job.node}
     if nodes and named and not named & nodes:
         shown = ", ".join(sorted(named)[:3]) + (", ..." if len(named) > 3 else "")

@@ -253,6 +253,21 @@ def number_or_auto(kind: type[int] | type[float]) -> Callable[[str], int | float
     return parse
 
 
+def add_checkpoint_options(parser: argparse.ArgumentParser, boundary: str,
+                           measured: str) -> None:
+    """A job's checkpoint options, the ones `submit.config.checkpoint_arguments` writes:
+    `--checkpoint-after SECONDS|auto` (at the next `boundary`; auto: from the `measured`
+    setup), `--mean-time-between-evictions` and `--checkpoint-exit-code`."""
+    parser.add_argument("--checkpoint-after", type=number_or_auto(float), default=0,
+                        metavar="SECONDS|auto",
+                        help=f"exit with the checkpoint code at the first {boundary} after "
+                        "this many seconds (0: never; auto: Young/Daly's interval from the "
+                        f"measured {measured})")
+    parser.add_argument("--mean-time-between-evictions", type=float, default=0.0,
+                        metavar="SECONDS", help="the pool's, for --checkpoint-after auto")
+    parser.add_argument("--checkpoint-exit-code", type=int, default=85)
+
+
 def announce_auto_checkpoint(ad: Any, label: str, boundary: str, setup_seconds: float,
                              mean_seconds: float) -> float:
     """`auto_checkpoint_seconds` for a job (`ad`: its `submit.chirp.JobAd`), said on stderr

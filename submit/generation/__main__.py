@@ -10,7 +10,7 @@ from inference.errors import UsageError, run_command
 from inference.workdir import Workdir
 
 from ..job import BadInput
-from ..preemption import number_or_auto
+from ..preemption import add_checkpoint_options
 from . import __doc__ as PACKAGE_DOC
 from .job import run_job
 from .validate import accept
@@ -26,14 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     job.add_argument("--prompts-file", type=Path, required=True)
     job.add_argument("--output-file", type=Path, required=True)
     job.add_argument("--manifest", type=Path, default=Path("manifest.json"))
-    job.add_argument("--checkpoint-after", type=number_or_auto(float), default=0,
-                     metavar="SECONDS|auto",
-                     help="exit with the checkpoint code at the first row checkpoint after "
-                     "this many seconds (0: never; auto: Young/Daly's interval from the "
-                     "measured model load)")
-    job.add_argument("--mean-time-between-evictions", type=float, default=0.0,
-                     metavar="SECONDS", help="the pool's, for --checkpoint-after auto")
-    job.add_argument("--checkpoint-exit-code", type=int, default=85)
+    add_checkpoint_options(job, "row checkpoint", "model load")
     post = sub.add_parser("post", help="check a job's output and move it into place")
     post.add_argument("--workdir", required=True)
     post.add_argument("--model", required=True)

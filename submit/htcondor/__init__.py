@@ -11,7 +11,8 @@ Generic: nothing here knows about shards. One module an idea, their names import
   `access_point_commands(...)` for a step that runs on the access point itself;
   `gpu_commands(resources)`, a job's GPU requests.
 - `dag`: `Dag`, `Node`, `Script` and `write_dag(path, dag)`, the DAG file.
-- `lint`: `lint_dag(path)`, what DAGMan would reject, found before submission.
+- `lint`: `lint_dag(path)`, what DAGMan would reject, found before submission;
+  `dag_node_names(path)`, the nodes a DAG file declares.
 - `schedd`: `submit_dag(path)` through the `htcondor2` bindings, with a `CondorError` that
   says what to do when no schedd can be reached; `require_not_running(dag)` (a DAG that
   DAGMan runs is neither rewritten nor submitted); `read_node_status(path)`, DAGMan's
@@ -53,6 +54,7 @@ from .eventlog import (
     summary,
 )
 from .lint import (
+    dag_node_names,
     lint_dag,
 )
 from .matchmaking import (
@@ -89,6 +91,7 @@ __all__ = [
     "classad_literal",
     "condor_arguments",
     "cuda_version_code",
+    "dag_node_names",
     "dag_report",
     "dag_text",
     "gpu_commands",

@@ -402,11 +402,12 @@ def summary(reading: LogReading, now: float | None = None) -> dict[str, Any]:
             per_class["attempts"] += 1
             for key, value in figures.items():
                 per_class[key] += value
-            _count(per_class, attempt)
+            restart_setup = attempt.restart_setup()
+            _count(per_class, attempt, restart_setup)
             record = {key: value for key, value in asdict(attempt).items()
                       if key not in ("transferring", "upload", "restarting", "last_upload")}
             attempts.append({**record, "figures": figures,
-                             "restart_setup_seconds": attempt.restart_setup()})
+                             "restart_setup_seconds": restart_setup})
         ended = job.ended if job.ended is not None else now
         wall = (ended - job.submitted) if job.submitted is not None else totals["wall"]
         jobs.append({
@@ -427,11 +428,11 @@ COUNTS = ("starts", "checkpoints", "uploads", "restart_setup", "evictions", "cla
           "claim_start")
 
 
-def _count(per_class: dict[str, Any], attempt: Attempt) -> None:
+def _count(per_class: dict[str, Any], attempt: Attempt, restart_setup: float) -> None:
     per_class["starts"] += len(attempt.process_starts)
     per_class["checkpoints"] += len(attempt.checkpoints)
     per_class["uploads"] += attempt.output_seconds - attempt.final_output_seconds
-    per_class["restart_setup"] += attempt.restart_setup()
+    per_class["restart_setup"] += restart_setup
     if attempt.outcome == "evicted" and attempt.code != RESCHEDULED_AFTER_CHECKPOINT:
         per_class["evictions"] += 1
     if attempt.process_starts and attempt.ready:

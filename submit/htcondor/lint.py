@@ -17,6 +17,20 @@ _KNOWN_KEYWORDS = _NODE_KEYWORDS | {"SUBDAG",
 }
 
 
+def dag_node_names(path: Path) -> set[str]:
+    """The node names a DAG file declares (JOB, FINAL, PROVISIONER, SERVICE, SUBDAG
+    EXTERNAL)."""
+    names = set()
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        words = line.split()
+        keyword = words[0].upper() if words else ""
+        if keyword in _NODE_KEYWORDS and len(words) >= 2:
+            names.add(words[1])
+        elif keyword == "SUBDAG" and len(words) >= 3 and words[1].upper() == "EXTERNAL":
+            names.add(words[2])
+    return names
+
+
 def lint_dag(path: Path) -> list[str]:
     """Problems DAGMan would stop on, or that make a DAG quietly wrong; [] when none.
 
