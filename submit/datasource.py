@@ -10,6 +10,9 @@ transfer bringing it before the job starts:
 - `fetch(url, target)`: one whole-object read into a local file (a cache for data read many
   times, e.g. training epochs).
 
+`prefetched(items)` reads the next item (row group) in a thread while the caller works on
+the current one.
+
 What pelicanfs (1.5) needs, learnt against a local federation (tests/support/
 pelican_federation.py): a Parquet file is read through `fs.open(url, "rb")`, not
 `pyarrow.parquet.read_table(url, filesystem=fs)` (its `info()` gives an mtime pyarrow cannot
@@ -27,10 +30,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from queue import Full, Queue
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,6 +46,7 @@ from inference.workdir import atomic_path
 RETRIES = 3  # reopenings of one read before it fails
 RETRY_DELAY_S = 0.5
 _FILESYSTEMS: dict[str, Any] = {}
+T = TypeVar("T")
 
 
 class DataSourceError(Failure):
@@ -133,6 +139,46 @@ def read_row_groups(url: str, start: int = 0, *, fs: Any = None) -> Iterator[tup
                 raise DataSourceError(f"{url}: its size changed while it was read (an "
                                       "object in a federation must never change in place: "
                                       "publish it under a new name)") from None
+
+
+def prefetched(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """`items` as they come, with the next `depth` read ahead in a thread while the caller
+    works on the current one (a row group's network read overlaps the work on the last);
+    an error in the reading thread is raised where its item would have come."""
+    queue: Queue[tuple[bool, Any]] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():  # the consumer may have stopped taking
+            try:
+                queue.put(entry, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as exc:  # handed to the consumer
+            put((False, exc))
+
+    reader = threading.Thread(target=read, name="datasource-prefetch", daemon=True)
+    reader.start()
+    try:
+        while True:
+            more, value = queue.get()
+            if not more:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        reader.join(timeout=5)
 
 
 def fetch(url: str, target: Path, *, fs: Any = None) -> Path:

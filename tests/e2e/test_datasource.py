@@ -4,6 +4,7 @@ row group, whole-object fetches, tokens, and one-line refusals naming the URL.""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,25 @@ def test_refusals_are_one_line_naming_the_url(federation, tmp_path):
     with pytest.raises(DataSourceError) as unreachable:
         fetch(url, tmp_path / "x", fs=fs_of(fed, url))
     assert url in str(unreachable.value) and "\n" not in str(unreachable.value)
+
+
+def test_prefetched_reads_one_ahead_and_passes_errors_on():
+    from submit.datasource import prefetched
+
+    read = []
+
+    def source():
+        for i in range(4):
+            read.append(i)
+            yield i
+        raise DataSourceError("shard.parquet: cannot read it")
+
+    items = prefetched(source())
+    assert next(items) == 0
+    deadline = time.monotonic() + 5
+    while len(read) < 2 and time.monotonic() < deadline:
+        pass
+    assert read[:2] == [0, 1]  # the next one is read while the caller holds the first
+    assert [next(items) for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(DataSourceError, match="shard.parquet"):
+        next(items)
