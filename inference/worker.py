@@ -93,8 +93,10 @@ class ShardWorker:
     def shard_entry(self, shard: int) -> ShardEntry:
         return self.manifest.shard(shard)
 
-    def run(self, shard: int) -> ShardOutcome:
-        """Compute one shard; its result file is written in the background (see `wait`)."""
+    def run(self, shard: int, table: pa.Table | None = None) -> ShardOutcome:
+        """Compute one shard, read from its file or given as `table` (rows a caller already
+        holds, e.g. read through a federation); its result file is written in the background
+        (see `wait`)."""
         started = time.perf_counter()
         entry = self.shard_entry(shard)
         if self.workdir.result_is_current(entry, self.key):
@@ -103,7 +105,7 @@ class ShardWorker:
             return ShardOutcome(shard, entry.rows, True, time.perf_counter() - started)
         _remove_stale_temporaries(self.workdir, shard)
         encoder, predictor = self._models()
-        table = self._read(shard, entry)
+        table = self._read(shard, entry, table)
         tokens = self._token_ids(table)
         texts = None
         if tokens is None or predictor.needs_text:
@@ -129,17 +131,18 @@ class ShardWorker:
             pending, self._pending = self._pending, None
             pending.result()
 
-    def _read(self, shard: int, entry: ShardEntry) -> pa.Table:
+    def _read(self, shard: int, entry: ShardEntry, given: pa.Table | None) -> pa.Table:
         """Only the columns this run needs: text is skipped when token ids can be used."""
         path = self.workdir.shard_path(shard)
+        columns = ["passage_id", "input_ids"]
         try:
-            schema = pq.read_schema(path)
+            schema = pq.read_schema(path) if given is None else given.schema
             check_schema_version(schema, "shard", str(path))
-            columns = ["passage_id", "input_ids"]
             if not self._can_use_stored_ids() or self._predictor.needs_text:
                 columns += ["title", "text"]
-            table = pq.read_table(path, columns=columns)
-        except (OSError, pa.ArrowException, ValueError) as exc:
+            table = (pq.read_table(path, columns=columns) if given is None
+                     else given.select(columns).combine_chunks())
+        except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
             raise WorkdirError(f"cannot read shard {path}: {exc}") from None
         if table.num_rows != entry.rows:
             raise WorkdirError(f"{path} has {table.num_rows} rows, manifest says {entry.rows}")

@@ -56,6 +56,30 @@ class JobSoftware:
 
 
 DATA_SOURCES = ("transfer", "stream", "cache")
+FEDERATION_SCHEMES = ("osdf", "pelican")  # what pelicanfs reads, for stream and cache
+
+
+def federation_url(url: str | None) -> bool:
+    """`url` names an object or prefix in a Pelican federation (`osdf:///`, `pelican://`)."""
+    scheme, found, _ = (url or "").partition("://")
+    return bool(found) and scheme in FEDERATION_SCHEMES
+
+
+def check_data_source(data_source: str, url: str | None, stage_dir: str | None,
+                      url_key: str) -> None:
+    """The rules of `condor.data_source` wherever jobs read data through it (shards, a
+    sweep's dataset): `url_key` names the setting that holds the data's URL prefix."""
+    if url is not None and "://" not in url:
+        raise ConfigError(f"condor.{url_key} must be a URL such as osdf:///ospool/ap40/"
+                          "data/USER/run1 or pelican://HOST/path")
+    if data_source not in DATA_SOURCES:
+        raise ConfigError(f"condor.data_source: one of {', '.join(DATA_SOURCES)}, got "
+                          f"{data_source!r}")
+    if data_source != "transfer" and not federation_url(url):
+        raise ConfigError(f"condor.data_source: {data_source} reads through a federation: set "
+                          f"condor.{url_key} to an osdf:/// or pelican:// URL")
+    if stage_dir is not None and url is None:
+        raise ConfigError(f"condor.stage_dir needs condor.{url_key} (the URL it serves)")
 
 
 @dataclass
@@ -112,19 +136,7 @@ class CondorConfig(JobSoftware):
             raise ConfigError("condor.resources.request_gpus must be >= 0")
         if self.load_jobs < 1:
             raise ConfigError("condor.load_jobs must be >= 1")
-        if self.shards_url is not None and "://" not in self.shards_url:
-            raise ConfigError("condor.shards_url must be a URL such as osdf:///ospool/ap40/"
-                              "data/USER/run1 or pelican://HOST/path")
-        if self.data_source not in DATA_SOURCES:
-            raise ConfigError(f"condor.data_source: one of {', '.join(DATA_SOURCES)}, got "
-                              f"{self.data_source!r}")
-        if self.data_source != "transfer" and not (
-                self.shards_url and self.shards_url.split("://")[0] in ("osdf", "pelican")):
-            raise ConfigError(f"condor.data_source: {self.data_source} reads through a "
-                              "federation: set condor.shards_url to an osdf:/// or "
-                              "pelican:// URL")
-        if self.stage_dir is not None and self.shards_url is None:
-            raise ConfigError("condor.stage_dir needs condor.shards_url (the URL it serves)")
+        check_data_source(self.data_source, self.shards_url, self.stage_dir, "shards_url")
         if self.max_jobs < 0 or self.retries < 0:
             raise ConfigError("condor: max_jobs and retries must be >= 0")
         minutes = self.checkpoint_minutes

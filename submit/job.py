@@ -2,13 +2,15 @@
 
 The job's scratch directory holds the shard file and the workdir's manifest (HTCondor file
 transfer); with `--data-source stream` the job reads the shard's federation URL row group by
-row group instead, with `cache` it fetches it whole into scratch first (`submit.datasource`).
-The shard is embedded in parts of `--part-rows` passages by the same shard worker
-`infer-corpus shard` uses, each part's result written atomically under parts/. With
-`--checkpoint-after S`, the job exits with the checkpoint exit code once S seconds have passed
-at a part boundary; HTCondor then saves parts/ (`transfer_checkpoint_files`) and restarts the
-job, which skips the finished parts. The last part joins the parts into RESULT_FILE, which
-HTCondor sends back to the access point.
+row group instead (nothing of it on scratch), with `cache` it fetches it whole into scratch
+first (`submit.datasource`). The shard is read row group by row group in parts of
+`--part-rows` passages, the next part read while the current one is embedded by the same
+shard worker `infer-corpus shard` uses; each part's result is written atomically under
+parts/. With `--checkpoint-after S`, the job exits with the checkpoint exit code once S
+seconds have passed at a part boundary; HTCondor then saves parts/
+(`transfer_checkpoint_files`) and restarts the job, which starts reading at the row group of
+its first unfinished part. The last part joins the parts into RESULT_FILE, which HTCondor
+sends back to the access point.
 
 The job logs each part's throughput to stderr. When HTCondor gives it a chirp proxy
 (`want_io_proxy = true`), it also publishes its progress in its job ad, where `condor_q -af
@@ -27,9 +29,9 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,12 +39,13 @@ import pyarrow.parquet as pq
 
 from inference.errors import UsageError, run_command
 from inference.manifest import Manifest, ShardEntry
+from inference.schema import check_schema_version
 from inference.workdir import Workdir, WorkdirError, atomic_path
 from inference.worker import ShardWorker
 
 from .chirp import PUBLISH_INTERVAL, JobAd
 from .config import DATA_SOURCES
-from .datasource import fetch, read_row_groups
+from .datasource import fetch, parquet_metadata, prefetched, read_row_groups
 from .preemption import add_checkpoint_options, announce_auto_checkpoint
 
 PARTS_DIR = "parts"
@@ -56,39 +59,61 @@ class BadInput(UsageError):
     label = "bad input"
 
 
-def _read_shard(shard_file: str, data_source: str) -> pa.Table:
-    """The shard: a transferred file; read from its federation URL row group by row group
-    (stream: nothing of it written to scratch); or fetched whole into scratch first (cache)."""
-    try:
-        if data_source == "stream":
-            return pa.concat_tables(table for _, table in read_row_groups(shard_file))
-        if data_source == "cache":
-            shard_file = str(fetch(shard_file, Path(shard_file.rstrip("/").rsplit("/", 1)[-1])))
-        return pq.read_table(shard_file)
-    except (OSError, pa.ArrowException) as exc:
-        raise WorkdirError(f"cannot read {shard_file}: {exc}") from None
+class ShardInput:
+    """The shard's rows in parts of `part_rows`, read row group by row group: from the
+    transferred file, from its URL through the federation (stream: nothing of it on scratch)
+    or from one whole fetch into scratch (cache). Reading starts at the row group holding the
+    first part asked for, so a job restarted after a checkpoint reads only what is left."""
 
+    def __init__(self, shard_file: str, data_source: str) -> None:
+        self.url = shard_file if data_source == "stream" else None
+        try:
+            if data_source == "cache":
+                shard_file = str(fetch(shard_file, Path(shard_file.rstrip("/").rsplit("/", 1)[-1])))
+            metadata = (parquet_metadata(shard_file) if self.url
+                        else pq.ParquetFile(shard_file).metadata)
+            check_schema_version(metadata.schema.to_arrow_schema(), "shard", shard_file)
+        except (OSError, pa.ArrowException) as exc:
+            raise WorkdirError(f"cannot read {shard_file}: {exc}") from None
+        except ValueError as exc:  # another kind of file, or version
+            raise WorkdirError(str(exc)) from None
+        self.name = shard_file
+        self.metadata = metadata
+        self.rows = metadata.num_rows
+        self.group_rows = [metadata.row_group(i).num_rows
+                           for i in range(metadata.num_row_groups)]
 
-def _prepare_parts(parts: Workdir, manifest: Manifest, shard: int, shard_file: str,
-                   part_rows: int, data_source: str = "transfer") -> int:
-    """Split the shard into part files under parts/ (a workdir of its own); returns the count."""
-    entry = manifest.shard(shard)
-    table = _read_shard(shard_file, data_source)
-    if table.num_rows != entry.rows:
-        raise WorkdirError(f"{shard_file} has {table.num_rows} rows, the manifest says "
-                           f"{entry.rows}")
-    count = max(1, math.ceil(table.num_rows / part_rows))
-    shards = []
-    for part in range(count):
-        rows = table.slice(part * part_rows, part_rows)
-        path = parts.shard_path(part)
-        if not path.is_file():
-            with atomic_path(path) as tmp:
-                pq.write_table(rows, tmp, compression="zstd")
-        shards.append(ShardEntry(part, rows.num_rows, str(path.relative_to(parts.root))))
-    parts.create()
-    parts.write_manifest(manifest.with_shards(shards))
-    return count
+    def _groups(self, start: int) -> Iterator[pa.Table]:
+        try:
+            if self.url:
+                yield from (table for _, table in read_row_groups(self.url, start,
+                                                              metadata=self.metadata))
+                return
+            parquet = pq.ParquetFile(self.name)
+            for group in range(start, parquet.num_row_groups):
+                yield parquet.read_row_group(group)
+        except (OSError, pa.ArrowException) as exc:  # damaged: no retry mends it
+            raise WorkdirError(f"cannot read {self.name}: {exc}") from None
+
+    def parts(self, first: int, part_rows: int) -> Iterator[tuple[int, pa.Table]]:
+        """(part, rows) from part `first` on; part p holds rows [p * part_rows, ...)."""
+        begin = first * part_rows
+        group, skip = 0, begin
+        while group < len(self.group_rows) and skip >= self.group_rows[group]:
+            skip -= self.group_rows[group]
+            group += 1
+        part, held = first, []
+        for table in self._groups(group):
+            held.append(table.slice(skip))
+            skip = 0
+            rows = pa.concat_tables(held)
+            while rows.num_rows >= part_rows:
+                yield part, rows.slice(0, part_rows)
+                part, rows = part + 1, rows.slice(part_rows)
+            held = [rows]
+        rest = pa.concat_tables(held) if held else None
+        if rest is not None and (rest.num_rows or self.rows == 0):
+            yield part, rest
 
 
 class Progress:
@@ -166,9 +191,23 @@ def run_job(shard: int, shard_file: str | Path, result_file: Path, *, manifest_f
         manifest = Manifest(json.loads(manifest_file.read_text(encoding="utf-8")), manifest_file)
     except (OSError, ValueError) as exc:
         raise WorkdirError(f"cannot read {manifest_file}: {exc}") from None
+    entry = manifest.shard(shard)
+    source = ShardInput(str(shard_file), data_source)
+    if source.rows != entry.rows:
+        raise WorkdirError(f"{shard_file} has {source.rows} rows, the manifest says "
+                           f"{entry.rows}")
+    count = max(1, math.ceil(source.rows / part_rows))
+    # the parts, as a workdir of their own for the shard worker (their rows come from memory)
     parts = Workdir(PARTS_DIR)
-    count = _prepare_parts(parts, manifest, shard, str(shard_file), part_rows, data_source)
-    progress = Progress(shard, manifest.shard(shard).rows)
+    entries = [ShardEntry(part, min(part_rows, source.rows - part * part_rows),
+                          str(parts.shard_path(part).relative_to(parts.root)))
+               for part in range(count)]
+    for folder in (parts.results_dir, parts.rejects_dir, parts.logs_dir):  # no shards/
+        folder.mkdir(parents=True, exist_ok=True)
+    parts.write_manifest(manifest.with_shards(entries))
+    key = manifest.result_key()
+    first = next((e.shard for e in entries if not parts.result_is_current(e, key)), count)
+    progress = Progress(shard, entry.rows)
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0)  # HTCondor sets it to request_cpus
 
     def on_event(event: dict) -> None:
@@ -183,18 +222,18 @@ def run_job(shard: int, shard_file: str | Path, result_file: Path, *, manifest_f
                                                    setup, mean_time_between_evictions)
                 limit = setup + seconds if seconds else 0.0  # 0: never
 
+    for part in range(first):
+        progress.part_done(part, count, entries[part].rows, skipped=True)
     worker = ShardWorker(parts, threads=threads, on_event=on_event)
-    for part in range(count):
+    for part, rows in prefetched(source.parts(first, part_rows)):  # the next read meanwhile
         progress.part_started()
-        outcome = worker.run(part)
+        outcome = worker.run(part, rows)
         worker.wait()
         progress.part_done(part, count, outcome.rows, outcome.skipped)
         remaining = count - part - 1
         if (limit and remaining and not outcome.skipped
                 and time.monotonic() - started >= limit):
             writing = time.time()
-            # re-made from the shard file; keep the checkpoint small
-            shutil.rmtree(parts.shards_dir)
             progress.ad.record("checkpoint", started=round(writing, 3),
                                covers=f"part {part + 1} of {count}")
             print(f"shard {shard}: checkpoint after part {part + 1} of {count}", file=sys.stderr)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +57,7 @@ from inference.readers import expand_inputs
 from inference.workdir import Workdir
 
 from .config import CondorConfig, StepResourcesConfig, checkpoint_arguments
+from .datasource import stage
 from .htcondor import (
     CondorError,
     Dag,
@@ -156,20 +156,6 @@ def _check_partition(workdir: Workdir, config: InferenceConfig) -> Manifest:
                           f"{workdir.root} was partitioned with: use the same settings, or "
                           "partition again with this config")
     return manifest
-
-
-def _stage(source: Path, target: Path) -> bool:
-    """Put one shard where the data URL serves it; False when it is already there."""
-    if target.is_file() and target.stat().st_size == source.stat().st_size:
-        return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-    return True
 
 
 def _write_job_script(path: Path, c: CondorConfig) -> None:
@@ -393,7 +379,7 @@ def write_pipeline(workdir: Workdir, config: InferenceConfig, condor: CondorConf
             source = f"{condor.shards_url.rstrip('/')}/{name}"
             stage_lines.append(f"{local}\t{source}")
             if condor.stage_dir:
-                staged += _stage(local, Path(condor.stage_dir) / name)
+                staged += stage(local, Path(condor.stage_dir) / name)
         else:
             name, source = local.name, str(local)
         shard_vars[shard] = {"shard": str(shard), "shard_input": source, "shard_file": name,

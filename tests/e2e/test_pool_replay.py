@@ -414,6 +414,48 @@ def test_a_job_runs_python_from_a_venv_pack_tarball_and_reads_its_shard_from_osd
     assert (workdir / "results" / "shard-00000.parquet").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stream", "cache"])
+def test_shard_jobs_read_their_shards_through_a_federation(demo_local, tmp_path, mode):
+    """condor.data_source stream / cache: the shards staged behind a local Pelican federation's
+    namespace, the jobs read them themselves (none in transfer_input_files), in sandboxes that
+    never hold a streamed shard; shard 0 checkpoints after its first part and restarts in a
+    fresh sandbox, reading only its unfinished part's row groups. Same embeddings as the local
+    run."""
+    from pelican_federation import Federation
+
+    local, config = demo_local
+    origin = tmp_path / "origin"
+    with Federation(origin, caches=1) as fed:
+        options = ["--set", f"condor.shards_url={fed.url('run')}", "--set",
+                   f"condor.stage_dir={origin / 'run'}", "--set", f"condor.data_source={mode}"]
+        workdir = tmp_path / "run"
+        cli("partition", "--demo", "--workdir", str(workdir), "--config", str(config), *options)
+        cli("submit", "--workdir", str(workdir), "--config", str(config), *options, "--dry-run")
+        condor = workdir / "condor"
+        shard_sub = condor / "shard.sub"
+        assert "shard_input" not in shard_sub.read_text().split("transfer_input_files")[1] \
+            .splitlines()[0]
+        # the jobs trust the federation's test CA, as a real pool's trust the OSDF's
+        shard_sub.write_text(shard_sub.read_text().replace(
+            "queue", f'environment = "SSL_CERT_FILE={fed.ca_path}"\nqueue'))
+        checkpoint_at_once(condor / "run-shard.sh", "--checkpoint-after 0.001 --part-rows 36")
+        run = Pool(tmp_path / "pool", reschedule_after_checkpoint=True).submit_dag(
+            "condor_submit_dag pipeline.dag", cwd=condor)
+        assert run.status == "succeeded", run.summary()
+        names = sorted(p.name for p in (origin / "run").iterdir())
+        for node in ("shard-00000", "shard-00001"):
+            for start in run.starts(node):
+                held = sorted(p.name for p in start.sandbox.glob("shard-*.parquet"))
+                assert held == ([] if mode == "stream" else [n for n in names
+                                                             if n.startswith(node)]), held
+        assert [j.exit_code for j in run.starts("shard-00000")] == [85, 0]
+        gets = {name: fed.log.gets_for(f"run/{name}") for name in names}
+        if mode == "cache":  # one whole read per job start: the rescheduled start reads again
+            assert {n: len(g) for n, g in gets.items()} == {names[0]: 2, names[1]: 1}
+    assert_same_embeddings(workdir, local)
+
+
 def sweep_spec(path: Path, **changes: object) -> Path:
     spec = yaml.safe_load((ROOT / "configs" / "sweep-demo.yaml").read_text())
     spec["name"] = path.stem

@@ -275,3 +275,58 @@ def test_a_shard_streamed_or_cached_through_a_federation_gives_the_same_result(w
         assert None not in fed.log.ranges_for(name)  # ranged reads, both modes
     assert results["stream"] == results["transfer"]  # byte for byte
     assert results["cache"] == results["transfer"]
+
+
+@pytest.mark.slow
+def test_a_streamed_shard_restarted_reads_only_what_is_left(workdir, tmp_path):
+    """A streamed shard job that checkpoints after its first part, restarted in place (as
+    HTCondor does), reads only the row groups from its first unfinished part on; a body cut
+    short in that read is read again from its row group; the result equals a transferred
+    shard's, byte for byte."""
+    from pelican_federation import Federation
+
+    shard, part_rows = 2, 8  # 15 passages in 8 row groups of 2: part 1 starts at group 4
+    name = workdir.shard_path(shard).name
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    pq.write_table(pq.read_table(workdir.shard_path(shard)), origin / name, row_group_size=2)
+    size = (origin / name).stat().st_size
+    group4 = min(column.dictionary_page_offset if column.has_dictionary_page
+                 else column.data_page_offset
+                 for group in [pq.ParquetFile(origin / name).metadata.row_group(4)]
+                 for column in map(group.column, range(group.num_columns)))
+
+    def job(sandbox: Path, source: str, mode: str, *options: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "submit.job", "--shard", str(shard), "--shard-file", source,
+             "--result-file", "result.parquet", "--data-source", mode,
+             "--part-rows", str(part_rows), *options],
+            cwd=sandbox, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "SSL_CERT_FILE": str(fed.ca_path),
+                 "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+
+    with Federation(origin) as fed:
+        sandboxes = {}
+        for mode in ("transfer", "stream"):
+            sandboxes[mode] = sandbox = tmp_path / mode
+            sandbox.mkdir()
+            shutil.copy(workdir.manifest_path, sandbox)
+        shutil.copy(origin / name, sandboxes["transfer"])
+        assert job(sandboxes["transfer"], name, "transfer").returncode == 0
+
+        first = job(sandboxes["stream"], fed.url(name), "stream", "--checkpoint-after", "1e-6")
+        assert first.returncode == 85, first.stderr
+        fed.log.clear()
+        fed.faults.cut_body(100, path=name)  # the restart's first read: its footer
+        second = job(sandboxes["stream"], fed.url(name), "stream")
+        assert second.returncode == 0, second.stderr
+        assert "part 1 of 2: 8 passages, done before a restart" in second.stderr
+        ranges = fed.log.ranges_for(name)
+        assert None not in ranges
+        footer = [r for r in ranges if r[1] == size - 1]
+        groups = [r for r in ranges if r[1] != size - 1]
+        assert len(footer) == 2  # cut short, then read again; once for the whole restart
+        assert groups and min(first for first, _ in groups) >= group4, (group4, ranges)
+    assert (sandboxes["stream"] / "result.parquet").read_bytes() == \
+        (sandboxes["transfer"] / "result.parquet").read_bytes()
+    assert name not in {p.name for p in sandboxes["stream"].rglob("*")}  # no shard on scratch

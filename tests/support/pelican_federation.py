@@ -77,6 +77,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -332,12 +333,13 @@ class Federation:
     `namespace`; a context manager that starts them and stops them."""
 
     def __init__(self, root: str | Path, namespace: str = "/test/namespace", caches: int = 2,
-                 *, listings: bool = True) -> None:
+                 *, listings: bool = True, bandwidth: float | None = None) -> None:
         if not namespace.startswith("/") or namespace.endswith("/"):
             raise ValueError(f"namespace {namespace!r}: want /a/b, without a trailing slash")
         self.root = Path(root).resolve()
         self.namespace = namespace
         self.listings = listings  # whether the director gives a collections-url
+        self.bandwidth = bandwidth  # bytes/s of each data server's answer (None: loopback's)
         self.cache_names = [f"cache-{i}" for i in range(1, caches + 1)]
         self.log = RequestLog(namespace)
         self.faults = Faults(self)
@@ -524,12 +526,14 @@ class _Node:
         cut = None
         if method == "GET" and self.name != DIRECTOR and reply.status < 300:
             cut = fed.faults.take_cut(self.name, path, len(reply.body))
-        sent = self._send(h, reply, head=method == "HEAD", cut=cut)
+        sent = self._send(h, reply, head=method == "HEAD", cut=cut,
+                          rate=None if self.name == DIRECTOR else fed.bandwidth)
         fed.log.add(Request(self.name, method, path, h.headers.get("Range"), reply.status,
                             sent, h.headers.get("Authorization"), reply.served))
 
     @staticmethod
-    def _send(h: _Handler, reply: _Reply, *, head: bool, cut: int | None) -> int:
+    def _send(h: _Handler, reply: _Reply, *, head: bool, cut: int | None,
+              rate: float | None = None) -> int:
         h.send_response(reply.status)
         for key, value in reply.headers.items():
             h.send_header(key, value)
@@ -538,7 +542,13 @@ class _Node:
         if head:
             return 0
         body = reply.body if cut is None else reply.body[:cut]
-        h.wfile.write(body)
+        if rate:  # a link of `rate` bytes/s: 256 KiB at a time, each when it is due
+            began = time.monotonic()
+            for offset in range(0, len(body), 1 << 18):
+                h.wfile.write(body[offset:offset + (1 << 18)])
+                time.sleep(max(0.0, began + (offset + (1 << 18)) / rate - time.monotonic()))
+        else:
+            h.wfile.write(body)
         if cut is not None:
             h.wfile.flush()
             h.close_connection = True  # the socket closes with Content-Length unmet
