@@ -15,6 +15,7 @@ from typing import Any
 
 from inference.errors import run_command
 
+from ..config import DATA_SOURCES
 from ..preemption import number_or_auto
 from . import TrainError
 
@@ -79,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Steps that jobs, DAG scripts and torchrun run; users rarely call them directly.
     p = sub.add_parser("trial", help="train or resume one trial (what one job runs)")
     p.add_argument("--trial-dir", type=Path, required=True)
-    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--dataset", required=True,
+                   help="the dataset file (transfer), or its osdf:/// or pelican:// URL")
+    p.add_argument("--data-source", choices=DATA_SOURCES, default="transfer",
+                   help="transfer: read the file; stream: read the URL row group by row "
+                        "group every epoch; cache: fetch it into the trial's cache/ once")
     p.add_argument("--checkpoint-exit-every", type=number_or_auto(int), default=0,
                    metavar="EPOCHS|auto",
                    help="exit with code 85 after this many epochs (to be restarted); auto: "
@@ -216,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
         from .trial import run_trial
 
         return run_trial(args.trial_dir, args.dataset, args.checkpoint_exit_every, args.threads,
-                         mean_time_between_evictions=args.mean_time_between_evictions)
+                         mean_time_between_evictions=args.mean_time_between_evictions,
+                         data_source=args.data_source)
     if args.command in ("evaluate", "collect"):
         from . import sweep as sweeps
 

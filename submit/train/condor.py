@@ -7,7 +7,10 @@ container image, the venv tarball, or `condor.python` on the execute node's PATH
 Sweep DAG: the unfinished trials run in waves, each wave one job cluster whose item data
 (trial id, resume files) comes from a file. A trial job exits with the checkpoint exit code
 every `checkpoint_every` epochs; HTCondor then keeps `checkpoint.pt` and restarts it, so evicted
-trials lose little. Writing the DAG again (after a failure, a removal or a finished DAG) leaves
+trials lose little. A trial job gets the sweep's dataset as `condor.data_source` says: by
+file transfer (from the sweep directory, or from `condor.data_url` through HTCondor's
+plugin), or read by the job itself from its URL (stream, cache; it is then no input file).
+Writing the DAG again (after a failure, a removal or a finished DAG) leaves
 finished trials out and sends each unfinished trial's `checkpoint.pt` and `metrics.json` with
 its job, so it resumes at its latest epoch. After each wave a POST script (`train-models
 evaluate`) decides whether to go on: 3 (target reached) stops the DAG through ABORT-DAG-ON
@@ -48,9 +51,17 @@ from submit.htcondor import (
 
 from ..preemption import ClassCosts, GpuClass, PolicyError, choose_gpus
 from . import TrainError
-from .multinode import DATASET, RUN_FILE, MultinodeSpec, read_run, torchrun_args
+from .data import DATASET
+from .multinode import RUN_FILE, MultinodeSpec, read_run, torchrun_args
 from .spec import CondorSettings
-from .sweep import EVAL_TARGET_REACHED, Sweep, collect, evaluate, unfinished_trials
+from .sweep import (
+    EVAL_TARGET_REACHED,
+    Sweep,
+    collect,
+    evaluate,
+    trial_arguments,
+    unfinished_trials,
+)
 from .trial import (
     CHECKPOINT,
     CHECKPOINT_EXIT_CODE,
@@ -169,7 +180,13 @@ def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
     write_json_atomic(condor_dir / GPU_POLICY_FILE, choice)
     gpu = ({"gpus_minimum_capability": f"{choice['min_capability']:g}"}
            if choice["min_capability"] else {})
-    trial_args = ["-m", "submit.train.cli", "trial", "--trial-dir", ".", "--dataset", DATASET]
+    url = sweep.dataset_url(settings)
+    if settings.data_source == "transfer":  # from the sweep directory, or data_url's plugin
+        transfer = [url or str(root / DATASET)]
+        dataset = transfer[0].rsplit("/", 1)[-1]
+    else:  # the job reads the URL itself
+        transfer, dataset = [], str(url)
+    trial_args = trial_arguments(".", dataset, settings.data_source)
     if settings.checkpoint_every:
         trial_args += ["--checkpoint-exit-every", str(settings.checkpoint_every)]
     if settings.checkpoint_every == "auto":
@@ -179,8 +196,7 @@ def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
     for number, wave in enumerate(waves):
         name = f"wave-{number:03d}"
         _write(condor_dir / f"{name}.sub", {
-            **_job(condor_dir, settings, trial_args,
-                   [f"$(resume){PARAMS}", str(root / "dataset.npz")]),
+            **_job(condor_dir, settings, trial_args, [f"$(resume){PARAMS}", *transfer]),
             "initialdir": str(root / "trials" / "$(trial)"),
             "checkpoint_exit_code": str(CHECKPOINT_EXIT_CODE),
             "transfer_checkpoint_files": f"{CHECKPOINT},{METRICS}",
@@ -222,8 +238,10 @@ def run_sweep_dag(sweep: Sweep, dry_run: bool) -> dict[str, Any]:
     trials = sweep.trials()
     completed = sum((read_metrics(sweep.trial_dir(t["trial"])) or {}).get("status")
                     == "completed" for t in trials)
-    return {"sweep": sweep.spec().name, "trials": len(trials), "completed": completed,
+    spec = sweep.spec()
+    return {"sweep": spec.name, "trials": len(trials), "completed": completed,
             "pending": len(pending), "best": None, "dag": str(dag),
+            "dataset": sweep.dataset_url(spec.condor) or str(sweep.dataset),
             "gpu_policy": {k: v for k, v in choice.items() if k != "simulated"},
             "submitted": None if dry_run else submit_dag(dag)}
 

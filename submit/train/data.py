@@ -1,34 +1,79 @@
 """Training data: each labelled passage's embedding and topic, read from a finished workdir.
 
-The sweep exports them once to one `dataset.npz`, which every trial reads (and which an
-HTCondor job receives by file transfer), so trials never need the workdir itself.
+The sweep exports them once to one `dataset.parquet` (schema `infer-corpus.dataset`, see
+docs/formats.md): the training rows first, then the validation rows, in row groups of
+ROW_GROUP_ROWS that never mix the two, so that a trial can read either part row group by row
+group. A trial gets it by its data source (`condor.data_source`):
+
+- `transfer`: the local file (on a pool, the one HTCondor transferred), read whole;
+- `cache`: its federation URL fetched once into the trial's `cache/` folder, then read whole;
+  a job restarted in place finds the copy there and does not read the object again;
+- `stream`: its federation URL read row group by row group every epoch (`StreamedDataset`),
+  with no copy on scratch.
+
+Both kinds of dataset give a trial the same three things: the classes and embedding model,
+the epoch's training batches in an order drawn from the epoch's generator, and the validation
+rows in chunks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from inference.errors import CorpusError
 from inference.workdir import Workdir, atomic_path
 
+from ..config import federation_url
+from ..datasource import fetch, parquet_metadata, read_row_groups
 from . import TrainError
+
+DATASET = "dataset.parquet"  # in the sweep (or multinode run) directory
+SCHEMA, VERSION = "infer-corpus.dataset", "1"  # in the file's schema metadata
+ROW_GROUP_ROWS = 4096  # rows per row group: what one streamed read brings
+CACHE_DIR = "cache"  # in the trial directory: the fetched dataset (cache)
+STREAM_WORKERS = 2  # DataLoader worker processes of a streamed dataset; batches do not depend on it
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
 class Dataset:
+    """The whole dataset in memory: rows [0, train_rows) train, the rest validate."""
+
     features: np.ndarray  # float32 [N, dim]
     labels: np.ndarray  # int64 [N], index into classes
-    validation: np.ndarray  # bool [N]: held out for evaluation
+    train_rows: int
     classes: list[str]
     embedding_model: str
 
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
     def part(self, validation: bool) -> tuple[np.ndarray, np.ndarray]:
-        mask = self.validation if validation else ~self.validation
-        return self.features[mask], self.labels[mask]
+        rows = slice(self.train_rows, None) if validation else slice(0, self.train_rows)
+        return self.features[rows], self.labels[rows]
+
+    def batches(self, generator: torch.Generator, batch_size: int) -> Iterator[Batch]:
+        """The training rows in the epoch's order (a permutation drawn from `generator`)."""
+        x, y = (torch.from_numpy(a) for a in self.part(validation=False))
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            batch = order[start : start + batch_size]
+            yield x[batch], y[batch]
+
+    def validation(self) -> Iterator[Batch]:
+        x, y = self.part(validation=True)
+        yield torch.from_numpy(x), torch.from_numpy(y)
 
 
 def _held_out(passage_id: str, fraction: float) -> bool:
@@ -69,22 +114,188 @@ def read_workdir(workdir: Workdir, val_fraction: float) -> Dataset:
     if validation.all() or not validation.any():
         raise TrainError(f"{workdir.root}: too few passages ({len(topics)}) to hold out "
                          f"{val_fraction:.0%} for validation")
-    return Dataset(np.stack(vectors).astype(np.float32),
-                   np.asarray([index[t] for t in topics], dtype=np.int64),
-                   validation, classes, manifest.config.model.name)
+    order = np.argsort(validation, kind="stable")  # training rows first, each part in order
+    return Dataset(np.stack(vectors).astype(np.float32)[order],
+                   np.asarray([index[t] for t in topics], dtype=np.int64)[order],
+                   int((~validation).sum()), classes, manifest.config.model.name)
 
 
-def save_dataset(dataset: Dataset, path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, features=dataset.features, labels=dataset.labels,
-                 validation=dataset.validation, classes=np.asarray(dataset.classes),
-                 embedding_model=np.asarray(dataset.embedding_model))
+def dataset_schema(dim: int, classes: list[str], embedding_model: str) -> pa.Schema:
+    return pa.schema(
+        [pa.field("features", pa.list_(pa.field("element", pa.float32()), dim), nullable=False),
+         pa.field("label", pa.int64(), nullable=False),
+         pa.field("validation", pa.bool_(), nullable=False)],
+        metadata={"schema": SCHEMA, "schema_version": VERSION,
+                  "classes": json.dumps(classes), "embedding_model": embedding_model})
+
+
+def save_dataset(dataset: Dataset, path: Path, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+    """Write `dataset` as Parquet, atomically: the training rows, then the validation rows,
+    each part in row groups of its own."""
+    schema = dataset_schema(dataset.dim, dataset.classes, dataset.embedding_model)
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for validation in (False, True):
+            x, y = dataset.part(validation)
+            features = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dataset.dim)
+            writer.write_table(pa.Table.from_arrays(
+                [features, pa.array(y), pa.array(np.full(len(y), validation))], schema=schema),
+                row_group_size=row_group_rows)
+
+
+def object_name(path: Path) -> str:
+    """The dataset's name under `condor.data_url`: `dataset-` and 16 hex digits of its
+    SHA-256, so a changed dataset is a new object (federation caches never invalidate one)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return f"dataset-{digest.hexdigest()[:16]}.parquet"
+
+
+@dataclass
+class Layout:
+    """What a dataset file's footer says: its classes, embedding model and dimension, and
+    which row groups hold training rows and which validation rows."""
+
+    classes: list[str]
+    embedding_model: str
+    dim: int
+    train_groups: list[int]
+    validation_groups: list[int]
+
+
+def read_layout(metadata: pq.FileMetaData, where: str) -> Layout:
+    """The layout of a dataset file from its footer; anything else is a TrainError."""
+    schema = metadata.schema.to_arrow_schema()
+    meta = schema.metadata or {}
+    found = (meta.get(b"schema", b"?").decode(), meta.get(b"schema_version", b"?").decode())
+    if found != (SCHEMA, VERSION):
+        raise TrainError(f"{where}: not a training dataset of schema {SCHEMA} version "
+                         f"{VERSION} (found {found[0]} version {found[1]})")
+    try:
+        classes = json.loads(meta[b"classes"])
+        features = schema.field("features").type
+        column = schema.get_field_index("validation")
+        dim, model = features.list_size, meta[b"embedding_model"].decode()
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise TrainError(f"{where}: a damaged training dataset ({exc})") from None
+    train: list[int] = []
+    validation: list[int] = []
+    for number in range(metadata.num_row_groups):
+        stats = metadata.row_group(number).column(column).statistics
+        if stats is None or not stats.has_min_max or stats.min != stats.max:
+            raise TrainError(f"{where}: row group {number} mixes training and validation rows")
+        (validation if stats.min else train).append(number)
+    if not train or not validation or train[-1] > validation[0]:
+        raise TrainError(f"{where}: want training rows, then validation rows")
+    return Layout(classes, model, dim, train, validation)
+
+
+def _arrays(table: pa.Table, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float32 [rows, dim]) and labels of a table of dataset rows, writable."""
+    features = table.column("features").combine_chunks().flatten()
+    return (features.to_numpy(zero_copy_only=False).reshape(-1, dim).copy(),
+            table.column("label").to_numpy().copy())
 
 
 def load_dataset(path: Path) -> Dataset:
+    """A dataset file, whole; a damaged one is a TrainError (bad input: no retry mends it)."""
     try:
-        with np.load(path) as data:
-            return Dataset(data["features"], data["labels"], data["validation"],
-                           [str(c) for c in data["classes"]], str(data["embedding_model"]))
-    except (OSError, KeyError, ValueError) as exc:
+        parquet = pq.ParquetFile(path)
+        layout = read_layout(parquet.metadata, str(path))
+        features, labels = _arrays(parquet.read(), layout.dim)
+    except (OSError, pa.ArrowException) as exc:
         raise TrainError(f"cannot read training data {path}: {exc}") from None
+    train_rows = sum(parquet.metadata.row_group(g).num_rows for g in layout.train_groups)
+    return Dataset(features, labels, train_rows, layout.classes, layout.embedding_model)
+
+
+class StreamedDataset(IterableDataset):
+    """A dataset object in a federation, read row group by row group on every pass, with no
+    copy on scratch.
+
+    A pass is one epoch's training rows or the validation rows. Each of STREAM_WORKERS
+    DataLoader worker processes (kept for the whole trial, each with its own federation
+    filesystem) reads its share of the pass's row groups, worker i the groups i, i + n, ...
+    of the pass's order (`read_row_groups` reads the next one in a thread while the last is
+    handed over). The training order is drawn from the epoch's seed: the row groups' order,
+    and the rows' order within each row group; batches are cut within a row group. The
+    DataLoader hands the groups on in the pass's order, so batches depend on the seed alone,
+    not on the number of workers or on when the trial was last restarted. Workers hand over
+    numpy arrays, pickled through the DataLoader's pipe: tensors would go through shared
+    memory, whose file descriptors pass over a Unix socket in TMPDIR, and a job's scratch
+    path can be longer than such a socket's name may be.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        try:
+            self.footer = parquet_metadata(url)
+        except pa.ArrowInvalid as exc:
+            raise TrainError(f"cannot read training data {url}: {exc}") from None
+        layout = read_layout(self.footer, url)
+        self.classes, self.embedding_model, self.dim = (layout.classes, layout.embedding_model,
+                                                        layout.dim)
+        self.train_groups, self.validation_groups = (layout.train_groups,
+                                                     layout.validation_groups)
+        # the pass the workers read next: (epoch seed, 1 for validation), shared with them
+        self._pass = torch.zeros(2, dtype=torch.int64).share_memory_()
+        self._loader = DataLoader(self, batch_size=None, num_workers=STREAM_WORKERS,
+                                  persistent_workers=True, generator=torch.Generator(),
+                                  collate_fn=_as_is)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray] | CorpusError]:
+        """A worker's share of the pass: (features, labels) of each of its row groups."""
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        seed, validation = int(self._pass[0]), bool(self._pass[1])
+        groups = self.validation_groups if validation else [
+            self.train_groups[i] for i in np.random.default_rng(seed).permutation(
+                len(self.train_groups))]
+        mine = groups[worker::workers]
+        if not mine:
+            return
+        try:
+            for group, table in read_row_groups(self.url, metadata=self.footer, groups=mine):
+                x, y = _arrays(table, self.dim)
+                if not validation:
+                    order = np.random.default_rng([seed, group]).permutation(len(y))
+                    x, y = x[order], y[order]
+                yield x, y
+        except CorpusError as exc:  # raised in the trial's process, as one line
+            yield exc
+
+    def _read(self, seed: int, validation: bool) -> Iterator[Batch]:
+        self._pass[0], self._pass[1] = seed, int(validation)
+        for item in self._loader:
+            if isinstance(item, CorpusError):
+                raise item
+            yield torch.from_numpy(item[0]), torch.from_numpy(item[1])
+
+    def batches(self, generator: torch.Generator, batch_size: int) -> Iterator[Batch]:
+        """The training rows in the epoch's order (drawn from `generator`'s seed)."""
+        for x, y in self._read(generator.initial_seed(), validation=False):
+            for start in range(0, len(y), batch_size):
+                yield x[start : start + batch_size], y[start : start + batch_size]
+
+    def validation(self) -> Iterator[Batch]:
+        return self._read(0, validation=True)
+
+
+def _as_is(item: object) -> object:
+    """The DataLoader's collate function: items stay as the worker made them."""
+    return item
+
+
+def open_dataset(dataset: str, data_source: str, trial_dir: Path) -> Dataset | StreamedDataset:
+    """A trial's dataset by its data source: `dataset` is the local file (transfer) or the
+    dataset's federation URL (stream, cache)."""
+    if data_source == "transfer":
+        return load_dataset(Path(dataset))
+    if not federation_url(dataset):
+        raise TrainError(f"--data-source {data_source} reads through a federation: "
+                         f"--dataset must be an osdf:/// or pelican:// URL, not {dataset!r}")
+    if data_source == "stream":
+        return StreamedDataset(dataset)
+    return load_dataset(fetch(dataset, trial_dir / CACHE_DIR / dataset.rsplit("/", 1)[-1]))

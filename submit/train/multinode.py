@@ -30,7 +30,7 @@ from typing import Any
 from inference.workdir import Workdir, write_json_atomic
 
 from . import TrainError
-from .data import load_dataset, read_workdir, save_dataset
+from .data import DATASET, load_dataset, read_workdir, save_dataset
 from .spec import CondorSettings, build_spec, load_spec_file
 from .trial import (
     METRICS,
@@ -44,7 +44,6 @@ from .trial import (
 )
 
 RUN_FILE = "run.json"
-DATASET = "dataset.npz"
 PROVISIONING_COMPLETE = 2  # DAGMan's ProvisionerState value that starts the other nodes
 
 
@@ -73,6 +72,9 @@ class MultinodeSpec:
         self.nodes = f"{low}:{high}"
         if self.nproc_per_node < 1:
             raise TrainError("nproc_per_node must be >= 1")
+        if self.condor.data_source != "transfer" or self.condor.data_url:
+            raise TrainError("condor.data_source and data_url are for sweeps: a multi-node "
+                             "run's jobs get its dataset by file transfer")
         check_params(self.params)
 
 
@@ -127,7 +129,7 @@ def ddp_train(run_dir: Path) -> int:
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
     torch.set_num_threads(1)
-    model = make_model(params, dataset).to(device)
+    model = make_model(params, dataset.dim, len(dataset.classes)).to(device)
     ddp = DistributedDataParallel(model)
     optimizer = make_optimizer(params, ddp)
     x_train, y_train = (torch.from_numpy(a) for a in dataset.part(validation=False))
@@ -149,7 +151,7 @@ def ddp_train(run_dir: Path) -> int:
         dist.all_reduce(total)
         x_val, y_val = (torch.from_numpy(a).to(device) for a in dataset.part(validation=True))
         history.append({"epoch": epoch, "train_loss": float(total[0] / total[1]),
-                        **evaluate(model, x_val, y_val)})
+                        **evaluate(model, [(x_val, y_val)])})
     if rank == 0:  # global rank 0 owns the output, wherever the rendezvous placed it
         final = {k: v for k, v in history[-1].items() if k != "epoch"}
         export_head(model, dataset.classes, dataset.embedding_model, final, run_dir / MODEL)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from inference.config_loader import ConfigError, build, read_yaml
-from submit.config import JobSoftware
+from submit.config import JobSoftware, check_data_source
 from submit.htcondor import transfer_source
 
 from . import TrainError
@@ -52,10 +52,18 @@ class CondorSettings(JobSoftware):
     # classes give the shortest expected wall time / fewest GPU-hours (submit.preemption)
     gpu: str = "any"
     gpu_classes: dict[str, GpuClassSettings] = field(default_factory=dict)
+    # how a trial job gets the dataset: transfer (HTCondor's file transfer, from the sweep
+    # directory or from data_url), stream (read through the federation row group by row group
+    # every epoch, no copy on scratch) or cache (fetched whole into scratch once); the last
+    # two need data_url, the osdf:/// or pelican:// prefix the dataset is published under
+    data_source: str = "transfer"
+    data_url: str | None = None
+    stage_dir: str | None = None  # the local folder behind data_url: the dataset is linked there
     extra: dict[str, bool | int | float | str] = field(default_factory=dict)  # e.g. +Site
 
     def validate(self) -> None:
         super().validate()
+        check_data_source(self.data_source, self.data_url, self.stage_dir, "data_url")
         every = self.checkpoint_every
         if isinstance(every, str) and every != "auto" or isinstance(every, int) and every < 0:
             raise ConfigError(f"condor.checkpoint_every: epochs >= 0 or auto, got {every!r}")

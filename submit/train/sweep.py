@@ -1,7 +1,8 @@
 """Sweeps: a YAML spec expanded into trials, run by a local executor, evaluated and collected.
 
 Layout (`WORKDIR/train/NAME/`): `spec.json` (the resolved spec), `trials.json` (trial id ->
-hyperparameters), `dataset.npz`, `trials/tNNN/` (one per trial, see `trial.py`),
+hyperparameters), `dataset.parquet` (see `data.py`; with `condor.data_url` also published
+there as `dataset-HASH.parquet`), `trials/tNNN/` (one per trial, see `trial.py`),
 `evaluation.json` (the latest early-abort decision), `results.json` (the ranking) and
 `best.json` + `best-model.pt` (the best trial's head, for `predictions.kind: head`).
 """
@@ -19,13 +20,15 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from inference.workdir import Workdir, atomic_path, write_json_atomic
 
+from ..datasource import stage
 from . import TrainError
-from .data import read_workdir, save_dataset
+from .data import DATASET, object_name, read_workdir, save_dataset
 from .spec import CondorSettings, build_spec, load_spec_file
 from .trial import CHECKPOINT_EXIT_CODE, MODEL, PARAMS, check_params, read_metrics
 
@@ -139,7 +142,18 @@ class Sweep:
 
     @property
     def dataset(self) -> Path:
-        return self.root / "dataset.npz"
+        return self.root / DATASET
+
+    @cached_property
+    def dataset_object(self) -> str:
+        """The dataset's name under `condor.data_url` (keyed by its content)."""
+        return object_name(self.dataset)
+
+    def dataset_url(self, settings: CondorSettings) -> str | None:
+        """Where the dataset is published (`condor.data_url`), or None."""
+        if not settings.data_url:
+            return None
+        return f"{settings.data_url.rstrip('/')}/{self.dataset_object}"
 
     def trial_dir(self, trial: str) -> Path:
         return self.root / "trials" / trial
@@ -170,6 +184,8 @@ class Sweep:
         write_json_atomic(self.root / "trials.json", trials)
         if not self.dataset.is_file():
             save_dataset(read_workdir(Workdir(workdir), spec.val_fraction), self.dataset)
+        if spec.condor.stage_dir:
+            stage(self.dataset, Path(spec.condor.stage_dir) / self.dataset_object)
         for trial in trials:
             path = self.trial_dir(trial["trial"]) / PARAMS
             if not path.is_file():
@@ -183,10 +199,21 @@ def unfinished_trials(sweep: Sweep) -> list[str]:
             if (read_metrics(sweep.trial_dir(t["trial"])) or {}).get("status") not in FINISHED]
 
 
+def trial_arguments(trial_dir: str, dataset: str, data_source: str) -> list[str]:
+    """Python's arguments for one trial, here and in a job: `dataset` is the dataset file
+    (transfer) or its URL (stream, cache)."""
+    return ["-m", "submit.train.cli", "trial", "--trial-dir", trial_dir, "--dataset", dataset,
+            "--data-source", data_source]
+
+
 def trial_command(sweep: Sweep, trial: str) -> list[str]:
-    """The very command an HTCondor trial job runs (there with paths inside its sandbox)."""
-    return [sys.executable, "-m", "submit.train.cli", "trial",
-            "--trial-dir", str(sweep.trial_dir(trial)), "--dataset", str(sweep.dataset)]
+    """The command a local trial runs: the one an HTCondor trial job runs, with the sweep's
+    dataset file (transfer) or its published URL."""
+    settings = sweep.spec().condor
+    dataset = (str(sweep.dataset) if settings.data_source == "transfer"
+               else sweep.dataset_url(settings))
+    return [sys.executable, *trial_arguments(str(sweep.trial_dir(trial)), str(dataset),
+                                             settings.data_source)]
 
 
 def diverged(metrics: dict[str, Any], factor: float) -> bool:

@@ -4,19 +4,22 @@ A trial directory holds `params.json` (input), `checkpoint.pt` (the latest finis
 replaced atomically), `metrics.json` (per-epoch history and status) and, once finished,
 `model.pt` (the head in `infer-corpus.head` format). A trial killed at any moment and started
 again resumes after its latest checkpoint, and ends with the same weights as an uninterrupted
-run: each epoch's randomness (shuffling, dropout) is seeded from the trial seed and the epoch.
+run: each epoch's randomness (shuffling, dropout) is seeded from the trial seed and the epoch,
+whichever way the trial reads its dataset (`data.open_dataset`). A trial that finishes
+removes its fetched copy of the dataset (`cache/`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -24,7 +27,7 @@ from inference.workdir import atomic_path, write_json_atomic
 
 from ..chirp import JobAd
 from . import TrainError
-from .data import Dataset, load_dataset
+from .data import CACHE_DIR, Batch, open_dataset
 from .heads import HEAD_KINDS, build_head, export_head
 
 CHECKPOINT_EXIT_CODE = 85  # "checkpoint written, restart me": HTCondor's checkpoint_exit_code
@@ -66,10 +69,9 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_model(params: dict[str, Any], dataset: Dataset) -> nn.Module:
+def make_model(params: dict[str, Any], dim: int, classes: int) -> nn.Module:
     torch.manual_seed(params["seed"])
-    return build_head(params["head"], dataset.features.shape[1], len(dataset.classes),
-                      params["hidden"], params["dropout"])
+    return build_head(params["head"], dim, classes, params["hidden"], params["dropout"])
 
 
 def make_optimizer(params: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
@@ -87,33 +89,32 @@ def epoch_generator(params: dict[str, Any], epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                y: torch.Tensor, batch_size: int, generator: torch.Generator) -> float:
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
+                batches: Iterable[Batch]) -> float:
+    """One pass over the epoch's batches; the mean training loss per row."""
     model.train()
-    order = torch.randperm(len(x), generator=generator)
-    total = 0.0
-    for start in range(0, len(x), batch_size):
-        batch = order[start : start + batch_size]
+    total, rows = 0.0, 0
+    for x, y in batches:
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+        loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
-        total += loss.item() * len(batch)
-    return total / len(x)
+        total += loss.item() * len(y)
+        rows += len(y)
+    return total / rows
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def evaluate(model: nn.Module, chunks: Iterable[Batch]) -> dict[str, float]:
+    """Loss and accuracy over the validation rows, given in chunks (streamed, or at once)."""
     model.eval()
+    loss, correct, rows = 0.0, 0, 0
     with torch.no_grad():
-        logits = model(x)
-        loss = float(nn.functional.cross_entropy(logits, y))
-        accuracy = float((logits.argmax(dim=1) == y).float().mean())
-    return {"val_loss": loss, "val_accuracy": accuracy}
-
-
-def _tensors(dataset: Dataset, validation: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = dataset.part(validation)
-    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+        for x, y in chunks:
+            logits = model(x)
+            loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+            rows += len(y)
+    return {"val_loss": loss / rows, "val_accuracy": correct / rows}
 
 
 def read_metrics(trial_dir: Path) -> dict[str, Any] | None:
@@ -123,13 +124,15 @@ def read_metrics(trial_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int | str = 0,
-              threads: int = 1, mean_time_between_evictions: float = 0.0) -> int:
+def run_trial(trial_dir: Path, dataset: str | Path, checkpoint_exit_every: int | str = 0,
+              threads: int = 1, mean_time_between_evictions: float = 0.0,
+              data_source: str = "transfer") -> int:
     """Train (or resume) one trial; returns 0 when finished, CHECKPOINT_EXIT_CODE to be restarted.
 
-    `checkpoint_exit_every` > 0 ends the process after that many epochs of this run, so a
-    batch system can store the checkpoint and restart the trial (possibly elsewhere); `auto`
-    chooses that number after this run's first epoch (`auto_interval`).
+    `dataset` is the dataset file (`data_source` transfer) or its federation URL (stream,
+    cache). `checkpoint_exit_every` > 0 ends the process after that many epochs of this run,
+    so a batch system can store the checkpoint and restart the trial (possibly elsewhere);
+    `auto` chooses that number after this run's first epoch (`auto_interval`).
     """
     started = time.perf_counter()
     ad = JobAd(f"trial {trial_dir.name}")  # records for the job log, when run on a pool
@@ -137,10 +140,10 @@ def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int | 
         params = check_params(json.loads((trial_dir / PARAMS).read_text(encoding="utf-8")))
     except (OSError, ValueError) as exc:
         raise TrainError(f"cannot read {trial_dir / PARAMS}: {exc}") from None
-    dataset = load_dataset(dataset_path)
+    data = open_dataset(str(dataset), data_source, trial_dir)
     torch.set_num_threads(max(1, threads))
     torch.use_deterministic_algorithms(True)
-    model = make_model(params, dataset)
+    model = make_model(params, data.dim, len(data.classes))
     optimizer = make_optimizer(params, model)
     history: list[dict[str, float]] = []
     first_epoch = 1
@@ -153,8 +156,6 @@ def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int | 
         status = state["status"]
     else:
         status = "running"
-    x_train, y_train = _tensors(dataset, validation=False)
-    x_val, y_val = _tensors(dataset, validation=True)
     ad.record("ready")
     setup = time.time() - ad.started  # what each restart in place pays again
     every = checkpoint_exit_every
@@ -165,9 +166,9 @@ def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int | 
                               mean_time_between_evictions, "an earlier run")
     for epoch in range(first_epoch, params["epochs"] + 1 if status == "running" else 0):
         epoch_began = time.time()
-        loss = train_epoch(model, optimizer, x_train, y_train, params["batch_size"],
-                           epoch_generator(params, epoch))
-        history.append({"epoch": epoch, "train_loss": loss, **evaluate(model, x_val, y_val)})
+        loss = train_epoch(model, optimizer,
+                           data.batches(epoch_generator(params, epoch), params["batch_size"]))
+        history.append({"epoch": epoch, "train_loss": loss, **evaluate(model, data.validation())})
         finished = epoch == params["epochs"] or not math.isfinite(loss)
         if not math.isfinite(loss):
             status = "diverged"
@@ -191,8 +192,9 @@ def run_trial(trial_dir: Path, dataset_path: Path, checkpoint_exit_every: int | 
             return CHECKPOINT_EXIT_CODE
     if status == "completed" and history:
         final = {k: v for k, v in history[-1].items() if k != "epoch"}
-        export_head(model, dataset.classes, dataset.embedding_model, final, trial_dir / MODEL)
+        export_head(model, data.classes, data.embedding_model, final, trial_dir / MODEL)
     write_metrics(trial_dir, params, history, status, first_epoch, started, costs)
+    shutil.rmtree(trial_dir / CACHE_DIR, ignore_errors=True)
     return 0
 
 

@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import last_json, run_cli
 
+from submit.train.data import STREAM_WORKERS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -42,9 +44,24 @@ def dataset(demo_run, tmp_path_factory) -> Path:
     from inference.workdir import Workdir
     from submit.train.data import read_workdir, save_dataset
 
-    path = tmp_path_factory.mktemp("data") / "dataset.npz"
+    path = tmp_path_factory.mktemp("data") / "dataset.parquet"
     save_dataset(read_workdir(Workdir(demo_run[0]), 0.25), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def federation(dataset, tmp_path_factory):
+    """The demo dataset in row groups of 16 rows (several row groups of training rows, so
+    that each DataLoader worker reads a few) in a local Pelican federation, as
+    `small.parquet`."""
+    from pelican_federation import Federation
+
+    from submit.train.data import load_dataset, save_dataset
+
+    origin = tmp_path_factory.mktemp("origin")
+    save_dataset(load_dataset(dataset), origin / "small.parquet", row_group_rows=16)
+    with Federation(origin) as fed:
+        yield fed
 
 
 def test_sweep_runs_locally_ranks_trials_and_draws_report(demo_run, tmp_path):
@@ -94,27 +111,47 @@ def atomic_path_then_kill(final):
         os.kill(os.getpid(), signal.SIGKILL)
 
 trial.atomic_path = atomic_path_then_kill
-sys.exit(trial.run_trial(Path(sys.argv[1]), Path(sys.argv[2])))
+sys.exit(trial.run_trial(Path(sys.argv[1]), sys.argv[2], data_source=sys.argv[3]))
 """
 
 
-def test_trial_killed_after_epoch_2_resumes_at_3_with_identical_weights(dataset, tmp_path):
+@pytest.mark.parametrize("mode", ["transfer", "stream"])
+def test_trial_killed_after_epoch_2_resumes_at_3_with_identical_weights(dataset, federation,
+                                                                        mode, tmp_path):
+    """Killed at once after a checkpoint, then restarted with exit 85 in between: the same
+    weights as one unbroken run. Streamed, each epoch reads the row groups in its own order,
+    and the last run's reads are cut short twice (the footer, then a row group): the reads
+    start again where they were cut, and nothing changes."""
+    source = str(dataset) if mode == "transfer" else federation.url("small.parquet")
+    env = {"SSL_CERT_FILE": str(federation.ca_path)}
+    trial_args = ["--dataset", source, "--data-source", mode]
     whole = _trial_dir(tmp_path, "whole")
-    train_cli("trial", "--trial-dir", str(whole), "--dataset", str(dataset))
+    train_cli("trial", "--trial-dir", str(whole), *trial_args, env=env)
 
     killed = _trial_dir(tmp_path, "killed")
-    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_2, str(killed), str(dataset)],
-                          cwd=ROOT, capture_output=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr.decode()
+    with open(tmp_path / "killed.err", "wb") as err:  # not a pipe: orphaned readers keep it
+        proc = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_2, str(killed), source,
+                               mode], cwd=ROOT, stderr=err, timeout=300,
+                              env={**os.environ, **env})
+    assert proc.returncode == -9, (tmp_path / "killed.err").read_text()
     assert torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"] == 2
     assert not (killed / "model.pt").exists()
     # restarted the way HTCondor restarts a checkpointing job: exit 85 after two more epochs
-    proc = train_cli("trial", "--trial-dir", str(killed), "--dataset", str(dataset),
-                     "--checkpoint-exit-every", "2", check=False)
+    proc = train_cli("trial", "--trial-dir", str(killed), *trial_args,
+                     "--checkpoint-exit-every", "2", check=False, env=env)
     assert proc.returncode == 85, proc.stderr
     metrics = json.loads((killed / "metrics.json").read_text())
     assert metrics["resumed_at_epoch"] == 3 and metrics["epochs_done"] == 4
-    train_cli("trial", "--trial-dir", str(killed), "--dataset", str(dataset))
+    if mode == "stream":  # the last run's reads cut short: the footer's, then a row group's
+        federation.log.clear()
+        federation.faults.cut_body(after=1000, times=2, path="small.parquet")
+    train_cli("trial", "--trial-dir", str(killed), *trial_args, env=env)
+    if mode == "stream":
+        gets = federation.log.gets_for("small.parquet")
+        cut = [g for g in gets if g.served and g.bytes_sent < g.served[1] - g.served[0] + 1]
+        assert len(cut) == 2, gets
+        # one discovery per process: the trial's and its DataLoader workers'
+        assert federation.log.discoveries() == 1 + STREAM_WORKERS
 
     metrics = json.loads((killed / "metrics.json").read_text())
     reference = json.loads((whole / "metrics.json").read_text())
@@ -191,13 +228,25 @@ def test_bad_specs_are_one_line_errors(demo_run, tmp_path, capsys):
              "bad metric": {"name": "x", "metric": "f1"},
              "two kinds of software": {"name": "x", "condor": {
                  "container_image": "docker://example/x:1", "venv_tarball": "osdf:///x.tgz"}},
-             "missing venv tarball": {"name": "x", "condor": {"venv_tarball": "no-such.tgz"}}}
+             "missing venv tarball": {"name": "x", "condor": {"venv_tarball": "no-such.tgz"}},
+             "stream without a data URL": {"name": "x", "condor": {"data_source": "stream"}},
+             "cache from a web URL": {"name": "x", "condor": {
+                 "data_source": "cache", "data_url": "https://example.org/data"}},
+             "a data URL that is a path": {"name": "x", "condor": {"data_url": "/data/x"}},
+             "an unknown data source": {"name": "x", "condor": {"data_source": "rsync"}},
+             "stage_dir without a data URL": {"name": "x", "condor": {"stage_dir": "/data"}}}
     for label, spec in cases.items():
         path = tmp_path / "bad.yaml"
         path.write_text(json.dumps(spec))
         assert main(["sweep", str(path), "--workdir", str(demo_run[0])]) == 2, label
         err = capsys.readouterr().err
         assert err.startswith("train-models: error: ") and err.count("\n") == 1, label
+        assert "data" not in label or "condor.data_url" in err or "rsync" in err, err
+    assert not (demo_run[0] / "train" / "x").exists()  # refused before anything was written
+    path.write_text(json.dumps({"name": "x", "condor": {
+        "data_source": "stream", "data_url": "osdf:///ospool/ap40/data/u"}}))
+    assert main(["multinode", str(path), "--workdir", str(demo_run[0]), "--dry-run"]) == 2
+    assert "for sweeps" in capsys.readouterr().err
     spec = str(ROOT / "configs" / "sweep-demo.yaml")
     assert main(["sweep", spec, "--workdir", str(tmp_path / "no-run")]) == 2
     assert "infer-corpus" in capsys.readouterr().err
@@ -220,11 +269,10 @@ def test_shard_worker_predicts_with_a_trained_head(demo_run, dataset, tmp_path):
 
     data = load_dataset(dataset)  # a head trained here, as a trial would train it
     params = check_params({"head": "mlp", "hidden": 16, "epochs": 10})
-    model, (x, y) = make_model(params, data), data.part(validation=False)
+    model = make_model(params, data.dim, len(data.classes))
     optimizer = make_optimizer(params, model)
     for epoch in range(1, params["epochs"] + 1):
-        train_epoch(model, optimizer, torch.from_numpy(x), torch.from_numpy(y), 8,
-                    epoch_generator(params, epoch))
+        train_epoch(model, optimizer, data.batches(epoch_generator(params, epoch), 8))
     head = tmp_path / "head.pt"
     export_head(model, data.classes, data.embedding_model, {}, head)
     workdir = tmp_path / "work"

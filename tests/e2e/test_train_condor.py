@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socketserver
+import sys
 import threading
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def test_sweep_dag_dry_run(demo_run, tmp_path, capsys):
             assert _arguments(job)[:3] == ["-m", "submit.train.cli", "trial"]
             assert "--checkpoint-exit-every 2" in job["arguments"]
             assert job.expand("transfer_input_files") == \
-                f"params.json,{dag.parent.parent / 'dataset.npz'}"
+                f"params.json,{dag.parent.parent / 'dataset.parquet'}"
+            assert _arguments(job)[3:9] == ["--trial-dir", ".", "--dataset",
+                                            "dataset.parquet", "--data-source", "transfer"]
     assert trials == [f"t{i:03d}" for i in range(6)]  # one cluster per wave: 4 + 2
     assert _parse(dag.parent / "collect.sub")["universe"] == "local"
 
@@ -135,8 +138,8 @@ def test_resubmitted_sweep_skips_finished_trials_and_resumes_the_others(demo_run
     assert "PYTHON=env/bin/python" in (condor / "run-train.sh").read_text()
 
     proc = subprocess.run([sys.executable, "-c", RUN_TRIALS, str(root / "trials"),
-                           str(root / "dataset.npz")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                           str(root / "dataset.parquet")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     (condor / "sweep.dag.rescue001").write_text("DONE WAVE0\n")  # names the old waves
     (condor / "sweep.dag.lock").write_text("")
@@ -156,7 +159,7 @@ def test_resubmitted_sweep_skips_finished_trials_and_resumes_the_others(demo_run
     assert initialdir == root / "trials" / "t001"
     inputs = job.expand("transfer_input_files").split(",")
     assert inputs == ["checkpoint.pt", "metrics.json", "params.json",
-                      str(root / "dataset.npz"), str(tarball)]
+                      str(root / "dataset.parquet"), str(tarball)]
 
     # What HTCondor does with this job: transfer the inputs, run the executable, bring back
     # the new files on exit.
@@ -196,7 +199,7 @@ def test_multinode_dag_dry_run_and_pre_script_with_stubbed_condor_q(demo_run, tm
     script = dag.parent / "run-train.sh"  # python3 from the PATH, as the demo spec says
     assert rank0["executable"] == str(script) and "PYTHON=python3" in script.read_text()
     assert rank0["universe"] == "vanilla"
-    assert rank0.expand("transfer_input_files") == "dataset.npz,params.json,run.json"
+    assert rank0.expand("transfer_input_files") == "dataset.parquet,params.json,run.json"
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -352,7 +355,7 @@ def test_checkpoint_every_auto(demo_run, tmp_path, capsys):
         job["arguments"]
     root = Path(summary["dag"]).parent.parent
     proc = subprocess.run([sys.executable, "-c", AUTO_TRIALS, str(root / "trials"),
-                           str(root / "dataset.npz")], cwd=ROOT, capture_output=True,
+                           str(root / "dataset.parquet")], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "checkpoint_every auto: every 1 epoch(s)" in proc.stderr
@@ -408,3 +411,79 @@ def test_gpu_policy_writes_the_requirement(demo_run, tmp_path, capsys):
     write_spec(spec, seeds=[0], condor={"gpu": "fastest"})
     code, _, err = train_here(capsys, *args, "--force")
     assert code == 2 and "set condor.request_gpus" in err
+
+
+@pytest.mark.slow
+def test_sweep_on_the_pool_reads_its_dataset_in_each_data_source(demo_run, tmp_path, capsys):
+    """A one-trial sweep's DAG replayed on the pool once per `condor.data_source`, its
+    dataset published in a local Pelican federation (`condor.stage_dir` links it there under
+    its content-keyed name): transferred through the plugin, fetched once into the job's
+    scratch (and kept there across the job's checkpoint restart in place), or streamed with
+    no copy on scratch. Transfer and cache train the same head; every process of a job asks
+    the federation for its discovery document at most once."""
+    from condor_replay import Pool
+    from pelican_federation import Federation
+
+    from submit.train.data import STREAM_WORKERS
+
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    python = tmp_path / "python"  # an execute node's Python that trusts the federation's CA
+    with Federation(origin) as fed:
+        python.write_text(f'#!/bin/sh\nSSL_CERT_FILE={fed.ca_path} exec {sys.executable} "$@"\n')
+        python.chmod(0o755)
+        trials, sandboxes = {}, {}
+        for mode in ("transfer", "cache", "stream"):
+            spec = write_spec(tmp_path / f"pool-{mode}.yaml", seeds=[0],
+                              base={"epochs": 2, "batch_size": 16, "dropout": 0.2},
+                              params={"head": ["mlp"], "hidden": [16]},
+                              condor={"python": str(python), "data_source": mode,
+                                      "data_url": fed.url(), "stage_dir": str(origin),
+                                      "checkpoint_every": 1 if mode == "cache" else 0})
+            summary = last_json(train_here(capsys, "sweep", str(spec), "--workdir",
+                                           str(demo_run[0]), "--executor", "condor",
+                                           "--dry-run", "--json")[1])
+            dag = Path(summary["dag"])
+            [name] = [p.name for p in origin.iterdir()]  # the same dataset: one object
+            assert re.fullmatch(r"dataset-[0-9a-f]{16}\.parquet", name)
+            url = fed.url(name)
+            assert summary["dataset"] == url
+            (_, job), = _jobs(dag.parent / "wave-000.sub")
+            assert _arguments(job)[3:9] == ["--trial-dir", ".", "--dataset",
+                                            url if mode != "transfer" else name,
+                                            "--data-source", mode]
+            assert job.expand("transfer_input_files") == \
+                "params.json" + (f",{url}" if mode == "transfer" else "")
+
+            fed.log.clear()
+            seen: list[set[str]] = []
+            pool = Pool(tmp_path / f"pool-{mode}", plugins={fed.url(): origin},
+                        after_exit=lambda run, sandbox, seen=seen: seen.append(
+                            {str(p.relative_to(sandbox)) for p in sandbox.rglob("*.parquet")}))
+            run = pool.submit_dag("condor_submit_dag sweep.dag", cwd=dag.parent)
+            assert run.status == "succeeded", run.summary()
+            starts = run.starts("WAVE0")
+            assert [s.exit_code for s in starts] == ([85, 0] if mode == "cache" else [0])
+            assert len({s.sandbox for s in starts}) == 1  # cache: restarted in place
+            processes = len(starts) * (1 + (STREAM_WORKERS if mode == "stream" else 0))
+            assert fed.log.discoveries() <= processes, mode
+            trials[mode] = dag.parent.parent / "trials" / "t000"
+            sandboxes[mode] = seen
+            if mode == "cache":  # one whole read across both starts and all epochs
+                assert len(fed.log.gets_for(name)) == 1
+                assert fed.log.bytes_for(name) == (origin / name).stat().st_size
+            if mode == "stream":  # ranged reads only
+                assert fed.log.gets_for(name) and None not in fed.log.ranges_for(name)
+
+    assert sandboxes["transfer"] == [{name}]
+    assert sandboxes["cache"] == [{f"cache/{name}"}, set()]  # removed once finished
+    assert sandboxes["stream"] == [set()]  # never a copy on scratch
+    metrics = {mode: json.loads((trial / "metrics.json").read_text())
+               for mode, trial in trials.items()}
+    assert metrics["cache"]["history"] == metrics["transfer"]["history"]
+    assert metrics["cache"]["resumed_at_epoch"] == 2
+    a, b = (torch.load(trials[m] / "model.pt", weights_only=True)["layers"]
+            for m in ("transfer", "cache"))
+    assert all(torch.equal(x["weight"], y["weight"]) and torch.equal(x["bias"], y["bias"])
+               for x, y in zip(a, b, strict=True))
+    assert metrics["stream"]["status"] == "completed"
