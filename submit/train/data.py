@@ -76,9 +76,10 @@ class Dataset:
         yield torch.from_numpy(x), torch.from_numpy(y)
 
 
-def _held_out(passage_id: str, fraction: float) -> bool:
-    """A stable split: the same passage is always on the same side, whatever the order."""
-    digest = hashlib.sha256(passage_id.encode()).digest()
+def held_out(key: str, fraction: float) -> bool:
+    """A stable split: the same passage (or article, for pairs) is always on the same side,
+    whatever the order."""
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
@@ -104,7 +105,7 @@ def read_workdir(workdir: Workdir, val_fraction: float) -> Dataset:
             if topic:
                 vectors.append(matrix[row])
                 topics.append(topic)
-                held.append(_held_out(pid, val_fraction))
+                held.append(held_out(pid, val_fraction))
     classes = sorted(set(topics))
     if len(classes) < 2:
         raise TrainError(f"{workdir.root}: training needs passages of at least two topics "
