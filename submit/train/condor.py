@@ -6,10 +6,12 @@ container image, the venv tarball, or `condor.python` on the execute node's PATH
 
 Sweep DAG: the unfinished trials run in waves, each wave one job cluster whose item data
 (trial id, resume files) comes from a file. A trial job exits with the checkpoint exit code
-every `checkpoint_every` epochs; HTCondor then keeps `checkpoint.pt` and restarts it, so evicted
-trials lose little. A trial job gets the sweep's dataset as `condor.data_source` says: by
-file transfer (from the sweep directory, or from `condor.data_url` through HTCondor's
-plugin), or read by the job itself from its URL (stream, cache; it is then no input file).
+every `checkpoint_every` epochs (heads) or checkpoints (embedders, every `save_steps` steps);
+HTCondor then keeps `checkpoint.pt` (heads) or the `checkpoints/` folder (embedders) and
+restarts it, so evicted trials lose little. A trial job gets the sweep's dataset (or pairs)
+as `condor.data_source` says: by file transfer (from the sweep directory, or from
+`condor.data_url` through HTCondor's plugin), or read by the job itself from its URL
+(stream, cache; it is then no input file).
 Writing the DAG again (after a failure, a removal or a finished DAG) leaves
 finished trials out and sends each unfinished trial's `checkpoint.pt` and `metrics.json` with
 its job, so it resumes at its latest epoch. After each wave a POST script (`train-models
@@ -52,6 +54,7 @@ from submit.htcondor import (
 from ..preemption import ClassCosts, GpuClass, PolicyError, choose_gpus
 from . import TrainError
 from .data import DATASET
+from .embedder import CHECKPOINTS_DIR, MODEL_DIR
 from .multinode import RUN_FILE, MultinodeSpec, read_run, torchrun_args
 from .spec import CondorSettings
 from .sweep import (
@@ -75,7 +78,11 @@ SWEEP_DAG = "sweep.dag"
 GPU_POLICY_FILE = "gpu-policy.json"  # what condor.gpu chose, and the figures it rests on
 MULTINODE_DAG = "multinode.dag"
 JOB_SCRIPT = "run-train.sh"
-RESUME_FILES = (CHECKPOINT, METRICS)  # what an unfinished trial's job takes along
+# what an unfinished trial's job takes along, and HTCondor saves at its checkpoint exits
+RESUME_FILES = {"head": (CHECKPOINT, METRICS), "embedder": (CHECKPOINTS_DIR, METRICS)}
+# an embedder trial's model is a folder, which HTCondor sends back only when named (heads:
+# every new file of the sandbox's top level comes back)
+OUTPUT_FILES = {"head": {}, "embedder": {"transfer_output_files": f"{METRICS},{MODEL_DIR}"}}
 RENDEZVOUS_PENDING = "rank0-not-ready.invalid:0"  # replaced by the workers' PRE script
 
 
@@ -122,9 +129,11 @@ def _local_script(*args: str) -> Script:
     return Script(sys.executable, ["-m", "submit.train.cli", *args])
 
 
-def _resume_files(sweep: Sweep, trial: str) -> str:
-    """Item value: the trial's files to send along (each followed by a comma), or ''."""
-    return "".join(f"{name}," for name in RESUME_FILES if (sweep.trial_dir(trial) / name).is_file())
+def _resume_files(sweep: Sweep, kind: str, trial: str) -> str:
+    """Item value: the trial's files (or folder) to send along (each followed by a comma),
+    or ''."""
+    return "".join(f"{name}," for name in RESUME_FILES[kind]
+                   if (sweep.trial_dir(trial) / name).exists())
 
 
 def _clear_previous_dag(condor_dir: Path) -> None:
@@ -182,11 +191,11 @@ def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
            if choice["min_capability"] else {})
     url = sweep.dataset_url(settings)
     if settings.data_source == "transfer":  # from the sweep directory, or data_url's plugin
-        transfer = [url or str(root / DATASET)]
+        transfer = [url or str(sweep.dataset.resolve())]
         dataset = transfer[0].rsplit("/", 1)[-1]
     else:  # the job reads the URL itself
         transfer, dataset = [], str(url)
-    trial_args = trial_arguments(".", dataset, settings.data_source)
+    trial_args = trial_arguments(spec.kind, ".", dataset, settings.data_source)
     if settings.checkpoint_every:
         trial_args += ["--checkpoint-exit-every", str(settings.checkpoint_every)]
     if settings.checkpoint_every == "auto":
@@ -199,11 +208,12 @@ def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
             **_job(condor_dir, settings, trial_args, [f"$(resume){PARAMS}", *transfer]),
             "initialdir": str(root / "trials" / "$(trial)"),
             "checkpoint_exit_code": str(CHECKPOINT_EXIT_CODE),
-            "transfer_checkpoint_files": f"{CHECKPOINT},{METRICS}",
+            "transfer_checkpoint_files": ",".join(RESUME_FILES[spec.kind]),
+            **OUTPUT_FILES[spec.kind],
             "environment": '"OMP_NUM_THREADS=$(request_cpus)"',
             "output": "trial.out", "error": "trial.err", "log": log,
             "batch_name": f"sweep-{spec.name}", **gpu,
-        }, itemdata=[{"trial": t, "resume": _resume_files(sweep, t)} for t in wave])
+        }, itemdata=[{"trial": t, "resume": _resume_files(sweep, spec.kind, t)} for t in wave])
         nodes.append(Node(f"WAVE{number}", f"{name}.sub",
                           post=_local_script("evaluate", "--sweep-dir", str(root)),
                           abort_dag_on=(EVAL_TARGET_REACHED, 0)))

@@ -1,10 +1,13 @@
 """One embedder trial: fine-tune the embedding model on (query, passage) pairs, full or LoRA.
 
-A trial directory holds `params.json` (input), the trainer's checkpoints `checkpoint-N/`
-(every `save_steps` steps, the newest two kept), `metrics.json` (one row per evaluation:
+A trial directory holds `params.json` (input), the trainer's checkpoints
+`checkpoints/checkpoint-N/` (every `save_steps` steps, the newest two kept; one folder, which
+a batch system saves and sends back whole), `metrics.json` (one row per evaluation:
 training loss, validation loss and `val_recall@1`; status `running`, `completed` or
 `diverged`) and, once completed, `model/`: a plain sentence-transformers folder (LoRA merged
-into the weights) that `SentenceTransformer(path)` and the `model.name` setting accept.
+into the weights) that `SentenceTransformer(path)` and the `model.name` setting accept. A
+diverged trial leaves `model/` empty: a batch system's output transfer names it (HTCondor
+sends back no folder it is not told of, and holds a job whose named output is missing).
 
 A trial killed at any moment and started again resumes from its newest complete checkpoint
 and ends with the same weights as an unbroken run: the trainer stores the optimizer,
@@ -15,8 +18,10 @@ and a checkpoint counts only once its `COMPLETE` marker is written, after every 
 CHECKPOINT_EXIT_CODE, so a batch system stores the directory and restarts it.
 
 As a job: `python -m submit.train.embedder --trial-dir DIR --pairs pairs.parquet
-[--checkpoint-exit-every N]` exits 0 (finished), 85 (checkpointed: restart me) or 2 (bad
-params or pairs).
+[--data-source transfer|cache] [--checkpoint-exit-every N]` exits 0 (finished), 85
+(checkpointed: restart me), 1 (the pairs' URL could not be read: worth a retry) or 2 (bad
+params or pairs). With `cache`, `--pairs` is the pairs' federation URL, fetched once into
+`cache/` and kept there across restarts in place.
 """
 
 from __future__ import annotations
@@ -38,17 +43,22 @@ from inference.models import check_model, resolve_model
 from inference.workdir import write_json_atomic
 
 from ..chirp import JobAd
+from ..config import federation_url
+from ..datasource import fetch
 from . import TrainError
+from .data import CACHE_DIR
 from .pairs import load_pairs
 from .trial import CHECKPOINT_EXIT_CODE, METRICS, PARAMS, read_metrics
 
 MODEL_DIR = "model"  # in the trial directory, once completed
+CHECKPOINTS_DIR = "checkpoints"  # in the trial directory: the trainer's checkpoint folders
 CHECKPOINT_PREFIX = "checkpoint-"  # the trainer's folders: checkpoint-<step>
 COMPLETE = "COMPLETE"  # written into a checkpoint folder after all of its files
 KEEP_CHECKPOINTS = 2  # the newest is complete whenever the trainer deletes an older one
 LORA_TARGETS = ["query", "value"]  # attention modules of BERT-like models
 LOSSES = ("mnrl", "cached_mnrl")
 ADAPTERS = ("none", "lora")
+PAIRS_SOURCES = ("transfer", "cache")  # the trainer reads its pairs whole: no stream
 
 DEFAULTS: dict[str, Any] = {
     "model": "all-MiniLM-L6-v2", "loss": "mnrl", "mini_batch_size": 32, "adapter": "none",
@@ -99,7 +109,7 @@ def latest_checkpoint(trial_dir: Path) -> Path | None:
     """The newest checkpoint folder whose marker says it is complete (None: start afresh).
     Folders without the marker are what a kill left behind, and are removed."""
     complete: list[tuple[int, Path]] = []
-    for folder in trial_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+    for folder in (trial_dir / CHECKPOINTS_DIR).glob(f"{CHECKPOINT_PREFIX}*"):
         step = folder.name.removeprefix(CHECKPOINT_PREFIX)
         if not (folder.is_dir() and step.isdigit()):
             continue
@@ -220,6 +230,8 @@ def _trainer_log(checkpoint: Path) -> list[dict[str, Any]]:
 
 def _finish(trial_dir: Path, params: dict[str, Any], history: list[dict[str, Any]],
             status: str, resumed_at: int, started: float) -> int:
+    if status == "diverged":  # no model, but the folder a job's output transfer names
+        (trial_dir / MODEL_DIR).mkdir(exist_ok=True)
     write_metrics(trial_dir, params, history, status, resumed_at, started)
     _clean(trial_dir)
     return 0
@@ -227,8 +239,8 @@ def _finish(trial_dir: Path, params: dict[str, Any], history: list[dict[str, Any
 
 def _clean(trial_dir: Path) -> None:
     """A finished trial keeps params, metrics and its model; checkpoints are spent."""
-    for folder in [*trial_dir.glob(f"{CHECKPOINT_PREFIX}*"), trial_dir / "eval"]:
-        shutil.rmtree(folder, ignore_errors=True)
+    for folder in (CHECKPOINTS_DIR, CACHE_DIR, "eval"):
+        shutil.rmtree(trial_dir / folder, ignore_errors=True)
 
 
 def build_trainer(trial_dir: Path, params: dict[str, Any], train: dict[str, list[str]],
@@ -263,7 +275,7 @@ def build_trainer(trial_dir: Path, params: dict[str, Any], train: dict[str, list
         loss = MultipleNegativesRankingLoss(model)
     steps = params["save_steps"]
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(trial_dir), max_steps=params["max_steps"],
+        output_dir=str(trial_dir / CHECKPOINTS_DIR), max_steps=params["max_steps"],
         per_device_train_batch_size=params["batch_size"],
         per_device_eval_batch_size=params["batch_size"], learning_rate=params["lr"],
         warmup_steps=params["warmup_ratio"],  # below 1: a share of max_steps
@@ -297,7 +309,7 @@ def build_trainer(trial_dir: Path, params: dict[str, Any], train: dict[str, list
                 control.should_training_stop = True
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            folder = trial_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
+            folder = trial_dir / CHECKPOINTS_DIR / f"{CHECKPOINT_PREFIX}{state.global_step}"
             _fsync_tree(folder)
             write_json_atomic(folder / COMPLETE, {"step": state.global_step})
             ad.record("checkpoint", started=round(self.since, 3),
@@ -402,15 +414,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m submit.train.embedder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trial-dir", type=Path, required=True)
-    parser.add_argument("--pairs", type=Path, required=True, help="the pairs file (Parquet)")
+    parser.add_argument("--pairs", required=True,
+                        help="the pairs file (Parquet), or its URL with --data-source cache")
+    parser.add_argument("--data-source", choices=PAIRS_SOURCES, default="transfer",
+                        help="transfer: the file HTCondor brought; cache: fetch the URL once "
+                             "into the trial's cache/ folder")
     parser.add_argument("--checkpoint-exit-every", type=int, default=0, metavar="CHECKPOINTS",
                         help="exit with code 85 after this many checkpoints (to be restarted)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return run_command("submit.train.embedder", lambda: run_embedder_trial(
-        args.trial_dir, args.pairs, args.checkpoint_exit_every, args.threads))
+
+    def trial() -> int:
+        pairs = Path(args.pairs)
+        if args.data_source == "cache":
+            if not federation_url(args.pairs):
+                raise TrainError(f"--data-source cache reads through a federation: --pairs "
+                                 f"must be an osdf:/// or pelican:// URL, not {args.pairs!r}")
+            pairs = fetch(args.pairs, args.trial_dir / CACHE_DIR / args.pairs.rsplit("/", 1)[-1])
+        return run_embedder_trial(args.trial_dir, pairs, args.checkpoint_exit_every,
+                                  args.threads)
+
+    return run_command("submit.train.embedder", trial)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,13 @@ def draw_report(sweep: Sweep, out: Path) -> Path:
     if not curves:
         raise TrainError(f"{sweep.root}: no trial has finished an epoch yet")
     fig, (loss_ax, metric_ax, bar_ax) = plt.subplots(1, 3, figsize=(16, 5))
+    x = "step" if spec.kind == "embedder" else "epoch"  # embedders: rows per save_steps
     for trial, metrics in curves:
-        epochs = [h["epoch"] for h in metrics["history"]]
-        loss_ax.plot(epochs, [h["train_loss"] for h in metrics["history"]], label=trial)
-        metric_ax.plot(epochs, [h[spec.metric] for h in metrics["history"]], label=trial)
-    loss_ax.set(title="training loss", xlabel="epoch", ylabel="cross-entropy")
-    metric_ax.set(title=f"validation {spec.metric.removeprefix('val_')}", xlabel="epoch",
+        at = [h[x] for h in metrics["history"]]
+        loss_ax.plot(at, [h.get("train_loss") for h in metrics["history"]], label=trial)
+        metric_ax.plot(at, [h[spec.metric] for h in metrics["history"]], label=trial)
+    loss_ax.set(title="training loss", xlabel=x, ylabel="loss")
+    metric_ax.set(title=f"validation {spec.metric.removeprefix('val_')}", xlabel=x,
                   ylabel=spec.metric)
     if len(curves) <= 20:
         metric_ax.legend(fontsize="small", ncol=2)

@@ -1,5 +1,9 @@
 """Sweeps: a YAML spec expanded into trials, run by a local executor, evaluated and collected.
 
+A sweep trains one `kind` of trial: `head` (a topic head over the stored embeddings,
+`trial.py`) or `embedder` (the embedding model itself fine-tuned on pairs of the workdir's
+passages, `embedder.py`).
+
 Layout (`WORKDIR/train/NAME/`): `spec.json` (the resolved spec), `trials.json` (trial id ->
 hyperparameters), `dataset.parquet` (see `data.py`; with `condor.data_url` also published
 there as `dataset-HASH.parquet`), `trials/tNNN/` (one per trial, see `trial.py`),
@@ -24,15 +28,19 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from inference.models import ModelError, check_model
 from inference.workdir import Workdir, atomic_path, write_json_atomic
 
 from ..datasource import stage
-from . import TrainError
+from . import TrainError, embedder
 from .data import DATASET, object_name, read_workdir, save_dataset
+from .pairs import PAIRS, SOURCES, make_pairs, save_pairs
 from .spec import CondorSettings, build_spec, load_spec_file
 from .trial import CHECKPOINT_EXIT_CODE, MODEL, PARAMS, check_params, read_metrics
 
-METRICS = {"val_accuracy": "max", "val_loss": "min"}
+METRICS = {"val_accuracy": "max", "val_loss": "min", "val_recall@1": "max"}
+KIND_METRICS = {"head": ("val_accuracy", "val_loss"), "embedder": ("val_recall@1", "val_loss")}
+CHECK_PARAMS = {"head": check_params, "embedder": embedder.check_params}
 FINISHED = ("completed", "diverged")  # trial statuses that running the sweep again leaves alone
 # Exit codes of `train-models evaluate` (a DAG POST script): ABORT-DAG-ON acts on them.
 EVAL_CONTINUE, EVAL_TARGET_REACHED, EVAL_DIVERGED = 0, 3, 4
@@ -46,9 +54,18 @@ class EarlyStop:
 
 
 @dataclass
+class PairSettings:
+    """Embedder sweeps: which pairs of the workdir's passages train the model."""
+
+    source: str = "title"  # title: the article's title for each passage; ict: inverse cloze
+    max_pairs: int = 0  # a seeded choice of at most this many (0: all), for CPU budgets
+
+
+@dataclass
 class SweepSpec:
     name: str
-    metric: str = "val_accuracy"
+    kind: str = "head"  # head | embedder
+    metric: str = ""  # default: val_accuracy for heads, val_recall@1 for embedders
     method: str = "grid"  # grid | random
     samples: int = 0  # random search: how many draws
     search_seed: int = 0
@@ -59,6 +76,7 @@ class SweepSpec:
     val_fraction: float = 0.25
     parallel: int = 0  # local executor: trials at once (0 = CPU cores)
     early_stop: EarlyStop = field(default_factory=EarlyStop)
+    pairs: PairSettings = field(default_factory=PairSettings)
     condor: CondorSettings = field(default_factory=CondorSettings)
 
     def validate(self) -> None:
@@ -66,8 +84,14 @@ class SweepSpec:
         mistake surfaces after trials have started."""
         if not self.name.replace("-", "").replace("_", "").isalnum():
             raise TrainError("name may hold only letters, digits, '-' and '_'")
-        if self.metric not in METRICS:
-            raise TrainError(f"metric must be one of {', '.join(METRICS)}")
+        if self.kind not in KIND_METRICS:
+            raise TrainError(f"kind must be one of {', '.join(KIND_METRICS)}, got {self.kind!r}")
+        self.metric = self.metric or KIND_METRICS[self.kind][0]
+        if self.metric not in KIND_METRICS[self.kind]:
+            raise TrainError(f"metric of {self.kind} trials must be one of "
+                             f"{', '.join(KIND_METRICS[self.kind])}, got {self.metric!r}")
+        if self.kind == "embedder":
+            self._validate_embedder()
         if self.method not in ("grid", "random"):
             raise TrainError("method must be grid or random")
         if self.method == "random" and self.samples < 1:
@@ -90,7 +114,31 @@ class SweepSpec:
         if self.early_stop.diverge_factor <= 1:
             raise TrainError("early_stop.diverge_factor must be > 1")
         for trial in expand_trials(self):
-            check_params(trial["params"])
+            CHECK_PARAMS[self.kind](trial["params"])
+
+    def _validate_embedder(self) -> None:
+        if self.pairs.source not in SOURCES:
+            raise TrainError(f"pairs.source must be one of {', '.join(SOURCES)}, got "
+                             f"{self.pairs.source!r}")
+        if self.pairs.max_pairs < 0:
+            raise TrainError("pairs.max_pairs must be >= 0 (0: all)")
+        if self.condor.data_source not in embedder.PAIRS_SOURCES:
+            raise TrainError(f"condor.data_source: embedder trials read their pairs whole: "
+                             f"one of {', '.join(embedder.PAIRS_SOURCES)}")
+        if self.condor.checkpoint_every == "auto":
+            raise TrainError("condor.checkpoint_every: embedder trials checkpoint every "
+                             "save_steps steps; give how many checkpoints a job makes (>= 0)")
+        if self.condor.gpu != "any":
+            raise TrainError(f"condor.gpu: {self.condor.gpu} chooses GPU classes from head "
+                             "trials' measured epochs; embedder trials take any (gpu: any, "
+                             "or condor.requirements)")
+        models = {trial["params"].get("model", embedder.DEFAULTS["model"])
+                  for trial in expand_trials(self)}
+        for model in sorted(models):
+            try:
+                check_model(model)
+            except ModelError as exc:
+                raise TrainError(f"params.model: {exc}") from None
 
 
 def load_spec(path: Path) -> SweepSpec:
@@ -142,7 +190,8 @@ class Sweep:
 
     @property
     def dataset(self) -> Path:
-        return self.root / DATASET
+        """What trials read: the embeddings (heads) or the pairs (embedders)."""
+        return self.root / (PAIRS if self.spec().kind == "embedder" else DATASET)
 
     @cached_property
     def dataset_object(self) -> str:
@@ -182,14 +231,17 @@ class Sweep:
         self.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.root / "spec.json", asdict(spec))
         write_json_atomic(self.root / "trials.json", trials)
-        if not self.dataset.is_file():
+        if not self.dataset.is_file() and spec.kind == "embedder":
+            save_pairs(make_pairs(workdir, spec.pairs.source, spec.val_fraction,
+                                  spec.pairs.max_pairs, spec.search_seed), self.dataset)
+        elif not self.dataset.is_file():
             save_dataset(read_workdir(Workdir(workdir), spec.val_fraction), self.dataset)
         if spec.condor.stage_dir:
             stage(self.dataset, Path(spec.condor.stage_dir) / self.dataset_object)
         for trial in trials:
             path = self.trial_dir(trial["trial"]) / PARAMS
             if not path.is_file():
-                write_json_atomic(path, check_params(trial["params"]))
+                write_json_atomic(path, CHECK_PARAMS[spec.kind](trial["params"]))
         return trials
 
 
@@ -199,9 +251,12 @@ def unfinished_trials(sweep: Sweep) -> list[str]:
             if (read_metrics(sweep.trial_dir(t["trial"])) or {}).get("status") not in FINISHED]
 
 
-def trial_arguments(trial_dir: str, dataset: str, data_source: str) -> list[str]:
-    """Python's arguments for one trial, here and in a job: `dataset` is the dataset file
-    (transfer) or its URL (stream, cache)."""
+def trial_arguments(kind: str, trial_dir: str, dataset: str, data_source: str) -> list[str]:
+    """Python's arguments for one trial, here and in a job: `dataset` is the dataset (or
+    pairs) file (transfer) or its URL (stream, cache)."""
+    if kind == "embedder":
+        return ["-m", "submit.train.embedder", "--trial-dir", trial_dir, "--pairs", dataset,
+                "--data-source", data_source]
     return ["-m", "submit.train.cli", "trial", "--trial-dir", trial_dir, "--dataset", dataset,
             "--data-source", data_source]
 
@@ -209,18 +264,20 @@ def trial_arguments(trial_dir: str, dataset: str, data_source: str) -> list[str]
 def trial_command(sweep: Sweep, trial: str) -> list[str]:
     """The command a local trial runs: the one an HTCondor trial job runs, with the sweep's
     dataset file (transfer) or its published URL."""
-    settings = sweep.spec().condor
+    spec = sweep.spec()
+    settings = spec.condor
     dataset = (str(sweep.dataset) if settings.data_source == "transfer"
                else sweep.dataset_url(settings))
-    return [sys.executable, *trial_arguments(str(sweep.trial_dir(trial)), str(dataset),
-                                             settings.data_source)]
+    return [sys.executable, *trial_arguments(spec.kind, str(sweep.trial_dir(trial)),
+                                             str(dataset), settings.data_source)]
 
 
 def diverged(metrics: dict[str, Any], factor: float) -> bool:
     if metrics.get("status") == "diverged":
         return True
-    history = metrics.get("history") or []
-    return len(history) > 1 and history[-1]["train_loss"] > factor * history[0]["train_loss"]
+    losses = [row["train_loss"] for row in metrics.get("history") or []
+              if row.get("train_loss") is not None]
+    return len(losses) > 1 and losses[-1] > factor * losses[0]
 
 
 def evaluate(sweep: Sweep) -> dict[str, Any]:
@@ -274,9 +331,12 @@ def collect(sweep: Sweep) -> dict[str, Any]:
     }
     if ranked:
         top = ranked[0]
-        model = sweep.root / "best-model.pt"
-        with atomic_path(model) as tmp:
-            shutil.copyfile(sweep.trial_dir(top["trial"]) / MODEL, tmp)
+        if spec.kind == "embedder":  # a model folder, which model.name accepts
+            model = sweep.trial_dir(top["trial"]) / embedder.MODEL_DIR
+        else:
+            model = sweep.root / "best-model.pt"
+            with atomic_path(model) as tmp:
+                shutil.copyfile(sweep.trial_dir(top["trial"]) / MODEL, tmp)
         summary["best"] = {"trial": top["trial"], "metric": spec.metric, "value": top["value"],
                            "params": top["params"], "model": str(model)}
     write_json_atomic(sweep.root / "results.json", {**summary, "ranking": ranked})

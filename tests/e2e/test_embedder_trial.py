@@ -124,7 +124,7 @@ def test_a_trial_killed_at_a_random_moment_ends_with_the_same_weights(tmp_path, 
     killed = trial(tmp_path / "killed", tiny, **params)
     proc = job(killed, pairs)
     deadline = time.monotonic() + 120
-    while not list(killed.glob("checkpoint-*")) and proc.poll() is None:
+    while not list(killed.glob("checkpoints/checkpoint-*")) and proc.poll() is None:
         assert time.monotonic() < deadline, "the trial never saved a checkpoint"
         time.sleep(0.005)
     delay = random.uniform(0.0, 0.5) * took  # from inside the first save to the middle
@@ -132,7 +132,7 @@ def test_a_trial_killed_at_a_random_moment_ends_with_the_same_weights(tmp_path, 
     assert proc.poll() is None, "the trial ended before it was killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    left = sorted(p.name for p in killed.glob("checkpoint-*"))
+    left = sorted(p.name for p in killed.glob("checkpoints/checkpoint-*"))
     assert train(killed, pairs) == 0, f"killed {delay:.3f} s in, left {left}"
     assert_same_weights(unbroken, killed)
 
@@ -144,7 +144,7 @@ def test_a_trial_killed_between_its_last_checkpoint_and_the_export(tmp_path, tin
     assert train(unbroken, pairs) == 0
     killed = trial(tmp_path / "killed", tiny, **params)
     proc = job(killed, pairs)
-    last = killed / "checkpoint-12" / COMPLETE
+    last = killed / "checkpoints" / "checkpoint-12" / COMPLETE
     while not last.is_file():
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.001)
@@ -161,10 +161,11 @@ def test_a_half_written_checkpoint_is_not_resumed(tmp_path, tiny, pairs):
     assert train(unbroken, pairs) == 0
     broken = trial(tmp_path / "broken", tiny, **params)
     assert train(broken, pairs, every=1) == CHECKPOINT_EXIT_CODE
-    half = broken / "checkpoint-8"  # what a kill during the next save leaves: no marker
+    # what a kill during the next save leaves: no marker
+    half = broken / "checkpoints" / "checkpoint-8"
     half.mkdir()
     (half / "trainer_state.json").write_text('{"global_step": 8, "log_his')
-    assert (broken / "checkpoint-4" / COMPLETE).is_file()
+    assert (broken / "checkpoints" / "checkpoint-4" / COMPLETE).is_file()
     assert train(broken, pairs) == 0
     assert_same_weights(unbroken, broken)
 
@@ -173,7 +174,7 @@ def test_the_job_exits_85_after_each_checkpoint_and_2_on_bad_params(tmp_path, ti
     folder = trial(tmp_path / "job", tiny, **{**SHORT, "max_steps": 8})
     first = job(folder, pairs, "--checkpoint-exit-every", "1")
     assert first.wait(timeout=300) == CHECKPOINT_EXIT_CODE, first.stderr.read()
-    assert [p.name for p in folder.glob("checkpoint-*")] == ["checkpoint-4"]
+    assert [p.name for p in folder.glob("checkpoints/checkpoint-*")] == ["checkpoint-4"]
     bad = trial(tmp_path / "bad", tiny, lr=-1)
     proc = job(bad, pairs)
     assert proc.wait(timeout=300) == 2
@@ -211,7 +212,8 @@ def test_a_nan_loss_ends_the_trial_as_diverged(tmp_path, tiny, pairs):
     assert train(folder, pairs) == 0
     done = metrics(folder)
     assert done["status"] == "diverged" and done["steps_done"] == 4
-    assert not (folder / MODEL_DIR).exists() and not list(folder.glob("checkpoint-*"))
+    assert not any((folder / MODEL_DIR).iterdir())  # no model: an empty folder
+    assert not list(folder.glob("checkpoints/checkpoint-*"))
     assert train(folder, pairs) == 0
 
 
