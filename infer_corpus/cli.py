@@ -176,9 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
                               "over COLLECTION/queries.jsonl and qrels.tsv.")
     evaluate.add_argument("--collection", required=True, metavar="DIR")
     evaluate.add_argument("--workdir", required=True)
+    evaluate.add_argument("--split", choices=("all", "dev", "test"), default="all",
+                          help="the queries judged: all, or the dev or test half (by a hash "
+                               "of the query id; tune on dev, report test)")
+    evaluate.add_argument("--against", metavar="EVAL_JSON", type=Path,
+                          help="an earlier `eval --json` output (e.g. the base model's): "
+                               "each mode's change in nDCG@10 and a paired randomization "
+                               "test's p-value over the queries both judged")
     _config_args(evaluate)
     _index_args(evaluate)
-    evaluate.add_argument("--json", action="store_true", help="print one JSON line")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print one JSON line (with per-query nDCG@10)")
 
     submit = sub.add_parser(
         "submit", help="write (and submit) the HTCondor DAG: one GPU job per shard",
@@ -711,10 +719,24 @@ def _one_line(text: str) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_collection
+    from .evaluate import compare, evaluate_collection
 
+    base = None
+    if args.against:  # read before the long run: a bad file fails at once
+        try:
+            base = json.loads(args.against.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--against {args.against}: not an `eval --json` output ({exc})"
+                             ) from None
+        if base.get("split") != args.split:
+            raise UsageError(f"--against {args.against} judged the {base.get('split')} "
+                             f"queries, this run the {args.split} ones: compare like with like")
     config = load_config(args.config, list(args.overrides) + _index_overrides(args))
-    report = evaluate_collection(args.collection, Workdir(args.workdir), config)
+    report = evaluate_collection(args.collection, Workdir(args.workdir), config,
+                                 split=args.split)
+    if base is not None:
+        report["against"] = {"file": str(args.against), "model": base.get("model"),
+                             "modes": compare(base, report)}
     if args.json:
         print(json.dumps(report))
         return 0
@@ -724,11 +746,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _print_eval(report: dict[str, Any]) -> None:
     """One row per search mode, its columns aligned whatever the modes' names."""
-    print(f"{report['queries']} judged queries; default mode: {report['default']}")
+    print(f"{report['queries']} judged queries ({report['split']}); model {report['model']}; "
+          f"default mode: {report['default']}")
+    against = (report.get("against") or {}).get("modes", {})
     width = max(map(len, report["modes"]), default=0)
     for mode, scores in report["modes"].items():
-        print(f"  {mode:<{width}}  nDCG@10 {scores['ndcg@10']:.4f}   "
-              f"recall@100 {scores['recall@100']:.4f}")
+        line = (f"  {mode:<{width}}  nDCG@10 {scores['ndcg@10']:.4f}   "
+                f"recall@100 {scores['recall@100']:.4f}")
+        if mode in against:
+            line += (f"   against {against[mode]['base']:.4f}: {against[mode]['change']:+.4f}"
+                     f" (p = {against[mode]['p']:.4f})")
+        print(line)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

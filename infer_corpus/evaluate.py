@@ -1,11 +1,15 @@
 """Retrieval quality on a BEIR-layout collection: nDCG@10 (graded) and recall@100, per mode.
 
 Passages are scored, documents are judged: a document's score is its best passage's score.
+`split` keeps the dev or test half of the queries (by a hash of the query id, so a model tuned
+on the dev half is judged on queries it never saw), and `compare` sets two evaluations of the
+same queries side by side with a paired randomization test of their per-query nDCG@10.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from collections import defaultdict
@@ -50,13 +54,63 @@ def read_collection(folder: Path) -> tuple[list[dict], dict[str, dict[str, int]]
     return queries, qrels
 
 
+SPLITS = ("all", "dev", "test")
+RANDOMIZATION_ROUNDS = 10_000
+
+
+def in_split(query_id: str, split: str) -> bool:
+    """Half of the queries each for dev and test, by a hash of the id: stable whatever the
+    order or the other queries."""
+    if split == "all":
+        return True
+    digest = hashlib.sha256(f"split\0{query_id}".encode()).digest()
+    return (digest[0] < 128) == (split == "dev")
+
+
+def paired_randomization(a: list[float], b: list[float], rounds: int = RANDOMIZATION_ROUNDS,
+                         seed: int = 0) -> float:
+    """Two-sided p-value that per-query scores `a` and `b` (the same queries, in order) come
+    from one system: each round swaps each query's pair at random, and counts mean
+    differences at least as large as the observed one (Smucker et al., 2007)."""
+    diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    if not len(diff):
+        return 1.0
+    observed = abs(diff.mean())
+    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(rounds, len(diff)))
+    extreme = np.abs((signs * diff).mean(axis=1)) >= observed - 1e-12
+    return float((extreme.sum() + 1) / (rounds + 1))
+
+
+def compare(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """Per mode, `other`'s nDCG@10 against `base`'s over the queries both judged, with the
+    paired randomization test's p-value."""
+    out = {}
+    for mode, scores in other["per_query"].items():
+        before = base.get("per_query", {}).get(mode)
+        if not before:
+            continue
+        shared = sorted(set(before) & set(scores))
+        a, b = [before[q] for q in shared], [scores[q] for q in shared]
+        out[mode] = {"queries": len(shared), "base": round(float(np.mean(a)), 4),
+                     "ndcg@10": round(float(np.mean(b)), 4),
+                     "change": round(float(np.mean(b) - np.mean(a)), 4),
+                     "p": round(paired_randomization(a, b), 4)}
+    if not out:
+        raise InputError("the two evaluations share no mode with per-query scores: run both "
+                         "with this version of `infer-corpus eval --json`")
+    return out
+
+
 def evaluate_collection(folder: str | Path, workdir: Workdir, config: Config,
                         modes: tuple[str, ...] = MODES, depth: int = 100,
-                        progress: bool | None = None) -> dict[str, Any]:
+                        progress: bool | None = None, split: str = "all") -> dict[str, Any]:
     """Run the pipeline on the collection's corpus, index it (in the backend the config's
-    `index` section names), and score every mode."""
+    `index` section names), and score every mode over the `split` half of the queries."""
+    if split not in SPLITS:
+        raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     folder = Path(folder)
     queries, qrels = read_collection(folder)
+    queries = [q for q in queries if in_split(str(q["_id"]), split)]
     run_pipeline([str(folder / "corpus.jsonl")], workdir, config, progress=progress)
     build(workdir)  # the backend the config names
     searcher = Searcher(workdir)
@@ -64,6 +118,7 @@ def evaluate_collection(folder: str | Path, workdir: Workdir, config: Config,
     vectors = searcher.embed([q["text"] for q in judged])
     article_of: dict = {}
     results: dict[str, dict[str, float]] = {}
+    per_query: dict[str, dict[str, float]] = {}
     for mode in modes:
         ndcg, recall = [], []
         for query, vector in zip(judged, vectors):
@@ -81,4 +136,6 @@ def evaluate_collection(folder: str | Path, workdir: Workdir, config: Config,
             recall.append(recall_at(documents, relevance))
         results[mode] = {"ndcg@10": round(float(np.mean(ndcg)), 4),
                          "recall@100": round(float(np.mean(recall)), 4)}
-    return {"default": DEFAULT_MODE, "queries": len(judged), "modes": results}
+        per_query[mode] = {str(q["_id"]): round(v, 6) for q, v in zip(judged, ndcg)}
+    return {"default": DEFAULT_MODE, "split": split, "queries": len(judged),
+            "model": config.model.name, "modes": results, "per_query": per_query}

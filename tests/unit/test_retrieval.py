@@ -110,6 +110,55 @@ def test_eval_on_cranfield(cranfield, tmp_path):
         assert 0.2 < scores["ndcg@10"] < 1 and 0.5 < scores["recall@100"] <= 1
     best = max(out["modes"], key=lambda m: out["modes"][m]["ndcg@10"])
     assert out["modes"][out["default"]]["ndcg@10"] >= out["modes"][best]["ndcg@10"] - 0.01
+    for mode, scores in out["per_query"].items():  # what --against compares
+        assert len(scores) == 225
+        assert abs(sum(scores.values()) / 225 - out["modes"][mode]["ndcg@10"]) < 1e-3
+
+
+def test_eval_splits_queries_and_compares_two_runs(tmp_path):
+    """--split dev|test halves the queries by their ids' hash; --against an earlier run's
+    JSON gives each mode's change and a paired randomization test's p-value."""
+    import json
+
+    from infer_corpus.evaluate import in_split, paired_randomization
+
+    ids = [f"q{i}" for i in range(400)]
+    dev = {q for q in ids if in_split(q, "dev")}
+    assert 160 < len(dev) < 240 and not dev & {q for q in ids if in_split(q, "test")}
+    assert paired_randomization([0.5] * 30, [0.5] * 30) == 1.0
+    assert paired_randomization([0.2] * 30, [0.8] * 30) < 0.001
+
+    collection = tmp_path / "collection"
+    collection.mkdir()
+    topics = ["lithium brine extraction", "wing flutter in supersonic flow",
+              "protein folding energy", "glacier melt and sea level"]
+    with open(collection / "corpus.jsonl", "w") as corpus:
+        for i in range(24):
+            topic = topics[i % 4]
+            corpus.write(json.dumps({"_id": f"d{i}", "title": f"{topic} study {i}",
+                                     "text": f"We report on {topic}, case {i}."}) + "\n")
+    with open(collection / "queries.jsonl", "w") as queries, \
+            open(collection / "qrels.tsv", "w") as qrels:
+        for i in range(16):
+            queries.write(json.dumps({"_id": f"q{i}", "text": topics[i % 4]}) + "\n")
+            for doc in range(i % 4, 24, 4):
+                qrels.write(f"q{i}\td{doc}\t1\n")
+    first = run_cli("eval", "--collection", str(collection), "--workdir", str(tmp_path / "a"),
+                    "--split", "dev", "--set", "predictions.kind=none", "--json").stdout
+    (tmp_path / "base.json").write_text(first)
+    base = last_json(first)
+    assert base["split"] == "dev" and base["queries"] == sum(
+        in_split(f"q{i}", "dev") for i in range(16))
+    again = last_json(run_cli(
+        "eval", "--collection", str(collection), "--workdir", str(tmp_path / "b"), "--split",
+        "dev", "--against", str(tmp_path / "base.json"), "--set", "predictions.kind=none",
+        "--json").stdout)
+    for mode, row in again["against"]["modes"].items():  # the same model: no change
+        assert row["change"] == 0 and row["p"] == 1.0 and row["queries"] == base["queries"]
+    other = run_cli("eval", "--collection", str(collection), "--workdir", str(tmp_path / "c"),
+                    "--split", "test", "--against", str(tmp_path / "base.json"),
+                    "--set", "predictions.kind=none", check=False)
+    assert other.returncode == 2 and "compare like with like" in other.stderr
 
 
 def test_eval_rejects_a_folder_that_is_not_a_collection(tmp_path):
