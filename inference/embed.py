@@ -125,7 +125,7 @@ class Encoder:
     (cosine `ONNX_MIN_COSINE`, int8 `INT8_MIN_COSINE`); otherwise the model runs in PyTorch,
     `fallback` says why, and, where `model.dtype` made the choice, a warning does too (a
     caller that passes `runtime` reports it in its own terms). `runtime` and `precision` say
-    what runs.
+    what runs; `agreement` is that check's lowest cosine (None when no ONNX graph ran).
     """
 
     def __init__(self, model: ModelConfig, device: str | None = None,
@@ -165,6 +165,7 @@ class Encoder:
         self.tokenize_processes = tokenize_processes
         self._pool: TokenizerPool | None = None
         self.runtime, self.precision, self.fallback = "torch", dtype, None
+        self.agreement: float | None = None
         if wanted != "torch":
             self._start_onnx(wanted, onnx_threads or torch.get_num_threads(),
                              warn=runtime is None)
@@ -181,16 +182,22 @@ class Encoder:
         _, ids, mask, _ = DeviceTokens(self.tokenize([texts[0], "one word"]), 0, self.pad_id,
                                        self.device).batch(0, 2, 1)
 
+        vectors: dict[str, np.ndarray] = {}  # by runtime: kept for `agreement`
+
         def embed(session: Any) -> np.ndarray:
             self._session = session
+            key = "torch" if session is None else runtime
             try:
-                return self.encode_texts(texts)
+                vectors[key] = self.encode_texts(texts)
+                return vectors[key]
             finally:
                 self._session = None
 
         self._session, self.fallback = onnx_model.verified_session(
             self.model, (ids, mask), precision="int8" if int8 else "float32", threads=threads,
             embed=embed, min_cosine=INT8_MIN_COSINE if int8 else ONNX_MIN_COSINE)
+        if len(vectors) == 2:
+            self.agreement = onnx_model.lowest_cosine(vectors[runtime], vectors["torch"])
         if self._session is not None:
             self.runtime, self.precision = runtime, "int8" if int8 else self.precision
         elif warn:

@@ -41,6 +41,7 @@ class Node:
     retry: int = 0
     retry_unless_exit: int | None = None
     pre: Script | None = None
+    pre_skip: int | None = None  # the PRE script's exit value that skips the job and POST
     post: Script | None = None
     abort_dag_on: tuple[int, int | None] | None = None  # (node exit value, DAG return value)
 
@@ -89,6 +90,8 @@ def dag_text(dag: Dag) -> str:
             lines.append(f"RETRY {node.name} {node.retry}{unless}")
         if node.pre:
             lines.append(node.pre.line("PRE", node.name))
+        if node.pre_skip is not None:  # DAGMan then marks the node done
+            lines.append(f"PRE_SKIP {node.name} {node.pre_skip}")
         if node.post:
             lines.append(node.post.line("POST", node.name))
         if node.abort_dag_on:

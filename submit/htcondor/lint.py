@@ -34,10 +34,11 @@ def dag_node_names(path: Path) -> set[str]:
 def lint_dag(path: Path) -> list[str]:
     """Problems DAGMan would stop on, or that make a DAG quietly wrong; [] when none.
 
-    Checks: known commands; unique node names; every node's submit file exists and parses
-    with `htcondor2.Submit` (its item data file included); every name in PARENT/CHILD, RETRY,
-    SCRIPT, VARS, CATEGORY, ABORT-DAG-ON exists; scripts exist; MAXJOBS names a category in
-    use and `CATEGORY` is not used as a throttle; FINAL nodes have no edges; no cycles.
+    Checks: known commands; unique node names; every node's submit file exists (unless its
+    PRE script writes it) and parses with `htcondor2.Submit` (its item data file included);
+    every name in PARENT/CHILD, RETRY, SCRIPT, VARS, CATEGORY, ABORT-DAG-ON exists; scripts
+    exist; MAXJOBS names a category in use and `CATEGORY` is not used as a throttle; FINAL
+    nodes have no edges; no cycles.
     """
     import htcondor2
 
@@ -52,6 +53,7 @@ def lint_dag(path: Path) -> list[str]:
     throttled: list[tuple[int, str]] = []
     scripts: list[tuple[int, str]] = []
     subdags: list[tuple[int, str, Path]] = []
+    submits: list[tuple[str, str, Path]] = []  # (where, node, submit file)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -85,7 +87,7 @@ def lint_dag(path: Path) -> list[str]:
                 finals.append(name)
             directory = words[words.index("DIR") + 1] if "DIR" in words[3:-1] else "."
             if "NOOP" not in (w.upper() for w in words[3:]):
-                problems += _check_submit_file(base / directory / submit, where, htcondor2)
+                submits.append((where, name, base / directory / submit))
         elif keyword == "PARENT":
             upper = [w.upper() for w in words]
             if "CHILD" not in upper:
@@ -127,6 +129,10 @@ def lint_dag(path: Path) -> list[str]:
             problems.append(f"{path.name}:{number}: {command} names node {name!r}, "
                             "which no JOB defines")
     pre_scripts = {name for number, command, name in refs if command == "SCRIPT PRE"}
+    for where, name, submit in submits:  # DAGMan submits a node after its PRE script, which
+        if name in pre_scripts and not submit.exists():  # may write the submit file
+            continue
+        problems += _check_submit_file(submit, where, htcondor2)
     for number, name, dag_file in subdags:  # DAGMan reads a sub-DAG only when it starts it,
         if name in pre_scripts:  # so a PRE script may write it (and whoever writes it lints it)
             continue

@@ -1,7 +1,8 @@
 """`train-models`: sweeps of topic heads and multi-node training, locally or on HTCondor.
 
 Thin: parsing, printing, exit codes (0 success, 1 a trial or step failed or HTCondor
-refused the work, 2 bad usage/spec/workdir, 85 a trial stopped after a checkpoint to be restarted).
+refused the work, 2 bad usage/spec/workdir, 85 a trial stopped after a checkpoint to be restarted,
+5 `ask` found nothing to run in the wave).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ EPILOG = """examples:
   train-models sweep configs/sweep-demo.yaml --workdir demo-run --json
   train-models sweep configs/sweep-demo.yaml --workdir demo-run --executor condor --dry-run
   train-models report --workdir demo-run
+  train-models promote --workdir demo-run --sweep embedder-demo
   train-models multinode configs/multinode-demo.yaml --workdir demo-run --nodes 2 --local
   infer-corpus run --demo --workdir demo-run --set predictions.kind=head \\
       --set predictions.model=demo-run/train/sweep-demo/best-model.pt
@@ -51,10 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="start over a sweep whose spec changed")
     p.add_argument("--json", action="store_true", help="end with one JSON summary line")
 
-    p = sub.add_parser("report", help="draw learning curves and final metrics as a PNG")
+    p = sub.add_parser("report", help="rank the trials in a table and draw learning curves "
+                                      "and each configuration's results as a PNG")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--sweep", help="sweep name (needed when the workdir holds several)")
     p.add_argument("--out", type=Path, help="PNG path (default: the sweep's report.png)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("promote", help="make an embedder sweep's best model (or --trial's) "
+                                       "the workdir's: copy it to WORKDIR/models/, check "
+                                       "it in int8, print the command that re-embeds")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--sweep", help="sweep name (needed when the workdir holds several)")
+    p.add_argument("--trial", help="a completed trial's id (default: the best)")
+    p.add_argument("--out", type=Path,
+                   help="model folder (default: WORKDIR/models/SWEEP-TRIAL)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
 
     p = sub.add_parser("jobs", help="a sweep's jobs on the pool, attempt by attempt: GPUs, "
                                     "evictions, checkpoints, lost work and goodput")
@@ -97,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                        ("collect", "rank the trials and record the best")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--sweep-dir", type=Path, required=True)
+    p = sub.add_parser("ask", help="method optuna: ask for a wave's trials (exit 5: nothing "
+                                   "to run in it)")
+    p.add_argument("--sweep-dir", type=Path, required=True)
+    p.add_argument("--wave", type=int, required=True)
+    p.add_argument("--submit", action="store_true",
+                   help="also write the wave's submit file and item data (the DAG's PRE script)")
     p = sub.add_parser("ddp-train", help="the training script torchrun runs on every process")
     p.add_argument("--run-dir", type=Path, required=True)
     p = sub.add_parser("multinode-rank0", help="rank-0 node: host the rendezvous, publish it")
@@ -127,6 +147,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise TrainError("--parallel must be >= 0")
     sweep = Sweep.in_workdir(args.workdir, spec.name)
     trials = sweep.prepare(spec, args.workdir, force=args.force)
+    if spec.method == "optuna":
+        from .search import create_study
+
+        create_study(sweep, spec)
     if args.executor == "condor":
         from .condor import run_sweep_dag
 
@@ -145,7 +169,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _emit({"sweep": spec.name, "trials": len(trials), "completed": 0, "best": None,
                "dry_run": True}, args.json)
         return 0
-    summary = run_local(sweep, args.parallel, log=lambda text: print(text, file=sys.stderr))
+    log = lambda text: print(text, file=sys.stderr)  # noqa: E731
+    if spec.method == "optuna":
+        from .search import run_waves
+
+        summary = run_waves(sweep, args.parallel or spec.parallel or os.cpu_count() or 1, log)
+    else:
+        summary = run_local(sweep, args.parallel, log=log)
     _emit(summary, args.json)
     return 1 if summary["failed"] else 0
 
@@ -158,6 +188,9 @@ def _sweep(args: argparse.Namespace) -> Any:
     names = sorted(p.parent.name for p in root.glob("*/trials.json")) if root.is_dir() else []
     if args.sweep:
         name = args.sweep
+        if name not in names:
+            raise TrainError(f"{args.workdir} holds no sweep {name!r}" + (
+                f" (its sweeps: {', '.join(names)})" if names else ""))
     elif len(names) == 1:
         name = names[0]
     else:
@@ -167,10 +200,20 @@ def _sweep(args: argparse.Namespace) -> Any:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import draw_report
+    from .report import draw_report, format_table, summarize
 
     sweep = _sweep(args)
-    print(draw_report(sweep, args.out or sweep.root / "report.png"))
+    summary = summarize(sweep)
+    summary["png"] = str(draw_report(sweep, args.out or sweep.root / "report.png", summary))
+    print(json.dumps(summary) if args.json else f"{format_table(summary)}\n{summary['png']}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from .promote import describe, promote
+
+    record = promote(args.workdir, _sweep(args), args.trial, args.out)
+    print(json.dumps(record) if args.json else describe(record))
     return 0
 
 
@@ -213,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_sweep(args)
     if args.command == "report":
         return cmd_report(args)
+    if args.command == "promote":
+        return cmd_promote(args)
     if args.command == "jobs":
         return cmd_jobs(args)
     if args.command == "multinode":
@@ -226,9 +271,27 @@ def run(args: argparse.Namespace) -> int:
     if args.command in ("evaluate", "collect"):
         from . import sweep as sweeps
 
-        result = getattr(sweeps, args.command)(sweeps.Sweep(args.sweep_dir))
+        sweep = sweeps.Sweep(args.sweep_dir)
+        if args.command == "evaluate" and sweep.spec().method == "optuna":
+            from .search import evaluate_study
+
+            result = evaluate_study(sweep)
+        else:
+            result = getattr(sweeps, args.command)(sweep)
         print(json.dumps(result))
         return result["code"] if args.command == "evaluate" else 0
+    if args.command == "ask":
+        from .search import ASK_NOTHING, ask
+        from .sweep import Sweep
+
+        sweep = Sweep(args.sweep_dir)
+        items = ask(sweep, args.wave)
+        if items and args.submit:
+            from .condor import write_wave_submit
+
+            write_wave_submit(sweep, args.wave, items)
+        print(json.dumps({"wave": args.wave, "trials": items}))
+        return 0 if items else ASK_NOTHING
     if args.command == "multinode-pre":
         from .condor import pre_script
 

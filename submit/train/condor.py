@@ -20,6 +20,15 @@ and the DAG succeeds; 4 (trials diverged) fails the wave's node, so no later wav
 DAG fails. The FINAL node (`train-models collect`, on the access point) ranks the trials either
 way; its POST script carries the DAG's outcome, which DAGMan takes from the FINAL node.
 
+An optuna sweep's DAG (`search.py`) has one node per wave, as many as the sweep can need,
+fixed when it is written. Each node's PRE script (`train-models ask --submit`) asks the study
+for the wave's trials and writes the node's submit file and item data (trial, the epochs or
+checkpoints left to its rung, resume files) before DAGMan submits it; a wave with nothing to
+run exits ASK_NOTHING, which PRE_SKIP turns into a node done. Its jobs stop at their rung
+with the checkpoint exit code, which here ends the job (no `checkpoint_exit_code`): the
+checkpoint and metrics come back with the job's output for the next wave. The POST script
+prunes and evaluates as above. A rewritten DAG starts at the first wave not yet run.
+
 Multi-node DAG: `PROVISIONER RANK0` (hosts the rendezvous, publishes it with chirp) and
 `JOB WORKERS` whose PRE script (`pre_script`) reads rank 0's job ad with condor_q and writes the
 endpoint into `workers.sub` before it is submitted.
@@ -56,9 +65,11 @@ from . import TrainError
 from .data import DATASET
 from .embedder import CHECKPOINTS_DIR, MODEL_DIR
 from .multinode import RUN_FILE, MultinodeSpec, read_run, torchrun_args
+from .search import ASK_NOTHING, evaluate_study, open_waves, rungs
 from .spec import CondorSettings
 from .sweep import (
     EVAL_TARGET_REACHED,
+    FINISHED,
     Sweep,
     collect,
     evaluate,
@@ -162,7 +173,8 @@ def gpu_choice(sweep: Sweep, settings: CondorSettings) -> dict[str, Any]:
                                  c.queue_seconds),
         c.mean_time_between_evictions or settings.mean_time_between_evictions or math.inf,
         c.share) for name, c in settings.gpu_classes.items()}
-    epochs = max(check_params(t["params"])["epochs"] for t in sweep.trials())
+    epochs = max((check_params(t["params"])["epochs"] for t in sweep.trials()),
+                 default=check_params(dict(sweep.spec().base))["epochs"])  # optuna: none yet
     interval = settings.checkpoint_every or epochs
     try:
         floor, simulated = choose_gpus(settings.gpu, classes, epochs, interval)
@@ -171,24 +183,26 @@ def gpu_choice(sweep: Sweep, settings: CondorSettings) -> dict[str, Any]:
     return {"policy": settings.gpu, "min_capability": floor, "simulated": simulated}
 
 
-def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
-    """The DAG that runs `trials` (the unfinished ones), resuming each from its checkpoint."""
-    if not trials:
-        raise TrainError("no trial left to run: the DAG would be empty")
-    spec = sweep.spec()
-    settings = spec.condor
-    root = sweep.root.resolve()
-    condor_dir = root / "condor"
+def _start_dag(sweep: Sweep) -> tuple[Path, dict[str, Any]]:
+    """The condor folder cleared of the previous DAG, with the job script and the GPU choice
+    (`condor/gpu-policy.json`, which the wave submit files follow)."""
+    settings = sweep.spec().condor
+    condor_dir = sweep.root.resolve() / "condor"
     condor_dir.mkdir(parents=True, exist_ok=True)
     _clear_previous_dag(condor_dir)
     _write_job_script(condor_dir, settings)
-    log = str(condor_dir / "sweep.log")
-    size = settings.wave_size or len(trials)
-    waves = [trials[i : i + size] for i in range(0, len(trials), size)]
     choice = gpu_choice(sweep, settings)
     write_json_atomic(condor_dir / GPU_POLICY_FILE, choice)
-    gpu = ({"gpus_minimum_capability": f"{choice['min_capability']:g}"}
-           if choice["min_capability"] else {})
+    return condor_dir, choice
+
+
+def _wave_commands(sweep: Sweep, choice: dict[str, Any]) -> dict[str, str]:
+    """A wave's job cluster, one job per item (trial). Grid and random: HTCondor restarts a
+    job that exits with the checkpoint code. Optuna: that exit ends the job at its rung
+    (`$(budget)` epochs or checkpoints), and the files come back for the next wave."""
+    spec = sweep.spec()
+    settings = spec.condor
+    root = sweep.root.resolve()
     url = sweep.dataset_url(settings)
     if settings.data_source == "transfer":  # from the sweep directory, or data_url's plugin
         transfer = [url or str(sweep.dataset.resolve())]
@@ -196,40 +210,106 @@ def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
     else:  # the job reads the URL itself
         transfer, dataset = [], str(url)
     trial_args = trial_arguments(spec.kind, ".", dataset, settings.data_source)
-    if settings.checkpoint_every:
+    if spec.method == "optuna":
+        trial_args += ["--checkpoint-exit-every", "$(budget)"]
+    elif settings.checkpoint_every:
         trial_args += ["--checkpoint-exit-every", str(settings.checkpoint_every)]
     if settings.checkpoint_every == "auto":
         trial_args += ["--mean-time-between-evictions",
                        str(settings.mean_time_between_evictions)]
-    nodes = []
-    for number, wave in enumerate(waves):
-        name = f"wave-{number:03d}"
-        _write(condor_dir / f"{name}.sub", {
-            **_job(condor_dir, settings, trial_args, [f"$(resume){PARAMS}", *transfer]),
-            "initialdir": str(root / "trials" / "$(trial)"),
-            "checkpoint_exit_code": str(CHECKPOINT_EXIT_CODE),
-            "transfer_checkpoint_files": ",".join(RESUME_FILES[spec.kind]),
-            **OUTPUT_FILES[spec.kind],
-            "environment": '"OMP_NUM_THREADS=$(request_cpus)"',
-            "output": "trial.out", "error": "trial.err", "log": log,
-            "batch_name": f"sweep-{spec.name}", **gpu,
-        }, itemdata=[{"trial": t, "resume": _resume_files(sweep, spec.kind, t)} for t in wave])
-        nodes.append(Node(f"WAVE{number}", f"{name}.sub",
-                          post=_local_script("evaluate", "--sweep-dir", str(root)),
-                          abort_dag_on=(EVAL_TARGET_REACHED, 0)))
+    if spec.method == "optuna":  # embedders: checkpoints/ at a rung, model/ at the end
+        restart = ({"transfer_output_files": f"{METRICS},$(outputs)"}
+                   if spec.kind == "embedder" else {})
+    else:
+        restart = {"checkpoint_exit_code": str(CHECKPOINT_EXIT_CODE),
+                   "transfer_checkpoint_files": ",".join(RESUME_FILES[spec.kind]),
+                   **OUTPUT_FILES[spec.kind]}
+    gpu = ({"gpus_minimum_capability": f"{choice['min_capability']:g}"}
+           if choice["min_capability"] else {})
+    return {
+        **_job(root / "condor", settings, trial_args, [f"$(resume){PARAMS}", *transfer]),
+        "initialdir": str(root / "trials" / "$(trial)"), **restart,
+        "environment": '"OMP_NUM_THREADS=$(request_cpus)"',
+        "output": "trial.out", "error": "trial.err", "log": str(root / "condor" / "sweep.log"),
+        "batch_name": f"sweep-{spec.name}", **gpu,
+    }
+
+
+def write_wave_submit(sweep: Sweep, wave: int, items: list[dict[str, Any]]) -> Path:
+    """An optuna wave's submit file and item data, from `search.ask`'s items (its PRE
+    script writes them, before DAGMan submits the node)."""
+    spec = sweep.spec()
+    condor_dir = sweep.root.resolve() / "condor"
+    if not (condor_dir / GPU_POLICY_FILE).is_file():
+        raise TrainError(f"{sweep.root} has no DAG: run `train-models sweep --executor "
+                         "condor` first")
+    choice = json.loads((condor_dir / GPU_POLICY_FILE).read_text(encoding="utf-8"))
+    last = rungs(spec)[-1]
+    rows = [{"trial": item["trial"], "budget": str(item["budget"]),
+             **({"outputs": MODEL_DIR if item["until"] == last else CHECKPOINTS_DIR}
+                if spec.kind == "embedder" else {}),
+             "resume": _resume_files(sweep, spec.kind, item["trial"])} for item in items]
+    path = condor_dir / f"wave-{wave:03d}.sub"
+    _write(path, _wave_commands(sweep, choice), itemdata=rows)
+    return path
+
+
+def _collect_node(sweep: Sweep, condor_dir: Path) -> Node:
+    """FINAL: rank the trials on the access point, whatever the waves did."""
+    root = sweep.root.resolve()
     _write(condor_dir / "collect.sub", {
         **access_point_commands(["submit.train.cli", "collect", "--sweep-dir", str(root)]),
         "output": str(condor_dir / "collect.out"), "error": str(condor_dir / "collect.err"),
-        "log": log, "getenv": "PATH,HOME",
+        "log": str(condor_dir / "sweep.log"), "getenv": "PATH,HOME",
     })
     # DAGMan takes the FINAL node's outcome as the DAG's: fail it unless the waves all
     # succeeded or one stopped the DAG at the target (3: ABORT-DAG-ON); diverged trials (4)
     # fail their wave's node, and so the DAG
-    nodes.append(Node("COLLECT", "collect.sub", kind="FINAL", post=Script(
-        "/usr/bin/test", ["$DAG_STATUS", "-eq", "0", "-o", "$DAG_STATUS", "-eq", "3"])))
-    edges = [([f"WAVE{i}"], [f"WAVE{i + 1}"]) for i in range(len(waves) - 1)]
-    dag = Dag(nodes=nodes, edges=edges, node_status_file="sweep.status")
-    return _write_dag(condor_dir / SWEEP_DAG, dag)
+    return Node("COLLECT", "collect.sub", kind="FINAL", post=Script(
+        "/usr/bin/test", ["$DAG_STATUS", "-eq", "0", "-o", "$DAG_STATUS", "-eq", "3"]))
+
+
+def _chain(waves: list[Node], final: Node) -> Dag:
+    edges = [([a.name], [b.name]) for a, b in zip(waves, waves[1:])]
+    return Dag(nodes=[*waves, final], edges=edges, node_status_file="sweep.status")
+
+
+def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
+    """The DAG that runs `trials` (the unfinished ones), resuming each from its checkpoint."""
+    if not trials:
+        raise TrainError("no trial left to run: the DAG would be empty")
+    spec = sweep.spec()
+    root = sweep.root.resolve()
+    condor_dir, choice = _start_dag(sweep)
+    size = spec.condor.wave_size or len(trials)
+    waves = [trials[i : i + size] for i in range(0, len(trials), size)]
+    nodes = []
+    for number, wave in enumerate(waves):
+        name = f"wave-{number:03d}"
+        _write(condor_dir / f"{name}.sub", _wave_commands(sweep, choice),
+               itemdata=[{"trial": t, "resume": _resume_files(sweep, spec.kind, t)}
+                         for t in wave])
+        nodes.append(Node(f"WAVE{number}", f"{name}.sub",
+                          post=_local_script("evaluate", "--sweep-dir", str(root)),
+                          abort_dag_on=(EVAL_TARGET_REACHED, 0)))
+    return _write_dag(condor_dir / SWEEP_DAG, _chain(nodes, _collect_node(sweep, condor_dir)))
+
+
+def write_optuna_dag(sweep: Sweep, waves: range) -> Path:
+    """An optuna sweep's DAG: one node per wave still to run, each asking for its trials in a
+    PRE script (`train-models ask --submit`, which writes the node's submit file; exit
+    ASK_NOTHING skips the node, PRE_SKIP) and evaluating them in its POST script."""
+    if not waves:
+        raise TrainError("no wave left to run: the DAG would be empty")
+    root = sweep.root.resolve()
+    condor_dir, _ = _start_dag(sweep)
+    nodes = [Node(f"WAVE{wave}", f"wave-{wave:03d}.sub",
+                  pre=_local_script("ask", "--sweep-dir", str(root), "--wave", str(wave),
+                                    "--submit"),
+                  pre_skip=ASK_NOTHING,
+                  post=_local_script("evaluate", "--sweep-dir", str(root)),
+                  abort_dag_on=(EVAL_TARGET_REACHED, 0)) for wave in waves]
+    return _write_dag(condor_dir / SWEEP_DAG, _chain(nodes, _collect_node(sweep, condor_dir)))
 
 
 def run_sweep_dag(sweep: Sweep, dry_run: bool) -> dict[str, Any]:
@@ -238,19 +318,25 @@ def run_sweep_dag(sweep: Sweep, dry_run: bool) -> dict[str, Any]:
     With nothing left (every trial finished, or the early-stop rule already met) no DAG is
     written: the trials are ranked here, as the DAG's FINAL node would.
     """
-    pending = unfinished_trials(sweep)
-    decision = evaluate(sweep)
+    optuna = sweep.spec().method == "optuna"
+    if optuna:  # the study hears of its trials here: never beside a running DAG's scripts
+        require_not_running(sweep.root / "condor" / SWEEP_DAG)
+    decision = evaluate_study(sweep) if optuna else evaluate(sweep)
+    pending = open_waves(sweep) if optuna else unfinished_trials(sweep)
     if not pending or decision["action"] == "stop":
         return {**collect(sweep), "dag": None, "submitted": None,
                 "stopped_early": decision["reason"]}
-    dag = write_sweep_dag(sweep, pending)
+    dag = write_optuna_dag(sweep, pending) if optuna else write_sweep_dag(sweep, pending)
     choice = json.loads((dag.parent / GPU_POLICY_FILE).read_text(encoding="utf-8"))
     trials = sweep.trials()
-    completed = sum((read_metrics(sweep.trial_dir(t["trial"])) or {}).get("status")
-                    == "completed" for t in trials)
+    statuses = [(read_metrics(sweep.trial_dir(t["trial"])) or {}).get("status")
+                for t in trials]
     spec = sweep.spec()
-    return {"sweep": spec.name, "trials": len(trials), "completed": completed,
-            "pending": len(pending), "best": None, "dag": str(dag),
+    waves = {"waves": [pending[0], pending[-1]],  # optuna: trials not asked yet are pending
+             "pending": spec.samples - sum(s in FINISHED for s in statuses)} if optuna else {}
+    return {"sweep": spec.name, "trials": len(trials),
+            "completed": statuses.count("completed"), "pending": len(pending), **waves,
+            "best": None, "dag": str(dag),
             "dataset": sweep.dataset_url(spec.condor) or str(sweep.dataset),
             "gpu_policy": {k: v for k, v in choice.items() if k != "simulated"},
             "submitted": None if dry_run else submit_dag(dag)}

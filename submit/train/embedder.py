@@ -6,8 +6,9 @@ a batch system saves and sends back whole), `metrics.json` (one row per evaluati
 training loss, validation loss and `val_recall@1`; status `running`, `completed` or
 `diverged`) and, once completed, `model/`: a plain sentence-transformers folder (LoRA merged
 into the weights) that `SentenceTransformer(path)` and the `model.name` setting accept. A
-diverged trial leaves `model/` empty: a batch system's output transfer names it (HTCondor
-sends back no folder it is not told of, and holds a job whose named output is missing).
+diverged trial leaves `model/` and `checkpoints/` empty: a batch system's output transfer
+names one of them (HTCondor sends back no folder it is not told of, and holds a job whose
+named output is missing).
 
 A trial killed at any moment and started again resumes from its newest complete checkpoint
 and ends with the same weights as an unbroken run: the trainer stores the optimizer,
@@ -120,7 +121,7 @@ def latest_checkpoint(trial_dir: Path) -> Path | None:
     return max(complete)[1] if complete else None
 
 
-def _fsync_tree(folder: Path) -> None:
+def fsync_tree(folder: Path) -> None:
     """Every file of a checkpoint on disk before its marker says it is complete."""
     for path in sorted(folder.rglob("*")):
         if path.is_file():
@@ -230,10 +231,11 @@ def _trainer_log(checkpoint: Path) -> list[dict[str, Any]]:
 
 def _finish(trial_dir: Path, params: dict[str, Any], history: list[dict[str, Any]],
             status: str, resumed_at: int, started: float) -> int:
-    if status == "diverged":  # no model, but the folder a job's output transfer names
-        (trial_dir / MODEL_DIR).mkdir(exist_ok=True)
     write_metrics(trial_dir, params, history, status, resumed_at, started)
     _clean(trial_dir)
+    if status == "diverged":  # no model, but the folders a job's output transfer may name
+        for folder in (MODEL_DIR, CHECKPOINTS_DIR):
+            (trial_dir / folder).mkdir(exist_ok=True)
     return 0
 
 
@@ -310,7 +312,7 @@ def build_trainer(trial_dir: Path, params: dict[str, Any], train: dict[str, list
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             folder = trial_dir / CHECKPOINTS_DIR / f"{CHECKPOINT_PREFIX}{state.global_step}"
-            _fsync_tree(folder)
+            fsync_tree(folder)
             write_json_atomic(folder / COMPLETE, {"step": state.global_step})
             ad.record("checkpoint", started=round(self.since, 3),
                       covers=f"step {state.global_step}")
@@ -405,7 +407,7 @@ def export_model(model: Any, adapter: Any, folder: Path) -> None:
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(str(tmp))
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 

@@ -2,13 +2,15 @@
 
 A sweep trains one `kind` of trial: `head` (a topic head over the stored embeddings,
 `trial.py`) or `embedder` (the embedding model itself fine-tuned on pairs of the workdir's
-passages, `embedder.py`).
+passages, `embedder.py`). `method: grid | random` expands every trial up front;
+`method: optuna` asks Optuna for them wave by wave and prunes them at rungs (`search.py`).
 
 Layout (`WORKDIR/train/NAME/`): `spec.json` (the resolved spec), `trials.json` (trial id ->
 hyperparameters), `dataset.parquet` (see `data.py`; with `condor.data_url` also published
 there as `dataset-HASH.parquet`), `trials/tNNN/` (one per trial, see `trial.py`),
 `evaluation.json` (the latest early-abort decision), `results.json` (the ranking) and
-`best.json` + `best-model.pt` (the best trial's head, for `predictions.kind: head`).
+`best.json` + `best-model.pt` (the best trial's head, for `predictions.kind: head`); optuna
+sweeps add `study.journal` and `waves/` (`search.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -41,7 +44,11 @@ from .trial import CHECKPOINT_EXIT_CODE, MODEL, PARAMS, check_params, read_metri
 METRICS = {"val_accuracy": "max", "val_loss": "min", "val_recall@1": "max"}
 KIND_METRICS = {"head": ("val_accuracy", "val_loss"), "embedder": ("val_recall@1", "val_loss")}
 CHECK_PARAMS = {"head": check_params, "embedder": embedder.check_params}
-FINISHED = ("completed", "diverged")  # trial statuses that running the sweep again leaves alone
+# trial statuses that running the sweep again leaves alone (pruned: by an optuna sweep's pruner)
+FINISHED = ("completed", "diverged", "pruned")
+SEARCH_METHODS = ("grid", "random", "optuna")
+# hyperparameters that set a trial's budget, which an optuna sweep's pruner shares out
+BUDGETS = {"head": ("epochs",), "embedder": ("max_steps", "save_steps")}
 # Exit codes of `train-models evaluate` (a DAG POST script): ABORT-DAG-ON acts on them.
 EVAL_CONTINUE, EVAL_TARGET_REACHED, EVAL_DIVERGED = 0, 3, 4
 
@@ -62,12 +69,23 @@ class PairSettings:
 
 
 @dataclass
+class OptunaSettings:
+    """`method: optuna`: Optuna's TPE sampler asks for `samples` trials, `condor.wave_size`
+    new ones per wave, and successive halving prunes them at rungs of `min_resource` x
+    `reduction_factor`^k epochs (heads) or checkpoints (embedders)."""
+
+    startup_trials: int = 10  # random draws before TPE models the results (TPE's default)
+    min_resource: int = 1  # the first rung: what every trial runs before it can be pruned
+    reduction_factor: int = 3  # a rung keeps about 1/this of its trials; the next is this x longer
+
+
+@dataclass
 class SweepSpec:
     name: str
     kind: str = "head"  # head | embedder
     metric: str = ""  # default: val_accuracy for heads, val_recall@1 for embedders
-    method: str = "grid"  # grid | random
-    samples: int = 0  # random search: how many draws
+    method: str = "grid"  # grid | random | optuna
+    samples: int = 0  # random search: how many draws; optuna: how many trials in all
     search_seed: int = 0
     base: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +95,7 @@ class SweepSpec:
     parallel: int = 0  # local executor: trials at once (0 = CPU cores)
     early_stop: EarlyStop = field(default_factory=EarlyStop)
     pairs: PairSettings = field(default_factory=PairSettings)
+    optuna: OptunaSettings = field(default_factory=OptunaSettings)
     condor: CondorSettings = field(default_factory=CondorSettings)
 
     def validate(self) -> None:
@@ -90,18 +109,19 @@ class SweepSpec:
         if self.metric not in KIND_METRICS[self.kind]:
             raise TrainError(f"metric of {self.kind} trials must be one of "
                              f"{', '.join(KIND_METRICS[self.kind])}, got {self.metric!r}")
-        if self.kind == "embedder":
-            self._validate_embedder()
-        if self.method not in ("grid", "random"):
-            raise TrainError("method must be grid or random")
+        if self.method not in SEARCH_METHODS:
+            raise TrainError("method must be grid, random or optuna")
         if self.method == "random" and self.samples < 1:
             raise TrainError("method random needs samples >= 1")
+        if self.method == "optuna" and self.samples < 1:
+            raise TrainError("method optuna needs samples >= 1 (how many trials in all)")
         for key, values in self.params.items():
             if isinstance(values, dict):
-                if self.method != "random" or set(values) - {"low", "high", "log"} or \
+                if self.method == "grid" or set(values) - {"low", "high", "log"} or \
                         not {"low", "high"} <= set(values):
                     raise TrainError(f"params.{key}: a range {{low, high, log}} needs "
-                                     "method random")
+                                     "method random or optuna")
+                _check_range(key, values)
             elif not isinstance(values, list) or not values:
                 raise TrainError(f"params.{key} must be a non-empty list of values")
         if not self.seeds:
@@ -113,8 +133,51 @@ class SweepSpec:
             raise TrainError("val_fraction must be between 0 and 1")
         if self.early_stop.diverge_factor <= 1:
             raise TrainError("early_stop.diverge_factor must be > 1")
-        for trial in expand_trials(self):
-            CHECK_PARAMS[self.kind](trial["params"])
+        if self.method == "optuna":
+            self._validate_optuna()
+        elif self.optuna != OptunaSettings():
+            raise TrainError("optuna: these settings are for method optuna")
+        if self.kind == "embedder":
+            self._validate_embedder()
+        for params in candidate_params(self):
+            CHECK_PARAMS[self.kind](params)
+
+    def _validate_optuna(self) -> None:
+        settings = self.optuna
+        if settings.startup_trials < 0 or settings.min_resource < 1 or \
+                settings.reduction_factor < 2:
+            raise TrainError("optuna: startup_trials must be >= 0, min_resource >= 1 and "
+                             "reduction_factor >= 2")
+        if len(self.seeds) != 1:
+            raise TrainError("seeds: an optuna sweep runs each configuration once: give one "
+                             "seed (e.g. seeds: [0])")
+        if self.ablations:
+            raise TrainError("ablations: an optuna sweep asks for its trials; run ablations "
+                             "in a grid sweep")
+        for name in BUDGETS[self.kind]:
+            if name in self.params:
+                raise TrainError(f"params.{name}: every trial of an optuna sweep has the same "
+                                 f"budget (base.{name}), which the pruner shares out")
+        for key, values in self.params.items():
+            if isinstance(values, list) and not all(
+                    v is None or isinstance(v, bool | int | float | str) for v in values):
+                raise TrainError(f"params.{key}: optuna chooses among plain values (numbers, "
+                                 "strings, booleans)")
+        if not self.condor.wave_size:
+            raise TrainError("condor.wave_size: an optuna sweep asks for this many new trials "
+                             "per wave (>= 1)")
+        if self.condor.checkpoint_every != 0:
+            raise TrainError("condor.checkpoint_every: an optuna sweep's jobs stop at each "
+                             "rung's end (optuna.min_resource, reduction_factor); set it to 0")
+        budget = CHECK_PARAMS[self.kind](dict(self.base))
+        if self.kind == "embedder" and budget["max_steps"] % budget["save_steps"]:
+            raise TrainError("base.max_steps: an optuna sweep's rungs count checkpoints, so "
+                             "max_steps must be a multiple of save_steps")
+        total = budget_units(self.kind, budget)
+        if settings.min_resource >= total:
+            raise TrainError(f"optuna.min_resource ({settings.min_resource}) must be below a "
+                             f"trial's budget ({total} {RESOURCE[self.kind]}), or nothing is "
+                             "pruned")
 
     def _validate_embedder(self) -> None:
         if self.pairs.source not in SOURCES:
@@ -132,8 +195,8 @@ class SweepSpec:
             raise TrainError(f"condor.gpu: {self.condor.gpu} chooses GPU classes from head "
                              "trials' measured epochs; embedder trials take any (gpu: any, "
                              "or condor.requirements)")
-        models = {trial["params"].get("model", embedder.DEFAULTS["model"])
-                  for trial in expand_trials(self)}
+        models = {params.get("model", embedder.DEFAULTS["model"])
+                  for params in candidate_params(self)}
         for model in sorted(models):
             try:
                 check_model(model)
@@ -155,11 +218,47 @@ def _draw(values: Any, rng: random.Random) -> Any:
     return rng.uniform(low, high)
 
 
+RESOURCE = {"head": "epochs", "embedder": "checkpoints"}  # what a rung counts
+
+
+def budget_units(kind: str, params: dict[str, Any]) -> int:
+    """A trial's whole budget in the units rungs count (checked params)."""
+    if kind == "embedder":
+        return params["max_steps"] // params["save_steps"]
+    return params["epochs"]
+
+
+def _check_range(key: str, values: dict[str, Any]) -> None:
+    low, high = values["low"], values["high"]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
+        raise TrainError(f"params.{key}: low and high must be numbers")
+    if low >= high:
+        raise TrainError(f"params.{key}: low ({low}) must be below high ({high})")
+    if values.get("log") and low <= 0:
+        raise TrainError(f"params.{key}: a log range needs low > 0")
+
+
+def candidate_params(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Hyperparameters to check before anything runs: every trial (grid, random), or for
+    optuna each listed value and each range's ends, the other parameters at their first."""
+    if spec.method != "optuna":
+        return [trial["params"] for trial in expand_trials(spec)]
+    ends = {n: v if isinstance(v, list) else [v["low"], v["high"]]
+            for n, v in spec.params.items()}
+    first = {n: values[0] for n, values in ends.items()}
+    return [{**spec.base, **first, n: value, "seed": spec.seeds[0]}
+            for n, values in ends.items() for value in values] or \
+        [{**spec.base, "seed": spec.seeds[0]}]
+
+
 def expand_trials(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Configurations (grid or random draws) x seeds, then each ablation x seeds.
+    """Configurations (grid or random draws) x seeds, then each ablation x seeds; none for
+    optuna, whose trials are asked for wave by wave (`search.ask`).
 
     Trials of one configuration with different seeds form an ensemble `group`.
     """
+    if spec.method == "optuna":
+        return []
     names = sorted(spec.params)
     if spec.method == "grid":
         configs = [dict(zip(names, combo))
@@ -220,12 +319,16 @@ class Sweep:
             raise TrainError(f"{self.root} is not a prepared sweep (no readable {name})") from None
 
     def prepare(self, spec: SweepSpec, workdir: Path, force: bool = False) -> list[dict[str, Any]]:
-        """Write the spec, the trial list and the dataset; an existing sweep must match."""
+        """Write the spec, the trial list and the dataset; an existing sweep must match.
+        An optuna sweep's trial list starts empty and its study is created here."""
         trials = expand_trials(spec)
         if (self.root / "trials.json").is_file() and not force:
-            if self.trials() != trials:
+            same = (_search_of(self.spec()) == _search_of(spec) if spec.method == "optuna"
+                    else self.trials() == trials)
+            if not same:
                 raise TrainError(f"{self.root} holds a sweep made from a different spec: "
                                  f"rename the sweep or pass --force to start it over")
+            trials = self.trials()
         elif self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -243,6 +346,14 @@ class Sweep:
             if not path.is_file():
                 write_json_atomic(path, CHECK_PARAMS[spec.kind](trial["params"]))
         return trials
+
+
+def _search_of(spec: SweepSpec) -> dict[str, Any]:
+    """What an optuna sweep's asked trials (and their waves) depend on: a change here needs
+    a new sweep."""
+    return {**{k: v for k, v in asdict(spec).items()
+               if k not in ("parallel", "early_stop", "condor")},
+            "wave_size": spec.condor.wave_size}
 
 
 def unfinished_trials(sweep: Sweep) -> list[str]:
@@ -281,7 +392,8 @@ def diverged(metrics: dict[str, Any], factor: float) -> bool:
 
 
 def evaluate(sweep: Sweep) -> dict[str, Any]:
-    """The early-abort decision over the trials that have metrics so far (also written out)."""
+    """The early-abort decision over the trials that have metrics so far (also written out).
+    An optuna sweep's study hears of the trials' progress first (`search.evaluate_study`)."""
     spec = sweep.spec()
     rule = spec.early_stop
     better = max if METRICS[spec.metric] == "max" else min
@@ -318,8 +430,12 @@ def collect(sweep: Sweep) -> dict[str, Any]:
         status = "diverged" if metrics["status"] != "pending" and \
             diverged(metrics, spec.early_stop.diverge_factor) else metrics["status"]
         value = metrics["final"][spec.metric] if status == "completed" else None
-        rows.append({"trial": trial["trial"], "group": trial["group"], "status": status,
-                     "value": value, "params": trial["params"]})
+        row = {"trial": trial["trial"], "group": trial["group"], "status": status,
+               "value": value, "params": trial["params"]}
+        if status == "pruned":  # where, and how far it had got
+            row["pruned_at"] = metrics["pruned_at"]
+            row["last_value"] = metrics["history"][-1][spec.metric]
+        rows.append(row)
     ranked = sorted((r for r in rows if r["value"] is not None),
                     key=lambda r: (sign * r["value"], r["trial"]))
     summary: dict[str, Any] = {
@@ -329,6 +445,9 @@ def collect(sweep: Sweep) -> dict[str, Any]:
         "pending": sum(r["status"] in ("pending", "running") for r in rows),
         "metric": spec.metric, "best": None, "groups": _groups(ranked),
     }
+    pruned = [r for r in rows if r["status"] == "pruned"]
+    if spec.method == "optuna":
+        summary["pruned"] = len(pruned)
     if ranked:
         top = ranked[0]
         if spec.kind == "embedder":  # a model folder, which model.name accepts
@@ -339,7 +458,8 @@ def collect(sweep: Sweep) -> dict[str, Any]:
                 shutil.copyfile(sweep.trial_dir(top["trial"]) / MODEL, tmp)
         summary["best"] = {"trial": top["trial"], "metric": spec.metric, "value": top["value"],
                            "params": top["params"], "model": str(model)}
-    write_json_atomic(sweep.root / "results.json", {**summary, "ranking": ranked})
+    listed = {"pruned_trials": pruned} if spec.method == "optuna" else {}
+    write_json_atomic(sweep.root / "results.json", {**summary, "ranking": ranked, **listed})
     write_json_atomic(sweep.root / "best.json", summary["best"])
     return summary
 
@@ -361,44 +481,71 @@ def run_local(sweep: Sweep, parallel: int = 0, log=print) -> dict[str, Any]:  # 
     """Run every unfinished trial as a subprocess, a few at a time; stop early when told to.
 
     A trial that exits with the checkpoint exit code is started again, as HTCondor would.
+    An optuna sweep runs its waves instead (`search.run_waves`).
     """
     spec = sweep.spec()
     parallel = parallel or spec.parallel or os.cpu_count() or 1
-    pending = unfinished_trials(sweep)
-    running: dict[str, subprocess.Popen] = {}
-    failed: list[str] = []
     decision = evaluate(sweep)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    try:
-        while (pending or running) and decision["action"] == "continue":
-            while pending and len(running) < parallel:
-                trial = pending.pop(0)
-                log_file = open(sweep.trial_dir(trial) / "trial.log", "ab")
-                running[trial] = subprocess.Popen(trial_command(sweep, trial), env=env,
-                                                  stdout=log_file, stderr=subprocess.STDOUT)
-                log_file.close()
-            time.sleep(0.05)
-            for trial, proc in list(running.items()):
-                code = proc.poll()
-                if code is None:
-                    continue
-                del running[trial]
-                if code == CHECKPOINT_EXIT_CODE:
-                    pending.insert(0, trial)
-                    continue
-                if code != 0:
-                    failed.append(trial)
-                    log(f"trial {trial} failed (exit {code}); see "
-                        f"{sweep.trial_dir(trial) / 'trial.log'}")
-                decision = evaluate(sweep)
-    finally:
-        for proc in running.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in running.values():
-            proc.wait()
+
+    def judge() -> bool:
+        nonlocal decision
+        decision = evaluate(sweep)
+        return decision["action"] == "continue"
+
+    failed = (run_trials(sweep, {t: [] for t in unfinished_trials(sweep)}, parallel, log,
+                         after=judge) if decision["action"] == "continue" else [])
+    return finish_run(sweep, failed, decision, log)
+
+
+def finish_run(sweep: Sweep, failed: list[str], decision: dict[str, Any],
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The end of a local run: the trials ranked, with the failures and the stop reason."""
     if decision["action"] == "stop":
         log(f"sweep stopped early: {decision['reason']}")
     summary = collect(sweep)
     summary["failed"] = len(failed)
     summary["stopped_early"] = decision["reason"]
     return summary
+
+
+def run_trials(sweep: Sweep, runs: dict[str, list[str]], parallel: int,
+               log: Callable[[str], None] = print, *, restart: bool = True,
+               after: Callable[[], bool] | None = None) -> list[str]:
+    """Run trials as processes (each its command plus `runs[trial]`), `parallel` at a time;
+    the trials that failed. A trial that exits with the checkpoint exit code is started
+    again, as HTCondor would (`restart`), or else has reached its rung and is done. `after`,
+    called as each trial ends, returns False to stop the others (they get SIGTERM)."""
+    pending = list(runs)
+    running: dict[str, subprocess.Popen] = {}
+    failed: list[str] = []
+    going = True
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        while (pending or running) and going:
+            while pending and len(running) < parallel:
+                trial = pending.pop(0)
+                with open(sweep.trial_dir(trial) / "trial.log", "ab") as log_file:
+                    running[trial] = subprocess.Popen(
+                        trial_command(sweep, trial) + runs[trial], env=env, stdout=log_file,
+                        stderr=subprocess.STDOUT)
+            time.sleep(0.05)
+            for trial, proc in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del running[trial]
+                if code == CHECKPOINT_EXIT_CODE and restart:
+                    pending.insert(0, trial)
+                    continue
+                if code not in (0, CHECKPOINT_EXIT_CODE):
+                    failed.append(trial)
+                    log(f"trial {trial} failed (exit {code}); see "
+                        f"{sweep.trial_dir(trial) / 'trial.log'}")
+                if after is not None:
+                    going = after()
+    finally:
+        for proc in running.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in running.values():
+            proc.wait()
+    return failed

@@ -476,7 +476,7 @@ def train(*args: str) -> dict:
 
 
 @pytest.mark.parametrize("changes, status, evaluated", [
-    ({"early_stop.target": 0.0}, "succeeded", 3),  # target reached after wave 0
+    ({"early_stop.target": 10.0}, "succeeded", 3),  # val_loss: reached after wave 0
     ({"early_stop.max_diverged": 1, "params.lr": [1e38], "base.optimizer": "sgd"}, "failed", 4),
 ])
 def test_sweep_dag_stops_after_the_first_wave(demo_local, tmp_path, changes, status, evaluated):

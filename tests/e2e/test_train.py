@@ -83,9 +83,23 @@ def test_sweep_runs_locally_ranks_trials_and_draws_report(demo_run, tmp_path):
     again = last_json(train_cli("sweep", str(spec), "--workdir", str(workdir), "--json").stdout)
     assert again["best"] == best
 
-    png = Path(train_cli("report", "--workdir", str(workdir), "--sweep", "four-trials")
-               .stdout.strip())
+    lines = train_cli("report", "--workdir", str(workdir), "--sweep", "four-trials"
+                      ).stdout.strip().splitlines()
+    png = Path(lines[-1])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # trials named by what differs across the sweep, best first and starred, ids beside
+    label = f"head={best['params']['head']} seed={best['params']['seed']}"
+    assert lines[2].startswith(f"* {label} ") and lines[2].endswith(f"  {best['trial']}")
+    assert sum(line.startswith("* head=") for line in lines) == 1
+    report = last_json(train_cli("report", "--workdir", str(workdir), "--sweep", "four-trials",
+                                 "--json").stdout)
+    assert report["best"]["label"] == label and len(report["ranking"]) == 4
+    assert {c["label"]: c["seeds"] for c in report["configurations"]} == {
+        "head=linear": 2, "head=mlp": 2}
+    # a head needs no promotion: the command says where the best one is and how to use it
+    proc = train_cli("promote", "--workdir", str(workdir), "--sweep", "four-trials")
+    assert proc.stdout.count("\n") == 1 and str(sweep_dir / "best-model.pt") in proc.stdout
+    assert "--set predictions.kind=head --set predictions.model=" in proc.stdout
 
 
 def _trial_dir(tmp_path: Path, name: str) -> Path:

@@ -16,7 +16,8 @@ What it does, as HTCondor does it:
   macros, expanded by `htcondor2.Submit`), SCRIPT PRE/POST (run in the node's directory with
   `$JOB`, `$NODE`, `$RETRY`, `$MAX_RETRIES`, `$RETURN`, `$PRE_SCRIPT_RETURN`, `$DAG_STATUS`,
   `$FAILED_COUNT`, `$DAGID`, `$JOBID`, `$CLUSTERID`; other `$WORDS` stay as they are),
-  PARENT/CHILD, RETRY n [UNLESS-EXIT m] (the whole node again: PRE, job, POST), ABORT-DAG-ON
+  PARENT/CHILD, RETRY n [UNLESS-EXIT m] (the whole node again: PRE, job, POST), PRE_SKIP
+  (the PRE script's exit value that marks the node done without its job or POST), ABORT-DAG-ON
   (on the PRE script's value, the POST script's, or the job's when there is no POST; jobs still
   running are removed, FINAL runs), CATEGORY/MAXJOBS, CONFIG (recorded only). The FINAL node
   always runs; as in DAGMan its success or failure is the DAG's, whatever happened before.
@@ -87,7 +88,7 @@ universes, evictions other than those injected (a test injects other damage thro
 `preserve_relative_paths`, periodic expressions and job policy (`on_exit_hold`,
 `max_retries`, ...), rescue DAGs, the node status file, the events of the job log not listed
 above (image size, shadow exceptions, disconnections, ...) and the usage it reports, DAGMan's
-`-maxidle`/`-maxpre`, SPLICE, INCLUDE, SERVICE nodes, PRE_SKIP, DEFER, and submission
+`-maxidle`/`-maxpre`, SPLICE, INCLUDE, SERVICE nodes, DEFER, and submission
 failures other than the checks above.
 """
 
@@ -166,6 +167,7 @@ class DagNode:
     done: bool = False
     vars: dict[str, str] = field(default_factory=dict)
     pre: list[str] | None = None
+    pre_skip: int | None = None
     post: list[str] | None = None
     retry: int = 0
     unless_exit: int | None = None
@@ -245,6 +247,9 @@ def parse_dag(path: Path) -> DagFile:
             ret = int(words[4]) if len(words) > 4 and words[3].upper() == "RETURN" else None
             for node in targets(words[1]):
                 node.abort_on.append((int(words[2]), ret))
+        elif key == "PRE_SKIP":
+            for node in targets(words[1]):
+                node.pre_skip = int(words[2])
         elif key == "CATEGORY":
             for node in targets(words[1]):
                 node.category = words[2]
@@ -1002,6 +1007,9 @@ class _Replay:
             pre_value = -1
             if node.pre:
                 pre_value = self._script(node, "PRE", node.pre, directory, retry, macros)
+                if node.pre_skip is not None and pre_value == node.pre_skip:
+                    result.status, result.value = "done", 0  # no job, no POST script
+                    return
                 if self._abort(node, pre_value):
                     result.status, result.value = "failed", pre_value
                     return

@@ -153,7 +153,7 @@ def test_eval_splits_queries_and_compares_two_runs(tmp_path):
         "eval", "--collection", str(collection), "--workdir", str(tmp_path / "b"), "--split",
         "dev", "--against", str(tmp_path / "base.json"), "--set", "predictions.kind=none",
         "--json").stdout)
-    for mode, row in again["against"]["modes"].items():  # the same model: no change
+    for row in again["against"]["modes"].values():  # the same model: no change
         assert row["change"] == 0 and row["p"] == 1.0 and row["queries"] == base["queries"]
     other = run_cli("eval", "--collection", str(collection), "--workdir", str(tmp_path / "c"),
                     "--split", "test", "--against", str(tmp_path / "base.json"),
