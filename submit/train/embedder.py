@@ -49,7 +49,7 @@ from ..datasource import fetch
 from . import TrainError
 from .data import CACHE_DIR
 from .pairs import load_pairs
-from .trial import CHECKPOINT_EXIT_CODE, METRICS, PARAMS, read_metrics
+from .trial import CHECKPOINT_EXIT_CODE, METRICS, PARAMS, read_metrics, typed_params
 
 MODEL_DIR = "model"  # in the trial directory, once completed
 CHECKPOINTS_DIR = "checkpoints"  # in the trial directory: the trainer's checkpoint folders
@@ -71,21 +71,7 @@ DEFAULTS: dict[str, Any] = {
 
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
     """Defaults filled in; unknown names and out-of-range values are errors."""
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise TrainError(f"unknown hyperparameter {unknown[0]!r} "
-                         f"(known: {', '.join(sorted(DEFAULTS))})")
-    out = {**DEFAULTS, **params}
-    for name, default in DEFAULTS.items():
-        value = out[name]
-        if isinstance(default, str) and not (isinstance(value, str) and value.strip()):
-            raise TrainError(f"hyperparameter {name} must be a non-empty string, got {value!r}")
-        if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
-            raise TrainError(f"hyperparameter {name} must be an integer, got {value!r}")
-        if isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TrainError(f"hyperparameter {name} must be a number, got {value!r}")
-            out[name] = float(value)
+    out = typed_params(params, DEFAULTS)
     if out["loss"] not in LOSSES:
         raise TrainError(f"hyperparameter loss must be one of {', '.join(LOSSES)}")
     if out["adapter"] not in ADAPTERS:

@@ -43,21 +43,31 @@ DEFAULTS: dict[str, Any] = {
 OPTIMIZERS = ("adam", "sgd")
 
 
-def check_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Defaults filled in; unknown names and out-of-range values are errors."""
-    unknown = sorted(set(params) - set(DEFAULTS))
+def typed_params(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`params` with `defaults` filled in, each of its default's type (an int counts as a
+    float); unknown names and values of another type are errors. Every trial kind's check
+    starts here."""
+    unknown = sorted(set(params) - set(defaults))
     if unknown:
         raise TrainError(f"unknown hyperparameter {unknown[0]!r} "
-                         f"(known: {', '.join(sorted(DEFAULTS))})")
-    out = {**DEFAULTS, **params}
-    for name, default in DEFAULTS.items():
+                         f"(known: {', '.join(sorted(defaults))})")
+    out = {**defaults, **params}
+    for name, default in defaults.items():
         value = out[name]
+        if isinstance(default, str) and not (isinstance(value, str) and value.strip()):
+            raise TrainError(f"hyperparameter {name} must be a non-empty string, got {value!r}")
         if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
             raise TrainError(f"hyperparameter {name} must be an integer, got {value!r}")
         if isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TrainError(f"hyperparameter {name} must be a number, got {value!r}")
             out[name] = float(value)
+    return out
+
+
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Defaults filled in; unknown names and out-of-range values are errors."""
+    out = typed_params(params, DEFAULTS)
     if out["head"] not in HEAD_KINDS:
         raise TrainError(f"hyperparameter head must be one of {', '.join(HEAD_KINDS)}")
     if out["optimizer"] not in OPTIMIZERS:

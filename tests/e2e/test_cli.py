@@ -142,11 +142,16 @@ def test_the_eval_table_is_aligned(capsys):
     from infer_corpus.cli import _print_eval
 
     scores = {"ndcg@10": 0.41234, "recall@100": 0.8}
-    _print_eval({"queries": 225, "default": "feedback",
-                 "modes": {mode: scores for mode in ("feedback", "hybrid", "rrf", "bm25")}})
-    rows = capsys.readouterr().out.splitlines()[1:]
+    against = {"base": 0.4, "change": 0.0123, "p": 0.031}
+    _print_eval({"queries": 112, "split": "test", "model": "tuned", "default": "feedback",
+                 "modes": {mode: scores for mode in ("feedback", "hybrid", "rrf", "bm25")},
+                 "against": {"modes": {"feedback": against, "hybrid": against}}})
+    head, *rows = capsys.readouterr().out.splitlines()
+    assert head == "112 judged queries (test); model tuned; default mode: feedback"
     assert len(rows) == 4 and len({row.index("nDCG@10") for row in rows}) == 1
     assert len({row.index("recall@100") for row in rows}) == 1
+    assert rows[0].endswith("against 0.4000: +0.0123 (p = 0.0310)")
+    assert "against" not in rows[2]  # rrf: not in the earlier run
 
 
 def test_the_summary_counts_kept_articles_and_duplicates_on_their_own_line(tmp_path):
