@@ -216,10 +216,10 @@ def read_row_groups(url: str, start: int = 0, *, fs: Any = None,
     size = _size(fs, url)
     metadata = metadata or parquet_metadata(url, fs=fs)
     wanted = range(start, metadata.num_row_groups) if groups is None else groups
-    fetched = prefetched((group, _read_span(fs, url, size, *_span(metadata, group)))
-                         for group in wanted)
-    for group, data in fetched:
-        first = _span(metadata, group)[0]
+    spans = ((group, *_span(metadata, group)) for group in wanted)
+    fetched = prefetched((group, first, _read_span(fs, url, size, first, end))
+                         for group, first, end in spans)
+    for group, first, data in fetched:
         yield group, pq.ParquetFile(_Span(size, first, data), metadata=metadata) \
             .read_row_group(group)
 

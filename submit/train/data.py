@@ -289,14 +289,27 @@ def _as_is(item: object) -> object:
     return item
 
 
+def federation_source(url: str, data_source: str, option: str) -> str:
+    """`url`, which `--data-source` stream or cache reads through a federation; anything
+    else is a one-line error naming `option`."""
+    if not federation_url(url):
+        raise TrainError(f"--data-source {data_source} reads through a federation: "
+                         f"{option} must be an osdf:/// or pelican:// URL, not {url!r}")
+    return url
+
+
+def cached(url: str, trial_dir: Path) -> Path:
+    """The object `url` fetched once into the trial's cache/ folder (kept there across
+    restarts in place)."""
+    return fetch(url, trial_dir / CACHE_DIR / url.rsplit("/", 1)[-1])
+
+
 def open_dataset(dataset: str, data_source: str, trial_dir: Path) -> Dataset | StreamedDataset:
     """A trial's dataset by its data source: `dataset` is the local file (transfer) or the
     dataset's federation URL (stream, cache)."""
     if data_source == "transfer":
         return load_dataset(Path(dataset))
-    if not federation_url(dataset):
-        raise TrainError(f"--data-source {data_source} reads through a federation: "
-                         f"--dataset must be an osdf:/// or pelican:// URL, not {dataset!r}")
+    federation_source(dataset, data_source, "--dataset")
     if data_source == "stream":
         return StreamedDataset(dataset)
-    return load_dataset(fetch(dataset, trial_dir / CACHE_DIR / dataset.rsplit("/", 1)[-1]))
+    return load_dataset(cached(dataset, trial_dir))

@@ -44,10 +44,8 @@ from inference.models import check_model, resolve_model
 from inference.workdir import write_json_atomic
 
 from ..chirp import JobAd
-from ..config import federation_url
-from ..datasource import fetch
 from . import TrainError
-from .data import CACHE_DIR
+from .data import CACHE_DIR, cached, federation_source
 from .pairs import load_pairs
 from .trial import CHECKPOINT_EXIT_CODE, METRICS, PARAMS, read_metrics, typed_params
 
@@ -417,10 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     def trial() -> int:
         pairs = Path(args.pairs)
         if args.data_source == "cache":
-            if not federation_url(args.pairs):
-                raise TrainError(f"--data-source cache reads through a federation: --pairs "
-                                 f"must be an osdf:/// or pelican:// URL, not {args.pairs!r}")
-            pairs = fetch(args.pairs, args.trial_dir / CACHE_DIR / args.pairs.rsplit("/", 1)[-1])
+            pairs = cached(federation_source(args.pairs, "cache", "--pairs"), args.trial_dir)
         return run_embedder_trial(args.trial_dir, pairs, args.checkpoint_exit_every,
                                   args.threads)
 
