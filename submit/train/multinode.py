@@ -45,6 +45,7 @@ from .trial import (
 
 RUN_FILE = "run.json"
 PROVISIONING_COMPLETE = 2  # DAGMan's ProvisionerState value that starts the other nodes
+STORE_START_TIMEOUT = 600.0  # seconds for rank 0's torchrun to start hosting the rendezvous
 
 
 @dataclass
@@ -201,12 +202,30 @@ def serve_rank0(run_dir: Path) -> int:
     agent = subprocess.Popen([sys.executable, *torchrun_args(
         run_dir, f"{host}:{port}", spec.nodes, spec.nproc_per_node, spec.name, is_host=True)])
     try:
+        if not wait_until_listening(host, port, agent):
+            return agent.wait()  # torchrun ended before hosting the rendezvous; it said why
         publish_rendezvous(host, port)
     except TrainError:
         agent.terminate()
         agent.wait()
         raise
     return agent.wait()
+
+
+def wait_until_listening(host: str, port: int, agent: subprocess.Popen,
+                         timeout: float = STORE_START_TIMEOUT) -> bool:
+    """Whether the rendezvous store accepts connections (False: its agent exited first).
+    The endpoint is published only then: a worker that finds it refuses connections gives up
+    after torch's read_timeout (60 s), and on a loaded machine torchrun's start can take longer."""
+    deadline = time.monotonic() + timeout
+    while agent.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return True
+        if time.monotonic() > deadline:
+            raise TrainError(f"the rendezvous store did not start listening on {host}:{port} "
+                             f"within {timeout:.0f} s")
+        time.sleep(0.2)
+    return False
 
 
 def clear_outputs(run_dir: Path) -> None:
@@ -221,22 +240,26 @@ def run_local(run_dir: Path, timeout: float = 600.0) -> dict[str, Any]:
     spec = read_run(run_dir)
     started = time.perf_counter()
     clear_outputs(run_dir)
-    endpoint = f"127.0.0.1:{free_port('127.0.0.1')}"
+    port = free_port("127.0.0.1")
+    endpoint = f"127.0.0.1:{port}"
     run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     logs = run_dir / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    agents = []
-    for node in range(spec.max_nodes):
-        with open(logs / f"node-{node}.log", "wb") as log:
-            agents.append(subprocess.Popen(
-                [sys.executable, *torchrun_args(run_dir, endpoint, spec.nodes,
-                                                spec.nproc_per_node, run_id, is_host=node == 0)],
-                stdout=log, stderr=subprocess.STDOUT, env=env))
+    agents: list[subprocess.Popen] = []
     deadline = time.monotonic() + timeout
     codes = []
     try:
+        for node in range(spec.max_nodes):
+            with open(logs / f"node-{node}.log", "wb") as log:
+                agents.append(subprocess.Popen(
+                    [sys.executable, *torchrun_args(run_dir, endpoint, spec.nodes,
+                                                    spec.nproc_per_node, run_id,
+                                                    is_host=node == 0)],
+                    stdout=log, stderr=subprocess.STDOUT, env=env))
+            if node == 0 and not wait_until_listening("127.0.0.1", port, agents[0], timeout):
+                break  # node 0 ended before hosting the rendezvous: its log says why
         for agent in agents:
             codes.append(agent.wait(timeout=max(1.0, deadline - time.monotonic())))
     except subprocess.TimeoutExpired:
