@@ -257,6 +257,13 @@ def template_hash(template: str | None) -> str | None:
     return _digest(template)[:16] if template else None
 
 
+def passages_key(partition_key: str, config: GenerationConfig) -> str:
+    """What decides the prompts over a corpus's passages: its partition and the template's
+    settings. Whoever reads the outputs against the passages checks they still match."""
+    return _digest(f"{partition_key}\x1f{config.template}\x1f{config.group_field}"
+                   f"\x1f{config.max_prompt_chars}")[:16]
+
+
 def passage_prompts(workdir: Workdir, config: GenerationConfig,
                     previous: dict[str, Any] | None, *, force: bool = False,
                     starting: Callable[[], None] = lambda: None) -> PromptSummary:
@@ -270,8 +277,7 @@ def passage_prompts(workdir: Workdir, config: GenerationConfig,
         raise ConfigError(f"generation.group_field: unknown field {config.group_field!r} "
                           f"(fields: {', '.join(PASSAGE_FIELDS)})")
     manifest = workdir.manifest().require_partitioned()
-    key = _digest(f"{manifest.partition_key}\x1f{config.template}\x1f{config.group_field}"
-                  f"\x1f{config.max_prompt_chars}")[:16]
+    key = passages_key(manifest.partition_key, config)
     if _unchanged(previous, key, force, workdir):
         return _summary_from(previous, skipped=True)
     summary = PromptSummary(source="passages", key=key)

@@ -25,6 +25,7 @@ EPILOG = """examples:
   train-models sweep configs/sweep-demo.yaml --workdir demo-run --executor condor --dry-run
   train-models report --workdir demo-run
   train-models promote --workdir demo-run --sweep embedder-demo
+  train-models soup --workdir demo-run --sweep embedder-demo
   train-models multinode configs/multinode-demo.yaml --workdir demo-run --nodes 2 --local
   infer-corpus run --demo --workdir demo-run --set predictions.kind=head \\
       --set predictions.model=demo-run/train/sweep-demo/best-model.pt
@@ -65,9 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
                                        "it in int8, print the command that re-embeds")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--sweep", help="sweep name (needed when the workdir holds several)")
-    p.add_argument("--trial", help="a completed trial's id (default: the best)")
+    p.add_argument("--trial", help="a completed trial's id (default: the best), or soup: "
+                                   "the sweep's soup (train-models soup)")
     p.add_argument("--out", type=Path,
                    help="model folder (default: WORKDIR/models/SWEEP-TRIAL)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+
+    p = sub.add_parser("soup", help="average the weights of an embedder sweep's best trials "
+                                    "that share a start, greedily (a model soup: one model's "
+                                    "inference cost)")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--sweep", help="sweep name (needed when the workdir holds several)")
+    p.add_argument("--top", type=int, default=4,
+                   help="average at most this many trials, best first (default: 4)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
 
     p = sub.add_parser("jobs", help="a sweep's jobs on the pool, attempt by attempt: GPUs, "
@@ -106,11 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean-time-between-evictions", type=float, default=0.0,
                    metavar="SECONDS", help="the pool's, for --checkpoint-exit-every auto")
     p.add_argument("--threads", type=int, default=1)
-    for name, text in (("evaluate", "early-abort decision (exit 0 go on, 3 target reached, "
-                                     "4 trials diverged)"),
-                       ("collect", "rank the trials and record the best")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--sweep-dir", type=Path, required=True)
+    p = sub.add_parser("evaluate", help="early-abort decision (exit 0 go on, 1 a trial job "
+                                        "of the wave failed, 3 target reached, 4 trials "
+                                        "diverged)")
+    p.add_argument("--sweep-dir", type=Path, required=True)
+    p.add_argument("--trials", type=lambda text: text.split(","), default=None,
+                   metavar="T,...", help="the trials a grid or random wave ran: exit 1 if "
+                                         "one did not finish (its job failed)")
+    p.add_argument("--wave", type=int, default=None,
+                   help="the optuna wave a DAG node ran: exit 1 if one of its trials did not "
+                        "reach its rung (its job failed)")
+    p = sub.add_parser("collect", help="rank the trials and record the best")
+    p.add_argument("--sweep-dir", type=Path, required=True)
     p = sub.add_parser("ask", help="method optuna: ask for a wave's trials (exit 5: nothing "
                                    "to run in it)")
     p.add_argument("--sweep-dir", type=Path, required=True)
@@ -217,6 +235,16 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soup(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the trainer's bars would mix with the steps
+    from .soup import describe, make_soup
+
+    record = make_soup(_sweep(args), args.top,
+                       log=lambda text: print(text, file=sys.stderr))
+    print(json.dumps(record) if args.json else describe(record))
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from ..jobs_report import report
     from .condor import SWEEP_DAG
@@ -258,6 +286,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_report(args)
     if args.command == "promote":
         return cmd_promote(args)
+    if args.command == "soup":
+        return cmd_soup(args)
     if args.command == "jobs":
         return cmd_jobs(args)
     if args.command == "multinode":
@@ -272,12 +302,14 @@ def run(args: argparse.Namespace) -> int:
         from . import sweep as sweeps
 
         sweep = sweeps.Sweep(args.sweep_dir)
-        if args.command == "evaluate" and sweep.spec().method == "optuna":
+        if args.command == "collect":
+            result = sweeps.collect(sweep)
+        elif sweep.spec().method == "optuna":
             from .search import evaluate_study
 
-            result = evaluate_study(sweep)
+            result = evaluate_study(sweep, args.wave)
         else:
-            result = getattr(sweeps, args.command)(sweep)
+            result = sweeps.evaluate(sweep, sweeps.unfinished_of(sweep, args.trials or []))
         print(json.dumps(result))
         return result["code"] if args.command == "evaluate" else 0
     if args.command == "ask":

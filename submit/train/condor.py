@@ -290,7 +290,8 @@ def write_sweep_dag(sweep: Sweep, trials: list[str]) -> Path:
                itemdata=[{"trial": t, "resume": _resume_files(sweep, spec.kind, t)}
                          for t in wave])
         nodes.append(Node(f"WAVE{number}", f"{name}.sub",
-                          post=_local_script("evaluate", "--sweep-dir", str(root)),
+                          post=_local_script("evaluate", "--sweep-dir", str(root),
+                                             "--trials", ",".join(wave)),
                           abort_dag_on=(EVAL_TARGET_REACHED, 0)))
     return _write_dag(condor_dir / SWEEP_DAG, _chain(nodes, _collect_node(sweep, condor_dir)))
 
@@ -307,7 +308,8 @@ def write_optuna_dag(sweep: Sweep, waves: range) -> Path:
                   pre=_local_script("ask", "--sweep-dir", str(root), "--wave", str(wave),
                                     "--submit"),
                   pre_skip=ASK_NOTHING,
-                  post=_local_script("evaluate", "--sweep-dir", str(root)),
+                  post=_local_script("evaluate", "--sweep-dir", str(root), "--wave",
+                                     str(wave)),
                   abort_dag_on=(EVAL_TARGET_REACHED, 0)) for wave in waves]
     return _write_dag(condor_dir / SWEEP_DAG, _chain(nodes, _collect_node(sweep, condor_dir)))
 

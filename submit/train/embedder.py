@@ -113,6 +113,18 @@ def fsync_tree(folder: Path) -> None:
                 os.fsync(handle.fileno())
 
 
+def replace_folder(staged: Path, target: Path) -> None:
+    """`staged` renamed to `target`; an earlier folder there is moved aside, then gone."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        os.replace(staged, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    os.replace(staged, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def history_of(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per evaluation from the trainer's log: step, train_loss (the mean since the
     previous row), val_loss and val_recall@1."""
@@ -149,7 +161,7 @@ def _read_params(trial_dir: Path) -> dict[str, Any]:
         raise TrainError(f"cannot read {trial_dir / PARAMS}: {exc}") from None
 
 
-def _read_pairs(path: Path, batch_size: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+def read_pairs(path: Path, batch_size: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Training and validation pairs as the trainer's columns (anchor, positive)."""
     table = load_pairs(path).to_pydict()
     parts: tuple[dict[str, list[str]], dict[str, list[str]]] = (
@@ -182,7 +194,7 @@ def run_embedder_trial(trial_dir: Path, pairs: Path, checkpoint_exit_every: int 
         _clean(trial_dir)  # a run killed while tidying up after it finished
         return 0
     check_model(params["model"])
-    train, validation = _read_pairs(pairs, params["batch_size"])
+    train, validation = read_pairs(pairs, params["batch_size"])
     resume = latest_checkpoint(trial_dir)
     resumed_at = int(resume.name.removeprefix(CHECKPOINT_PREFIX)) if resume else 0
     history = history_of(_trainer_log(resume)) if resume else []

@@ -1,12 +1,13 @@
 """Promotion: the model an embedder sweep fine-tuned becomes the one a workdir embeds with.
 
-The chosen trial's `model/` (the best completed trial, or one named) is copied to
-`WORKDIR/models/SWEEP-TRIAL/` whole or not at all, with `promotion.json` inside it saying
-where it came from (sweep, trial, hyperparameters, metric) and how it runs on a CPU: the
-encoder runs a model there in int8 through ONNX Runtime only where its int8 embeddings agree
-with its float32 PyTorch ones on reference texts, so the same check runs here, once, before
-any corpus is embedded with it. A model that fails it is promoted all the same (it runs in
-float32 on PyTorch, slower), and the record says so. `infer-corpus run` with
+The chosen trial's `model/` (the best completed trial, or one named; or the sweep's soup,
+`soup.py`, named as the trial `soup`) is copied to `WORKDIR/models/SWEEP-TRIAL/` whole or not
+at all, with `promotion.json` inside it saying where it came from (sweep, trial,
+hyperparameters, metric; for a soup its members and the best single trial) and how it runs
+on a CPU: the encoder runs a model there in int8 through ONNX Runtime only where its int8
+embeddings agree with its float32 PyTorch ones on reference texts, so the same check runs
+here, once, before any corpus is embedded with it. A model that fails it is promoted all the
+same (it runs in float32 on PyTorch, slower), and the record says so. `infer-corpus run` with
 `--set model.name=FOLDER` then embeds the corpus again and rebuilds the index, which records
 the model it was built with, so searches embed their queries with this model too.
 
@@ -28,8 +29,9 @@ from inference.demo import demo_corpus_path
 from inference.workdir import Workdir, write_json_atomic
 
 from . import TrainError
-from .embedder import MODEL_DIR, fsync_tree
+from .embedder import MODEL_DIR, fsync_tree, replace_folder
 from .report import trial_labels
+from .soup import SOUP, read_soup, soup_dir
 from .sweep import Sweep, collect
 from .trial import MODEL, read_metrics
 
@@ -39,29 +41,41 @@ MODELS_DIR = "models"  # in the workdir: promoted models
 
 def promote(workdir: Path, sweep: Sweep, trial: str | None = None,
             out: Path | None = None) -> dict[str, Any]:
-    """Promote a trial's model (default: the best); returns what `promotion.json` records
-    plus `next`, the command that puts it to use."""
+    """Promote a trial's model (default: the best), or the sweep's soup (`trial` "soup");
+    returns what `promotion.json` records plus `next`, the command that puts it to use."""
     spec = sweep.spec()
-    best = collect(sweep)["best"]
-    chosen = _chosen(sweep, trial, best)
-    labels = trial_labels(sweep.trials(), spec.kind)
-    record: dict[str, Any] = {
-        "sweep": spec.name, "kind": spec.kind, "trial": chosen["trial"],
-        "label": labels[chosen["trial"]], "best": chosen["trial"] == best["trial"],
-        "params": chosen["params"], "metric": spec.metric, "value": chosen["value"]}
     manifest = Workdir(workdir).manifest()
-    if spec.kind == "head":
-        if out is not None:
-            raise TrainError("--out is for embedder sweeps: a head sweep's best head is "
-                             "already best-model.pt")
-        model = sweep.root / "best-model.pt" if record["best"] else \
-            sweep.trial_dir(chosen["trial"]) / MODEL
-        return {**record, "model": str(model), "next": rerun_command(
-            workdir, manifest, ["predictions.kind=head", f"predictions.model={model}"])}
-    source = sweep.trial_dir(chosen["trial"]) / MODEL_DIR
+    if trial == SOUP:
+        if spec.kind == "head":
+            raise TrainError(f"sweep {spec.name} trains topic heads: it has no soup (a soup "
+                             "averages fine-tuned embedders)")
+        soup = read_soup(sweep)
+        record: dict[str, Any] = {
+            "sweep": spec.name, "kind": spec.kind, "trial": SOUP,
+            "label": f"soup of {' + '.join(soup['members'])}", "best": False, "params": None,
+            "metric": soup["metric"], "value": soup["value"],
+            "soup": {key: soup[key] for key in ("members", "labels", "start", "best_single")}}
+        source = soup_dir(sweep) / MODEL_DIR
+    else:
+        best = collect(sweep)["best"]
+        chosen = _chosen(sweep, trial, best)
+        labels = trial_labels(sweep.trials(), spec.kind)
+        record = {
+            "sweep": spec.name, "kind": spec.kind, "trial": chosen["trial"],
+            "label": labels[chosen["trial"]], "best": chosen["trial"] == best["trial"],
+            "params": chosen["params"], "metric": spec.metric, "value": chosen["value"]}
+        if spec.kind == "head":
+            if out is not None:
+                raise TrainError("--out is for embedder sweeps: a head sweep's best head is "
+                                 "already best-model.pt")
+            model = sweep.root / "best-model.pt" if record["best"] else \
+                sweep.trial_dir(chosen["trial"]) / MODEL
+            return {**record, "model": str(model), "next": rerun_command(
+                workdir, manifest, ["predictions.kind=head", f"predictions.model={model}"])}
+        source = sweep.trial_dir(chosen["trial"]) / MODEL_DIR
     if not (source / "modules.json").is_file():
         raise TrainError(f"{source} holds no sentence-transformers model")
-    target = Path(out or Path(workdir) / MODELS_DIR / f"{spec.name}-{chosen['trial']}")
+    target = Path(out or Path(workdir) / MODELS_DIR / f"{spec.name}-{record['trial']}")
     if target.exists() and not (target / PROMOTION).is_file():
         raise TrainError(f"{target} exists and holds no promoted model: choose another --out")
     target = target.resolve()  # the index records model.name: valid from any directory
@@ -75,7 +89,7 @@ def promote(workdir: Path, sweep: Sweep, trial: str | None = None,
         record["int8"] = check_int8(staged, manifest.config.model)
         write_json_atomic(staged / PROMOTION, record)
         fsync_tree(staged)
-        _replace(staged, target)
+        replace_folder(staged, target)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return record
@@ -116,18 +130,6 @@ def check_int8(folder: Path, settings: ModelConfig) -> dict[str, Any]:
             "why_not": encoder.fallback}
 
 
-def _replace(staged: Path, target: Path) -> None:
-    """`staged` renamed to `target`; an earlier promotion there is moved aside, then gone."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        os.replace(staged, target)
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, old)
-    os.replace(staged, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def rerun_command(workdir: Path, manifest: Any, settings: list[str]) -> str:
     """`infer-corpus run` on the workdir's own inputs with `settings` (key=value) added."""
     inputs = [entry["path"] for entry in manifest.inputs]
@@ -156,6 +158,11 @@ def describe(record: dict[str, Any]) -> str:
     else:
         verdict = (f"int8 check failed: {check['why_not']}; CPUs will run it in float32 on "
                    "PyTorch (slower)")
-    return "\n".join([f"promoted trial {record['trial']} of {record['sweep']} ({where}) to "
+    what = f"trial {record['trial']}"
+    if "soup" in record:
+        single = record["soup"]["best_single"]
+        what = "the soup"
+        where += f"; best single trial {single['trial']}: {single['value']:.4f}"
+    return "\n".join([f"promoted {what} of {record['sweep']} ({where}) to "
                       f"{record['model']}", verdict,
                       f"next (re-embeds the corpus and rebuilds the index): {record['next']}"])

@@ -16,7 +16,8 @@ from typing import Any
 from inference.workdir import atomic_path
 
 from . import TrainError
-from .sweep import CHECK_PARAMS, METRICS, Sweep, collect
+from .retrieval_metric import describe
+from .sweep import CHECK_PARAMS, METRICS, Sweep, collect, progress_metric
 from .trial import read_metrics
 
 
@@ -70,7 +71,8 @@ def summarize(sweep: Sweep) -> dict[str, Any]:
             "completed": results["completed"], "diverged": results["diverged"],
             "pruned": results.get("pruned", 0), "pending": results["pending"],
             "best": rows[0] if rows else None,
-            "ranking": rows, "configurations": configurations}
+            "ranking": rows, "configurations": configurations,
+            **({"retrieval": results["retrieval"]} if "retrieval" in results else {})}
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -94,6 +96,8 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"  {config['label']:<{width}}  {config['mean']:>10.4f} ± "
                      f"{config['std']:.4f}  ({seeds})")
     lines.append("* best trial")
+    if "retrieval" in summary:  # metric ndcg@10: the best trial on the queries never tuned on
+        lines += describe(summary["retrieval"])
     return "\n".join(lines)
 
 
@@ -118,16 +122,17 @@ def draw_report(sweep: Sweep, out: Path, summary: dict[str, Any]) -> Path:
     best = summary["best"]["trial"] if summary["best"] else None
     fig, (loss_ax, metric_ax, bar_ax) = plt.subplots(1, 3, figsize=(18, 5.5))
     x = "step" if spec.kind == "embedder" else "epoch"  # embedders: rows per save_steps
+    curve = progress_metric(spec)  # ndcg@10 judges finished models: curves show val_loss
     for trial, metrics in curves:
         at = [h[x] for h in metrics["history"]]
         style = {"color": colour.get(trial["group"], "lightgrey"),
                  "linewidth": 3 if trial["trial"] == best else 1,
                  "zorder": 3 if trial["trial"] == best else 2}
         loss_ax.plot(at, [h.get("train_loss") for h in metrics["history"]], **style)
-        metric_ax.plot(at, [h[spec.metric] for h in metrics["history"]], **style)
+        metric_ax.plot(at, [h[curve] for h in metrics["history"]], **style)
     loss_ax.set(title="training loss", xlabel=x, ylabel="loss")
-    metric_ax.set(title=f"validation {spec.metric.removeprefix('val_')} (thick: the best "
-                        "trial)", xlabel=x, ylabel=spec.metric)
+    metric_ax.set(title=f"validation {curve.removeprefix('val_')} (thick: the best trial)",
+                  xlabel=x, ylabel=curve)
     for y, config in enumerate(configs):
         bar_ax.barh(y, config["mean"], xerr=config["std"], capsize=4, alpha=0.7,
                     color=colour[config["group"]])

@@ -18,6 +18,11 @@ is the same three steps locally and on the pool:
    rung: pruned trials are told PRUNED and marked `pruned` in their metrics.json, so they never
    run again; finished trials are told their final value; then the early-abort decision.
 
+Under `metric: ndcg@10` the rungs judge a trial's validation loss (reported negated, since the
+study maximizes nDCG): scoring each checkpoint by search would embed the whole collection once
+per trial and rung, and a LoRA checkpoint holds adapters, not a model search can load. The
+finished trials are told their model's nDCG@10 on the dev queries, which TPE learns from.
+
 Rungs are min_resource x reduction_factor^k epochs (heads) or checkpoints (embedders) below a
 trial's budget, then the budget itself. A trial asked in wave w runs rung k in wave w + k, so
 a sweep has ceil(samples / wave_size) + len(rungs) - 1 waves, known when its DAG is written.
@@ -55,7 +60,9 @@ from .sweep import (
     budget_units,
     diverged,
     evaluate,
+    final_value,
     finish_run,
+    progress_metric,
     run_trials,
 )
 from .trial import CHECKPOINT, PARAMS, read_metrics
@@ -151,6 +158,9 @@ def tell_progress(sweep: Sweep) -> None:
     study = _study(sweep, spec)
     known = {t.number: t for t in study.get_trials(deepcopy=False)}
     marks = set(rungs(spec)[:-1])
+    progress = progress_metric(spec)
+    # the rows' metric as the study's direction wants it (val_loss under ndcg@10: negated)
+    sign = 1.0 if METRICS[progress] == METRICS[spec.metric] else -1.0
     for entry in sweep.trials():
         number = int(entry["trial"].removeprefix("t"))
         frozen = known.get(number)
@@ -163,17 +173,17 @@ def tell_progress(sweep: Sweep) -> None:
             continue
         trial = optuna.trial.Trial(study, frozen._trial_id)  # the asked trial, by its number
         for row in metrics["history"]:
-            step, value = _unit(spec, row), row.get(spec.metric)
+            step, value = _unit(spec, row), row.get(progress)
             if step in frozen.intermediate_values or value is None:
                 continue
-            trial.report(value, step)
+            trial.report(sign * value, step)
             if step in marks and trial.should_prune():
                 study.tell(number, state=TrialState.PRUNED)
                 _mark_pruned(trial_dir, metrics, step)
                 break
         else:
             if metrics["status"] == "completed":
-                final = metrics["final"][spec.metric]
+                final = final_value(sweep, spec, entry["trial"], metrics)
                 if final is not None and math.isfinite(final):
                     study.tell(number, final)
                 else:
@@ -269,11 +279,19 @@ def open_waves(sweep: Sweep) -> range:
     return range(count, count)
 
 
-def evaluate_study(sweep: Sweep) -> dict[str, Any]:
+def evaluate_study(sweep: Sweep, wave: int | None = None) -> dict[str, Any]:
     """An optuna sweep's evaluation: the study hears of the trials' progress (and prunes),
-    then the early-stop decision is made as for any sweep."""
+    then the early-stop decision is made as for any sweep. `wave`: the wave a DAG node just
+    ran, whose trials the study still runs must have reached their rung (else their jobs
+    failed, and so does the node)."""
     tell_progress(sweep)
-    return evaluate(sweep)
+    record = _wave_record(sweep, wave) if wave is not None else None
+    failed = []
+    if record is not None and record.is_file():
+        spec = sweep.spec()
+        plan = json.loads(record.read_text(encoding="utf-8"))["trials"]
+        failed = [item["trial"] for item in _to_run(sweep, spec, _study(sweep, spec), plan)]
+    return evaluate(sweep, failed)
 
 
 def run_waves(sweep: Sweep, parallel: int,

@@ -10,7 +10,10 @@ hyperparameters), `dataset.parquet` (see `data.py`; with `condor.data_url` also 
 there as `dataset-HASH.parquet`), `trials/tNNN/` (one per trial, see `trial.py`),
 `evaluation.json` (the latest early-abort decision), `results.json` (the ranking) and
 `best.json` + `best-model.pt` (the best trial's head, for `predictions.kind: head`); optuna
-sweeps add `study.journal` and `waves/` (`search.py`).
+sweeps add `study.journal` and `waves/` (`search.py`). With `metric: ndcg@10` each completed
+trial's `model/` is judged by search on a collection's dev queries (`model-dev-eval.json`
+beside it), the best one's on the test queries, against the base model's
+`base-dev-eval.json` and `base-test-eval.json` in the sweep directory (`retrieval_metric.py`).
 """
 
 from __future__ import annotations
@@ -38,19 +41,22 @@ from ..datasource import stage
 from . import TrainError, embedder
 from .data import DATASET, object_name, read_workdir, save_dataset
 from .pairs import PAIRS, SOURCES, make_pairs, save_pairs
+from .retrieval_metric import NDCG, check_collection, compare_on_test, ndcg_on_dev
 from .spec import CondorSettings, build_spec, load_spec_file
 from .trial import CHECKPOINT_EXIT_CODE, MODEL, PARAMS, check_params, read_metrics
 
-METRICS = {"val_accuracy": "max", "val_loss": "min", "val_recall@1": "max"}
-KIND_METRICS = {"head": ("val_accuracy", "val_loss"), "embedder": ("val_recall@1", "val_loss")}
+METRICS = {"val_accuracy": "max", "val_loss": "min", "val_recall@1": "max", NDCG: "max"}
+KIND_METRICS = {"head": ("val_accuracy", "val_loss"),
+                "embedder": ("val_recall@1", "val_loss", NDCG)}
 CHECK_PARAMS = {"head": check_params, "embedder": embedder.check_params}
 # trial statuses that running the sweep again leaves alone (pruned: by an optuna sweep's pruner)
 FINISHED = ("completed", "diverged", "pruned")
 SEARCH_METHODS = ("grid", "random", "optuna")
 # hyperparameters that set a trial's budget, which an optuna sweep's pruner shares out
 BUDGETS = {"head": ("epochs",), "embedder": ("max_steps", "save_steps")}
-# Exit codes of `train-models evaluate` (a DAG POST script): ABORT-DAG-ON acts on them.
-EVAL_CONTINUE, EVAL_TARGET_REACHED, EVAL_DIVERGED = 0, 3, 4
+# Exit codes of `train-models evaluate` (a DAG POST script): ABORT-DAG-ON acts on 3 and 4;
+# 1 fails the wave's node when one of its trial jobs failed (a rescue DAG runs it again)
+EVAL_CONTINUE, EVAL_FAILED, EVAL_TARGET_REACHED, EVAL_DIVERGED = 0, 1, 3, 4
 
 
 @dataclass
@@ -64,8 +70,23 @@ class EarlyStop:
 class PairSettings:
     """Embedder sweeps: which pairs of the workdir's passages train the model."""
 
-    source: str = "title"  # title: the article's title for each passage; ict: inverse cloze
+    source: str = "title"  # title: the article's title for each passage; ict: inverse cloze;
+    # generated: the queries an `infer-corpus generate` run over the passages wrote
     max_pairs: int = 0  # a seeded choice of at most this many (0: all), for CPU budgets
+    generation: str | None = None  # generated: the generation model (its generation.models
+    # key) whose queries are used; null: the workdir's generation run's only model
+
+
+@dataclass
+class RetrievalSettings:
+    """`metric: ndcg@10`: the BEIR-layout collection (corpus.jsonl, queries.jsonl, qrels.tsv)
+    whose judged queries score each trial's model with the project's own search."""
+
+    collection: str | None = None  # a folder; a relative path is taken from where you run
+
+    def validate(self) -> None:
+        if self.collection is not None:  # absolute from here on: DAG scripts run elsewhere
+            self.collection = str(check_collection(self.collection))
 
 
 @dataclass
@@ -83,7 +104,9 @@ class OptunaSettings:
 class SweepSpec:
     name: str
     kind: str = "head"  # head | embedder
-    metric: str = ""  # default: val_accuracy for heads, val_recall@1 for embedders
+    # default: val_accuracy for heads, val_recall@1 for embedders; ndcg@10: embedders judged
+    # by search on retrieval.collection's dev queries
+    metric: str = ""
     method: str = "grid"  # grid | random | optuna
     samples: int = 0  # random search: how many draws; optuna: how many trials in all
     search_seed: int = 0
@@ -95,6 +118,7 @@ class SweepSpec:
     parallel: int = 0  # local executor: trials at once (0 = CPU cores)
     early_stop: EarlyStop = field(default_factory=EarlyStop)
     pairs: PairSettings = field(default_factory=PairSettings)
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     optuna: OptunaSettings = field(default_factory=OptunaSettings)
     condor: CondorSettings = field(default_factory=CondorSettings)
 
@@ -106,6 +130,10 @@ class SweepSpec:
         if self.kind not in KIND_METRICS:
             raise TrainError(f"kind must be one of {', '.join(KIND_METRICS)}, got {self.kind!r}")
         self.metric = self.metric or KIND_METRICS[self.kind][0]
+        if self.metric == NDCG and self.kind != "embedder":
+            raise TrainError(f"metric {NDCG} judges a fine-tuned embedding model by search: "
+                             f"it needs kind: embedder (a {self.kind} sweep ranks by "
+                             f"{' or '.join(KIND_METRICS[self.kind])})")
         if self.metric not in KIND_METRICS[self.kind]:
             raise TrainError(f"metric of {self.kind} trials must be one of "
                              f"{', '.join(KIND_METRICS[self.kind])}, got {self.metric!r}")
@@ -133,6 +161,12 @@ class SweepSpec:
             raise TrainError("val_fraction must be between 0 and 1")
         if self.early_stop.diverge_factor <= 1:
             raise TrainError("early_stop.diverge_factor must be > 1")
+        if self.metric == NDCG and self.retrieval.collection is None:
+            raise TrainError(f"metric {NDCG} needs retrieval.collection: a BEIR-layout folder "
+                             "(corpus.jsonl, queries.jsonl, qrels.tsv) whose judged queries "
+                             "score the trials")
+        if self.metric != NDCG and self.retrieval != RetrievalSettings():
+            raise TrainError(f"retrieval: these settings are for metric {NDCG}")
         if self.method == "optuna":
             self._validate_optuna()
         elif self.optuna != OptunaSettings():
@@ -185,6 +219,9 @@ class SweepSpec:
                              f"{self.pairs.source!r}")
         if self.pairs.max_pairs < 0:
             raise TrainError("pairs.max_pairs must be >= 0 (0: all)")
+        if self.pairs.generation is not None and self.pairs.source != "generated":
+            raise TrainError(f"pairs.generation names the generation model of pairs.source "
+                             f"generated; this sweep's source is {self.pairs.source}")
         if self.condor.data_source not in embedder.PAIRS_SOURCES:
             raise TrainError(f"condor.data_source: embedder trials read their pairs whole: "
                              f"one of {', '.join(embedder.PAIRS_SOURCES)}")
@@ -322,21 +359,27 @@ class Sweep:
         """Write the spec, the trial list and the dataset; an existing sweep must match.
         An optuna sweep's trial list starts empty and its study is created here."""
         trials = expand_trials(spec)
-        if (self.root / "trials.json").is_file() and not force:
+        kept = (self.root / "trials.json").is_file() and not force
+        if kept:
             same = (_search_of(self.spec()) == _search_of(spec) if spec.method == "optuna"
                     else self.trials() == trials)
             if not same:
                 raise TrainError(f"{self.root} holds a sweep made from a different spec: "
                                  f"rename the sweep or pass --force to start it over")
             trials = self.trials()
-        elif self.root.exists():
+        pairs = None
+        if spec.kind == "embedder" and not (kept and (self.root / PAIRS).is_file()):
+            # made before anything is written: a workdir that cannot give them (no titles,
+            # no finished generation run) is refused with nothing left behind
+            pairs = make_pairs(workdir, spec.pairs.source, spec.val_fraction,
+                               spec.pairs.max_pairs, spec.search_seed, spec.pairs.generation)
+        if not kept and self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.root / "spec.json", asdict(spec))
         write_json_atomic(self.root / "trials.json", trials)
-        if not self.dataset.is_file() and spec.kind == "embedder":
-            save_pairs(make_pairs(workdir, spec.pairs.source, spec.val_fraction,
-                                  spec.pairs.max_pairs, spec.search_seed), self.dataset)
+        if pairs is not None:
+            save_pairs(pairs, self.dataset)
         elif not self.dataset.is_file():
             save_dataset(read_workdir(Workdir(workdir), spec.val_fraction), self.dataset)
         if spec.condor.stage_dir:
@@ -383,6 +426,34 @@ def trial_command(sweep: Sweep, trial: str) -> list[str]:
                                              str(dataset), settings.data_source)]
 
 
+def progress_metric(spec: SweepSpec) -> str:
+    """What a trial's rows hold as it trains (learning curves, optuna's rungs): the sweep's
+    metric, or val_loss under ndcg@10, which judges a finished model only."""
+    return "val_loss" if spec.metric == NDCG else spec.metric
+
+
+def judged_collection(spec: SweepSpec) -> Path:
+    """The collection whose judged queries score models (`retrieval.collection`)."""
+    if spec.retrieval.collection is None:
+        raise TrainError(f"sweep {spec.name} has no retrieval.collection to judge models on")
+    return Path(spec.retrieval.collection)
+
+
+def dev_ndcg(sweep: Sweep, model_dir: Path) -> float:
+    """A model folder's nDCG@10 (default search mode) on the dev queries of the sweep's
+    `retrieval.collection`: what `metric: ndcg@10` ranks by; judged once, then read back
+    from beside the folder."""
+    return ndcg_on_dev(judged_collection(sweep.spec()), model_dir)
+
+
+def final_value(sweep: Sweep, spec: SweepSpec, trial: str, metrics: dict[str, Any]) -> float:
+    """A completed trial's value of the sweep's metric: its last row's, or under ndcg@10 its
+    model's on the dev queries."""
+    if spec.metric == NDCG:
+        return ndcg_on_dev(judged_collection(spec), sweep.trial_dir(trial) / embedder.MODEL_DIR)
+    return metrics["final"][spec.metric]
+
+
 def diverged(metrics: dict[str, Any], factor: float) -> bool:
     if metrics.get("status") == "diverged":
         return True
@@ -391,9 +462,12 @@ def diverged(metrics: dict[str, Any], factor: float) -> bool:
     return len(losses) > 1 and losses[-1] > factor * losses[0]
 
 
-def evaluate(sweep: Sweep) -> dict[str, Any]:
+def evaluate(sweep: Sweep, failed: list[str] | None = None) -> dict[str, Any]:
     """The early-abort decision over the trials that have metrics so far (also written out).
-    An optuna sweep's study hears of the trials' progress first (`search.evaluate_study`)."""
+    An optuna sweep's study hears of the trials' progress first (`search.evaluate_study`).
+    `failed`: trials a DAG node ran whose jobs did not take them where they should have: the
+    node fails (exit EVAL_FAILED), unless the sweep stops anyway, so that the DAG does not
+    report success and a rescue DAG runs them again."""
     spec = sweep.spec()
     rule = spec.early_stop
     better = max if METRICS[spec.metric] == "max" else min
@@ -405,7 +479,7 @@ def evaluate(sweep: Sweep) -> dict[str, Any]:
         if diverged(metrics, rule.diverge_factor):
             n_diverged += 1
         elif metrics["status"] == "completed":
-            finals.append(metrics["final"][spec.metric])
+            finals.append(final_value(sweep, spec, trial["trial"], metrics))
     best = better(finals) if finals else None
     decision = {"action": "continue", "code": EVAL_CONTINUE, "best": best,
                 "diverged": n_diverged, "reason": None}
@@ -416,12 +490,24 @@ def evaluate(sweep: Sweep) -> dict[str, Any]:
     elif rule.max_diverged is not None and n_diverged >= rule.max_diverged:
         decision.update(action="stop", code=EVAL_DIVERGED,
                         reason=f"{n_diverged} trials diverged (limit {rule.max_diverged})")
+    elif failed:
+        logs = ", ".join(str(sweep.trial_dir(t) / "trial.err") for t in failed)
+        decision.update(action="failed", code=EVAL_FAILED,
+                        reason=f"trial job(s) {', '.join(failed)} failed: see {logs}")
     write_json_atomic(sweep.root / "evaluation.json", decision)
     return decision
 
 
+def unfinished_of(sweep: Sweep, trials: list[str]) -> list[str]:
+    """Those of `trials` that have not finished (a grid or random wave's trials all have,
+    once their jobs end well: a checkpoint exit restarts the job until the trial is done)."""
+    return [t for t in trials
+            if (read_metrics(sweep.trial_dir(t)) or {}).get("status") not in FINISHED]
+
+
 def collect(sweep: Sweep) -> dict[str, Any]:
-    """Rank the finished trials by the sweep's metric and record the best one."""
+    """Rank the finished trials by the sweep's metric and record the best one; under
+    ndcg@10 the best is also judged on the test queries against its base model."""
     spec = sweep.spec()
     sign = -1.0 if METRICS[spec.metric] == "max" else 1.0
     rows = []
@@ -429,12 +515,13 @@ def collect(sweep: Sweep) -> dict[str, Any]:
         metrics = read_metrics(sweep.trial_dir(trial["trial"])) or {"status": "pending"}
         status = "diverged" if metrics["status"] != "pending" and \
             diverged(metrics, spec.early_stop.diverge_factor) else metrics["status"]
-        value = metrics["final"][spec.metric] if status == "completed" else None
+        value = (final_value(sweep, spec, trial["trial"], metrics) if status == "completed"
+                 else None)
         row = {"trial": trial["trial"], "group": trial["group"], "status": status,
                "value": value, "params": trial["params"]}
         if status == "pruned":  # where, and how far it had got
             row["pruned_at"] = metrics["pruned_at"]
-            row["last_value"] = metrics["history"][-1][spec.metric]
+            row["last_value"] = metrics["history"][-1][progress_metric(spec)]
         rows.append(row)
     ranked = sorted((r for r in rows if r["value"] is not None),
                     key=lambda r: (sign * r["value"], r["trial"]))
@@ -458,6 +545,10 @@ def collect(sweep: Sweep) -> dict[str, Any]:
                 shutil.copyfile(sweep.trial_dir(top["trial"]) / MODEL, tmp)
         summary["best"] = {"trial": top["trial"], "metric": spec.metric, "value": top["value"],
                            "params": top["params"], "model": str(model)}
+        if spec.metric == NDCG:
+            summary["retrieval"] = compare_on_test(
+                judged_collection(spec), embedder.check_params(top["params"])["model"], model,
+                sweep.root)
     listed = {"pruned_trials": pruned} if spec.method == "optuna" else {}
     write_json_atomic(sweep.root / "results.json", {**summary, "ranking": ranked, **listed})
     write_json_atomic(sweep.root / "best.json", summary["best"])

@@ -72,7 +72,7 @@ def test_a_local_embedder_sweep_ranks_its_trials_and_keeps_the_best_model(user):
 @pytest.mark.parametrize("changes, message", [
     ({"base.loss": "triplet"}, "hyperparameter loss must be one of mnrl, cached_mnrl"),
     ({"base.adapter": "qlora"}, "hyperparameter adapter must be one of none, lora"),
-    ({"pairs.source": "abstract"}, "pairs.source must be one of title, ict"),
+    ({"pairs.source": "abstract"}, "pairs.source must be one of title, ict, generated"),
     ({"metric": "val_accuracy"}, "metric of embedder trials must be one of val_recall@1"),
     ({"condor.data_source": "stream", "condor.data_url": "osdf:///ospool/ap40/data/u/x"},
      "embedder trials read their pairs whole"),

@@ -501,6 +501,28 @@ def test_sweep_dag_stops_after_the_first_wave(demo_local, tmp_path, changes, sta
     assert (dag.parent.parent / "results.json").is_file()
 
 
+def test_a_sweep_dag_whose_trial_job_fails_fails(demo_local, tmp_path):
+    """A trial job that fails (here its params.json was damaged after the DAG was written)
+    fails its wave's node through the POST script, which names the trial; the later waves do
+    not run, the FINAL node still ranks the trials, and the DAG reports failure."""
+    local, _ = demo_local
+    spec = sweep_spec(tmp_path / "sweep-fails.yaml")
+    summary = train("sweep", str(spec), "--workdir", str(local), "--executor", "condor",
+                    "--dry-run", "--json")
+    dag = Path(summary["dag"])
+    trials = dag.parent.parent / "trials"
+    (trials / "t000" / "params.json").write_text("{not json")
+    run = Pool(tmp_path / "pool").submit_dag("condor_submit_dag -usedagdir " + str(dag),
+                                             cwd=tmp_path)
+    assert run.status == "failed", run.summary()
+    assert [j.exit_code for j in run.starts("WAVE0")] == [2]
+    post = next(s for s in run.scripts if s.node == "WAVE0" and s.when == "POST")
+    assert post.exit_code == 1 and "trial job(s) t000 failed" in post.output
+    assert all(run.nodes[n].status != "done" for n in run.nodes if n not in ("WAVE0", "COLLECT"))
+    assert run.nodes["COLLECT"].job_return == 0  # the trials are ranked all the same
+    assert (dag.parent.parent / "results.json").is_file()
+
+
 def test_multinode_dag_rank0_publishes_and_workers_join(demo_local, tmp_path):
     """The PROVISIONER publishes its rendezvous through chirp, the workers' PRE script reads it
     with condor_q (the only stand-in) and writes workers.sub, and the nodes train one head."""

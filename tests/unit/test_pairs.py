@@ -99,7 +99,7 @@ def test_a_workdir_without_titles_is_one_line_naming_it(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"source": "generated"}, "pair source must be one of title, ict"),
+    ({"source": "abstract"}, "pair source must be one of title, ict, generated"),
     ({"source": "title", "val_fraction": 0.0}, "val_fraction must be between 0 and 1"),
     ({"source": "title", "max_pairs": -1}, "max_pairs must be >= 0"),
 ])
