@@ -245,7 +245,7 @@ def main() -> None:
                                                args.timing_steps, args.threads), 3)
         cost["head"] = {k: round(v, 4) for k, v in head_trial_seconds(work, args.threads).items()}
         head = cost["head"]
-        print(f"cost on this machine ({args.threads} torch threads, batch {args.batch_size}, "
+        print(f"cost on this machine (torch threads: {args.threads}, batch {args.batch_size}, "
               f"{args.max_seq_length} tokens, median of {args.timing_steps} steps): full "
               f"{cost['none']:.2f} s a step, LoRA {cost['lora']:.2f} s a step; a head trial "
               f"(trial.py, MLP over 384 features, batch 32): {head['epoch_seconds']:.3f} s an "
@@ -274,8 +274,10 @@ def report_source(source: str, row: dict[str, Any], queries: int,
     """One source's pairs, training and test-half figures."""
     if "generation" in row:
         gen = row["generation"]
-        print(f"generated: {gen['prompts']:,} passages of the first {args.generated_limit or 'all'}"
-              f" articles, {gen['rows_generated']:,} questions written now "
+        which = (f"the first {args.generated_limit:,} articles" if args.generated_limit
+                 else "every article")
+        print(f"generated: {gen['prompts']:,} passages of {which}, {gen['rows_generated']:,} "
+              f"questions written in this run "
               f"({gen['output_tokens']:,} tokens, {gen['wall_seconds']:.0f} s); skipped: "
               + ", ".join(f"{n} {why}" for why, n in row["skipped"].items()))
     print(f"{source}: {row['pairs']:,} pairs ({row['validation_pairs']:,} held out); "
