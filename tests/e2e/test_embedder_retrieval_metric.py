@@ -15,6 +15,7 @@ import pytest
 import yaml
 from condor_replay import Pool
 from conftest import last_json, write_jsonl
+from test_embedder_sweep import spec as embedder_spec
 from test_embedder_sweep import train
 from tiny_models import tiny_embedder
 
@@ -54,18 +55,9 @@ def user(tmp_path_factory) -> Path:
 def spec(user: Path, name: str, **changes: object) -> Path:
     """The demo embedder sweep on the tiny model, shortened, ranked by nDCG@10 on `judged/`
     (given relative to the user's folder); `changes` as "section.key" or "key"."""
-    data = yaml.safe_load((ROOT / "configs" / "sweep-embedder-demo.yaml").read_text())
-    data.update(name=name, metric="ndcg@10", retrieval={"collection": "judged"}, parallel=2)
-    data["base"].update(model=str(user / "tiny-embedder"), max_steps=4, save_steps=2,
-                        batch_size=8, max_seq_length=32)
-    data["params"] = {"lr": [0.001, 0.0001]}
-    data["condor"].update(python=sys.executable, wave_size=1)
-    for key, value in changes.items():
-        section, _, name_ = key.rpartition(".")
-        (data[section] if section else data)[name_] = value
-    path = user / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return embedder_spec(user, name, **{"metric": "ndcg@10",
+                                        "retrieval": {"collection": "judged"}, "parallel": 2,
+                                        "base.max_seq_length": 32, **changes})
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,14 @@ import io
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import ROOT, last_json, write_jsonl
+from test_generate import Endpoint
 from tiny_models import tiny_embedder
 
 from infer_corpus.cli import main as infer_corpus
@@ -137,11 +138,8 @@ def test_smollm2_writes_queries_that_train_an_embedder_sweep(smol, tiny):
     assert (Path(summary["best"]["model"]) / "modules.json").is_file()
 
 
-class Scripted(BaseHTTPRequestHandler):
+class Scripted(Endpoint):
     """An OpenAI-compatible endpoint whose reply depends on a word in the passage."""
-
-    def log_message(self, *args) -> None:  # quiet
-        pass
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -163,14 +161,6 @@ class Scripted(BaseHTTPRequestHandler):
         self._send(200, {"model": body["model"], "choices": [{
             "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
-
-    def _send(self, status: int, data: dict) -> None:
-        blob = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(blob)))
-        self.end_headers()
-        self.wfile.write(blob)
 
 
 @pytest.fixture(scope="module")
