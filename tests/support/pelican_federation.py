@@ -80,7 +80,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
@@ -124,7 +124,8 @@ class Request:
 
 
 class RequestLog:
-    """Every request the federation's servers answered, in the order they finished."""
+    """Every request the federation's servers answered. A request is logged just before its
+    reply's last bytes go out, so a client that holds its answer always finds it here."""
 
     def __init__(self, namespace: str) -> None:
         self._namespace = namespace
@@ -134,6 +135,11 @@ class RequestLog:
     def add(self, entry: Request) -> None:
         with self._lock:
             self._entries.append(entry)
+
+    def replace(self, old: Request, new: Request) -> None:
+        """Correct an entry logged before its reply was sent (the client went away)."""
+        with self._lock:
+            self._entries[self._entries.index(old)] = new
 
     def clear(self) -> None:
         """Forget what was logged, so a test counts only what its next step does."""
@@ -526,35 +532,44 @@ class _Node:
         cut = None
         if method == "GET" and self.name != DIRECTOR and reply.status < 300:
             cut = fed.faults.take_cut(self.name, path, len(reply.body))
-        sent = self._send(h, reply, head=method == "HEAD", cut=cut,
+        body = b"" if method == "HEAD" else reply.body if cut is None else reply.body[:cut]
+        entry = Request(self.name, method, path, h.headers.get("Range"), reply.status,
+                        len(body), h.headers.get("Authorization"), reply.served)
+        # logged before the reply's last bytes: the client may read the log as soon as it has
+        # them, before this thread would get to a line after the send
+        fed.log.add(entry)
+        sent = self._send(h, reply, body, cut=cut,
                           rate=None if self.name == DIRECTOR else fed.bandwidth)
-        fed.log.add(Request(self.name, method, path, h.headers.get("Range"), reply.status,
-                            sent, h.headers.get("Authorization"), reply.served))
+        if sent < len(body):  # the client went away: log what it was sent
+            fed.log.replace(entry, replace(entry, bytes_sent=sent))
 
     @staticmethod
-    def _send(h: _Handler, reply: _Reply, *, head: bool, cut: int | None,
+    def _send(h: _Handler, reply: _Reply, body: bytes, *, cut: int | None,
               rate: float | None = None) -> int:
+        """Send the reply with `body` (cut short of the headers' Content-Length when `cut` is
+        set); the body bytes written, fewer when the client went away."""
         h.send_response(reply.status)
         for key, value in reply.headers.items():
             h.send_header(key, value)
         h.send_header("Content-Length", str(len(reply.body)))
         h.end_headers()
-        if head:
-            return 0
-        body = reply.body if cut is None else reply.body[:cut]
-        if rate:  # a link of `rate` bytes/s: 256 KiB at a time, each when it is due
-            began = time.monotonic()
-            for offset in range(0, len(body), 1 << 18):
-                h.wfile.write(body[offset:offset + (1 << 18)])
-                time.sleep(max(0.0, began + (offset + (1 << 18)) / rate - time.monotonic()))
-        else:
-            h.wfile.write(body)
+        step = 1 << 18 if rate else max(len(body), 1)  # `rate` bytes/s: 256 KiB when due
+        began, written = time.monotonic(), 0
+        for offset in range(0, len(body), step):
+            try:
+                h.wfile.write(body[offset:offset + step])
+            except OSError:
+                h.close_connection = True
+                return written
+            written += len(body[offset:offset + step])
+            if rate:
+                time.sleep(max(0.0, began + written / rate - time.monotonic()))
         if cut is not None:
             h.wfile.flush()
             h.close_connection = True  # the socket closes with Content-Length unmet
             with contextlib.suppress(OSError):
                 h.connection.shutdown(socket.SHUT_RDWR)
-        return len(body)
+        return written
 
     # the director
 
