@@ -232,7 +232,9 @@ def _seed_maps(cls: type, data: dict[str, Any], path: list[str]) -> dict[str, An
         inner = out.get(path[0])
         if inner is None or isinstance(inner, dict):
             out[path[0]] = _seed_maps(hint, inner or {}, path[1:])
-    elif typing.get_origin(hint) is dict and len(path) > 1 and path[0] not in out:
+    elif typing.get_origin(hint) is dict and len(path) == 1:
+        out.pop(path[0], None)  # the map itself: the override replaces the file's
+    elif typing.get_origin(hint) is dict and path[0] not in out:
         default = getattr(cls(), path[0])
         out[path[0]] = {key: dataclasses.asdict(value) if dataclasses.is_dataclass(value)
                         else copy.deepcopy(value) for key, value in default.items()}

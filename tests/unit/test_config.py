@@ -211,3 +211,12 @@ def test_non_finite_numbers_are_refused(override):
 def test_absurd_numbers_are_bounded(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_a_whole_map_on_the_command_line_replaces_the_files(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("generation:\n  models:\n    smollm2:\n      batch_size: 16\n")
+    replaced = load_config(path, ["generation.models={tiny: {model: m, batch_size: 4}}"])
+    assert set(replaced.generation.models) == {"tiny"}
+    added = load_config(path, ["generation.models.tiny.model=m"])
+    assert set(added.generation.models) == {"smollm2", "tiny"}
