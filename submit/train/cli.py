@@ -331,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
     from . import multinode
 
     if args.command == "ddp-train":
-        return multinode.ddp_train(args.run_dir)
+        multinode.ddp_train(args.run_dir)
     return multinode.serve_rank0(args.run_dir)
 
 
