@@ -111,7 +111,9 @@ def evaluate_collection(folder: str | Path, workdir: Workdir, config: Config,
     folder = Path(folder)
     queries, qrels = read_collection(folder)
     queries = [q for q in queries if in_split(str(q["_id"]), split)]
-    run_pipeline([str(folder / "corpus.jsonl")], workdir, config, progress=progress)
+    # embedded in this process when one worker would do: it loads the model for the queries
+    run_pipeline([str(folder / "corpus.jsonl")], workdir, config, progress=progress,
+                 in_process=True)
     build(workdir)  # the backend the config names
     searcher = Searcher(workdir)
     judged = [q for q in queries if qrels.get(str(q["_id"]))]

@@ -2,7 +2,8 @@
 
 Each worker process runs the very same `infer-corpus shard` command an HTCondor job runs, so
 what passes locally is what runs on the pool. Workers report progress as JSON lines on stdout;
-their stderr goes to `logs/worker-N.log`.
+their stderr goes to `logs/worker-N.log`. A caller that loads the model itself (`eval`) may
+have one worker's shards run in its own process, through the same `run_shards`.
 """
 
 from __future__ import annotations
@@ -92,6 +93,49 @@ def _pump(index: int, stream: Any, events: queue.Queue) -> None:
     events.put((index, None))
 
 
+class EmbedProgress:
+    """One progress bar over the passages of all the shards a run embeds, from the workers'
+    events; its clock restarts when the first model is loaded, so that the rate and ETA count
+    embedding time, not loading time."""
+
+    def __init__(self, total: int, progress: bool | None) -> None:
+        self.total = total
+        self.loading = True
+        self.bar = tqdm(total=total, desc="embed (loading model)", unit=" passages",
+                        disable=None if progress is None else not progress, mininterval=0.5,
+                        smoothing=0.1)
+
+    def show(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "ready" and self.loading:
+            self.loading, done = False, self.bar.n
+            self.bar.set_description("embed", refresh=False)
+            self.bar.reset(total=self.total)
+            self.bar.update(done)
+        elif event.get("event") == "progress":
+            self.bar.update(event["passages"])
+        elif event.get("event") == "done" and event.get("skipped"):
+            self.bar.update(event["rows"])
+
+    def __enter__(self) -> EmbedProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+def run_in_process(workdir: Workdir, shards: list[int], config: InferenceConfig,
+                   progress: bool | None = None) -> None:
+    """Run `shards` in this process, as one worker process would run them. For a caller that
+    loads the model's libraries itself anyway (`infer-corpus eval`): a worker process imports
+    them again, about 5 s on a CPU, often more than a small collection's embedding."""
+    from .worker import run_shards
+
+    rows = {entry.shard: entry.rows for entry in workdir.manifest().shards}
+    _, threads, _ = plan_workers(config, 1)
+    with EmbedProgress(sum(rows[s] for s in shards), progress) as bar:
+        run_shards(workdir, shards, threads=threads, on_event=bar.show)
+
+
 def run_workers(workdir: Workdir, shards: list[int], config: InferenceConfig,
                 progress: bool | None = None) -> None:
     """Run `shards` in worker processes, showing one progress bar over all their passages."""
@@ -117,26 +161,14 @@ def run_workers(workdir: Workdir, shards: list[int], config: InferenceConfig,
                                     text=True, preexec_fn=die_with_parent)
             procs.append(proc)
             threading.Thread(target=_pump, args=(index, proc.stdout, events), daemon=True).start()
-        total = sum(rows[s] for s in shards)
-        disable = None if progress is None else not progress
-        with tqdm(total=total, desc="embed (loading model)", unit=" passages",
-                  disable=disable, mininterval=0.5, smoothing=0.1) as bar:
-            running, loading = len(procs), True
+        with EmbedProgress(sum(rows[s] for s in shards), progress) as bar:
+            running = len(procs)
             while running:
                 _, event = events.get()
                 if event is None:
                     running -= 1
-                elif event.get("event") == "ready" and loading:
-                    # the first model is loaded: restart the clock so the rate and ETA
-                    # count embedding time, not loading time
-                    loading, done = False, bar.n
-                    bar.set_description("embed", refresh=False)
-                    bar.reset(total=total)
-                    bar.update(done)
-                elif event.get("event") == "progress":
-                    bar.update(event["passages"])
-                elif event.get("event") == "done" and event.get("skipped"):
-                    bar.update(event["rows"])
+                else:
+                    bar.show(event)
         failures = []
         for index, proc in enumerate(procs):
             code = proc.wait()
@@ -159,21 +191,27 @@ def run_workers(workdir: Workdir, shards: list[int], config: InferenceConfig,
 
 
 def run_pipeline(patterns: list[str], workdir: Workdir, config: InferenceConfig, *,
-                 force: bool = False, progress: bool | None = None) -> dict[str, Any]:
-    """Partition, then run every shard whose result is missing or stale. Returns the summary."""
+                 force: bool = False, progress: bool | None = None,
+                 in_process: bool = False) -> dict[str, Any]:
+    """Partition, then run every shard whose result is missing or stale. Returns the summary.
+    `in_process`: where the shards need one worker, run them in this process instead
+    (`run_in_process`)."""
     check_models(config)  # a bad model name or device: exit 2 now, not in every worker
     with workdir.lock():
-        return _run_pipeline(patterns, workdir, config, force=force, progress=progress)
+        return _run_pipeline(patterns, workdir, config, force=force, progress=progress,
+                             in_process=in_process)
 
 
 def _run_pipeline(patterns: list[str], workdir: Workdir, config: InferenceConfig, *,
-                  force: bool, progress: bool | None) -> dict[str, Any]:
+                  force: bool, progress: bool | None, in_process: bool) -> dict[str, Any]:
     started = time.perf_counter()
     summary = partition(patterns, workdir, config, force=force, progress=progress)
     manifest = workdir.manifest()
     key = manifest.result_key(config)
     pending = [e.shard for e in manifest.shards if not workdir.result_is_current(e, key)]
-    if pending:
+    if pending and in_process and plan_workers(config, len(pending))[0] == 1:
+        run_in_process(workdir, pending, config, progress=progress)
+    elif pending:
         run_workers(workdir, pending, config, progress=progress)
     manifest = workdir.manifest()
     manifest = manifest.with_shards([

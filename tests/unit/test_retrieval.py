@@ -106,6 +106,8 @@ def test_eval_on_cranfield(cranfield, tmp_path):
                             "--set", "model.max_seq_length=64").stdout)  # CPU time in CI
     assert out["default"] in out["modes"] and set(out["modes"]) == set(MODES)
     assert out["queries"] == 225
+    # one shard: embedded in the eval's own process, which loads the model for the queries
+    assert not (tmp_path / "w" / "logs" / "worker-0.log").exists()
     for scores in out["modes"].values():
         assert 0.2 < scores["ndcg@10"] < 1 and 0.5 < scores["recall@100"] <= 1
     best = max(out["modes"], key=lambda m: out["modes"][m]["ndcg@10"])
