@@ -17,7 +17,9 @@ Layout (`WORKDIR/train/NAME/soup/`, replaced whole when made again): `model/` (t
 trial's sentence-transformers folder with the averaged weights in place of its own; every
 `*.safetensors` file of it, at the top or in a module's folder, is averaged), which
 `model.name` and `train-models promote --trial soup` accept, and `soup.json` (each trial tried,
-kept or not, the metric after each step, the best single trial's and the soup's).
+kept or not, the metric after each step, the best single trial's and the soup's; under
+`ndcg@10`, `retrieval`: the soup against the model it started from on the test half of the
+queries, which the greedy steps never saw, as `collect` reports the best trial).
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ from inference.workdir import write_json_atomic
 from . import TrainError, embedder
 from .embedder import replace_folder
 from .report import trial_labels
-from .retrieval_metric import NDCG
-from .sweep import METRICS, Sweep, collect, dev_ndcg
+from .retrieval_metric import NDCG, compare_on_test
+from .retrieval_metric import describe as describe_comparison
+from .sweep import METRICS, Sweep, collect, dev_ndcg, judged_collection
 
 SOUP = "soup"  # the soup's folder in the sweep, and its name where a trial id goes
 SOUP_RECORD = "soup.json"  # in the soup's folder, beside model/
@@ -145,6 +148,11 @@ def make_soup(sweep: Sweep, top: int,
         replace_folder(staged, target)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+    if spec.metric == NDCG:  # the greedy steps chose by the dev half: report the test half
+        log("soup: judging the soup on the test half against the start")
+        record["retrieval"] = compare_on_test(judged_collection(spec), start,
+                                              target / embedder.MODEL_DIR, sweep.root)
+        write_json_atomic(target / SOUP_RECORD, record)
     return record
 
 
@@ -243,6 +251,8 @@ def describe(record: dict[str, Any]) -> str:
               f"soup ({' + '.join(record['members'])}): {metric} {record['value']:.4f} "
               f"({record['value'] - best['value']:+.4f}), at one model's inference cost "
               "(one model of the same size)"]
+    if "retrieval" in record:
+        lines += describe_comparison(record["retrieval"])
     if record["left_out"]:
         lines.append("left out, another start: " + ", ".join(
             f"{r['trial']} ({r['start']})" for r in record["left_out"]))

@@ -225,3 +225,22 @@ def test_an_optuna_dag_judges_by_ndcg_in_its_post_script_and_reports_in_final(us
     assert default["queries"] == 3 and 0.0 < default["p"] <= 1.0
     report = train("report", "--workdir", "run", "--sweep", "pool-ndcg", cwd=here).stdout
     assert "1 completed" in report and "1 pruned" in report
+
+
+def test_a_soup_judged_by_ndcg_is_reported_on_the_test_half(judged, user):
+    """The greedy steps choose by the dev half, so the soup is then judged on the test half
+    against the model it started from, as collect judges the best trial."""
+    sweep, summary = judged
+    out = train("soup", "--workdir", "run", "--sweep", "judged", cwd=user).stdout
+    record = json.loads((sweep / "soup" / "soup.json").read_text())
+    test = record["retrieval"]
+    assert test["split"] == "test" and test["queries"] == 3
+    assert test["base_model"] == str(user / "tiny-embedder")
+    assert test["model"] == str((sweep / "soup" / "model").resolve())
+    assert test["dev"]["tuned"] == pytest.approx(record["value"], abs=1e-4)
+    base_test = json.loads((sweep / "base-test-eval.json").read_text())
+    for mode, row in test["modes"].items():
+        assert row["base"] == base_test["modes"][mode]["ndcg@10"] and 0.0 < row["p"] <= 1.0
+    default = test["modes"][test["default"]]
+    assert (f"tuned {default['ndcg@10']:.4f}  change {default['change']:+.4f}  "
+            f"p = {default['p']:.4f} (default)") in out
