@@ -331,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
     from . import multinode
 
     if args.command == "ddp-train":
-        multinode.ddp_train(args.run_dir)
+        multinode.ddp_train(args.run_dir)  # ends the process itself
     return multinode.serve_rank0(args.run_dir)
 
 
