@@ -230,20 +230,24 @@ class Endpoint(BaseHTTPRequestHandler):
             attempts = sum(c["body"] == body for c in cls.calls)
         try:
             time.sleep(0.05)
-            prompt = body["messages"][-1]["content"]
-            if self.path != "/v1/chat/completions":
-                return self._send(404, {"error": "not found"})
-            if "REFUSE" in prompt:
-                return self._send(400, {"error": {"message": "prompt is too long"}})
-            if "FLAKY" in prompt and attempts == 1:
-                return self._send(503, {"error": "busy"})
-            text = f"echo: {prompt} END trailing"
-            self._send(200, {"model": body["model"], "choices": [{
-                "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 3}})
-        finally:
-            with cls.lock:
+            status, data = self._answer(body, attempts)
+        finally:  # no longer in flight once its reply goes out: its client may send the next
+            with cls.lock:  # request at once, before this thread would get past the send
                 cls.in_flight -= 1
+        self._send(status, data)
+
+    def _answer(self, body: dict, attempts: int) -> tuple[int, dict]:
+        prompt = body["messages"][-1]["content"]
+        if self.path != "/v1/chat/completions":
+            return 404, {"error": "not found"}
+        if "REFUSE" in prompt:
+            return 400, {"error": {"message": "prompt is too long"}}
+        if "FLAKY" in prompt and attempts == 1:
+            return 503, {"error": "busy"}
+        text = f"echo: {prompt} END trailing"
+        return 200, {"model": body["model"], "choices": [{
+            "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 3}}
 
     def _send(self, status: int, data: dict) -> None:
         blob = json.dumps(data).encode()
