@@ -8,10 +8,14 @@ tests import by module name). One kind alone: `./dev test tests/unit`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +27,36 @@ CRANFIELD = SHARED / "corpora" / "cranfield"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@contextlib.contextmanager
+def _locked(path: Path, mode: int) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    """Under `./dev test`'s parallel processes, a test marked `alone` (one that holds wall
+    times to a model of them) runs while no other test runs: it takes the room exclusively,
+    others share it. It holds the turnstile while it waits, which others pass on the way in,
+    so that a steady stream of other tests cannot keep it out."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:  # one process: nothing runs beside a test
+        return (yield)
+    base = Path(tempfile.gettempdir()) / f"pytest-{run}"
+    turnstile, room = base.with_suffix(".turnstile"), base.with_suffix(".room")
+    if item.get_closest_marker("alone"):
+        with _locked(turnstile, fcntl.LOCK_EX), _locked(room, fcntl.LOCK_EX):
+            return (yield)
+    with _locked(turnstile, fcntl.LOCK_EX):
+        pass
+    with _locked(room, fcntl.LOCK_SH):
+        return (yield)
 
 
 def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -78,6 +78,7 @@ def replay(tmp_path: Path, name: str, evictions: list[Eviction]) -> tuple[DagRun
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # its claims last seconds: a neighbour's load would move them by one
 def test_analyzer_and_simulator_against_replayed_evictions(tmp_path):
     _, baseline = replay(tmp_path, "baseline", [])
     assert [a["outcome"] for a in baseline["attempts"]] == ["done"]
