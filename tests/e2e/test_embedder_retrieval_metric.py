@@ -15,8 +15,8 @@ import pytest
 import yaml
 from condor_replay import Pool
 from conftest import last_json, write_jsonl
+from test_embedder_sweep import assert_refused, train
 from test_embedder_sweep import spec as embedder_spec
-from test_embedder_sweep import train
 from tiny_models import tiny_embedder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,12 +145,7 @@ def test_specs_the_metric_cannot_judge_are_refused_before_anything_is_written(
         user, changes, message):
     if not (user / "unjudged").exists():
         write_collection(user / "unjudged", qrels=False)
-    name = "refused"
-    proc = train("sweep", str(spec(user, name, **changes)), "--workdir", "run", "--executor",
-                 "condor", "--dry-run", cwd=user, check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert not (user / "run" / "train" / name).exists()
+    assert_refused(user, spec(user, "refused", **changes), message)
 
 
 def test_ndcg_on_a_head_sweep_is_refused(user):

@@ -80,12 +80,17 @@ def test_a_local_embedder_sweep_ranks_its_trials_and_keeps_the_best_model(user):
 ])
 def test_specs_embedder_trials_cannot_run_are_refused_before_anything_is_written(
         user, changes, message):
-    name = "refused"
-    proc = train("sweep", str(spec(user, name, **changes)), "--workdir", "run", "--executor",
-                 "condor", "--dry-run", cwd=user, check=False)
+    assert_refused(user, spec(user, "refused", **changes), message)
+
+
+def assert_refused(user: Path, spec_file: Path, message: str) -> None:
+    """A condor dry run of the sweep in `spec_file` (named "refused") exits 2 with `message`
+    in one line, and writes nothing."""
+    proc = train("sweep", str(spec_file), "--workdir", "run", "--executor", "condor",
+                 "--dry-run", cwd=user, check=False)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert not (user / "run" / "train" / name).exists()
+    assert not (user / "run" / "train" / "refused").exists()
 
 
 @pytest.mark.slow
