@@ -133,17 +133,18 @@ def _finished_generation(workdir: Workdir, manifest: Manifest,
 
 
 def _generated_rows(workdir: Workdir, manifest: Manifest, study: GenerationManifest,
-                    model: str, skipped: Counter[str]
-                    ) -> Iterator[tuple[str, str, str, str]]:
+                    model: str, skipped: Counter[str], with_text: bool = True
+                    ) -> Iterator[tuple[str, str, str | None, str]]:
     """(passage id, query, passage text, article id) of every output row that holds a query;
-    the others are counted in `skipped` by why. A passage's prompt shard has its number."""
+    the others are counted in `skipped` by why. A passage's prompt shard has its number.
+    `with_text` False: the passages' text is not read, and given as None."""
     texts = {entry.shard: workdir.shard_path(entry.shard) for entry in manifest.shards}
+    columns = ["passage_id", "article_id"] + (["text"] if with_text else [])
     for shard in study.shards:
         outputs = read_outputs(output_path(workdir.root, model, shard.shard)).to_pydict()
-        passages = pq.read_table(texts[shard.shard],
-                                 columns=["passage_id", "article_id", "text"]).to_pydict()
-        by_id = {pid: (article, text) for pid, article, text in zip(
-            passages["passage_id"], passages["article_id"], passages["text"])}
+        passages = pq.read_table(texts[shard.shard], columns=columns).to_pydict()
+        by_id = dict(zip(passages["passage_id"], zip(
+            passages["article_id"], passages.get("text", [None] * len(passages["article_id"])))))
         for pid, output, finish, error, label in zip(
                 outputs["row_id"], outputs["output"], outputs["finish_reason"],
                 outputs["error"], outputs["label"]):
@@ -168,7 +169,8 @@ def _generated_pairs(workdir: Workdir, manifest: Manifest, study: GenerationMani
     more than one article is left out (`repeated`). Two passes over the outputs: the first
     finds each query's articles."""
     owners: dict[str, str | None] = {}  # query -> its one article, None: several
-    for _, query, _, article in _generated_rows(workdir, manifest, study, model, Counter()):
+    for _, query, _, article in _generated_rows(workdir, manifest, study, model, Counter(),
+                                                with_text=False):
         key = query.casefold()
         owners[key] = article if owners.get(key, article) == article else None
     for pid, query, text, article in _generated_rows(workdir, manifest, study, model, skipped):
