@@ -68,8 +68,8 @@ PIECE_MIN_PASSAGES = 100_000
 # Terms in more than this share of all passages are left out of BM25 queries (see bm25).
 COMMON_TERM_SHARE = 0.5
 # An index of at least this many passages in several pieces is searched in row spans of whole
-# pieces, one thread a span and a core (see _top): measured on 2 cores, BM25 p95 6.4 -> 4.9 ms
-# at 1M passages and 61.6 -> 43.6 ms at 10M (docs/benchmarks.md); a smaller index searches in
+# pieces, one thread a span and a core (see _top): measured on 2 cores, BM25 p95 7.9 -> 4.9 ms
+# at 1M passages and 76.5 -> 43.5 ms at 10M (docs/benchmarks.md); a smaller index searches in
 # a few milliseconds in one thread (the threshold itself is a judgement, not a measurement).
 SPLIT_SEARCH_PASSAGES = 500_000
 SHARD_COLUMNS = ["passage_id", "article_id", "title", "text", "authors", "year", "url", "topic"]
@@ -99,6 +99,9 @@ def _schema() -> tantivy.Schema:
     builder.add_text_field("topic", stored=False, tokenizer_name="raw", index_option="basic")
     # indexed: `within` filters; fast: hits read their row from a column, not the doc store
     builder.add_integer_field("row", indexed=True, fast=True)
+    # -row: a row span's search excludes the rows after it with a range that tantivy finds
+    # empty or whole in each segment from the column's bounds (see _top)
+    builder.add_integer_field("minus_row", indexed=False, fast=True)
     return builder.build()
 
 
@@ -129,7 +132,7 @@ class Piece:
 
 def _index_key(pieces: list[Piece]) -> str:
     """Names a build after the pieces it combines and the index format."""
-    blob = json.dumps(["embedded-v6", [piece.key for piece in pieces]])
+    blob = json.dumps(["embedded-v7", [piece.key for piece in pieces]])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -270,7 +273,7 @@ def _piece(manifest: Manifest, shards: list[int], files: list[dict[str, Any]]) -
     unchanged shards are reused when other shards are added."""
     first_row = sum(entry.rows for entry in manifest.shards[: shards[0]]) if shards else 0
     settings = result_key("", manifest.config)
-    blob = json.dumps(["piece-v1", settings, first_row, [f["digest"] for f in files]])
+    blob = json.dumps(["piece-v2", settings, first_row, [f["digest"] for f in files]])
     return Piece(shards, first_row, sum(manifest.shard(n).rows for n in shards), files,
                  hashlib.sha256(blob.encode()).hexdigest()[:16])
 
@@ -331,7 +334,8 @@ def _write_piece(root: Path, piece: Piece) -> None:
             zip(columns["title"], columns["text"], columns["topic"])
         ):
             writer.add_document(tantivy.Document(title=title or "", text=text,
-                                                 topic=topic or "", row=row + i))
+                                                 topic=topic or "", row=row + i,
+                                                 minus_row=-(row + i)))
         row += len(matrix)
     writer.commit()
     writer.wait_merging_threads()
@@ -476,6 +480,14 @@ def _open_tantivy(folder: Path) -> tuple[tantivy.Index, tempfile.TemporaryDirect
     return tantivy.Index.open(links.name), links
 
 
+def _has_field(schema: tantivy.Schema, name: str) -> bool:
+    try:
+        tantivy.Query.range_query(schema, name, tantivy.FieldType.Integer, 0, 0)
+    except ValueError:
+        return False
+    return True
+
+
 def _spans(starts: np.ndarray, ways: int) -> list[tuple[int, int]]:
     """Row spans [first, end) that cover every row, each of whole pieces (`starts`: where
     each piece's rows start, then the row count), `ways` at most and of about equal size; one
@@ -526,7 +538,10 @@ class EmbeddedIndex:
         self.passages = pa.concat_tables(tables) if tables else pa.table(
             {column: pa.array([], pa.string()) for column in SHARD_COLUMNS})
         self.model = done.get("model")
-        self.spans = _spans(self.starts, usable_cpus())
+        # an index built before `minus_row` existed is searched in one thread (rebuilding
+        # it with `infer-corpus index` gives it the field)
+        self.spans = _spans(self.starts, usable_cpus() if _has_field(self.index.schema,
+                                                                     "minus_row") else 1)
         self._threads = ThreadPoolExecutor(len(self.spans) - 1, thread_name_prefix="bm25-span"
                                            ) if len(self.spans) > 1 else None
 
@@ -575,14 +590,13 @@ class EmbeddedIndex:
                 [(tantivy.Occur.Should, tantivy.Query.term_query(schema, "row", row))
                  for row in within]))
 
-        def search(clauses: list[tantivy.Query]) -> list[tuple[int, float]]:
-            query = tantivy.Query.boolean_query([(tantivy.Occur.Should, c) for c in clauses])
+        def search(terms: list[tantivy.Query]) -> list[tuple[int, float]]:
+            clauses = [(tantivy.Occur.Should, term) for term in terms]
             if filters:  # filters add the same score to every hit: the order is BM25's
-                query = tantivy.Query.boolean_query(
-                    [(tantivy.Occur.Must, query)]
-                    + [(tantivy.Occur.Must, tantivy.Query.const_score_query(f, 0.0))
-                       for f in filters])
-            return self._top(query, limit, split=within is None)
+                clauses = [(tantivy.Occur.Must, tantivy.Query.boolean_query(clauses))] + [
+                    (tantivy.Occur.Must, tantivy.Query.const_score_query(f, 0.0))
+                    for f in filters]
+            return self._top(clauses, limit, split=within is None)
 
         if limit < 1:
             return []
@@ -592,27 +606,37 @@ class EmbeddedIndex:
             hits = search(rare + common)
         return hits
 
-    def _top(self, query: tantivy.Query, limit: int, split: bool = True
-             ) -> list[tuple[int, float]]:
-        """(row, score) of the query's best `limit` hits, ties to the lower row.
+    def _top(self, clauses: list[tuple[tantivy.Occur, tantivy.Query]], limit: int,
+             split: bool = True) -> list[tuple[int, float]]:
+        """(row, score) of the best `limit` hits of the boolean query of `clauses`, ties to
+        the lower row.
 
         `split`: search the index's row spans (`spans`) at once, in threads. tantivy walks
         an index's segments one after another in one thread, and scoring every posting of
         the query's terms is what a search costs (tantivy's Python binding collects hits
         through a multi-collector, which turns off tantivy's top-k pruning). Each thread
-        searches the whole index with a filter to its span, made of whole pieces: tantivy
-        drops the filter from a segment it matches entirely and skips a segment it matches
-        not at all, so each thread walks its own segments' postings only, with the BM25
-        statistics of the whole index; the spans' best hits, merged, are the index's."""
+        searches the whole index, with the BM25 statistics of the whole index, for the
+        query's clauses and two more that exclude the rows before and after its span, made
+        of whole pieces: rows < first as `row` <= first - 1, rows >= end as `minus_row` <=
+        -end. tantivy reads from a segment's column bounds that such a range matches none
+        of its rows (the clause is dropped: the segment is scored as by the query alone,
+        in tantivy's fastest loop) or all of them (the segment is skipped), so each thread
+        walks its own segments' postings only, as fast as one search walks them. (A `Must`
+        range to the span would wrap the query in an intersection, which cost 30% more.)
+        The spans' best hits, merged, are the index's."""
         if not split or len(self.spans) == 1:
-            return self._top_of(query, limit)
-        schema = self.index.schema
+            return self._top_of(tantivy.Query.boolean_query(clauses), limit)
+        schema, integer, last = self.index.schema, tantivy.FieldType.Integer, len(self) - 1
 
         def in_span(span: tuple[int, int]) -> list[tuple[int, float]]:
-            rows = tantivy.Query.range_query(schema, "row", tantivy.FieldType.Integer,
-                                             span[0], span[1] - 1)
+            first, end = span
+            excluded = ([tantivy.Query.range_query(schema, "row", integer, 0, first - 1)]
+                        if first > 0 else [])
+            if end <= last:
+                excluded.append(tantivy.Query.range_query(schema, "minus_row", integer,
+                                                          -last, -end))
             return self._top_of(tantivy.Query.boolean_query(
-                [(tantivy.Occur.Must, query), (tantivy.Occur.Must, rows)]), limit)
+                clauses + [(tantivy.Occur.MustNot, q) for q in excluded]), limit)
 
         others = [self._threads.submit(in_span, span) for span in self.spans[1:]]
         hits = in_span(self.spans[0]) + [hit for other in others for hit in other.result()]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tantivy
 from conftest import ROOT, last_json, run_cli, write_jsonl
 
 from inference.errors import WorkdirError
@@ -389,3 +390,33 @@ def test_spans_are_whole_pieces_of_about_equal_size(monkeypatch):
     assert embedded._spans(starts, 1) == [(0, 200)]
     assert embedded._spans(np.array([0, 200]), 4) == [(0, 200)]  # one piece: one span
     assert embedded._spans(np.array([0, 40, 99]), 2) == [(0, 99)]  # too small to split
+
+
+def test_an_index_built_without_minus_row_is_searched_in_one_thread(demo_run, tmp_path,
+                                                                    monkeypatch):
+    """An index built before `minus_row` existed (which the span search's exclusions need)
+    still opens and searches, in one span, with the rankings of a current build."""
+    fresh = copy_results(demo_run[0], tmp_path / "fresh")
+    build_index(fresh)
+    monkeypatch.setattr(embedded, "PIECE_MIN_PASSAGES", 1)
+    monkeypatch.setattr(embedded, "SPLIT_SEARCH_PASSAGES", 1)
+    monkeypatch.setattr(embedded, "usable_cpus", lambda: 3)
+    current = embedded._schema
+
+    def without_minus_row():
+        builder = tantivy.SchemaBuilder()
+        builder.add_text_field("title", stored=False, tokenizer_name="en_stem",
+                               index_option="freq")
+        builder.add_text_field("text", stored=False, tokenizer_name="en_stem",
+                               index_option="freq")
+        builder.add_text_field("topic", stored=False, tokenizer_name="raw", index_option="basic")
+        builder.add_integer_field("row", indexed=True, fast=True)
+        return builder.build()
+
+    older = copy_results(demo_run[0], tmp_path / "older")
+    monkeypatch.setattr(embedded, "_schema", without_minus_row)
+    build_index(older, workers=3)
+    monkeypatch.setattr(embedded, "_schema", current)
+    assert len(EmbeddedIndex(older).spans) == 1
+    assert len(EmbeddedIndex(fresh).spans) == 1  # one piece
+    assert _rankings(older)[0] == _rankings(fresh)[0]
