@@ -122,6 +122,33 @@ def test_bm25_ties_go_to_the_lower_row(demo_run):
         assert index.bm25("study", limit) == everything[:limit]
 
 
+
+def test_ties_past_the_first_ask_go_to_the_lower_row(tmp_path, monkeypatch):
+    """A search asks tantivy for more hits than it needs, for passages tied at the cut;
+    when more tie than that, it asks again until it has them all, and rows decide. Here 60
+    passages tie for "study" behind one that scores higher, in three pieces; tantivy breaks
+    ties in the order its index lists the segments, which here is made the reverse of the
+    rows' (as segments listed by their random ids can be)."""
+    records = [{"id": "top", "title": "First", "abstract": "study study of samples kept"}]
+    records += [{"id": f"a{n}", "title": f"Note {n}",
+                 "abstract": f"study of sample s{n:03d} kept in the archive"} for n in range(60)]
+    articles = write_jsonl(tmp_path / "articles.jsonl", records)
+    workdir = Workdir(tmp_path / "w")
+    run_cli("run", "--input", str(articles), "--workdir", str(workdir.root),
+            "--set", "shards.passages_per_shard=21")
+    monkeypatch.setattr(embedded, "PIECE_MIN_PASSAGES", 1)
+    shutil.rmtree(workdir.root / "index")  # `run` built it in one piece
+    assert build_index(workdir, workers=3).pieces_built == 3
+    meta_path = Path(EmbeddedIndex(workdir).path) / "tantivy" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "segments": meta["segments"][::-1]}))
+    index = EmbeddedIndex(workdir)
+    everything = index.bm25("study", 1000)
+    assert len(everything) == 61 and len({score for _, score in everything[1:]}) == 1
+    assert everything == sorted(everything, key=lambda hit: (-hit[1], hit[0]))
+    for limit in (1, 2, 3, 10, 30, 45, 60):
+        assert index.bm25("study", limit) == everything[:limit], limit
+
 # --- item 2: queries are embedded with the model that built the index ------------------------
 
 def _changed_copy(source: Path, target: Path, dimension: int | None = None) -> Path:
