@@ -481,6 +481,7 @@ def _open_tantivy(folder: Path) -> tuple[tantivy.Index, tempfile.TemporaryDirect
 
 
 def _has_field(schema: tantivy.Schema, name: str) -> bool:
+    """Whether the schema has the integer field `name` (tantivy's Python schema lists none)."""
     try:
         tantivy.Query.range_query(schema, name, tantivy.FieldType.Integer, 0, 0)
     except ValueError:
@@ -622,7 +623,7 @@ class EmbeddedIndex:
         of its rows (the clause is dropped: the segment is scored as by the query alone,
         in tantivy's fastest loop) or all of them (the segment is skipped), so each thread
         walks its own segments' postings only, as fast as one search walks them. (A `Must`
-        range to the span would wrap the query in an intersection, which cost 30% more.)
+        range to the span would wrap the query in an intersection, which cost 36% more.)
         The spans' best hits, merged, are the index's."""
         if not split or len(self.spans) == 1:
             return self._top_of(tantivy.Query.boolean_query(clauses), limit)
@@ -649,7 +650,7 @@ class EmbeddedIndex:
         widened until it has all of them, and rows decide. Ties at the cut are common (BM25
         over small term counts and fieldnorms in 256 buckets): asking for one hit more than
         `limit`, 46 of 200 top-100 searches at 10M passages searched again; asking for
-        2 * limit + 16, none did, and the screening's p95 fell 12% (docs/benchmarks.md)."""
+        2 * limit + 16, none did, and the screening's p95 fell 7-14% (docs/benchmarks.md)."""
         wanted = 2 * limit + 16
         while True:
             hits = self.searcher.search(query, wanted, count=False).hits
