@@ -122,7 +122,6 @@ def test_bm25_ties_go_to_the_lower_row(demo_run):
         assert index.bm25("study", limit) == everything[:limit]
 
 
-
 def test_ties_past_the_first_ask_go_to_the_lower_row(tmp_path, monkeypatch):
     """A search asks tantivy for more hits than it needs, for passages tied at the cut;
     when more tie than that, it asks again until it has them all, and rows decide. Here 60
@@ -148,6 +147,7 @@ def test_ties_past_the_first_ask_go_to_the_lower_row(tmp_path, monkeypatch):
     assert everything == sorted(everything, key=lambda hit: (-hit[1], hit[0]))
     for limit in (1, 2, 3, 10, 30, 45, 60):
         assert index.bm25("study", limit) == everything[:limit], limit
+
 
 # --- item 2: queries are embedded with the model that built the index ------------------------
 
