@@ -17,7 +17,8 @@ Printed with their in-run baselines, per point:
             included), `hybrid` (the same candidates, BM25 and cosine fused) and the default
             `feedback` (two hybrid rounds); baselines: BM25 alone (query not embedded), and
             BM25 alone in one thread (an index in several pieces is searched in row spans,
-            a thread each)
+            a thread each); `dense` (every vector scanned, 50 queries), baseline: the same
+            scan as a numpy float32 product (5 queries)
   size      the index's bytes per passage, by what takes the room
   (every query runs once untimed first: the figures are those of an index in the page cache)
   memory    anonymous resident memory (RssAnon) of a `qa-api` process serving the index over
@@ -45,8 +46,22 @@ import numpy as np
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
+DENSE_QUERIES = 50  # `dense` reads every vector: 0.3-0.4 s a query at 10M passages
+DENSE_BASELINE_QUERIES = 5  # its numpy float32 baseline: about 12 s a query at 10M
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def float32_scan(index, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
+    """The baseline of `dense`: the best `limit` rows by a numpy float32 product over each
+    piece's float16 matrix, converted block by block (how the embedded index scanned)."""
+    best: list[tuple[int, float]] = []
+    for matrix, start in zip(index.matrices, index.starts):
+        for first in range(0, len(matrix), 65536):
+            sims = matrix[first : first + 65536].astype(np.float32) @ vector
+            top = np.argpartition(-sims, min(limit, len(sims)) - 1)[:limit]
+            best += [(int(start) + first + int(i), float(sims[i])) for i in top]
+    return sorted(best, key=lambda hit: (-hit[1], hit[0]))[:limit]
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -198,6 +213,18 @@ def point(articles: int, args: argparse.Namespace) -> dict:
             searcher.search(query, mode=mode.split()[0], top_k=5, screening_top_k=100)
             samples.append(time.perf_counter() - started)
     searcher.index.spans = spans
+    # dense: every vector scanned, so fewer queries, after one untimed query that reads the
+    # matrices into the page cache; baseline: the same scan in numpy float32
+    searcher.search(queries[0], mode="dense")
+    timings["dense"], timings["dense as a float32 scan"] = [], []
+    for query in queries[:DENSE_QUERIES]:
+        started = time.perf_counter()
+        searcher.search(query, mode="dense", top_k=5)
+        timings["dense"].append(time.perf_counter() - started)
+    for query in queries[:DENSE_BASELINE_QUERIES]:
+        started = time.perf_counter()
+        float32_scan(searcher.index, searcher.embed([query])[0], 5)
+        timings["dense as a float32 scan"].append(time.perf_counter() - started)
     segments = searcher.index.searcher.num_segments
     threads = len(spans)
     path = searcher.index.path

@@ -73,6 +73,10 @@ COMMON_TERM_SHARE = 0.5
 # a few milliseconds in one thread (the threshold itself is a judgement, not a measurement).
 SPLIT_SEARCH_PASSAGES = 500_000
 SHARD_COLUMNS = ["passage_id", "article_id", "title", "text", "authors", "year", "url", "topic"]
+# How far a passage's half-precision cosine (see EmbeddedIndex.dense) may be from its float32
+# one, for unit vectors: the query rounded to float16 moves it by at most 2^-11, the result's
+# rounding by 2^-12, and float32 sums of 384 products by about 2^-15; 2.5 times their sum.
+HALF_SCORE_ERROR = 2 ** -9
 # A reader retries this often when the build it found is replaced while it opens it.
 OPEN_ATTEMPTS = 5
 # After a failed write, this much room not found in the index's file system means it is full.
@@ -531,7 +535,9 @@ class EmbeddedIndex:
         self.searcher = self.index.searcher()
         self.analyzer = _analyzer()
         count = len(done["pieces"])
-        self.matrices = [np.load(path / f"vectors-{n:05d}.npy", mmap_mode="r")
+        # copy-on-write maps: read in place like read-only ones, and writable as torch's
+        # tensors expect (nothing writes to them)
+        self.matrices = [np.load(path / f"vectors-{n:05d}.npy", mmap_mode="c")
                          for n in range(count)]
         self.starts = np.cumsum([0] + [len(matrix) for matrix in self.matrices])
         tables = [ipc.open_file(pa.memory_map(str(path / f"passages-{n:05d}.arrow"))).read_all()
@@ -685,28 +691,40 @@ class EmbeddedIndex:
 
     def dense(self, vector: np.ndarray, limit: int,
               topic: str | None = None) -> list[tuple[int, float]]:
-        """Exact nearest passages by cosine, scanning the matrix in blocks; ties go to the
-        lower row."""
+        """Exact nearest passages by cosine; ties go to the lower row.
+
+        Every passage is first scored in half precision by torch's float16 matrix-vector
+        kernel, which reads the memory-mapped matrices as they are: 10M passages in 0.5 s on
+        2 cores, where numpy's float32 scan, converting the matrix first, took 12 s
+        (docs/benchmarks.md). Those within twice HALF_SCORE_ERROR of the `limit`-th best
+        are then scored again in float32, so the ranking and scores are the exact scan's."""
         if limit < 1:
             return []
+        import torch  # loaded on the first dense search only
+
+        query = torch.from_numpy(np.asarray(vector, dtype=np.float16))
         rows = self._topic_rows(topic) if topic else None
-        total = len(rows) if rows is not None else len(self)
-        best_rows: list[np.ndarray] = []
-        best_scores: list[np.ndarray] = []
-        for start in range(0, total, 65536):
-            block = rows[start : start + 65536] if rows is not None else np.arange(
-                start, min(total, start + 65536))
-            sims = np.asarray(self.vectors(block), dtype=np.float32) @ vector
-            if len(sims) > limit:  # the block's best, and every passage tied with the last
-                keep = sims >= np.partition(sims, len(sims) - limit)[len(sims) - limit]
-                block, sims = block[keep], sims[keep]
-            best_rows.append(block)
-            best_scores.append(sims)
-        if not best_rows:
+        if rows is None:
+            parts = [torch.mv(torch.from_numpy(matrix), query) for matrix in self.matrices]
+        else:
+            parts = [torch.mv(torch.from_numpy(self.vectors(rows[start : start + 65536])), query)
+                     for start in range(0, len(rows), 65536)]
+        if not sum(len(part) for part in parts):
             return []
-        all_rows, all_scores = np.concatenate(best_rows), np.concatenate(best_scores)
-        order = np.lexsort((all_rows, -all_scores))[:limit]
-        return [(int(all_rows[i]), float(all_scores[i])) for i in order]
+        rough = torch.cat(parts).numpy().astype(np.float32)
+        error = HALF_SCORE_ERROR * max(1.0, float(np.linalg.norm(vector)))
+        if len(rough) > limit:
+            floor = np.partition(rough, len(rough) - limit)[len(rough) - limit]
+            kept = np.flatnonzero(rough >= floor - 2 * error)
+        else:
+            kept = np.arange(len(rough))
+        if rows is not None:
+            kept = rows[kept]
+        # einsum, not `@`: a row's score is then the same whichever rows it is scored with
+        scores = np.einsum("ij,j->i", self.vectors(kept).astype(np.float32),
+                           np.asarray(vector, dtype=np.float32))
+        order = np.lexsort((kept, -scores))[:limit]
+        return [(int(kept[i]), float(scores[i])) for i in order]
 
     def _topic_rows(self, topic: str) -> np.ndarray:
         if not len(self.passages):

@@ -252,3 +252,41 @@ def test_threads_searching_at_once_get_what_one_at_a_time_gets(searcher):
     one_at_a_time = [keys(q, m) for q, m in zip(queries, modes)]
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(keys, queries, modes)) == one_at_a_time
+
+
+
+def test_dense_is_the_exact_float32_scan_though_half_precision_screens_it(demo_run):
+    """Half-precision scores can rank a passage below one whose exact cosine is lower; those
+    near the cut are scored again in float32, so the result is the exact scan's. Passages
+    whose cosines lie about where float16 rounding turns (0.5 + 2^-12) give many such cases;
+    the demo's own passages check the topic filter."""
+    import torch
+
+    workdir, _ = demo_run
+    index = embedded.EmbeddedIndex(Workdir(workdir))
+    topic = index.passages.column("topic").to_numpy(zero_copy_only=False) == "geoarchives"
+    matrix = index.vectors(np.arange(len(index))).astype(np.float32)
+    vector = matrix[3] + matrix[40]
+    vector /= np.linalg.norm(vector)
+    exact = np.einsum("ij,j->i", matrix, vector)
+    best = [r for r in np.lexsort((np.arange(len(exact)), -exact)) if topic[r]][:7]
+    assert index.dense(vector, 7, topic="geoarchives") == [(r, float(exact[r])) for r in best]
+
+    rng = np.random.default_rng(0)
+    other = rng.standard_normal((20000, len(vector))).astype(np.float32)
+    other -= np.outer(other @ vector, vector)
+    other /= np.linalg.norm(other, axis=1, keepdims=True)
+    turn = 0.5 + 2.0**-12
+    rows = (turn * vector + np.sqrt(1 - turn**2) * other).astype(np.float16)
+    exact = np.einsum("ij,j->i", rows.astype(np.float32), vector)
+    rows, exact = rows[np.abs(exact - turn) < 2e-6], exact[np.abs(exact - turn) < 2e-6]
+    index.matrices = [rows[:1000], rows[1000:]]  # two pieces
+    index.starts = np.array([0, 1000, len(rows)])
+    order = np.lexsort((np.arange(len(rows)), -exact))
+    rough = torch.mv(torch.from_numpy(rows), torch.from_numpy(vector.astype(np.float16)))
+    erred = 0
+    for limit in (1, 10, 100, 1000):
+        best = order[:limit]
+        erred += int(rough[best].min() < rough.sort().values[-limit])
+        assert index.dense(vector, limit) == [(int(r), float(exact[r])) for r in best]
+    assert erred == 2  # at 100 and 1000 half precision alone would have lost passages
