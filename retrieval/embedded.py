@@ -77,6 +77,8 @@ SHARD_COLUMNS = ["passage_id", "article_id", "title", "text", "authors", "year",
 # one, for unit vectors: the query rounded to float16 moves it by at most 2^-11, the result's
 # rounding by 2^-12, and float32 sums of 384 products by about 2^-15; 2.5 times their sum.
 HALF_SCORE_ERROR = 2 ** -9
+# Rows that `dense` gathers and converts at a time (100 MB as float32 at 384 dimensions).
+SCAN_BLOCK_ROWS = 65536
 # A reader retries this often when the build it found is replaced while it opens it.
 OPEN_ATTEMPTS = 5
 # After a failed write, this much room not found in the index's file system means it is full.
@@ -706,9 +708,10 @@ class EmbeddedIndex:
         rows = self._topic_rows(topic) if topic else None
         if rows is None:
             parts = [torch.mv(torch.from_numpy(matrix), query) for matrix in self.matrices]
-        else:
-            parts = [torch.mv(torch.from_numpy(self.vectors(rows[start : start + 65536])), query)
-                     for start in range(0, len(rows), 65536)]
+        else:  # the topic's rows, gathered a block at a time
+            blocks = (rows[start : start + SCAN_BLOCK_ROWS]
+                      for start in range(0, len(rows), SCAN_BLOCK_ROWS))
+            parts = [torch.mv(torch.from_numpy(self.vectors(block)), query) for block in blocks]
         if not sum(len(part) for part in parts):
             return []
         rough = torch.cat(parts).numpy().astype(np.float32)
@@ -720,11 +723,22 @@ class EmbeddedIndex:
             kept = np.arange(len(rough))
         if rows is not None:
             kept = rows[kept]
-        # einsum, not `@`: a row's score is then the same whichever rows it is scored with
-        scores = np.einsum("ij,j->i", self.vectors(kept).astype(np.float32),
-                           np.asarray(vector, dtype=np.float32))
-        order = np.lexsort((kept, -scores))[:limit]
-        return [(int(kept[i]), float(scores[i])) for i in order]
+        # in blocks: near-duplicate passages can put very many near the cut
+        query32 = np.asarray(vector, dtype=np.float32)
+        best_rows: list[np.ndarray] = []
+        best_scores: list[np.ndarray] = []
+        for start in range(0, len(kept), SCAN_BLOCK_ROWS):
+            block = kept[start : start + SCAN_BLOCK_ROWS]
+            # einsum, not `@`: a row's score is the same whichever rows it is scored with
+            sims = np.einsum("ij,j->i", self.vectors(block).astype(np.float32), query32)
+            if len(sims) > limit:  # the block's best, and every passage tied with the last
+                keep = sims >= np.partition(sims, len(sims) - limit)[len(sims) - limit]
+                block, sims = block[keep], sims[keep]
+            best_rows.append(block)
+            best_scores.append(sims)
+        found, scores = np.concatenate(best_rows), np.concatenate(best_scores)
+        order = np.lexsort((found, -scores))[:limit]
+        return [(int(found[i]), float(scores[i])) for i in order]
 
     def _topic_rows(self, topic: str) -> np.ndarray:
         if not len(self.passages):

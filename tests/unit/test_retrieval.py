@@ -255,11 +255,12 @@ def test_threads_searching_at_once_get_what_one_at_a_time_gets(searcher):
 
 
 
-def test_dense_is_the_exact_float32_scan_though_half_precision_screens_it(demo_run):
+def test_dense_is_the_exact_float32_scan_though_half_precision_screens_it(demo_run,
+                                                                          monkeypatch):
     """Half-precision scores can rank a passage below one whose exact cosine is lower; those
     near the cut are scored again in float32, so the result is the exact scan's. Passages
-    whose cosines lie about where float16 rounding turns (0.5 + 2^-12) give many such cases;
-    the demo's own passages check the topic filter."""
+    whose cosines lie about where float16 rounding turns (0.5 + 2^-12) give many such cases,
+    and put them all near the cut; the demo's own passages check the topic filter."""
     import torch
 
     workdir, _ = demo_run
@@ -284,6 +285,7 @@ def test_dense_is_the_exact_float32_scan_though_half_precision_screens_it(demo_r
     index.starts = np.array([0, 1000, len(rows)])
     order = np.lexsort((np.arange(len(rows)), -exact))
     rough = torch.mv(torch.from_numpy(rows), torch.from_numpy(vector.astype(np.float16)))
+    monkeypatch.setattr(embedded, "SCAN_BLOCK_ROWS", 300)  # near the cut: several blocks
     erred = 0
     for limit in (1, 10, 100, 1000):
         best = order[:limit]
