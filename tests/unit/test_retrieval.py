@@ -177,6 +177,8 @@ def test_a_corpus_with_no_valid_rows_gives_an_empty_searchable_index(tmp_path):
     assert out["rejected"] == 2 and out["passages"] == 0 and out["indexed"] == 0
     text = run_cli("search", "--workdir", str(tmp_path / "w"), "anything").stdout
     assert "no passage matches" in text
+    assert embedded.EmbeddedIndex(Workdir(tmp_path / "w")).dense(np.ones(384) / 384**0.5,
+                                                                 5) == []
 
 
 def test_bm25_within_scores_only_the_given_passages(searcher):
