@@ -45,6 +45,7 @@ from elasticsearch import (
 )
 from elasticsearch import __versionstr__ as CLIENT_VERSION
 from elasticsearch.helpers import streaming_bulk
+from tqdm import tqdm
 
 from inference.errors import Failure, UsageError
 from inference.manifest import Manifest
@@ -178,10 +179,12 @@ def load_elasticsearch(workdir: Workdir, client: Elasticsearch, name: str, *, ur
                        api_key_env: str | None = None, retries: int = 5,
                        chunk_size: int = 500, backoff: float = 1.0, max_backoff: float = 60.0,
                        vector_mapping: dict[str, Any] | None = None,
-                       shards: list[int] | None = None, swap: bool = True) -> IndexSummary:
+                       shards: list[int] | None = None, swap: bool = True,
+                       progress: bool | None = None) -> IndexSummary:
     """Load every passage of a finished workdir into index `NAME-KEY` and point alias NAME at it;
     a no-op when the alias already holds these results. `vector_mapping` replaces the embedding
-    field's mapping, for servers whose vector type differs. A whole load holds the workdir's
+    field's mapping, for servers whose vector type differs. `progress`: a bar of the passages
+    loaded (default: on a terminal). A whole load holds the workdir's
     lock, so two never collide; the jobs of a parallel load (below) share the workdir by design.
 
     A parallel load (one job per group of shards): each job loads its `shards` (which need
@@ -191,13 +194,14 @@ def load_elasticsearch(workdir: Workdir, client: Elasticsearch, name: str, *, ur
     with workdir.lock(existing=True) if shards is None else nullcontext():
         return _load(workdir, client, name, url=url, api_key_env=api_key_env, retries=retries,
                      chunk_size=chunk_size, backoff=backoff, max_backoff=max_backoff,
-                     vector_mapping=vector_mapping, shards=shards, swap=swap)
+                     vector_mapping=vector_mapping, shards=shards, swap=swap,
+                     progress=progress)
 
 
 def _load(workdir: Workdir, client: Elasticsearch, name: str, *, url: str,
           api_key_env: str | None, retries: int, chunk_size: int, backoff: float,
           max_backoff: float, vector_mapping: dict[str, Any] | None,
-          shards: list[int] | None, swap: bool) -> IndexSummary:
+          shards: list[int] | None, swap: bool, progress: bool | None) -> IndexSummary:
     started = time.perf_counter()
     url = url or "the configured URL"
     if swap:
@@ -238,9 +242,12 @@ def _load(workdir: Workdir, client: Elasticsearch, name: str, *, url: str,
     elif not exists:
         raise WorkdirError(f"{redact(url)} has no index {concrete} to point {name} at: load "
                            "the shards first (infer-corpus index --shards A-B --no-swap)")
-    for actions in _documents(concrete, workdir, manifest.with_shards(entries)):
-        _bulk(client, actions, url=url, api_key_env=api_key_env, retries=retries,
-              chunk_size=chunk_size, backoff=backoff, max_backoff=max_backoff)
+    with tqdm(total=loaded, desc="index", unit=" passages", mininterval=0.5,
+              disable=None if progress is None else not progress) as bar:
+        for actions in _documents(concrete, workdir, manifest.with_shards(entries)):
+            _bulk(client, actions, url=url, api_key_env=api_key_env, retries=retries,
+                  chunk_size=chunk_size, backoff=backoff, max_backoff=max_backoff)
+            bar.update(len(actions))
     if not swap:
         return IndexSummary(loaded, True, where, time.perf_counter() - started)
     total = manifest.passages

@@ -30,8 +30,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import tantivy
+from tqdm import tqdm
 
 from inference.devices import usable_cpus
 from inference.errors import DiskFullError
@@ -166,10 +167,12 @@ def read_shards(workdir: Workdir, manifest: Manifest) -> Iterator[tuple[pa.Table
         yield shard, vectors.values.to_numpy().reshape(len(vectors), -1)
 
 
-def build_index(workdir: Workdir, workers: int = 1) -> IndexSummary:
+def build_index(workdir: Workdir, workers: int = 1,
+                progress: bool | None = None) -> IndexSummary:
     """Index every passage of a finished workdir, building the pieces it lacks in `workers`
     processes; a no-op when the index is already current. Holds the workdir's lock, so two
-    builds never write one index; readers need none."""
+    builds never write one index; readers need none. `progress`: a bar of the passages
+    indexed (default: on a terminal)."""
     with workdir.lock(existing=True):
         started = time.perf_counter()
         manifest, _ = finished_results(workdir)
@@ -183,7 +186,10 @@ def build_index(workdir: Workdir, workers: int = 1) -> IndexSummary:
         target = root / name
         with _room(root, target):
             missing = [p for p in pieces if not (root / PIECES / p.name / "piece.json").is_file()]
-            _build_pieces(workdir, missing, workers)
+            with tqdm(total=sum(p.rows for p in missing), desc="index", unit=" passages",
+                      disable=None if progress is None else not progress,
+                      mininterval=0.5) as bar:
+                _build_pieces(workdir, missing, workers, bar.update)
             _combine(root, pieces, manifest, target)
         write_json_atomic(root / POINTER, {"name": name, "passages": total})
         # the build this one replaces, pieces no longer used, unfinished ones and pointers a
@@ -302,21 +308,48 @@ def _file_record(workdir: Workdir, entry: Any,
     return {**record, "digest": digest}
 
 
-def _build_pieces(workdir: Workdir, pieces: list[Piece], workers: int) -> None:
-    """Each piece in its own folder under index/pieces/, `workers` at a time in processes."""
+def _build_pieces(workdir: Workdir, pieces: list[Piece], workers: int,
+                  on_rows: Callable[[int], None]) -> None:
+    """Each piece in its own folder under index/pieces/, `workers` at a time in processes;
+    `on_rows` hears of the passages indexed, a shard at a time."""
     if workers <= 1 or len(pieces) <= 1:
         for piece in pieces:
-            _write_piece(workdir.root, piece)
+            _write_piece(workdir.root, piece, on_rows)
         return
     context = multiprocessing.get_context("fork")  # as the tokenizer pool: no re-imports
-    with ProcessPoolExecutor(min(workers, len(pieces)), mp_context=context) as pool:
-        for future in [pool.submit(_write_piece, workdir.root, piece) for piece in pieces]:
-            future.result()
+    written = context.Value("q", 0)  # passages indexed by all the processes
+    reported = 0
+    with ProcessPoolExecutor(min(workers, len(pieces)), mp_context=context,
+                             initializer=_count_rows_in, initargs=(written,)) as pool:
+        pending = {pool.submit(_write_piece, workdir.root, piece, _count_rows)
+                   for piece in pieces}
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+            now = written.value
+            on_rows(now - reported)
+            reported = now
+            for future in done:
+                future.result()  # a failed piece fails the build
 
 
-def _write_piece(root: Path, piece: Piece) -> None:
+_written: Any = None  # in an indexing process: the count of passages all of them indexed
+
+
+def _count_rows_in(written: Any) -> None:
+    global _written
+    _written = written
+
+
+def _count_rows(rows: int) -> None:
+    with _written.get_lock():
+        _written.value += rows
+
+
+def _write_piece(root: Path, piece: Piece,
+                 on_rows: Callable[[int], None] | None = None) -> None:
     """One piece, in a temporary folder renamed into place once every file is synced; its
-    `piece.json` records what it holds."""
+    `piece.json` records what it holds. `on_rows` hears of each shard's passages as they are
+    added."""
     workdir = Workdir(root)
     manifest = workdir.manifest()
     target = root / "index" / PIECES / piece.name
@@ -343,6 +376,8 @@ def _write_piece(root: Path, piece: Piece) -> None:
                                                  topic=topic or "", row=row + i,
                                                  minus_row=-(row + i)))
         row += len(matrix)
+        if on_rows is not None:
+            on_rows(len(matrix))
     writer.commit()
     writer.wait_merging_threads()
     if vectors is None:  # shards whose every row was rejected

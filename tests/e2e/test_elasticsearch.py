@@ -208,6 +208,14 @@ def test_loading_the_same_results_again_is_a_no_op(loaded):
     assert [m for m, *_ in cluster.requests[before:]] == ["HEAD", "GET"]  # only the alias look-up
 
 
+
+def test_a_load_shows_the_passages_it_sends(demo_run, capsys):
+    workdir = Workdir(demo_run[0])
+    load_elasticsearch(workdir, FakeCluster().client(), NAME, progress=True)
+    total = len(passage_ids(workdir))
+    bar = capsys.readouterr().err.split("\r")[-1]
+    assert bar.startswith("index: 100%") and f" {total}/{total} " in bar, bar
+
 def test_overload_and_lost_connections_are_retried_with_backoff(demo_run):
     workdir = Workdir(demo_run[0])
     cluster = FakeCluster()

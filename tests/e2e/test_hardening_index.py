@@ -90,6 +90,22 @@ def test_rebuilds_from_the_same_results_rank_exactly_alike(demo_run, tmp_path, m
     assert all(rows == ties[0] for rows in ties)
 
 
+
+def test_a_build_shows_the_passages_it_indexes(demo_run, tmp_path, monkeypatch, capsys):
+    """The bar counts every passage once, whether the pieces are built here, a shard at a
+    time, or in processes that share one count."""
+    monkeypatch.setattr(embedded, "PIECE_MIN_PASSAGES", 1)  # the demo's 3 shards, 3 pieces
+    workdir = copy_results(demo_run[0], tmp_path / "w")
+    total = workdir.manifest().passages
+    for workers in (1, 3):
+        shutil.rmtree(workdir.root / "index", ignore_errors=True)
+        assert build_index(workdir, workers=workers, progress=True).pieces_built == (
+            1 if workers == 1 else 3)
+        bar = capsys.readouterr().err.split("\r")[-1]
+        assert bar.startswith("index: 100%") and f" {total}/{total} " in bar, bar
+    build_index(workdir, workers=3, progress=True)  # current: nothing to show
+    assert capsys.readouterr().err == ""
+
 def test_added_shards_index_only_their_pieces(demo_run, tmp_path, monkeypatch):
     """A workdir whose shards are the earlier ones plus new ones (a second batch of articles)
     builds pieces for the new shards only, reuses the rest, and ranks as a fresh build."""
