@@ -8,8 +8,8 @@ group. A trial gets it by its data source (`condor.data_source`):
 - `transfer`: the local file (on a pool, the one HTCondor transferred), read whole;
 - `cache`: its federation URL fetched once into the trial's `cache/` folder, then read whole;
   a job restarted in place finds the copy there and does not read the object again;
-- `stream`: its federation URL read row group by row group every epoch (`StreamedDataset`),
-  with no copy on scratch.
+- `stream`: its federation URL read row group by row group every epoch
+  (`streamed.StreamedDataset`), with no copy on scratch.
 
 Both kinds of dataset give a trial the same three things: the classes and embedding model,
 the epoch's training batches in an order drawn from the epoch's generator, and the validation
@@ -23,26 +23,28 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from inference.errors import CorpusError
 from inference.workdir import Workdir, atomic_path
 
 from ..config import federation_url
-from ..datasource import fetch, parquet_metadata, read_row_groups
+from ..datasource import fetch
 from . import TrainError
+
+if TYPE_CHECKING:  # torch loads where batches are made, not where a sweep reads its files
+    import torch
+
+    from .streamed import StreamedDataset
 
 DATASET = "dataset.parquet"  # in the sweep (or multinode run) directory
 SCHEMA, VERSION = "infer-corpus.dataset", "1"  # in the file's schema metadata
 ROW_GROUP_ROWS = 4096  # rows per row group: what one streamed read brings
 CACHE_DIR = "cache"  # in the trial directory: the fetched dataset (cache)
-STREAM_WORKERS = 2  # DataLoader worker processes of a streamed dataset; batches do not depend on it
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple["torch.Tensor", "torch.Tensor"]
 
 
 @dataclass
@@ -65,6 +67,8 @@ class Dataset:
 
     def batches(self, generator: torch.Generator, batch_size: int) -> Iterator[Batch]:
         """The training rows in the epoch's order (a permutation drawn from `generator`)."""
+        import torch
+
         x, y = (torch.from_numpy(a) for a in self.part(validation=False))
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch_size):
@@ -72,6 +76,8 @@ class Dataset:
             yield x[batch], y[batch]
 
     def validation(self) -> Iterator[Batch]:
+        import torch
+
         x, y = self.part(validation=True)
         yield torch.from_numpy(x), torch.from_numpy(y)
 
@@ -192,7 +198,7 @@ def read_layout(metadata: pq.FileMetaData, where: str) -> Layout:
     return Layout(classes, model, dim, train, validation)
 
 
-def _arrays(table: pa.Table, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def arrays(table: pa.Table, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Features (float32 [rows, dim]) and labels of a table of dataset rows, writable."""
     features = table.column("features").combine_chunks().flatten()
     return (features.to_numpy(zero_copy_only=False).reshape(-1, dim).copy(),
@@ -204,89 +210,11 @@ def load_dataset(path: Path) -> Dataset:
     try:
         parquet = pq.ParquetFile(path)
         layout = read_layout(parquet.metadata, str(path))
-        features, labels = _arrays(parquet.read(), layout.dim)
+        features, labels = arrays(parquet.read(), layout.dim)
     except (OSError, pa.ArrowException) as exc:
         raise TrainError(f"cannot read training data {path}: {exc}") from None
     train_rows = sum(parquet.metadata.row_group(g).num_rows for g in layout.train_groups)
     return Dataset(features, labels, train_rows, layout.classes, layout.embedding_model)
-
-
-class StreamedDataset(IterableDataset):
-    """A dataset object in a federation, read row group by row group on every pass, with no
-    copy on scratch.
-
-    A pass is one epoch's training rows or the validation rows. Each of STREAM_WORKERS
-    DataLoader worker processes (kept for the whole trial, each with its own federation
-    filesystem) reads its share of the pass's row groups, worker i the groups i, i + n, ...
-    of the pass's order (`read_row_groups` reads the next one in a thread while the last is
-    handed over). The training order is drawn from the epoch's seed: the row groups' order,
-    and the rows' order within each row group; batches are cut within a row group. The
-    DataLoader hands the groups on in the pass's order, so batches depend on the seed alone,
-    not on the number of workers or on when the trial was last restarted. Workers hand over
-    numpy arrays, pickled through the DataLoader's pipe: tensors would go through shared
-    memory, whose file descriptors pass over a Unix socket in TMPDIR, and a job's scratch
-    path can be longer than such a socket's name may be.
-    """
-
-    def __init__(self, url: str) -> None:
-        super().__init__()
-        self.url = url
-        try:
-            self.footer = parquet_metadata(url)
-        except pa.ArrowInvalid as exc:
-            raise TrainError(f"cannot read training data {url}: {exc}") from None
-        layout = read_layout(self.footer, url)
-        self.classes, self.embedding_model, self.dim = (layout.classes, layout.embedding_model,
-                                                        layout.dim)
-        self.train_groups, self.validation_groups = (layout.train_groups,
-                                                     layout.validation_groups)
-        # the pass the workers read next: (epoch seed, 1 for validation), shared with them
-        self._pass = torch.zeros(2, dtype=torch.int64).share_memory_()
-        self._loader = DataLoader(self, batch_size=None, num_workers=STREAM_WORKERS,
-                                  persistent_workers=True, generator=torch.Generator(),
-                                  collate_fn=_as_is)
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray] | CorpusError]:
-        """A worker's share of the pass: (features, labels) of each of its row groups."""
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        seed, validation = int(self._pass[0]), bool(self._pass[1])
-        groups = self.validation_groups if validation else [
-            self.train_groups[i] for i in np.random.default_rng(seed).permutation(
-                len(self.train_groups))]
-        mine = groups[worker::workers]
-        if not mine:
-            return
-        try:
-            for group, table in read_row_groups(self.url, metadata=self.footer, groups=mine):
-                x, y = _arrays(table, self.dim)
-                if not validation:
-                    order = np.random.default_rng([seed, group]).permutation(len(y))
-                    x, y = x[order], y[order]
-                yield x, y
-        except CorpusError as exc:  # raised in the trial's process, as one line
-            yield exc
-
-    def _read(self, seed: int, validation: bool) -> Iterator[Batch]:
-        self._pass[0], self._pass[1] = seed, int(validation)
-        for item in self._loader:
-            if isinstance(item, CorpusError):
-                raise item
-            yield torch.from_numpy(item[0]), torch.from_numpy(item[1])
-
-    def batches(self, generator: torch.Generator, batch_size: int) -> Iterator[Batch]:
-        """The training rows in the epoch's order (drawn from `generator`'s seed)."""
-        for x, y in self._read(generator.initial_seed(), validation=False):
-            for start in range(0, len(y), batch_size):
-                yield x[start : start + batch_size], y[start : start + batch_size]
-
-    def validation(self) -> Iterator[Batch]:
-        return self._read(0, validation=True)
-
-
-def _as_is(item: object) -> object:
-    """The DataLoader's collate function: items stay as the worker made them."""
-    return item
 
 
 def federation_source(url: str, data_source: str, option: str) -> str:
@@ -311,5 +239,7 @@ def open_dataset(dataset: str, data_source: str, trial_dir: Path) -> Dataset | S
         return load_dataset(Path(dataset))
     federation_source(dataset, data_source, "--dataset")
     if data_source == "stream":
+        from .streamed import StreamedDataset
+
         return StreamedDataset(dataset)
     return load_dataset(cached(dataset, trial_dir))

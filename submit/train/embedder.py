@@ -37,8 +37,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from inference.errors import run_command
 from inference.models import check_model, resolve_model
 from inference.workdir import write_json_atomic
@@ -200,6 +198,8 @@ def run_embedder_trial(trial_dir: Path, pairs: Path, checkpoint_exit_every: int 
     history = history_of(_trainer_log(resume)) if resume else []
     if diverged(history):
         return _finish(trial_dir, params, history, "diverged", resumed_at, started)
+    import torch  # here, not at the top: a sweep's POST scripts read this module's names
+
     if threads > 0:
         torch.set_num_threads(threads)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
@@ -247,6 +247,7 @@ def build_trainer(trial_dir: Path, params: dict[str, Any], train: dict[str, list
     """The sentence-transformers trainer of one trial, its LoRA adapter (None: full
     fine-tune), and the callback that marks its checkpoints, writes the metrics and stops the
     trainer (after a checkpoint, or on a NaN loss)."""
+    import torch
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -369,6 +370,7 @@ def recall_evaluator(validation: dict[str, list[str]], batch_size: int) -> Any:
     """`recall@1` on the validation pairs: the share of queries whose top passage, by cosine
     among all validation passages, is one of their own (a title paired with several passages
     of its article counts any of them)."""
+    import torch
     from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
     queries = sorted(set(validation["anchor"]))

@@ -7,12 +7,12 @@ them) so the shard worker can load it without this package or pickled code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from inference.workdir import atomic_path
+
+if TYPE_CHECKING:  # torch loads where a head is built or saved, not where a sweep is read
+    from torch import nn
 
 HEAD_FORMAT = "infer-corpus.head"
 HEAD_KINDS = ("linear", "mlp")
@@ -21,6 +21,8 @@ HEAD_KINDS = ("linear", "mlp")
 def build_head(kind: str, in_dim: int, n_classes: int, hidden: int = 64,
                dropout: float = 0.0) -> nn.Sequential:
     """`linear`: one layer; `mlp`: Linear -> ReLU -> Dropout -> Linear."""
+    from torch import nn
+
     if kind == "linear":
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, n_classes))
     if kind == "mlp":
@@ -32,6 +34,9 @@ def build_head(kind: str, in_dim: int, n_classes: int, hidden: int = 64,
 def export_head(model: nn.Module, classes: list[str], embedding_model: str,
                 metrics: dict[str, Any], path: Path) -> None:
     """Write the head's linear layers (in order) as an `infer-corpus.head` file, atomically."""
+    import torch
+    from torch import nn
+
     layers = [{"weight": m.weight.detach().cpu().float().clone(),
                "bias": m.bias.detach().cpu().float().clone()}
               for m in model.modules() if isinstance(m, nn.Linear)]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import last_json, run_cli
 
-from submit.train.data import STREAM_WORKERS
+from submit.train.streamed import STREAM_WORKERS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,6 +221,16 @@ def test_early_abort_decisions_and_exit_codes(tmp_path):
                         target=0.9)
     assert main(["evaluate", "--sweep-dir", str(sweep.root)]) == 3
     assert json.loads((sweep.root / "evaluation.json").read_text())["best"] == 0.95
+    # as a DAG's POST scripts run them, many at once on a shared access point: torch, which
+    # would take 1.2 s and 190 MB more each, stays unloaded
+    (sweep.root / "trials" / "t001" / "model.pt").write_bytes(b"the best trial's head")
+    for command, code in (("evaluate", 3), ("collect", 0)):
+        proc = subprocess.run([sys.executable, "-c", (
+            "import sys; from submit.train.cli import main; "
+            f"code = main([{command!r}, '--sweep-dir', {str(sweep.root)!r}]); "
+            "assert 'torch' not in sys.modules, 'torch was loaded'; sys.exit(code)")],
+            capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert proc.returncode == code, proc.stderr
 
 
 def test_local_sweep_stops_early_when_the_target_is_reached(demo_run, tmp_path):

@@ -424,7 +424,7 @@ def test_sweep_on_the_pool_reads_its_dataset_in_each_data_source(demo_run, tmp_p
     from condor_replay import Pool
     from pelican_federation import Federation
 
-    from submit.train.data import STREAM_WORKERS
+    from submit.train.streamed import STREAM_WORKERS
 
     origin = tmp_path / "origin"
     origin.mkdir()
