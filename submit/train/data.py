@@ -38,8 +38,6 @@ from . import TrainError
 if TYPE_CHECKING:  # torch loads where batches are made, not where a sweep reads its files
     import torch
 
-    from .streamed import StreamedDataset
-
 DATASET = "dataset.parquet"  # in the sweep (or multinode run) directory
 SCHEMA, VERSION = "infer-corpus.dataset", "1"  # in the file's schema metadata
 ROW_GROUP_ROWS = 4096  # rows per row group: what one streamed read brings
@@ -230,16 +228,3 @@ def cached(url: str, trial_dir: Path) -> Path:
     """The object `url` fetched once into the trial's cache/ folder (kept there across
     restarts in place)."""
     return fetch(url, trial_dir / CACHE_DIR / url.rsplit("/", 1)[-1])
-
-
-def open_dataset(dataset: str, data_source: str, trial_dir: Path) -> Dataset | StreamedDataset:
-    """A trial's dataset by its data source: `dataset` is the local file (transfer) or the
-    dataset's federation URL (stream, cache)."""
-    if data_source == "transfer":
-        return load_dataset(Path(dataset))
-    federation_source(dataset, data_source, "--dataset")
-    if data_source == "stream":
-        from .streamed import StreamedDataset
-
-        return StreamedDataset(dataset)
-    return load_dataset(cached(dataset, trial_dir))

@@ -5,7 +5,7 @@ replaced atomically), `metrics.json` (per-epoch history and status) and, once fi
 `model.pt` (the head in `infer-corpus.head` format). A trial killed at any moment and started
 again resumes after its latest checkpoint, and ends with the same weights as an uninterrupted
 run: each epoch's randomness (shuffling, dropout) is seeded from the trial seed and the epoch,
-whichever way the trial reads its dataset (`data.open_dataset`). A trial that finishes
+whichever way the trial reads its dataset (`open_dataset`). A trial that finishes
 removes its fetched copy of the dataset (`cache/`).
 
 torch loads in the functions that train: what only reads a trial's files (a DAG's POST
@@ -28,12 +28,14 @@ from inference.workdir import atomic_path, write_json_atomic
 
 from ..chirp import JobAd
 from . import TrainError
-from .data import CACHE_DIR, Batch, open_dataset
+from .data import CACHE_DIR, Batch, Dataset, cached, federation_source, load_dataset
 from .heads import HEAD_KINDS, build_head, export_head
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from .streamed import StreamedDataset
 
 CHECKPOINT_EXIT_CODE = 85  # "checkpoint written, restart me": HTCondor's checkpoint_exit_code
 PARAMS = "params.json"
@@ -82,6 +84,19 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     if not 0.0 <= out["dropout"] < 1.0 or out["weight_decay"] < 0:
         raise TrainError("dropout must be in [0, 1) and weight_decay >= 0")
     return out
+
+
+def open_dataset(dataset: str, data_source: str, trial_dir: Path) -> Dataset | StreamedDataset:
+    """A trial's dataset by its data source: `dataset` is the local file (transfer) or the
+    dataset's federation URL (stream, cache)."""
+    if data_source == "transfer":
+        return load_dataset(Path(dataset))
+    federation_source(dataset, data_source, "--dataset")
+    if data_source == "stream":
+        from .streamed import StreamedDataset
+
+        return StreamedDataset(dataset)
+    return load_dataset(cached(dataset, trial_dir))
 
 
 def make_model(params: dict[str, Any], dim: int, classes: int) -> nn.Module:
