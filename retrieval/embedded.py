@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -80,6 +81,12 @@ SHARD_COLUMNS = ["passage_id", "article_id", "title", "text", "authors", "year",
 HALF_SCORE_ERROR = 2 ** -9
 # Rows that `dense` gathers and converts at a time (100 MB as float32 at 384 dimensions).
 SCAN_BLOCK_ROWS = 65536
+# `dense` reads the read-only memory maps of the embeddings through torch tensors, which warns
+# that a tensor could write to them; none does. (A copy-on-write map would silence it, but
+# charges the whole matrix to the system's committed memory: 7.4 GB at 10M passages, which a
+# machine that does not overcommit refuses.)
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
+                        category=UserWarning)
 # A reader retries this often when the build it found is replaced while it opens it.
 OPEN_ATTEMPTS = 5
 # After a failed write, this much room not found in the index's file system means it is full.
@@ -572,9 +579,7 @@ class EmbeddedIndex:
         self.searcher = self.index.searcher()
         self.analyzer = _analyzer()
         count = len(done["pieces"])
-        # copy-on-write maps: read in place like read-only ones, and writable as torch's
-        # tensors expect (nothing writes to them)
-        self.matrices = [np.load(path / f"vectors-{n:05d}.npy", mmap_mode="c")
+        self.matrices = [np.load(path / f"vectors-{n:05d}.npy", mmap_mode="r")
                          for n in range(count)]
         self.starts = np.cumsum([0] + [len(matrix) for matrix in self.matrices])
         tables = [ipc.open_file(pa.memory_map(str(path / f"passages-{n:05d}.arrow"))).read_all()

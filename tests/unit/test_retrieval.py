@@ -96,6 +96,8 @@ def test_search_command(demo_run):
     assert len(out["hits"]) == 3 and out["hits"][0]["topic"] == "critical-minerals"
     text = run_cli("search", "--workdir", str(workdir), "lithium brines").stdout
     assert " 1. " in text
+    dense = run_cli("search", "--workdir", str(workdir), "lithium brines", "--mode", "dense")
+    assert " 1. " in dense.stdout and "Warning" not in dense.stderr, dense.stderr
     bad = run_cli("search", "--workdir", str(workdir), "", check=False)
     assert bad.returncode == 2 and "empty" in bad.stderr
 
