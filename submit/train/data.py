@@ -3,7 +3,7 @@
 The sweep exports them once to one `dataset.parquet` (schema `infer-corpus.dataset`, see
 docs/formats.md): the training rows first, then the validation rows, in row groups of
 ROW_GROUP_ROWS that never mix the two, so that a trial can read either part row group by row
-group. A trial gets it by its data source (`condor.data_source`):
+group. A trial gets it by its data source (`condor.data_source`; `trial.open_dataset`):
 
 - `transfer`: the local file (on a pool, the one HTCondor transferred), read whole;
 - `cache`: its federation URL fetched once into the trial's `cache/` folder, then read whole;
