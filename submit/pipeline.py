@@ -451,19 +451,19 @@ TOKENIZE_PASSAGES_PER_CPU = 100_000  # shards.tokenize: a write job's CPUs, abou
 def _sized(r: StepResourcesConfig, memory_mb: float, disk_mb: float,
            cpus: int = 1) -> dict[str, str]:
     """The requests of one partition job, as node VARS: what its work needs, capped by the
-    config's requests."""
+    config's requests. Named apart from the submit commands that use them: DAGMan sets VARS
+    before it reads the submit file, whose own `request_cpus` would win."""
     memory = min(int(memory_mb), quantity(r.request_memory, "M"))
     disk = min(int(disk_mb), quantity(r.request_disk, "K") // 1024)
-    return {"request_cpus": str(min(cpus, r.request_cpus)), "request_memory": f"{memory}MB",
-            "request_disk": f"{disk}MB"}
+    return {"cpus": str(min(cpus, r.request_cpus)), "memory": f"{memory}MB",
+            "disk": f"{disk}MB"}
 
 
 def _cpu_step(c: CondorConfig, name: str, args: list[str], inputs: list[str],
               outputs: str, root: Path) -> dict[str, str]:
     """A partition job whose requests come from its node's VARS (see `_sized`)."""
-    sized = StepResourcesConfig(request_cpus="$(request_cpus)",  # type: ignore[arg-type]
-                                request_memory="$(request_memory)",
-                                request_disk="$(request_disk)",
+    sized = StepResourcesConfig(request_cpus="$(cpus)",  # type: ignore[arg-type]
+                                request_memory="$(memory)", request_disk="$(disk)",
                                 requirements=c.partition_resources.requirements)
     return _step_submit(c, sized, name, args, inputs, outputs, root)
 
@@ -522,7 +522,7 @@ def _partition_jobs(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
     write_submit(out / "map.sub", _cpu_step(
         c, "map-$(part)", ["partition-step", "map", "--plan", PLAN, "--part", "$(part)",
                            "--input", "$(input_name)", "--config", config_file.name],
-        ["$(input)", plan, str(config_file)], "part-$(part)", root))
+        ["$(part_input)", plan, str(config_file)], "part-$(part)", root))
     write_submit(out / "merge.sub", _cpu_step(
         c, "merge", ["partition-step", "merge", "--plan", PLAN, "--keys", KEYS, "--config",
                      config_file.name],
@@ -549,7 +549,8 @@ def _partition_jobs(workdir: Workdir, config: InferenceConfig, c: CondorConfig,
         maps.append(f"map-{number}")
         nodes.append(Node(
             maps[-1], "map.sub", retry=c.retries, retry_unless_exit=EXIT_BAD_INPUT, pre=pre,
-            vars={"part": number, "input": source, "input_name": Path(source).name,
+            # not `input`: that is the submit command for the job's standard input
+            vars={"part": number, "part_input": source, "input_name": Path(source).name,
                   **_sized(r, 512 + 2 * size_mb, 1024 + 3 * size_mb)},
             post=_step_script("map", "--workdir", str(root), "--part", str(part.index),
                               "--job-exit", "$RETURN")))

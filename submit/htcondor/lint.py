@@ -1,5 +1,6 @@
 """What DAGMan would reject, found before submission: a node without a submit file that
-parses, PARENT/CHILD names that do not exist, cycles, a throttle on no category."""
+parses, PARENT/CHILD names that do not exist, cycles, a throttle on no category; and a node
+VARS value that its submit file would quietly override."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ _KNOWN_KEYWORDS = _NODE_KEYWORDS | {"SUBDAG",
     "ABORT-DAG-ON", "PRIORITY", "DOT", "JOBSTATE_LOG", "SET_JOB_ATTR", "PRE_SKIP", "DONE",
     "ENV", "SAVE_POINT_FILE", "REJECT",
 }
+_VAR = re.compile(r'([^\s="]+)\s*=\s*"(?:[^"\\]|\\.)*"')
 
 
 def dag_node_names(path: Path) -> set[str]:
@@ -38,7 +40,10 @@ def lint_dag(path: Path) -> list[str]:
     PRE script writes it) and parses with `htcondor2.Submit` (its item data file included);
     every name in PARENT/CHILD, RETRY, SCRIPT, VARS, CATEGORY, ABORT-DAG-ON exists; scripts
     exist; MAXJOBS names a category in use and `CATEGORY` is not used as a throttle; FINAL
-    nodes have no edges; no cycles.
+    nodes have no edges; no cycles; no VARS macro (unless APPEND) that the node's submit file
+    sets too: DAGMan sets such macros before it reads the submit file, so the file's own
+    value wins (`request_memory = $(request_memory)` there is a self-reference, which
+    `htcondor2.Submit` expands to the command's default when the file is written).
     """
     import htcondor2
 
@@ -54,6 +59,7 @@ def lint_dag(path: Path) -> list[str]:
     scripts: list[tuple[int, str]] = []
     subdags: list[tuple[int, str, Path]] = []
     submits: list[tuple[str, str, Path]] = []  # (where, node, submit file)
+    prepended: dict[str, dict[str, int]] = defaultdict(dict)  # node: {macro: line}
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -107,6 +113,9 @@ def lint_dag(path: Path) -> list[str]:
             refs.append((number, keyword, words[1]))
             if keyword == "RETRY":
                 problems += _check_retry(words, where)
+            elif keyword == "VARS" and (len(words) < 3 or words[2].upper() != "APPEND"):
+                for macro in _VAR.findall(raw.split(None, 2)[2] if len(words) > 2 else ""):
+                    prepended[words[1]][macro.lower()] = number
         elif keyword == "CATEGORY":
             if len(words) != 3:
                 problems.append(f"{where}: CATEGORY takes a node name and a category")
@@ -132,7 +141,14 @@ def lint_dag(path: Path) -> list[str]:
     for where, name, submit in submits:  # DAGMan submits a node after its PRE script, which
         if name in pre_scripts and not submit.exists():  # may write the submit file
             continue
-        problems += _check_submit_file(submit, where, htcondor2)
+        found, sets = _check_submit_file(submit, where, htcondor2)
+        problems += found
+        for macro, number in {**prepended["ALL_NODES"], **prepended[name]}.items():
+            if macro in sets:
+                problems.append(f"{path.name}:{number}: VARS {macro} of node {name} is "
+                                f"overridden by {submit.name}, which sets {macro} itself "
+                                "(DAGMan sets VARS before reading the submit file): give the "
+                                "value another name and refer to it there as $(name)")
     for number, name, dag_file in subdags:  # DAGMan reads a sub-DAG only when it starts it,
         if name in pre_scripts:  # so a PRE script may write it (and whoever writes it lints it)
             continue
@@ -161,17 +177,18 @@ def lint_dag(path: Path) -> list[str]:
     return problems
 
 
-def _check_submit_file(submit: Path, where: str, htcondor2: Any) -> list[str]:
+def _check_submit_file(submit: Path, where: str, htcondor2: Any) -> tuple[list[str], set[str]]:
+    """The submit file's problems, and the commands and macros it sets (lower case)."""
     if not submit.is_file():
-        return [f"{where}: submit file {submit} does not exist"]
+        return [f"{where}: submit file {submit} does not exist"], set()
     try:
         text = submit.read_text(encoding="utf-8")
         with contextlib.chdir(submit.parent):  # a queue-from file is relative to it
             description = htcondor2.Submit(text)
             description.itemdata()
     except (ValueError, RuntimeError, OSError) as exc:
-        return [f"{where}: submit file {submit.name} does not parse: {exc}"]
-    return []
+        return [f"{where}: submit file {submit.name} does not parse: {exc}"], set()
+    return [], {key.lower() for key in description.keys()}
 
 
 def _check_retry(words: list[str], where: str) -> list[str]:

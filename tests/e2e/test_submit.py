@@ -68,10 +68,10 @@ def dag_nodes(dag: Path) -> dict[str, dict[str, str]]:
 
 
 def node_job(condor: Path, submit_file: str, values: dict[str, str]) -> htcondor2.Submit:
-    description = htcondor2.Submit((condor / submit_file).read_text())
-    for key, value in values.items():
-        description[key] = value
-    return description
+    """The node's job as DAGMan submits it: its VARS set first (DAGMan's default, PREPEND),
+    then the submit file read, whose own commands win."""
+    prefix = "".join(f"{key} = {value}\n" for key, value in values.items())
+    return htcondor2.Submit(prefix + (condor / submit_file).read_text())
 
 
 def test_dry_run_writes_a_clean_dag(workdir):
@@ -267,13 +267,15 @@ def test_an_unpartitioned_workdir_with_inputs_gets_partition_jobs_sized_to_their
                               ("write-00000", "write.sub")):
         job = node_job(condor, submit_file, nodes[name])
         assert job["universe"] == "container" and job["initialdir"] == "incoming"
-        assert job["request_cpus"] == "1", name
-        memory, disk = int(job["request_memory"][:-2]), int(job["request_disk"][:-2])
+        assert job.expand("request_cpus") == "1", name
+        memory = int(job.expand("request_memory")[:-2])
+        disk = int(job.expand("request_disk")[:-2])
         assert 512 <= memory <= 1100 and 1024 <= disk <= 1100, (name, memory, disk)
     map_job = node_job(condor, "map.sub", nodes["map-00000"])
     assert map_job["transfer_input_files"].split(",") == [
-        "$(input)", str(stage / "plan.json"), str((condor / "config.yaml").resolve())]
-    assert nodes["map-00000"]["input"] == str(demo)  # a whole file: no range to cut out
+        "$(part_input)", str(stage / "plan.json"), str((condor / "config.yaml").resolve())]
+    assert nodes["map-00000"]["part_input"] == str(demo)  # a whole file: no range to cut out
+    assert "input" not in map_job  # VARS named `input` would be the job's standard input
     assert map_job["arguments"] == ('"-m infer_corpus partition-step map --plan plan.json '
                                     '--part $(part) --input $(input_name) --config '
                                     'config.yaml"')
@@ -286,7 +288,7 @@ def test_an_unpartitioned_workdir_with_inputs_gets_partition_jobs_sized_to_their
                   "--input", str(demo))
     assert big.returncode == 0
     capped = node_job(condor, "merge.sub", dag_nodes(condor / "partition.dag")["merge"])
-    assert capped["request_memory"] == "700MB"
+    assert capped.expand("request_memory") == "700MB"
 
 
 def test_gpu_jobs_match_an_h100_but_not_a_small_t4(workdir):

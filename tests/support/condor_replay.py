@@ -13,9 +13,11 @@ What it does, as HTCondor does it:
   submit files are resolved against it. DAGMan's environment is the submitter's, filtered by
   the `getenv` list of the `.condor.sub` file that `Submit.from_dag` writes.
 - DAG lines: JOB/NODE (with DIR, NOOP, DONE), FINAL, PROVISIONER, VARS (values become submit
-  macros, expanded by `htcondor2.Submit`), SCRIPT PRE/POST (run in the node's directory with
-  `$JOB`, `$NODE`, `$RETRY`, `$MAX_RETRIES`, `$RETURN`, `$PRE_SCRIPT_RETURN`, `$DAG_STATUS`,
-  `$FAILED_COUNT`, `$DAGID`, `$JOBID`, `$CLUSTERID`; other `$WORDS` stay as they are),
+  macros, expanded by `htcondor2.Submit`; set before the submit file is read, as DAGMan's
+  default PREPEND does, so the file's own commands win), SCRIPT PRE/POST (run in the node's
+  directory with `$JOB`, `$NODE`, `$RETRY`, `$MAX_RETRIES`, `$RETURN`, `$PRE_SCRIPT_RETURN`,
+  `$DAG_STATUS`, `$FAILED_COUNT`, `$DAGID`, `$JOBID`, `$CLUSTERID`; other `$WORDS` stay as
+  they are),
   PARENT/CHILD, RETRY n [UNLESS-EXIT m] (the whole node again: PRE, job, POST), PRE_SKIP
   (the PRE script's exit value that marks the node done without its job or POST), ABORT-DAG-ON
   (on the PRE script's value, the POST script's, or the job's when there is no POST; jobs still
@@ -123,6 +125,11 @@ import htcondor2
 
 PROVISIONING_COMPLETE = 2
 DAGMAN_CLUSTER = 100
+def _is_attribute(macro: str) -> bool:
+    """A `+Name` or `MY.Name` macro: a job ad attribute, not a submit command."""
+    return macro.startswith("+") or macro.upper().startswith("MY.")
+
+
 THREAD_VARS = ("CUBACORES", "GOMAXPROCS", "JULIA_NUM_THREADS", "MKL_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS", "OMP_THREAD_LIMIT",
                "OPENBLAS_NUM_THREADS", "PYTHON_CPU_COUNT", "ROOT_MAX_THREADS",
@@ -1148,18 +1155,22 @@ class _Replay:
         else:
             items = [item for item in items for _ in range(count)]
             items = [i if isinstance(i, dict) else {"Item": i} for i in items]
+        # DAGMan sets a node's VARS (and its own macros) before it reads the submit file
+        # (PREPEND, its default), so the file's own commands win over them; the queue
+        # statement's variables are set per job afterwards
+        first = {**node.vars, "JOB": node.name, "RETRY": str(retry), **macros,
+                 "DAGManJobId": str(DAGMAN_CLUSTER)}
+        prefix = "".join(f"{key} = {value}\n" for key, value in first.items()
+                         if not _is_attribute(key))
         jobs = []
         for proc, item in enumerate(items):
-            description = htcondor2.Submit(text)
-            values = {**node.vars, "JOB": node.name, "RETRY": str(retry), **macros,
-                      "DAGManJobId": str(DAGMAN_CLUSTER), "Cluster": str(cluster),
-                      "ClusterId": str(cluster), "Process": str(proc), "ProcId": str(proc),
-                      "Step": "0", "Row": str(proc), **item}
-            attrs = {}
-            for key, value in values.items():
-                if key.startswith("+") or key.upper().startswith("MY."):
-                    attrs[key.split(".", 1)[-1].lstrip("+")] = value
-                else:
+            description = htcondor2.Submit(prefix + text)
+            live = {"Cluster": str(cluster), "ClusterId": str(cluster), "Process": str(proc),
+                    "ProcId": str(proc), "Step": "0", "Row": str(proc), **item}
+            attrs = {key.split(".", 1)[-1].lstrip("+"): value
+                     for key, value in {**first, **live}.items() if _is_attribute(key)}
+            for key, value in live.items():
+                if not _is_attribute(key):
                     description[key] = value
             ad = self._job_ad(description, cluster, proc, node.name, attrs)
             job = _Job(node.name, proc, description, directory, ad, cluster)

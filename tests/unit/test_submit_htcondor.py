@@ -146,6 +146,26 @@ def test_lint_finds_what_dagman_would_reject(tmp_path):
         assert expected in problems, expected
 
 
+def test_lint_finds_vars_that_the_submit_file_overrides(tmp_path):
+    """DAGMan sets a node's VARS before it reads the submit file, so a command the file sets
+    itself keeps the file's value: a VARS value meant for it is lost without a word."""
+    write_submit(tmp_path / "sized.sub", {"executable": "/bin/true",
+                                          "request_memory": "$(request_memory)",
+                                          "request_disk": "$(disk)"})
+    (tmp_path / "sizes.dag").write_text("\n".join([
+        "JOB a sized.sub", 'VARS a request_memory="2GB" disk="3GB"',
+        "JOB b sized.sub", 'VARS b APPEND request_memory="2GB"',
+        'VARS ALL_NODES Request_Disk="1GB"', ""]))
+    problems = lint_dag(tmp_path / "sizes.dag")
+    assert sorted(problems) == [
+        "sizes.dag:2: VARS request_memory of node a is overridden by sized.sub, which sets "
+        "request_memory itself (DAGMan sets VARS before reading the submit file): give the "
+        "value another name and refer to it there as $(name)",
+        *(f"sizes.dag:5: VARS request_disk of node {node} is overridden by sized.sub, which "
+          "sets request_disk itself (DAGMan sets VARS before reading the submit file): give "
+          "the value another name and refer to it there as $(name)" for node in "ab")]
+
+
 def test_lint_follows_sub_dags_unless_a_pre_script_writes_them(tmp_path):
     write_submit(tmp_path / "ok.sub", {"executable": "/bin/true"})
     (tmp_path / "inner.dag").write_text("JOB x missing.sub\n")
