@@ -33,6 +33,12 @@ def write_submit(path: Path, commands: dict[str, str],
 
     path = Path(path).absolute()
     description = htcondor2.Submit(dict(commands))
+    # htcondor2 expands a value that refers to its own command (`request_disk =
+    # $(request_disk)`) into the command's default as it takes it
+    changed = [key for key, value in commands.items() if description.get(key) != str(value)]
+    if changed:
+        raise ValueError(f"{path.name}: {', '.join(changed)} would not be written as given "
+                         "(a value that refers to its own command?)")
     text = str(description)
     if itemdata is not None:
         if not itemdata:

@@ -69,6 +69,17 @@ def test_submit_file_with_item_data_round_trips(tmp_path, monkeypatch):
         assert job.expand("output") == f"trial-{item['seed']}.out"
 
 
+def test_a_value_that_refers_to_its_own_command_is_refused(tmp_path):
+    """htcondor2 expands `request_disk = $(request_disk)` into the command's default (empty)
+    as it takes it: the file would quietly ask for something else than was meant."""
+    with pytest.raises(ValueError, match="request_disk would not be written as given"):
+        write_submit(tmp_path / "x.sub", {"executable": "/bin/true",
+                                          "request_disk": "$(request_disk)"})
+    assert not (tmp_path / "x.sub").exists()
+    write_submit(tmp_path / "y.sub", {"executable": "/bin/true", "request_disk": "$(disk)"})
+    assert "request_disk = $(disk)\n" in (tmp_path / "y.sub").read_text()
+
+
 def test_item_values_with_commas_are_refused_but_in_the_last_column(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="commas"):
         write_submit(tmp_path / "x.sub", {"executable": "/bin/true"},
@@ -149,9 +160,9 @@ def test_lint_finds_what_dagman_would_reject(tmp_path):
 def test_lint_finds_vars_that_the_submit_file_overrides(tmp_path):
     """DAGMan sets a node's VARS before it reads the submit file, so a command the file sets
     itself keeps the file's value: a VARS value meant for it is lost without a word."""
-    write_submit(tmp_path / "sized.sub", {"executable": "/bin/true",
-                                          "request_memory": "$(request_memory)",
-                                          "request_disk": "$(disk)"})
+    (tmp_path / "sized.sub").write_text("executable = /bin/true\n"
+                                        "request_memory = $(request_memory)\n"
+                                        "request_disk = $(disk)\nqueue\n")
     (tmp_path / "sizes.dag").write_text("\n".join([
         "JOB a sized.sub", 'VARS a request_memory="2GB" disk="3GB"',
         "JOB b sized.sub", 'VARS b APPEND request_memory="2GB"',
