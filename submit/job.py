@@ -14,10 +14,10 @@ sends back to the access point.
 
 The job logs each part's throughput to stderr. When HTCondor gives it a chirp proxy
 (`want_io_proxy = true`), it also publishes its progress in its job ad, where `condor_q -af
-ShardPassagesDone ShardPassagesPerSecond` and `infer-corpus status` read it:
-ShardPassagesDone, ShardPassagesTotal and ShardPassagesPerSecond (passages embedded by this
-start of the job, over the seconds since its first part began). Progress is best effort: a
-job without a chirp proxy, or whose chirp calls fail, runs the same.
+ChirpShardPassagesDone ChirpShardPassagesPerSecond` and `infer-corpus status` read it:
+ChirpShardPassagesDone, ChirpShardPassagesTotal and ChirpShardPassagesPerSecond (passages
+embedded by this start of the job, over the seconds since its first part began). Progress
+is best effort: a job without a chirp proxy, or whose chirp calls fail, runs the same.
 
 Exit codes: 0 done; 1 failed (worth a retry); 2 bad input (the shard or manifest is damaged or
 does not match: retrying cannot help); the checkpoint exit code; 130 interrupted.
@@ -142,9 +142,9 @@ class Progress:
     def update(self, passages_in_part: int, *, force: bool = False) -> None:
         if force or self.ad.due():
             computed = self.computed + passages_in_part
-            self.ad.publish({"ShardPassagesDone": str(self.before + passages_in_part),
-                             "ShardPassagesTotal": str(self.total),
-                             "ShardPassagesPerSecond": f"{self.rate(computed):.1f}"},
+            self.ad.publish({"ChirpShardPassagesDone": str(self.before + passages_in_part),
+                             "ChirpShardPassagesTotal": str(self.total),
+                             "ChirpShardPassagesPerSecond": f"{self.rate(computed):.1f}"},
                             force=True)
 
     def part_done(self, part: int, count: int, rows: int, skipped: bool) -> None:

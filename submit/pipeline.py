@@ -93,9 +93,9 @@ STEP_SCRIPT = "run-step.sh"
 GPU_CATEGORY = "gpu"
 EXIT_BAD_INPUT = EXIT_USAGE  # a shard job or POST script exits with it when retrying cannot help
 RUN_ATTRIBUTE = "InferCorpusRun"  # every job's ad names its workdir: `status` finds them by it
-PROGRESS_ATTRIBUTES = {"passages_done": "ShardPassagesDone",  # status's key: the job ad's
-                       "passages_total": "ShardPassagesTotal",
-                       "passages_per_second": "ShardPassagesPerSecond"}
+PROGRESS_ATTRIBUTES = {"passages_done": "ChirpShardPassagesDone",  # status's key: the job ad's
+                       "passages_total": "ChirpShardPassagesTotal",
+                       "passages_per_second": "ChirpShardPassagesPerSecond"}
 
 
 @dataclass

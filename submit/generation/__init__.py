@@ -16,7 +16,7 @@ manifest by file transfer and runs the same worker as `infer-corpus generate`. W
 checkpoint past that time; HTCondor saves the checkpoint file (`transfer_checkpoint_files`)
 and restarts the job, which continues from it. At each row checkpoint the job logs its rows
 and output tokens/s and, with `condor.want_io_proxy`, publishes them in its job ad
-(`GenerationRowsDone`, `GenerationRowsTotal`, `GenerationTokensPerSecond`), which
+(`ChirpGenerationRowsDone`, `ChirpGenerationRowsTotal`, `ChirpGenerationTokensPerSecond`), which
 `infer-corpus status` shows beside the DAG's state. The POST script (`python -m submit.generation
 post ...`) moves an output into generations/MODEL/ only when it checks out; otherwise it keeps
 it as `*.rejected`, logs why in logs/validate.log, and exits 1 so DAGMan retries the node.

@@ -51,9 +51,9 @@ DAG_FILE = "generate.dag"
 GENERATION_STATUS_FILE = "generate.status"
 JOB_SCRIPT = "run-generate.sh"
 STUDY_ATTRIBUTE = "InferCorpusStudy"  # every job's ad names its workdir: `status` finds them
-PROGRESS_ATTRIBUTES = {"rows_done": "GenerationRowsDone",  # status's key: the job ad's
-                       "rows_total": "GenerationRowsTotal",
-                       "tokens_per_second": "GenerationTokensPerSecond"}
+PROGRESS_ATTRIBUTES = {"rows_done": "ChirpGenerationRowsDone",  # status's key: the job ad's
+                       "rows_total": "ChirpGenerationRowsTotal",
+                       "tokens_per_second": "ChirpGenerationTokensPerSecond"}
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ..preemption import announce_auto_checkpoint
 
 class Progress:
     """Rows done and output tokens/s of a job, on stderr at each row checkpoint and in the job
-    ad (GenerationRowsDone, GenerationRowsTotal, GenerationTokensPerSecond)."""
+    ad (ChirpGenerationRowsDone, ChirpGenerationRowsTotal, ChirpGenerationTokensPerSecond)."""
 
     def __init__(self, model: str, shard: int) -> None:
         self.label = f"{model} shard {shard}"
@@ -38,9 +38,9 @@ class Progress:
             print(f"{self.label}: {event['rows']:,} of {event['of']:,} rows "
                   f"({event['generated']:,} by this start, {rate:,.1f} output tokens/s)",
                   file=sys.stderr)
-            self.ad.publish({"GenerationRowsDone": str(event["rows"]),
-                             "GenerationRowsTotal": str(event["of"]),
-                             "GenerationTokensPerSecond": f"{rate:.1f}"},
+            self.ad.publish({"ChirpGenerationRowsDone": str(event["rows"]),
+                             "ChirpGenerationRowsTotal": str(event["of"]),
+                             "ChirpGenerationTokensPerSecond": f"{rate:.1f}"},
                             force=event["rows"] == event["of"])
 
 

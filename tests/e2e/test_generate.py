@@ -374,7 +374,7 @@ def test_the_generation_dag_runs_on_the_pool_as_locally(tiny_model, tmp_path):
         if job.node == "gen-tiny-00000" and job.exit_code == 0:
             seen["condor_q"] = subprocess.run(
                 [str(pool.root / "bin" / "condor_q"), "-af", "DAGNodeName",
-                 "GenerationRowsDone", "GenerationRowsTotal"],
+                 "ChirpGenerationRowsDone", "ChirpGenerationRowsTotal"],
                 capture_output=True, text=True, check=True).stdout
             seen["status"] = cli("status", "--workdir", str(user / "study1"))[1]
 

@@ -331,8 +331,9 @@ def test_checkpointed_and_rejected_shards_end_with_the_local_result(demo_local, 
                 record.unlink()
         if job.node == "shard-00000" and job.exit_code == 0:
             seen["condor_q"] = subprocess.run(
-                [str(pool.root / "bin" / "condor_q"), "-af", "DAGNodeName", "ShardPassagesDone",
-                 "ShardPassagesTotal"], capture_output=True, text=True, check=True).stdout
+                [str(pool.root / "bin" / "condor_q"), "-af", "DAGNodeName",
+                 "ChirpShardPassagesDone", "ChirpShardPassagesTotal"],
+                capture_output=True, text=True, check=True).stdout
             seen["status"] = cli("status", "--workdir", str(workdir))
 
     pool.after_exit = damage

@@ -48,7 +48,8 @@ What it does, as HTCondor does it:
   sets: `_CONDOR_SCRATCH_DIR`, `_CONDOR_JOB_AD`, `_CONDOR_MACHINE_AD`, `_CONDOR_JOB_IWD`,
   `_CONDOR_SLOT`, `TMPDIR`/`TMP`/`TEMP`, `OMP_NUM_THREADS` and the other thread counts
   (request_cpus), `BATCH_SYSTEM`, `HOME` (an empty folder: the execute node's home is not the
-  submitter's), and `_CONDOR_CHIRP_CONFIG` with `want_io_proxy`. No `PATH`.
+  submitter's), and `_CONDOR_CHIRP_CONFIG` and `_CHIRP_DELAYED_UPDATE_PREFIX` (`Chirp*`) with
+  `want_io_proxy`. No `PATH`.
   On exit, stdout/stderr go to `output`/`error`, and `transfer_output_files` come back to
   initialdir (or where `transfer_output_remaps` says); one that does not exist puts the job on
   hold. Without `transfer_output_files`, new or changed top-level files come back.
@@ -74,7 +75,10 @@ What it does, as HTCondor does it:
 - Local-universe jobs run on the access point in their initialdir, with `environment` and
   `getenv`, stdout/stderr written straight to `output`/`error`.
 - Chirp (`want_io_proxy = true`): a chirp server on 127.0.0.1 serves `set_job_attr` and
-  `get_job_attr` (the job's ad) and `ulog` (a `008` event in the job's log).
+  `get_job_attr` (the job's ad) and `ulog` (a `008` event in the job's log). Delayed updates
+  (`set_job_attr_delayed`) of names that do not match `Chirp*` are dropped, as the starter
+  does with its default CHIRP_DELAYED_UPDATE_PREFIX; those it takes reach the ad at once
+  (HTCondor's take up to the starter's and shadow's update intervals).
 - `condor_q`: the only stand-in command, first on DAGMan's PATH (so PRE/POST scripts and
   jobs with `getenv` find it); it answers `-json`, `-constraint EXPR` (evaluated with
   classad2), `-attributes A,B` and `-af A B` from the ads of the jobs in the queue (with
@@ -125,6 +129,10 @@ import htcondor2
 
 PROVISIONING_COMPLETE = 2
 DAGMAN_CLUSTER = 100
+# HTCondor's default CHIRP_DELAYED_UPDATE_PREFIX: the names a job may set as delayed updates
+DELAYED_UPDATE_PREFIX = "Chirp*"
+
+
 def _is_attribute(macro: str) -> bool:
     """A `+Name` or `MY.Name` macro: a job ad attribute, not a submit command."""
     return macro.startswith("+") or macro.upper().startswith("MY.")
@@ -602,6 +610,11 @@ class _ChirpHandler(socketserver.StreamRequestHandler):
                 self._reply("0" if job is not None else "-1")
             elif job is None:
                 self._reply("-1")
+            elif command == "set_job_attr_delayed" and len(args) == 2 and not \
+                    fnmatch.fnmatchcase(args[0].lower(), DELAYED_UPDATE_PREFIX.lower()):
+                # the starter drops a delayed update whose name does not match its
+                # CHIRP_DELAYED_UPDATE_PREFIX, with a reply the client does not raise on
+                self._reply("1")
             elif command in ("set_job_attr", "set_job_attr_delayed") and len(args) == 2:
                 with pool._lock:
                     job.ad[args[0]] = classad2.ExprTree(args[1])
@@ -1424,6 +1437,7 @@ class _Replay:
                 self.pool._jobs_by_cookie[cookie] = job
             (sandbox / ".chirp.config").write_text(f"{host} {port} {cookie}\n")
             env["_CONDOR_CHIRP_CONFIG"] = str(sandbox / ".chirp.config")
+            env["_CHIRP_DELAYED_UPDATE_PREFIX"] = DELAYED_UPDATE_PREFIX
         return env
 
     def _transfer_in(self, job: _Job, sandbox: Path,

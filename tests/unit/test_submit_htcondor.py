@@ -9,7 +9,10 @@ import classad2
 import htcondor2
 import pytest
 
+from submit import pipeline
+from submit.chirp import delayed_update_allowed
 from submit.config import CondorResourcesConfig
+from submit.generation import dag as generation_dag
 from submit.htcondor import (
     CondorError,
     Dag,
@@ -313,3 +316,16 @@ def test_no_schedd_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(CondorError, match="already running"):
         submit_dag(path)
 
+
+
+def test_progress_goes_by_names_the_starter_takes_as_delayed_updates(monkeypatch):
+    """The starter drops, without an error the job sees, a delayed update whose name does not
+    match CHIRP_DELAYED_UPDATE_PREFIX (default `Chirp*`): `status` would show nothing."""
+    monkeypatch.delenv("_CHIRP_DELAYED_UPDATE_PREFIX", raising=False)
+    published = [*pipeline.PROGRESS_ATTRIBUTES.values(),
+                 *generation_dag.PROGRESS_ATTRIBUTES.values()]
+    assert all(delayed_update_allowed(name) for name in published)
+    assert not delayed_update_allowed("ShardPassagesDone")
+    monkeypatch.setenv("_CHIRP_DELAYED_UPDATE_PREFIX", "Progress*, chirp*")
+    assert delayed_update_allowed("ChirpShardPassagesDone")
+    assert delayed_update_allowed("ProgressRows") and not delayed_update_allowed("Rows")
