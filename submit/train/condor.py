@@ -263,8 +263,9 @@ def _collect_node(sweep: Sweep, condor_dir: Path) -> Node:
         "log": str(condor_dir / "sweep.log"), "getenv": "PATH,HOME",
     })
     # DAGMan takes the FINAL node's outcome as the DAG's: fail it unless the waves all
-    # succeeded or one stopped the DAG at the target (3: ABORT-DAG-ON); diverged trials (4)
-    # fail their wave's node, and so the DAG
+    # succeeded or one stopped the DAG at the target (ABORT-DAG-ON ... RETURN 0, which leaves
+    # DAG_STATUS at 0; 3, an abort, is taken too); diverged trials (4) fail their wave's
+    # node, and so the DAG
     return Node("COLLECT", "collect.sub", kind="FINAL", post=Script(
         "/usr/bin/test", ["$DAG_STATUS", "-eq", "0", "-o", "$DAG_STATUS", "-eq", "3"]))
 

@@ -982,7 +982,8 @@ class _Replay:
             if result.status == "not_ready" and not self.aborted and not stalled:
                 result.status = "futile"
         failed = sum(r.status in ("failed", "removed") for r in self.results.values())
-        dag_status = 3 if self.aborted else 2 if failed else 0
+        # an abort whose DAG exit code is 0 leaves DAG_STATUS at 0, as DAGMan's shutdown does
+        dag_status = (3 if self.aborted[1] else 0) if self.aborted else 2 if failed else 0
         if stalled:
             return self._result("stalled", None, dag_status)
         if self.aborted:
