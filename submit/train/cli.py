@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "Young/Daly's interval from the first epoch's costs")
     p.add_argument("--mean-time-between-evictions", type=float, default=0.0,
                    metavar="SECONDS", help="the pool's, for --checkpoint-exit-every auto")
+    p.add_argument("--stop-at-rung", action="store_true",
+                   help="exit 0, not 85, after --checkpoint-exit-every epochs: an optuna "
+                        "wave's job stops at its rung (DAGMan takes any other exit as a "
+                        "failure and removes the rest of the wave)")
     p.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("evaluate", help="early-abort decision (exit 0 go on, 1 a trial job "
                                         "of the wave failed, 3 target reached, 4 trials "
@@ -293,11 +297,12 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "multinode":
         return cmd_multinode(args)
     if args.command == "trial":
-        from .trial import run_trial
+        from .trial import run_trial, rung_exit
 
-        return run_trial(args.trial_dir, args.dataset, args.checkpoint_exit_every, args.threads,
-                         mean_time_between_evictions=args.mean_time_between_evictions,
-                         data_source=args.data_source)
+        return rung_exit(run_trial(args.trial_dir, args.dataset, args.checkpoint_exit_every,
+                                   args.threads,
+                                   mean_time_between_evictions=args.mean_time_between_evictions,
+                                   data_source=args.data_source), args.stop_at_rung)
     if args.command in ("evaluate", "collect"):
         from . import sweep as sweeps
 

@@ -25,8 +25,9 @@ fixed when it is written. Each node's PRE script (`train-models ask --submit`) a
 for the wave's trials and writes the node's submit file and item data (trial, the epochs or
 checkpoints left to its rung, resume files) before DAGMan submits it; a wave with nothing to
 run exits ASK_NOTHING, which PRE_SKIP turns into a node done. Its jobs stop at their rung
-with the checkpoint exit code, which here ends the job (no `checkpoint_exit_code`): the
-checkpoint and metrics come back with the job's output for the next wave. The POST script
+and exit 0 (`--stop-at-rung`: DAGMan takes any other exit of a wave's job as a failure and
+removes the wave's other jobs): the checkpoint and metrics come back with the job's output
+for the next wave. The POST script
 prunes and evaluates as above. A rewritten DAG starts at the first wave not yet run.
 
 Multi-node DAG: `PROVISIONER RANK0` (hosts the rendezvous, publishes it with chirp) and
@@ -198,8 +199,8 @@ def _start_dag(sweep: Sweep) -> tuple[Path, dict[str, Any]]:
 
 def _wave_commands(sweep: Sweep, choice: dict[str, Any]) -> dict[str, str]:
     """A wave's job cluster, one job per item (trial). Grid and random: HTCondor restarts a
-    job that exits with the checkpoint code. Optuna: that exit ends the job at its rung
-    (`$(budget)` epochs or checkpoints), and the files come back for the next wave."""
+    job that exits with the checkpoint code. Optuna: the job ends at its rung (`$(budget)`
+    epochs or checkpoints) with exit 0, and the files come back for the next wave."""
     spec = sweep.spec()
     settings = spec.condor
     root = sweep.root.resolve()
@@ -210,8 +211,8 @@ def _wave_commands(sweep: Sweep, choice: dict[str, Any]) -> dict[str, str]:
     else:  # the job reads the URL itself
         transfer, dataset = [], str(url)
     trial_args = trial_arguments(spec.kind, ".", dataset, settings.data_source)
-    if spec.method == "optuna":
-        trial_args += ["--checkpoint-exit-every", "$(budget)"]
+    if spec.method == "optuna":  # a job stops at its rung, and exits 0 there (see rung_exit)
+        trial_args += ["--checkpoint-exit-every", "$(budget)", "--stop-at-rung"]
     elif settings.checkpoint_every:
         trial_args += ["--checkpoint-exit-every", str(settings.checkpoint_every)]
     if settings.checkpoint_every == "auto":

@@ -45,7 +45,7 @@ from ..chirp import JobAd
 from . import TrainError
 from .data import CACHE_DIR, cached, federation_source
 from .pairs import load_pairs
-from .trial import CHECKPOINT_EXIT_CODE, METRICS, PARAMS, read_metrics, typed_params
+from .trial import CHECKPOINT_EXIT_CODE, METRICS, PARAMS, read_metrics, rung_exit, typed_params
 
 MODEL_DIR = "model"  # in the trial directory, once completed
 CHECKPOINTS_DIR = "checkpoints"  # in the trial directory: the trainer's checkpoint folders
@@ -421,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
                              "into the trial's cache/ folder")
     parser.add_argument("--checkpoint-exit-every", type=int, default=0, metavar="CHECKPOINTS",
                         help="exit with code 85 after this many checkpoints (to be restarted)")
+    parser.add_argument("--stop-at-rung", action="store_true",
+                        help="exit 0, not 85, after --checkpoint-exit-every checkpoints: an "
+                             "optuna wave's job stops at its rung (DAGMan takes any other "
+                             "exit as a failure and removes the rest of the wave)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
@@ -430,8 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs = Path(args.pairs)
         if args.data_source == "cache":
             pairs = cached(federation_source(args.pairs, "cache", "--pairs"), args.trial_dir)
-        return run_embedder_trial(args.trial_dir, pairs, args.checkpoint_exit_every,
-                                  args.threads)
+        return rung_exit(run_embedder_trial(args.trial_dir, pairs, args.checkpoint_exit_every,
+                                            args.threads), args.stop_at_rung)
 
     return run_command("submit.train.embedder", trial)
 

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -554,8 +555,6 @@ def test_an_executable_busy_for_a_moment_does_not_hold_the_job(tmp_path):
     """ETXTBSY: the script is still open for writing in another process (one forked while it
     was copied into the sandbox); the harness waits it out instead of holding the job. An
     executable that cannot run at all still holds it at once."""
-    import time
-
     from condor_replay import Held, start_job
 
     script = tmp_path / "run.sh"
@@ -573,3 +572,21 @@ def test_an_executable_busy_for_a_moment_does_not_hold_the_job(tmp_path):
     with pytest.raises(Held, match="Failed to execute .*No such file"):
         start_job([str(tmp_path / "missing.sh")], cwd=tmp_path)
     assert time.monotonic() - started < 1
+
+
+def test_a_failed_proc_removes_the_rest_of_its_cluster(tmp_path):
+    """As DAGMan does by default: once one proc of a node's cluster exits non-zero, the
+    node has failed and the cluster's other procs are removed, whatever they were doing; the
+    node's $RETURN is that proc's exit code."""
+    (tmp_path / "job.py").write_text(
+        "import sys, time\nif sys.argv[1] == '0':\n    sys.exit(3)\ntime.sleep(60)\n")
+    (tmp_path / "wave.sub").write_text(
+        f"executable = {sys.executable}\narguments = job.py $(Process)\n"
+        "transfer_input_files = job.py\nlog = wave.log\nqueue 3\n")
+    (tmp_path / "wave.dag").write_text("JOB wave wave.sub\n")
+    started = time.monotonic()
+    run = Pool(tmp_path / "pool").submit_dag("condor_submit_dag wave.dag", cwd=tmp_path)
+    assert time.monotonic() - started < 50
+    assert run.status == "failed" and run.nodes["wave"].job_return == 3, run.summary()
+    ends = {job.proc: (job.exit_code, job.removed) for job in run.starts("wave")}
+    assert ends == {0: (3, False), 1: (None, True), 2: (None, True)}

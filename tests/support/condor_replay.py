@@ -33,7 +33,9 @@ What it does, as HTCondor does it:
 - Queue statements: `queue`, `queue N`, `queue VARS from FILE` / `in` / `matching` (item data
   from `Submit.itemdata()`, read in the node's directory): one job (proc) per item, all of them
   running at once, with `$(Process)`, `$(ProcId)`, `$(Cluster)`, `$(ClusterId)` and the item's
-  variables. `$RETURN` is the first failed proc's exit code, else 0.
+  variables. When a proc fails (exits non-zero), DAGMan's defaults remove the cluster's other
+  procs, running or idle (their outputs never come back); `$RETURN` is the first failed
+  proc's exit code, else 0.
 - What condor_submit checks: the executable exists; output, error and log can be created (their
   folders exist; output and error are created empty at submission, the log only if missing),
   initialdir exists.
@@ -119,7 +121,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -932,8 +934,10 @@ class _Replay:
         self.holds: list[str] = []
         self.aborted: tuple[str, int] | None = None  # (node, DAG exit code)
         self.abort_event = threading.Event()
-        self.running: dict[int, tuple[subprocess.Popen, bool]] = {}
+        # each running process: (process, removable by DAGMan, its cluster)
+        self.running: dict[int, tuple[subprocess.Popen, bool, int]] = {}
         self.removed: set[int] = set()
+        self.failed_clusters: set[int] = set()  # removed by DAGMan after a proc failed
         self.categories = {c: threading.Semaphore(n) for c, n in dag.max_jobs.items() if n}
         self.lock = threading.RLock()
 
@@ -1007,12 +1011,26 @@ class _Replay:
                     if self.aborted is None:
                         self.aborted = (node.name, value if ret is None else ret)
                     self.abort_event.set()
-                    for key, (proc, removable) in list(self.running.items()):
+                    for key, (proc, removable, _) in list(self.running.items()):
                         if removable:
                             self.removed.add(key)
                             _kill(proc)
                 return True
         return False
+
+    def _remove_cluster(self, cluster: int) -> None:
+        """As DAGMan does when a proc of a node's cluster fails (DAGMAN_REMOVE_JOB_LIST_ON_
+        FAILURE, default true, with no failure tolerance): remove the others, running or not."""
+        with self.lock:
+            self.failed_clusters.add(cluster)
+            for key, (proc, removable, of) in list(self.running.items()):
+                if removable and of == cluster:
+                    self.removed.add(key)
+                    _kill(proc)
+
+    def _removing(self, job: _Job) -> bool:
+        """Whether DAGMan is removing this job: the DAG aborts, or its cluster failed."""
+        return self.abort_event.is_set() or job.cluster in self.failed_clusters
 
     def _node(self, node: DagNode, gate: threading.Event | None = None, *,
               dag_status: int = 0, failed_count: int = 0) -> None:
@@ -1105,13 +1123,18 @@ class _Replay:
             self.results[node.name].error = f"submit failed: {exc}"
             return -1001
         category = self.categories.get(node.category or "")
+        codes, failure = [], None
         with category or contextlib.nullcontext():
             with ThreadPoolExecutor(max_workers=len(jobs)) as executor:
                 futures = [executor.submit(self._proc, job, retry, gate) for job in jobs]
-                codes = [f.result() for f in futures]
-        if any(c is None for c in codes):
-            return None
-        return next((c for c in codes if c != 0), 0)
+                for future in as_completed(futures):
+                    codes.append(future.result())
+                    if codes[-1] not in (0, None) and failure is None:
+                        failure = codes[-1]  # the node's $RETURN: its first failed proc's
+                        self._remove_cluster(cluster)
+        if failure is not None:
+            return failure
+        return None if any(c is None for c in codes) else 0
 
     def _subdag(self, node: DagNode, directory: Path) -> int | None:
         """A SUBDAG EXTERNAL node, as DAGMan runs it by default (lazily): only now, after the
@@ -1294,7 +1317,7 @@ class _Replay:
         for start in range(100):
             fresh = claim is None
             if claim is None:
-                if removable and self.abort_event.is_set():  # removed while idle
+                if removable and self._removing(job):  # removed while idle
                     self._log_end(job, None)
                     return None
                 claim = pool._claim(job)
@@ -1532,8 +1555,8 @@ class _Replay:
             proc = start_job(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
             run.started, started = time.time(), time.monotonic()
             with self.lock:
-                self.running[id(proc)] = (proc, removable)
-                if removable and self.abort_event.is_set():
+                self.running[id(proc)] = (proc, removable, job.cluster)
+                if removable and self._removing(job):
                     self.removed.add(id(proc))
                     _kill(proc)
             if on_start is not None and id(proc) not in self.removed:
