@@ -94,7 +94,6 @@ class JobAd:
                   file=sys.stderr)
             self.chirp = None
 
-
     def _set(self, values: dict[str, str]) -> None:
         """Delayed updates of the ad (within an open chirp connection), but for names the
         pool's prefix refuses: those are left out, and said once."""

@@ -27,8 +27,8 @@ checkpoints left to its rung, resume files) before DAGMan submits it; a wave wit
 run exits ASK_NOTHING, which PRE_SKIP turns into a node done. Its jobs stop at their rung
 and exit 0 (`--stop-at-rung`: DAGMan takes any other exit of a wave's job as a failure and
 removes the wave's other jobs): the checkpoint and metrics come back with the job's output
-for the next wave. The POST script
-prunes and evaluates as above. A rewritten DAG starts at the first wave not yet run.
+for the next wave. The POST script prunes and evaluates as above. A rewritten DAG starts at
+the first wave not yet run.
 
 Multi-node DAG: `PROVISIONER RANK0` (hosts the rendezvous, publishes it with chirp) and
 `JOB WORKERS` whose PRE script (`pre_script`) reads rank 0's job ad with condor_q and writes the
