@@ -38,13 +38,6 @@ if TYPE_CHECKING:
     from .streamed import StreamedDataset
 
 CHECKPOINT_EXIT_CODE = 85  # "checkpoint written, restart me": HTCondor's checkpoint_exit_code
-
-
-def rung_exit(code: int, stop_at_rung: bool) -> int:
-    """A trial process's exit code: with `stop_at_rung` (an optuna wave's job, which ends at
-    its rung), 0 for a stop at the checkpoint, since DAGMan takes any non-zero exit of a
-    wave's job as a failure and removes the wave's other jobs."""
-    return 0 if stop_at_rung and code == CHECKPOINT_EXIT_CODE else code
 PARAMS = "params.json"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -55,6 +48,13 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 10, "batch_size": 32, "optimizer": "adam", "seed": 0,
 }
 OPTIMIZERS = ("adam", "sgd")
+
+
+def rung_exit(code: int, stop_at_rung: bool) -> int:
+    """A trial process's exit code: with `stop_at_rung` (an optuna wave's job, which ends at
+    its rung), 0 for a stop at the checkpoint, since DAGMan takes any non-zero exit of a
+    wave's job as a failure and removes the wave's other jobs."""
+    return 0 if stop_at_rung and code == CHECKPOINT_EXIT_CODE else code
 
 
 def typed_params(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

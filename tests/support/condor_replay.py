@@ -135,15 +135,11 @@ DAGMAN_CLUSTER = 100
 DELAYED_UPDATE_PREFIX = "Chirp*"
 
 
-def _is_attribute(macro: str) -> bool:
-    """A `+Name` or `MY.Name` macro: a job ad attribute, not a submit command."""
-    return macro.startswith("+") or macro.upper().startswith("MY.")
-
-
 THREAD_VARS = ("CUBACORES", "GOMAXPROCS", "JULIA_NUM_THREADS", "MKL_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS", "OMP_THREAD_LIMIT",
                "OPENBLAS_NUM_THREADS", "PYTHON_CPU_COUNT", "ROOT_MAX_THREADS",
                "TF_LOOP_PARALLEL_ITERATIONS", "TF_NUM_THREADS")
+
 IDLE, RUNNING, HELD, COMPLETED = 1, 2, 5, 4
 # HTCondor's hold and vacate codes (condor_holdcodes.h) for what this harness does
 FAILED_TO_CREATE_PROCESS, TRANSFER_OUTPUT_ERROR, TRANSFER_INPUT_ERROR = 6, 12, 13
@@ -151,6 +147,11 @@ JOB_EXECUTE_EXCEEDED, SCHEDD_VACATE, SUCCESSFUL_CHECKPOINT = 47, 1022, 1025
 RESCHEDULE_MESSAGE = ("Rescheduling self-checkpoint job after checkpoint upload because "
                       "reactivating the claim would have failed.")  # the starter's words
 DAG_ABORT_REASON = "DAG Abort: DAG is exiting and writing rescue file."  # DAGMan's condor_rm
+
+
+def _is_attribute(macro: str) -> bool:
+    """A `+Name` or `MY.Name` macro: a job ad attribute, not a submit command."""
+    return macro.startswith("+") or macro.upper().startswith("MY.")
 
 
 class NotModelled(Exception):
